@@ -1,0 +1,297 @@
+/* SPDX-License-Identifier: MIT */
+/* mqtt.c: libmosquitto inside libev through mosquitto_socket() and
+ * loop_read/loop_write/loop_misc, with back-off reconnects. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "mqtt.h"
+
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 5.0
+
+static void update_io(struct mq *mq)
+{
+	int fd = mosquitto_socket(mq->m);
+	int ev = 0;
+
+	if (fd >= 0) {
+		if (!mq->read_paused)
+			ev |= EV_READ;
+		if (mosquitto_want_write(mq->m))
+			ev |= EV_WRITE;
+	}
+	if (fd == mq->io.fd && ev == (mq->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&mq->io))
+		return;
+	ev_io_stop(mq->loop, &mq->io);
+	if (fd >= 0 && ev) {
+		ev_io_set(&mq->io, fd, ev);
+		ev_io_start(mq->loop, &mq->io);
+	}
+}
+
+static void schedule_retry(struct mq *mq)
+{
+	if (mq->stopping || ev_is_active(&mq->retry))
+		return;
+	ev_timer_set(&mq->retry, mq->backoff, 0);
+	ev_timer_start(mq->loop, &mq->retry);
+	mq->backoff = mq->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : mq->backoff * 2;
+}
+
+static void failed_attempt(struct mq *mq, const char *why)
+{
+	mq->fails++;
+	if (mq->o->retries > 0 && mq->fails > mq->o->retries)
+		die(EXIT_UNREACH, "%s %s:%d unreachable after %d attempts: %s", mq->name,
+		    mq->o->host, mq->o->port, mq->fails, why);
+	/* Say it once, then only now and then, so a long outage stays readable. */
+	if (mq->fails == 1 || mq->fails % 20 == 0)
+		warnl("%s %s:%d: %s; retrying", mq->name, mq->o->host, mq->o->port, why);
+	schedule_retry(mq);
+}
+
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	if (revents & EV_READ)
+		mosquitto_loop_read(mq->m, 64);
+	if ((revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
+		mosquitto_loop_write(mq->m, 64);
+	update_io(mq);
+}
+
+static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	/* Publishes queued inside callbacks go out before the loop blocks. */
+	if (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
+		mosquitto_loop_write(mq->m, 64);
+	update_io(mq);
+}
+
+static void misc_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	if (mosquitto_socket(mq->m) >= 0)
+		mosquitto_loop_misc(mq->m);
+	update_io(mq);
+}
+
+static void attempt(struct mq *mq)
+{
+	int rc;
+
+	if (mq->ever_connected || mq->fails > 0)
+		rc = mosquitto_reconnect_async(mq->m);
+	else
+		rc = mosquitto_connect_async(mq->m, mq->o->host, mq->o->port, mq->o->keepalive);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		failed_attempt(mq, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		return;
+	}
+	update_io(mq);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) { attempt(w->data); }
+
+static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const mosquitto_property *p)
+{
+	struct mq *mq = arg;
+	int first = !mq->ever_connected;
+
+	if (rc != 0) {
+		/* Refused by the broker (auth, id): not a network hiccup. */
+		if (rc == MQTT_RC_NOT_AUTHORIZED || rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD ||
+		    rc == CONNACK_REFUSED_NOT_AUTHORIZED || rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD)
+			die(EXIT_UNREACH, "%s %s:%d refused the connection: %s", mq->name, mq->o->host,
+			    mq->o->port, mosquitto_reason_string(rc));
+		failed_attempt(mq, mosquitto_reason_string(rc));
+		return;
+	}
+	if (mq->fails > 0 || mq->ever_connected)
+		infol("%s %s:%d: connected", mq->name, mq->o->host, mq->o->port);
+	mq->connected = 1;
+	mq->ever_connected = 1;
+	mq->fails = 0;
+	mq->backoff = BACKOFF_MIN;
+	if (mq->cb->connected)
+		mq->cb->connected(mq, first, mq->arg);
+}
+
+static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitto_property *p)
+{
+	struct mq *mq = arg;
+	int was = mq->connected;
+
+	mq->connected = 0;
+	ev_io_stop(mq->loop, &mq->io);
+	if (mq->stopping)
+		return;
+	if (was) {
+		warnl("%s %s:%d: connection lost (%s); reconnecting", mq->name, mq->o->host,
+		      mq->o->port, mosquitto_strerror(rc));
+		if (mq->cb->disconnected)
+			mq->cb->disconnected(mq, mq->arg);
+		schedule_retry(mq);
+	} else {
+		failed_attempt(mq, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+	}
+}
+
+static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg,
+		       const mosquitto_property *p)
+{
+	struct mq *mq = arg;
+
+	if (mq->cb->message)
+		mq->cb->message(mq, msg, p, mq->arg);
+}
+
+static void on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted,
+			 const mosquitto_property *p)
+{
+	struct mq *mq = arg;
+
+	if (mq->cb->subscribed)
+		mq->cb->subscribed(mq, mid, n, granted, mq->arg);
+}
+
+static void on_publish(struct mosquitto *m, void *arg, int mid, int reason, const mosquitto_property *p)
+{
+	struct mq *mq = arg;
+
+	if (mq->cb->published)
+		mq->cb->published(mq, mid, reason, mq->arg);
+}
+
+static void on_log(struct mosquitto *m, void *arg, int level, const char *s)
+{
+	/* libmosquitto is chatty: its notices are our debug lines. */
+	if (level & (MOSQ_LOG_ERR))
+		debugl("libmosquitto: %s", s);
+	else if (log_level() >= L_DEBUG && !(level & MOSQ_LOG_DEBUG))
+		debugl("libmosquitto: %s", s);
+}
+
+void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
+	     const struct mq_cb *cb, void *arg)
+{
+	static int lib;
+
+	if (!lib++)
+		mosquitto_lib_init();
+	memset(mq, 0, sizeof *mq);
+	mq->loop = loop;
+	mq->o = o;
+	mq->cb = cb;
+	mq->arg = arg;
+	mq->name = "broker";
+	mq->backoff = BACKOFF_MIN;
+	mq->m = mosquitto_new(o->id, o->clean || !o->id, mq);
+	if (!mq->m)
+		die(EXIT_SYSERR, "cannot create MQTT client: %s", strerror(errno));
+	mosquitto_int_option(mq->m, MOSQ_OPT_PROTOCOL_VERSION, o->version);
+	mosquitto_int_option(mq->m, MOSQ_OPT_TCP_NODELAY, 1);
+	if (o->version == MQTT_PROTOCOL_V5)
+		mosquitto_int_option(mq->m, MOSQ_OPT_RECEIVE_MAXIMUM, 65535);
+	if (o->user && mosquitto_username_pw_set(mq->m, o->user, o->pass) != MOSQ_ERR_SUCCESS)
+		die(EXIT_SYSERR, "cannot set username");
+	if (o->cafile || o->capath) {
+		int rc = mosquitto_tls_set(mq->m, o->cafile, o->capath, o->cert, o->key, NULL);
+
+		if (rc != MOSQ_ERR_SUCCESS)
+			die(EXIT_USAGE, "TLS settings refused: %s", mosquitto_strerror(rc));
+		if (o->insecure)
+			mosquitto_tls_insecure_set(mq->m, 1);
+	}
+	if (o->will_topic &&
+	    mosquitto_will_set_v5(mq->m, o->will_topic, 0, NULL, o->will_qos, 0, NULL) != MOSQ_ERR_SUCCESS)
+		die(EXIT_SYSERR, "cannot set the last will on %s", o->will_topic);
+	mosquitto_connect_v5_callback_set(mq->m, on_connect);
+	mosquitto_disconnect_v5_callback_set(mq->m, on_disconnect);
+	mosquitto_message_v5_callback_set(mq->m, on_message);
+	mosquitto_subscribe_v5_callback_set(mq->m, on_subscribe);
+	mosquitto_publish_v5_callback_set(mq->m, on_publish);
+	mosquitto_log_callback_set(mq->m, on_log);
+	ev_io_init(&mq->io, io_cb, -1, EV_READ);
+	mq->io.data = mq;
+	ev_timer_init(&mq->misc, misc_cb, 0.5, 0.5);
+	mq->misc.data = mq;
+	ev_timer_init(&mq->retry, retry_cb, 0, 0);
+	mq->retry.data = mq;
+	ev_prepare_init(&mq->prep, prep_cb);
+	mq->prep.data = mq;
+}
+
+void mq_start(struct mq *mq)
+{
+	ev_timer_start(mq->loop, &mq->misc);
+	ev_prepare_start(mq->loop, &mq->prep);
+	/* The prepare watcher alone must not keep the loop running. */
+	ev_unref(mq->loop);
+	attempt(mq);
+}
+
+void mq_pause_read(struct mq *mq, int paused)
+{
+	mq->read_paused = paused;
+	update_io(mq);
+	/* Messages libmosquitto already holds in its buffer still arrive. */
+}
+
+int mq_v5(const struct mq *mq) { return mq->o->version == MQTT_PROTOCOL_V5; }
+
+int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
+	       int qos, int retain, const mosquitto_property *props)
+{
+	return mosquitto_publish_v5(mq->m, mid, topic, (int)n, payload, qos, retain,
+				    mq_v5(mq) ? props : NULL);
+}
+
+int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid)
+{
+	mosquitto_property *p = NULL;
+	int rc;
+
+	if (subid > 0 && mq_v5(mq))
+		mosquitto_property_add_varint(&p, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, (uint32_t)subid);
+	rc = mosquitto_subscribe_v5(mq->m, mid, filter, qos, 0, p);
+	mosquitto_property_free_all(&p);
+	return rc;
+}
+
+int mq_unsubscribe(struct mq *mq, const char *filter)
+{
+	return mosquitto_unsubscribe(mq->m, NULL, filter);
+}
+
+void mq_disconnect(struct mq *mq)
+{
+	mq->stopping = 1;
+	ev_timer_stop(mq->loop, &mq->retry);
+	if (mq->connected) {
+		mosquitto_disconnect(mq->m);
+		/* Write what is queued (DISCONNECT included) right away. */
+		while (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
+			if (mosquitto_loop_write(mq->m, 64) != MOSQ_ERR_SUCCESS)
+				break;
+	}
+	mq->connected = 0;
+}
+
+void mq_destroy(struct mq *mq)
+{
+	ev_io_stop(mq->loop, &mq->io);
+	ev_timer_stop(mq->loop, &mq->misc);
+	ev_timer_stop(mq->loop, &mq->retry);
+	ev_ref(mq->loop);
+	ev_prepare_stop(mq->loop, &mq->prep);
+	mosquitto_destroy(mq->m);
+}

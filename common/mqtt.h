@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* mqtt.h: one libmosquitto client driven by a libev loop (no threads), with
+ * connect back-off, reconnect, and callbacks to (re)subscribe. */
+#ifndef MQLB_MQTT_H
+#define MQLB_MQTT_H
+
+#include <ev.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+#include <stddef.h>
+
+struct mq_opts {
+	const char *host;
+	int port;
+	const char *user, *pass;
+	const char *id;  /* client id; NULL: the broker or a random one */
+	int qos;         /* -q: the QoS a command uses (its own default) */
+	int version;     /* MQTT_PROTOCOL_V5 or MQTT_PROTOCOL_V311 */
+	int keepalive;   /* seconds */
+	int clean;       /* 0: persistent session (needs id) */
+	int retries;     /* failed attempts in a row before exit 69; 0: forever */
+	const char *cafile, *capath, *cert, *key;
+	int insecure;
+	/* last will, set at CONNECT */
+	const char *will_topic;
+	int will_qos;
+};
+
+struct mq;
+struct mq_cb {
+	/* CONNACK accepted: subscribe here (again after a reconnect). */
+	void (*connected)(struct mq *mq, int first, void *arg);
+	void (*disconnected)(struct mq *mq, void *arg);
+	void (*message)(struct mq *mq, const struct mosquitto_message *msg,
+			const mosquitto_property *props, void *arg);
+	void (*subscribed)(struct mq *mq, int mid, int n, const int *granted, void *arg);
+	/* PUBACK/PUBCOMP, or written to the socket for QoS 0. */
+	void (*published)(struct mq *mq, int mid, int reason, void *arg);
+};
+
+struct mq {
+	struct mosquitto *m;
+	struct ev_loop *loop;
+	ev_io io;
+	ev_timer misc, retry;
+	ev_prepare prep;
+	const struct mq_opts *o;
+	const struct mq_cb *cb;
+	void *arg;
+	const char *name; /* for diagnostics: "broker", "output"... */
+	int connected, ever_connected, fails, stopping, read_paused;
+	double backoff;
+};
+
+void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
+	     const struct mq_cb *cb, void *arg);
+void mq_start(struct mq *mq);
+/* Stop reading from the broker (the consumer is full) or resume. */
+void mq_pause_read(struct mq *mq, int paused);
+int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
+	       int qos, int retain, const mosquitto_property *props);
+/* Subscribe one filter; subid > 0 sets an MQTT 5 subscription identifier. */
+int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid);
+int mq_unsubscribe(struct mq *mq, const char *filter);
+/* Send DISCONNECT and let the loop write it; no more reconnects. */
+void mq_disconnect(struct mq *mq);
+int mq_v5(const struct mq *mq);
+void mq_destroy(struct mq *mq);
+
+#endif

@@ -1,0 +1,133 @@
+# SPDX-License-Identifier: MIT
+# common.bash: fixtures for mqlb's bats tests: a private mosquitto on a free
+# 127.0.0.1 port, background processes that are always cleaned up, polling.
+
+# Every test gets a scratch directory and a process list cleaned in teardown.
+mqlb_setup() {
+	T=${BATS_TEST_TMPDIR:?}
+	: >"$T/pids"
+	PREFIX=lb
+}
+
+mqlb_teardown() {
+	local pid
+	if [ -s "$T/pids" ]; then
+		while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$T/pids"
+		sleep 0.1
+		while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$T/pids"
+	fi
+	broker_stop_all
+}
+
+# bg NAME CMD...: run CMD in the background, stdout to $T/NAME.out, stderr
+# to $T/NAME.err; its pid goes to $T/NAME.pid.
+bg() {
+	local name=$1
+	shift
+	"$@" >"$T/$name.out" 2>"$T/$name.err" &
+	echo $! >"$T/$name.pid"
+	echo $! >>"$T/pids"
+}
+
+pidof_bg() { cat "$T/$1.pid"; }
+
+# wait_for SECONDS CMD...: poll CMD every 50 ms until it succeeds.
+wait_for() {
+	local limit=$1 i=0
+	shift
+	while ! "$@"; do
+		i=$((i + 1))
+		if [ "$i" -ge $((limit * 20)) ]; then
+			echo "timed out after ${limit}s waiting for: $*" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# lines_in FILE N [PATTERN]: FILE has at least N lines (matching PATTERN).
+lines_in() {
+	local n
+	n=$(grep -c -- "${3:-}" "$1" 2>/dev/null || true)
+	[ "${n:-0}" -ge "$2" ]
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# broker_start [NAME] [EXTRA-CONFIG-LINE...]: start mosquitto on a free
+# port; sets BROKER_PORT (and BROKER_PORT_<NAME>).
+broker_start() {
+	local name=${1:-b} try port conf dir
+	shift || true
+	dir="$T/broker-$name"
+	mkdir -p "$dir"
+	for try in $(seq 1 30); do
+		port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		port_open "$port" && continue
+		conf="$dir/mosquitto.conf"
+		{
+			echo "listener $port 127.0.0.1"
+			echo "allow_anonymous true"
+			echo "persistence false"
+			echo "log_dest file $dir/log"
+			echo "log_type error"
+			echo "log_type warning"
+			echo "max_queued_messages 100000"
+			for l in "$@"; do echo "$l"; done
+		} >"$conf"
+		echo "$port" >"$dir/port"
+		if broker_run "$name"; then
+			BROKER_PORT=$port
+			eval "BROKER_PORT_$name=$port"
+			return 0
+		fi
+	done
+	echo "could not start mosquitto" >&2
+	return 1
+}
+
+# broker_run NAME: (re)start the broker NAME with its existing config.
+broker_run() {
+	local dir="$T/broker-$1" port
+	port=$(cat "$dir/port")
+	mosquitto -c "$dir/mosquitto.conf" >>"$dir/stdout" 2>&1 &
+	echo $! >"$dir/pid"
+	wait_for 5 port_open "$port" 2>/dev/null && kill -0 "$(cat "$dir/pid")" 2>/dev/null
+}
+
+broker_stop() {
+	local dir="$T/broker-${1:-b}" pid
+	[ -f "$dir/pid" ] || return 0
+	pid=$(cat "$dir/pid")
+	kill -TERM "$pid" 2>/dev/null || true
+	wait_for 5 eval "! kill -0 $pid 2>/dev/null" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+	rm -f "$dir/pid"
+}
+
+broker_restart() {
+	broker_stop "${1:-b}"
+	broker_run "${1:-b}"
+}
+
+broker_stop_all() {
+	local d
+	for d in "$T"/broker-*; do
+		[ -d "$d" ] && broker_stop "${d##*/broker-}"
+	done
+	return 0
+}
+
+# pub TOPIC PAYLOAD [mosquitto_pub options]: publish one message.
+pub() {
+	local topic=$1 payload=$2
+	shift 2
+	mosquitto_pub -p "$BROKER_PORT" -h 127.0.0.1 -t "$topic" -m "$payload" "$@"
+}
+
+# announce GROUP TOPIC: what a worker says to the balancer.
+announce() { pub "$PREFIX/sub/$1" "$2" -q 1; }
+
+# ready_fifo NAME: make a fifo for --ready-fd; wait_ready NAME blocks (10 s
+# at most) until the command wrote its readiness line.
+ready_fifo() { mkfifo "$T/$1.ready"; }
+wait_ready() { timeout 10 head -n1 "$T/$1.ready" >/dev/null; }

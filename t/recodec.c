@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: MIT */
+/* recodec: exercises the record codec from tests.
+ *   recodec escape      stdin bytes -> one escaped field on stdout
+ *   recodec unescape N  record lines on stdin -> raw bytes of field N
+ *   recodec split       record lines -> field count and each field decoded,
+ *                       one per line, "error" for malformed lines
+ *   recodec props       props field on stdin -> name=value lines */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "record.h"
+
+static char *slurp(size_t *n)
+{
+	size_t cap = 1 << 16;
+	char *b = malloc(cap + 1);
+
+	*n = 0;
+	for (size_t r; b && (r = fread(b + *n, 1, cap - *n, stdin)) > 0;) {
+		*n += r;
+		if (*n == cap)
+			b = realloc(b, (cap *= 2) + 1);
+	}
+	if (!b)
+		exit(111);
+	b[*n] = '\0';
+	return b;
+}
+
+int main(int argc, char **argv)
+{
+	size_t n;
+	char *in;
+
+	if (argc < 2)
+		return 2;
+	in = slurp(&n);
+	if (!strcmp(argv[1], "escape")) {
+		char *o = malloc(rec_escaped_len(in, n));
+		size_t m = rec_escape(o, in, n, NULL);
+
+		fwrite(o, 1, m, stdout);
+		putchar('\n');
+		return 0;
+	}
+	if (!strcmp(argv[1], "unescape") || !strcmp(argv[1], "split")) {
+		int want = argc > 2 ? atoi(argv[2]) : -1;
+		char *line = in, *nl;
+
+		for (; line < in + n; line = nl + 1) {
+			struct rec r;
+			int rc;
+
+			nl = memchr(line, '\n', (size_t)(in + n - line));
+			if (!nl)
+				nl = in + n;
+			*nl = '\0';
+			rc = rec_split(line, (size_t)(nl - line), &r);
+			if (rc == 1)
+				continue;
+			if (rc < 0 || rec_unescape_from(&r, 0) >= 0) {
+				puts("error");
+				continue;
+			}
+			if (want >= 0) {
+				if (want < r.nf)
+					fwrite(r.f[want], 1, r.len[want], stdout);
+				continue;
+			}
+			printf("%d", r.nf);
+			for (int i = 0; i < r.nf; i++)
+				printf(" [%.*s]", (int)r.len[i], r.f[i]);
+			putchar('\n');
+		}
+		return 0;
+	}
+	if (!strcmp(argv[1], "props")) {
+		char *cur = in, *name, *val;
+		size_t nl, vl;
+		int rc;
+
+		in[strcspn(in, "\n")] = '\0';
+		while ((rc = props_next(&cur, &name, &nl, &val, &vl)) == 1)
+			printf("%s=%.*s\n", name, (int)vl, val);
+		if (rc < 0)
+			puts("error");
+		return 0;
+	}
+	return 2;
+}
