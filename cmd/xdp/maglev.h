@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/* maglev.h: the weighted Maglev lookup table of mqlb-xdp, built in user
+ * space and written into the BPF ring slot by slot (only what changed). */
+#ifndef MQLB_MAGLEV_H
+#define MQLB_MAGLEV_H
+
+#include <linux/types.h>
+
+struct mg_backend {
+	__u32 id;     /* what the ring slots hold: the real's index, not 0 */
+	__u32 weight; /* 0: no slots (drained) */
+	__u32 addr[4];
+};
+
+/* Is m a prime (ring sizes must be)? */
+int maglev_prime(unsigned long m);
+
+/* Fill ring[0..m) from n backends: each takes slots in the order of its own
+ * permutation (offset and skip from a hash of its address), in turns
+ * proportional to its weight. All zero when no backend has weight. */
+int maglev_build(__u32 *ring, __u32 m, const struct mg_backend *b, int n);
+
+/* Write the slots where next differs from cur into the BPF array map_fd at
+ * base..base+m, and make cur equal next. Returns the number of slots
+ * written, or -1 with errno. */
+long maglev_sync(int map_fd, __u32 base, __u32 *cur, const __u32 *next, __u32 m);
+
+#endif

@@ -1,0 +1,788 @@
+/* SPDX-License-Identifier: MIT */
+/* xdptest: runs crafted packets through bpf/mqlb_xdp.bpf.c and
+ * bpf/mqlb_decap.bpf.c with BPF_PROG_TEST_RUN and checks verdicts and bytes
+ * (t/600-xdp-unit.bats); "bench" measures ns per packet; "query" talks to a
+ * Unix socket. Needs root (CAP_BPF, CAP_NET_ADMIN) except for "query". */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "mqlb_kern_user.h"
+#include "mqlb_decap.skel.h"
+#include "mqlb_xdp.skel.h"
+#include "xdp_floor.skel.h"
+#include "xdp/maglev.h"
+
+#define RING 65537u
+#define XDP_ABORTED_ 0
+#define XDP_DROP_ 1
+#define XDP_PASS_ 2
+#define XDP_TX_ 3
+
+static int failed;
+static struct mqlb_xdp_bpf *sk;
+
+#define CHECK(cond, ...)                                            \
+	do {                                                        \
+		if (!(cond)) {                                      \
+			fprintf(stderr, "FAIL %s:%d: ", __func__, __LINE__); \
+			fprintf(stderr, __VA_ARGS__);               \
+			fputc('\n', stderr);                        \
+			failed = 1;                                 \
+		}                                                   \
+	} while (0)
+
+static const __u8 LB_MAC[6] = { 0x02, 0, 0, 0, 0, 0x01 };
+static const __u8 CLIENT_MAC[6] = { 0x02, 0, 0, 0, 0, 0x02 };
+static const __u8 GW_MAC[6] = { 0x02, 0, 0, 0, 0, 0xfe };
+
+/* ---- packets --------------------------------------------------------------- */
+
+static __u32 sum16(const void *p, size_t n, __u32 s)
+{
+	const __u8 *b = p;
+
+	for (size_t i = 0; i + 1 < n; i += 2)
+		s += (__u32)(b[i] << 8 | b[i + 1]);
+	if (n & 1)
+		s += (__u32)(b[n - 1] << 8);
+	return s;
+}
+
+static __u16 fold(__u32 s)
+{
+	while (s >> 16)
+		s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+struct pkt {
+	__u8 b[2048];
+	size_t len;
+};
+
+struct flowspec {
+	int family;
+	const char *src, *dst;
+	__u16 sport, dport;
+	int proto;        /* IPPROTO_TCP or IPPROTO_UDP */
+	int syn, ack;
+	size_t payload;
+};
+
+/* Ethernet + IPv4/IPv6 + TCP/UDP with valid checksums. */
+static void build(struct pkt *p, const struct flowspec *fs)
+{
+	struct ethhdr *eth = (void *)p->b;
+	__u8 *l3 = p->b + sizeof *eth, *l4;
+	size_t l4len = (fs->proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) + fs->payload;
+	__u32 ps = 0;
+
+	memset(p, 0, sizeof *p);
+	memcpy(eth->h_dest, LB_MAC, 6);
+	memcpy(eth->h_source, CLIENT_MAC, 6);
+	if (fs->family == 4) {
+		struct iphdr *ip = (void *)l3;
+
+		eth->h_proto = htons(ETH_P_IP);
+		ip->version = 4;
+		ip->ihl = 5;
+		ip->tot_len = htons((__u16)(sizeof *ip + l4len));
+		ip->id = htons(0x1234);
+		ip->frag_off = htons(0x4000);
+		ip->ttl = 63;
+		ip->protocol = (__u8)fs->proto;
+		inet_pton(AF_INET, fs->src, &ip->saddr);
+		inet_pton(AF_INET, fs->dst, &ip->daddr);
+		ip->check = htons(fold(sum16(ip, sizeof *ip, 0)));
+		l4 = l3 + sizeof *ip;
+		ps = sum16(&ip->saddr, 8, 0);
+	} else {
+		struct ipv6hdr *ip6 = (void *)l3;
+
+		eth->h_proto = htons(ETH_P_IPV6);
+		ip6->version = 6;
+		ip6->flow_lbl[2] = 0x42;
+		ip6->payload_len = htons((__u16)l4len);
+		ip6->nexthdr = (__u8)fs->proto;
+		ip6->hop_limit = 63;
+		inet_pton(AF_INET6, fs->src, &ip6->saddr);
+		inet_pton(AF_INET6, fs->dst, &ip6->daddr);
+		l4 = l3 + sizeof *ip6;
+		ps = sum16(&ip6->saddr, 32, 0);
+	}
+	ps += (__u32)fs->proto + (__u32)l4len;
+	for (size_t i = 0; i < fs->payload; i++)
+		l4[l4len - fs->payload + i] = (__u8)('a' + i % 26);
+	if (fs->proto == IPPROTO_TCP) {
+		struct tcphdr *th = (void *)l4;
+
+		th->source = htons(fs->sport);
+		th->dest = htons(fs->dport);
+		th->seq = htonl(1000);
+		th->ack_seq = htonl(fs->ack ? 2000 : 0);
+		th->doff = 5;
+		th->syn = (__u16)fs->syn;
+		th->ack = (__u16)fs->ack;
+		th->window = htons(64240);
+		th->check = htons(fold(sum16(l4, l4len, ps)));
+	} else {
+		struct udphdr *uh = (void *)l4;
+
+		uh->source = htons(fs->sport);
+		uh->dest = htons(fs->dport);
+		uh->len = htons((__u16)l4len);
+		uh->check = htons(fold(sum16(l4, l4len, ps)));
+	}
+	p->len = (size_t)(l4 - p->b) + l4len;
+}
+
+static int run(int prog_fd, const struct pkt *in, struct pkt *out, __u32 *dur)
+{
+	LIBBPF_OPTS(bpf_test_run_opts, o, .data_in = in->b, .data_size_in = (__u32)in->len,
+		    .data_out = out->b, .data_size_out = sizeof out->b, .repeat = 1);
+
+	if (bpf_prog_test_run_opts(prog_fd, &o) < 0) {
+		fprintf(stderr, "BPF_PROG_TEST_RUN: %s\n", strerror(errno));
+		exit(111);
+	}
+	out->len = o.data_size_out;
+	if (dur)
+		*dur = o.duration;
+	return (int)o.retval;
+}
+
+/* ---- the balancer's maps, set up the way mqlb-xdp does ------------------------ */
+
+struct tvip {
+	struct mqlb_vip_key key;
+	__u32 num;
+	int weight[MQLB_MAX_REALS];
+	__u32 ring[RING];
+};
+
+static struct tvip tv[4];
+static __u32 scratch[RING];
+static long slots_written;
+
+static void lb_open(int encap)
+{
+	struct mqlb_config cfg = { .mtu = 1500 };
+	__u32 zero = 0;
+
+	sk = mqlb_xdp_bpf__open();
+	if (!sk) {
+		perror("open");
+		exit(111);
+	}
+	sk->rodata->encap = (__u32)encap;
+	bpf_map__set_max_entries(sk->maps.conns, 65536);
+	if (mqlb_xdp_bpf__load(sk) < 0) {
+		fprintf(stderr, "cannot load mqlb_xdp (root needed)\n");
+		exit(111);
+	}
+	inet_pton(AF_INET, "192.0.2.1", &cfg.src4);
+	inet_pton(AF_INET6, "2001:db8::1", cfg.src6);
+	memcpy(cfg.gw_mac, GW_MAC, 6);
+	bpf_map_update_elem(bpf_map__fd(sk->maps.config), &zero, &cfg, BPF_ANY);
+	for (int i = 0; i < 4; i++)
+		for (int r = 0; r < MQLB_MAX_REALS; r++)
+			tv[i].weight[r] = -1;
+}
+
+static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
+
+static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
+{
+	struct mqlb_vip v = { .num = (__u32)n, .flags = flags };
+	struct mqlb_vip a = { .flags = MQLB_VIP_ADDR };
+	struct tvip *t = &tv[n];
+
+	memset(&t->key, 0, sizeof t->key);
+	t->key.family = strchr(addr, ':') ? 6 : 4;
+	inet_pton(t->key.family == 4 ? AF_INET : AF_INET6, addr, t->key.addr);
+	t->key.port = htons(port);
+	t->key.proto = (__u8)proto;
+	t->num = (__u32)n;
+	bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &t->key, &v, BPF_ANY);
+	{
+		struct mqlb_vip_key ak = { .family = t->key.family };
+
+		memcpy(ak.addr, t->key.addr, 16);
+		bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &ak, &a, BPF_ANY);
+	}
+}
+
+/* Real i: address "10.0.0.<10+i>" (or fd00::<10+i>), MAC 02:00:00:00:01:<i>. */
+static void real_addr(int i, int family, __u32 addr[4])
+{
+	char s[64];
+
+	memset(addr, 0, 16);
+	if (family == 4) {
+		snprintf(s, sizeof s, "10.0.0.%d", 10 + i);
+		inet_pton(AF_INET, s, addr);
+	} else {
+		snprintf(s, sizeof s, "fd00::%x", 10 + i);
+		inet_pton(AF_INET6, s, addr);
+	}
+}
+
+static void add_real(int i, int family, int valid)
+{
+	struct mqlb_real r = { .family = (__u8)family, .flags = valid ? MQLB_REAL_VALID : 0 };
+	__u32 k = (__u32)i;
+
+	real_addr(i, family, r.addr);
+	r.mac[0] = 0x02;
+	r.mac[4] = 0x01;
+	r.mac[5] = (__u8)i;
+	bpf_map_update_elem(bpf_map__fd(sk->maps.reals), &k, &r, BPF_ANY);
+}
+
+static void set_weight(int n, int real, int weight)
+{
+	struct tvip *t = &tv[n];
+	struct mg_backend b[MQLB_MAX_REALS];
+	__u32 k = (__u32)(n * MQLB_MAX_REALS + real), m = weight < 0 ? 0 : (__u32)weight + 1;
+	int nb = 0;
+	long w;
+
+	t->weight[real] = weight;
+	bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
+	for (int r = 1; r < MQLB_MAX_REALS; r++)
+		if (t->weight[r] >= 0) {
+			b[nb].id = (__u32)r;
+			b[nb].weight = (__u32)t->weight[r];
+			real_addr(r, t->key.family, b[nb].addr);
+			nb++;
+		}
+	maglev_build(scratch, RING, b, nb);
+	w = maglev_sync(bpf_map__fd(sk->maps.ring), (__u32)n * RING, t->ring, scratch, RING);
+	if (w < 0) {
+		perror("ring update");
+		exit(111);
+	}
+	slots_written = w;
+}
+
+static __u32 predict(int n, const struct flowspec *fs, int src_only)
+{
+	struct mqlb_flow f = { .family = (__u8)fs->family, .proto = (__u8)fs->proto };
+
+	inet_pton(fs->family == 4 ? AF_INET : AF_INET6, fs->src, f.src);
+	inet_pton(fs->family == 4 ? AF_INET : AF_INET6, fs->dst, f.dst);
+	f.sport = htons(fs->sport);
+	f.dport = htons(fs->dport);
+	return tv[n].ring[mqlb_flow_hash(&f, src_only) % RING];
+}
+
+static __u64 ctr(enum mqlb_stat s)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	__u64 v[ncpu], sum = 0;
+	__u32 k = s;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(sk->maps.stats), &k, v) < 0)
+		return 0;
+	for (int i = 0; i < ncpu; i++)
+		sum += v[i];
+	return sum;
+}
+
+/* Which real got the packet (l2 mode): the last byte of its MAC. */
+static int real_of(const struct pkt *out) { return out->b[5]; }
+
+static void setup3(int encap, int family)
+{
+	lb_open(encap);
+	add_vip(0, family == 4 ? "10.0.0.100" : "fd00::100", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++) {
+		add_real(i, family, 1);
+		set_weight(0, i, 100);
+	}
+}
+
+static struct flowspec flow4(__u16 sport, int syn)
+{
+	struct flowspec fs = { 4, "198.51.100.7", "10.0.0.100", sport, 1883, IPPROTO_TCP, syn, !syn, 10 };
+
+	return fs;
+}
+
+/* ---- tests ----------------------------------------------------------------- */
+
+/* l2: only the MACs change; every other byte is the client's. */
+static void t_l2(int family)
+{
+	struct flowspec fs = flow4(40000, 1);
+	struct pkt in, out;
+	__u32 want;
+	int v;
+
+	if (family == 6) {
+		fs.family = 6;
+		fs.src = "2001:db8:1::7";
+		fs.dst = "fd00::100";
+	}
+	setup3(MQLB_ENCAP_L2, family);
+	build(&in, &fs);
+	want = predict(0, &fs, 0);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
+	CHECK(out.len == in.len, "length %zu, want %zu", out.len, in.len);
+	CHECK(want >= 1 && want <= 3, "ring predicts real %u", want);
+	CHECK(!memcmp(out.b, "\x02\0\0\0\x01", 5) && out.b[5] == want, "dest MAC is not real %u's", want);
+	CHECK(!memcmp(out.b + 6, LB_MAC, 6), "source MAC is not the balancer's");
+	CHECK(!memcmp(out.b + 12, in.b + 12, in.len - 12), "bytes after the MACs changed");
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 1 && ctr(MQLB_ST_FWD) == 1, "counters new_flows %llu forwarded %llu",
+	      (unsigned long long)ctr(MQLB_ST_NEW_FLOWS), (unsigned long long)ctr(MQLB_ST_FWD));
+}
+
+/* ipip: a new outer IPv4 header, checksum right, inner packet byte for byte. */
+static void t_ipip(void)
+{
+	struct flowspec fs = flow4(40001, 1);
+	struct pkt in, out;
+	struct iphdr *o;
+	__u32 want, a, ra[4];
+	int v;
+
+	setup3(MQLB_ENCAP_IPIP, 4);
+	build(&in, &fs);
+	want = predict(0, &fs, 0);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
+	CHECK(out.len == in.len + 20, "length %zu, want %zu", out.len, in.len + 20);
+	CHECK(!memcmp(out.b, GW_MAC, 6), "dest MAC is not the gateway's");
+	CHECK(!memcmp(out.b + 6, LB_MAC, 6), "source MAC is not the balancer's");
+	CHECK(out.b[12] == 0x08 && out.b[13] == 0x00, "ethertype is not IPv4");
+	o = (void *)(out.b + 14);
+	CHECK(o->version == 4 && o->ihl == 5 && o->protocol == IPPROTO_IPIP && o->ttl == 64,
+	      "outer header: version %d ihl %d protocol %d ttl %d", o->version, o->ihl, o->protocol, o->ttl);
+	CHECK(ntohs(o->tot_len) == in.len - 14 + 20, "outer tot_len %u", ntohs(o->tot_len));
+	CHECK(ntohs(o->frag_off) == 0x4000, "outer DF not set");
+	inet_pton(AF_INET, "192.0.2.1", &a);
+	CHECK(o->saddr == a, "outer source is not the configured one");
+	real_addr((int)want, 4, ra);
+	CHECK(o->daddr == ra[0], "outer destination is not real %u", want);
+	CHECK(fold(sum16(o, 20, 0)) == 0, "outer header checksum 0x%04x is wrong", ntohs(o->check));
+	CHECK(!memcmp(out.b + 34, in.b + 14, in.len - 14), "inner packet changed");
+
+	/* Too big once encapsulated: dropped and counted. */
+	fs.payload = 1500 - 40;
+	build(&in, &fs);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_TOO_BIG) == 1, "oversize: verdict %d, counter %llu", v,
+	      (unsigned long long)ctr(MQLB_ST_DROP_TOO_BIG));
+}
+
+static void t_ipip6(void)
+{
+	struct flowspec fs = { 6, "2001:db8:1::7", "fd00::100", 40002, 1883, IPPROTO_TCP, 1, 0, 10 };
+	struct pkt in, out;
+	struct ipv6hdr *o;
+	__u32 want, a[4];
+	int v;
+
+	setup3(MQLB_ENCAP_IPIP, 6);
+	build(&in, &fs);
+	want = predict(0, &fs, 0);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
+	CHECK(out.len == in.len + 40, "length %zu, want %zu", out.len, in.len + 40);
+	CHECK(!memcmp(out.b, GW_MAC, 6) && out.b[12] == 0x86 && out.b[13] == 0xdd, "Ethernet header");
+	o = (void *)(out.b + 14);
+	CHECK(o->version == 6 && o->nexthdr == IPPROTO_IPV6 && o->hop_limit == 64, "outer header fields");
+	CHECK(o->flow_lbl[2] == 0x42, "flow label not kept");
+	CHECK(ntohs(o->payload_len) == in.len - 14, "outer payload_len %u", ntohs(o->payload_len));
+	real_addr((int)want, 6, a);
+	CHECK(!memcmp(&o->daddr, a, 16), "outer destination is not real %u", want);
+	inet_pton(AF_INET6, "2001:db8::1", a);
+	CHECK(!memcmp(&o->saddr, a, 16), "outer source");
+	CHECK(!memcmp(out.b + 54, in.b + 14, in.len - 14), "inner packet changed");
+}
+
+/* Not for a VIP: XDP_PASS, untouched. */
+static void t_pass(void)
+{
+	struct flowspec other_port = flow4(40003, 1), other_addr = flow4(40003, 1),
+			udp = flow4(40003, 0);
+	struct pkt in, out;
+	int v;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	other_port.dport = 1884;
+	other_addr.dst = "10.0.0.101";
+	udp.proto = IPPROTO_UDP; /* the VIP is tcp only */
+	const struct flowspec *cases[] = { &other_port, &other_addr, &udp };
+	for (int i = 0; i < 3; i++) {
+		build(&in, cases[i]);
+		v = run(prog(), &in, &out, NULL);
+		CHECK(v == XDP_PASS_, "case %d: verdict %d, want XDP_PASS", i, v);
+		CHECK(out.len == in.len && !memcmp(out.b, in.b, in.len), "case %d: bytes changed", i);
+	}
+	/* ARP and a runt frame */
+	memset(&in, 0, sizeof in);
+	in.b[12] = 0x08;
+	in.b[13] = 0x06;
+	in.len = 60;
+	CHECK(run(prog(), &in, &out, NULL) == XDP_PASS_, "ARP not passed");
+	CHECK(ctr(MQLB_ST_PASS) == 4 && ctr(MQLB_ST_FWD) == 0, "pass counter %llu",
+	      (unsigned long long)ctr(MQLB_ST_PASS));
+}
+
+/* Fragments and IP options: dropped when addressed to a VIP address, else passed. */
+static void t_frag(void)
+{
+	struct flowspec fs = flow4(40004, 1), nv = flow4(40004, 1);
+	struct pkt in, out;
+	struct iphdr *ip = (void *)(in.b + 14);
+	int v;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	build(&in, &fs);
+	ip->frag_off = htons(0x2000); /* MF */
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_FRAG) == 1, "first fragment: verdict %d", v);
+	ip->frag_off = htons(100);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_FRAG) == 2, "later fragment: verdict %d", v);
+	ip->frag_off = 0;
+	ip->ihl = 6;
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_OPTIONS) == 1, "options: verdict %d", v);
+	nv.dst = "10.0.0.200";
+	build(&in, &nv);
+	ip->frag_off = htons(0x2000);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_PASS_, "fragment to another address: verdict %d", v);
+}
+
+/* A SYN asks the ring; later packets follow the connection table even when
+ * the ring has changed; a new SYN on the same tuple asks the ring again. */
+static void t_syn(void)
+{
+	struct flowspec syn = flow4(40005, 1), est = flow4(40005, 0);
+	struct pkt in, out;
+	int first, v;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	build(&in, &syn);
+	v = run(prog(), &in, &out, NULL);
+	first = real_of(&out);
+	CHECK(v == XDP_TX_ && first == (int)predict(0, &syn, 0), "SYN went to %d", first);
+	/* Move the flow's ring slot elsewhere: take the real out of the ring
+	 * (weight 0, still a member). */
+	set_weight(0, first, 0);
+	CHECK(predict(0, &syn, 0) != (__u32)first, "ring still points at %d", first);
+	build(&in, &est);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_ && real_of(&out) == first, "established packet went to %d, not %d", real_of(&out),
+	      first);
+	CHECK(ctr(MQLB_ST_LRU_HIT) == 1, "lru_hits %llu", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
+	build(&in, &syn);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_ && real_of(&out) != first && real_of(&out) == (int)predict(0, &syn, 0),
+	      "new SYN went to %d (drained %d)", real_of(&out), first);
+	/* A non-SYN without an entry (balancer restarted) is scheduled by the ring. */
+	est.sport = 40099;
+	build(&in, &est);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_TX_ && ctr(MQLB_ST_MISS_NOT_SYN) == 1, "non-SYN miss: verdict %d", v);
+}
+
+/* Drain: weight 0 gets no new flows, keeps its established ones; removal
+ * (not a member any more) moves them. */
+static void t_drain(void)
+{
+	struct pkt in, out;
+	int owner[600], drained = 2, kept = 0, onit = 0;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	for (int i = 0; i < 600; i++) {
+		struct flowspec fs = flow4((__u16)(20000 + i), 1);
+
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		owner[i] = real_of(&out);
+	}
+	set_weight(0, drained, 0);
+	for (int i = 0; i < 600; i++) {
+		struct flowspec fs = flow4((__u16)(20000 + i), 0);
+
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		if (owner[i] == drained) {
+			onit++;
+			kept += real_of(&out) == drained;
+		} else {
+			CHECK(real_of(&out) == owner[i], "flow %d moved from %d to %d", i, owner[i], real_of(&out));
+		}
+	}
+	CHECK(onit > 100 && kept == onit, "drained real kept %d of its %d flows", kept, onit);
+	for (int i = 0; i < 3000; i++) {
+		struct flowspec fs = flow4((__u16)(30000 + i), 1);
+
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		CHECK(real_of(&out) != drained, "new flow %d went to the drained real", i);
+	}
+	set_weight(0, drained, -1); /* del */
+	kept = 0;
+	for (int i = 0; i < 600; i++) {
+		struct flowspec fs = flow4((__u16)(20000 + i), 0);
+
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		kept += real_of(&out) == drained;
+	}
+	CHECK(kept == 0, "%d flows still on a removed real", kept);
+}
+
+static __u32 rnd_state = 12345;
+static __u32 rnd(void)
+{
+	rnd_state = rnd_state * 1103515245u + 12345u;
+	return rnd_state >> 1;
+}
+
+static void random_flow(struct flowspec *fs, char *buf)
+{
+	snprintf(buf, 32, "%u.%u.%u.%u", 1 + rnd() % 223, rnd() % 256, rnd() % 256, 1 + rnd() % 254);
+	*fs = flow4((__u16)(1024 + rnd() % 60000), 1);
+	fs->src = buf;
+}
+
+/* 10k flows spread within 5% (relative) of the weights. */
+static void t_weights(void)
+{
+	static const int w[4] = { 0, 100, 200, 300 };
+	int n[4] = { 0 };
+	struct pkt in, out;
+	char buf[32];
+
+	lb_open(MQLB_ENCAP_L2);
+	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++) {
+		add_real(i, 4, 1);
+		set_weight(0, i, w[i]);
+	}
+	for (int i = 0; i < 10000; i++) {
+		struct flowspec fs;
+
+		random_flow(&fs, buf);
+		build(&in, &fs);
+		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow %d not forwarded", i);
+		if (real_of(&out) >= 1 && real_of(&out) <= 3)
+			n[real_of(&out)]++;
+	}
+	for (int i = 1; i <= 3; i++) {
+		double want = 10000.0 * w[i] / 600, dev = (n[i] - want) / want;
+
+		printf("real %d weight %d: %d flows (%.1f%% off)\n", i, w[i], n[i], 100 * dev);
+		CHECK(dev <= 0.05 && dev >= -0.05, "real %d: %d flows, want %.0f +-5%%", i, n[i], want);
+	}
+}
+
+/* Adding a real moves at most 1/N + 2% of new flows, and only ring slots
+ * that change are written. */
+static void t_moves(void)
+{
+	static __u8 before[10000];
+	struct pkt in, out;
+	char buf[32];
+	int moved = 0, to_new = 0;
+	double limit = 1.0 / 5 + 0.02;
+
+	lb_open(MQLB_ENCAP_L2);
+	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 5; i++)
+		add_real(i, 4, 1);
+	for (int i = 1; i <= 4; i++)
+		set_weight(0, i, 100);
+	rnd_state = 777;
+	for (int i = 0; i < 10000; i++) {
+		struct flowspec fs;
+
+		random_flow(&fs, buf);
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		before[i] = (__u8)real_of(&out);
+	}
+	set_weight(0, 5, 100);
+	printf("ring slots written for the 5th real: %ld of %u\n", slots_written, RING);
+	CHECK(slots_written < (long)(RING * limit), "%ld slots rewritten", slots_written);
+	rnd_state = 777;
+	for (int i = 0; i < 10000; i++) {
+		struct flowspec fs;
+
+		random_flow(&fs, buf);
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+		if (real_of(&out) != before[i]) {
+			moved++;
+			to_new += real_of(&out) == 5;
+		}
+	}
+	printf("new flows moved: %d of 10000 (%d to the new real); limit %.0f\n", moved, to_new, 10000 * limit);
+	CHECK(moved <= 10000 * limit, "%d of 10000 new flows moved, limit %.0f", moved, 10000 * limit);
+	/* Reweighting one of five down, same bound. */
+	set_weight(0, 2, 50);
+	printf("ring slots written for a reweight: %ld\n", slots_written);
+	CHECK(slots_written < (long)(RING * limit), "%ld slots rewritten on reweight", slots_written);
+}
+
+/* decap: IPIP and IPv6-in-IPv6 become the inner packet; anything else passes. */
+static void t_decap(void)
+{
+	struct mqlb_decap_bpf *d = mqlb_decap_bpf__open_and_load();
+	struct flowspec fs = flow4(40006, 1), fs6 = { 6, "2001:db8:1::7", "fd00::100", 40006, 1883,
+						      IPPROTO_TCP, 1, 0, 10 };
+	struct pkt inner, encap, out;
+	int v;
+
+	if (!d) {
+		fprintf(stderr, "cannot load mqlb_decap\n");
+		exit(111);
+	}
+	/* Make the encapsulated packet with the balancer itself. */
+	setup3(MQLB_ENCAP_IPIP, 4);
+	build(&inner, &fs);
+	run(prog(), &inner, &encap, NULL);
+	v = run(bpf_program__fd(d->progs.mqlb_decap), &encap, &out, NULL);
+	CHECK(v == XDP_PASS_, "verdict %d", v);
+	CHECK(out.len == inner.len, "length %zu, want %zu", out.len, inner.len);
+	CHECK(!memcmp(out.b, GW_MAC, 6) && !memcmp(out.b + 6, LB_MAC, 6), "MACs not kept");
+	CHECK(!memcmp(out.b + 12, inner.b + 12, inner.len - 12), "inner packet differs");
+	mqlb_xdp_bpf__destroy(sk);
+	setup3(MQLB_ENCAP_IPIP, 6);
+	build(&inner, &fs6);
+	run(prog(), &inner, &encap, NULL);
+	v = run(bpf_program__fd(d->progs.mqlb_decap), &encap, &out, NULL);
+	CHECK(v == XDP_PASS_ && out.len == inner.len && !memcmp(out.b + 12, inner.b + 12, inner.len - 12),
+	      "IPv6: verdict %d length %zu", v, out.len);
+	v = run(bpf_program__fd(d->progs.mqlb_decap), &inner, &out, NULL);
+	CHECK(v == XDP_PASS_ && out.len == inner.len && !memcmp(out.b, inner.b, inner.len),
+	      "plain packet changed");
+}
+
+/* ns per packet, the kernel's own measure, one packet per call (repeat=1)
+ * since packets are rewritten in place. */
+static void bench(int n)
+{
+	struct xdp_floor_bpf *fl = xdp_floor_bpf__open_and_load();
+	struct flowspec est = flow4(40007, 0), syn = flow4(0, 1), nv = flow4(40007, 0);
+	struct pkt in, out;
+	__u64 t[4] = { 0 };
+	__u32 d;
+
+	if (!fl) {
+		fprintf(stderr, "cannot load xdp_floor\n");
+		exit(111);
+	}
+	setup3(MQLB_ENCAP_L2, 4);
+	syn.sport = 40007;
+	build(&in, &syn);
+	run(prog(), &in, &out, NULL); /* the established flow's entry */
+	nv.dport = 80;
+	for (int i = 0; i < n; i++) {
+		build(&in, &est);
+		run(prog(), &in, &out, &d);
+		t[0] += d;
+		syn.sport = (__u16)(1024 + i % 60000);
+		syn.src = (i / 60000) & 1 ? "198.51.100.8" : "198.51.100.9";
+		build(&in, &syn);
+		run(prog(), &in, &out, &d);
+		t[1] += d;
+		build(&in, &nv);
+		run(prog(), &in, &out, &d);
+		t[2] += d;
+		build(&in, &est);
+		run(bpf_program__fd(fl->progs.xdp_floor), &in, &out, &d);
+		t[3] += d;
+	}
+	printf("established %.1f ns/packet\n", (double)t[0] / n);
+	printf("new-flow %.1f ns/packet\n", (double)t[1] / n);
+	printf("non-vip-pass %.1f ns/packet\n", (double)t[2] / n);
+	printf("floor-macswap-tx %.1f ns/packet\n", (double)t[3] / n);
+}
+
+/* Send stdin to a Unix socket, print what comes back until it closes. */
+static int query(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char buf[65536];
+	ssize_t n;
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		fprintf(stderr, "xdptest: %s: %s\n", path, strerror(errno));
+		return 69;
+	}
+	while ((n = read(0, buf, sizeof buf)) > 0)
+		if (write(fd, buf, (size_t)n) != n)
+			return 111;
+	shutdown(fd, SHUT_WR);
+	while ((n = read(fd, buf, sizeof buf)) > 0)
+		fwrite(buf, 1, (size_t)n, stdout);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *t = argc > 1 ? argv[1] : "";
+
+	if (!strcmp(t, "query") && argc == 3)
+		return query(argv[2]);
+	libbpf_set_print(NULL);
+	if (!strcmp(t, "l2"))
+		t_l2(4);
+	else if (!strcmp(t, "l2v6"))
+		t_l2(6);
+	else if (!strcmp(t, "ipip"))
+		t_ipip();
+	else if (!strcmp(t, "ipip6"))
+		t_ipip6();
+	else if (!strcmp(t, "pass"))
+		t_pass();
+	else if (!strcmp(t, "frag"))
+		t_frag();
+	else if (!strcmp(t, "syn"))
+		t_syn();
+	else if (!strcmp(t, "drain"))
+		t_drain();
+	else if (!strcmp(t, "weights"))
+		t_weights();
+	else if (!strcmp(t, "moves"))
+		t_moves();
+	else if (!strcmp(t, "decap"))
+		t_decap();
+	else if (!strcmp(t, "bench"))
+		bench(argc > 2 ? atoi(argv[2]) : 100000);
+	else {
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|drain|weights|moves|decap|"
+				"bench [n]|query socket\n");
+		return 2;
+	}
+	if (!failed)
+		printf("ok %s\n", t);
+	return failed;
+}
