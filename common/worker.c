@@ -1,0 +1,863 @@
+/* SPDX-License-Identifier: MIT */
+/* worker.c: the worker side of PROTOCOL.md behind libmqlb's API (mqlb.h):
+ * announce, bid with free slots, reservations, awards, fallback, done. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "mqlb.h"
+#include "mqtt.h"
+#include "record.h"
+
+/* MQTT 5 subscription identifiers: a copy of a message says which of our
+ * subscriptions it came through, so overlapping filters stay apart. */
+enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_N };
+
+#define RECENT 64 /* uuids we bid on lately: one bid per request */
+#define UUID_LEN 36
+
+struct job {
+	struct job *next;
+	char *id, *mtopic, *props, *rt;
+	void *payload, *cd;
+	size_t len;
+	int cdlen, qos, remote; /* remote: a balancer waits for its done */
+};
+
+struct mqlb_worker {
+	struct ev_loop *loop;
+	struct mq mq;
+	struct mq_opts mo;
+	struct mqlb_worker_cb cb;
+	void *arg;
+	char *prefix, *group, *topic, *wid;
+	int slots, qmax, fallback, no_reply, qos;
+	double reserve_timeout, suback_timeout, keepalive;
+	/* topics and filters, built once */
+	char *t_announce, *t_suback, *t_will, *f_req, *f_work, *f_fallback;
+	char *p_req, *p_work; /* "P/req/", "P/work/{group}/{wid}/" */
+	size_t l_req, l_work, l_prefix;
+	/* reservations: expiry times, oldest first */
+	double *resv;
+	int nresv, cresv;
+	struct job *run, *queue, **qtail;
+	int running, nqueue;
+	/* the newest request we had to let pass, for a late bid */
+	char late_uuid[UUID_LEN + 1];
+	char *late_mtopic;
+	double late_at;
+	char recent[RECENT][UUID_LEN + 1];
+	int recent_i;
+	ev_timer announce_t, suback_t, resv_t, drain_t;
+	int fallback_on, draining, drained, ready, acked, pumping, again;
+	int mids[SUB_N];
+	unsigned long local_seq;
+	struct mqlb_worker_stats st;
+};
+
+static char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (!p)
+		die(EXIT_SYSERR, "out of memory");
+	return p;
+}
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *p;
+
+	va_start(ap, fmt);
+	if (vasprintf(&p, fmt, ap) < 0)
+		die(EXIT_SYSERR, "out of memory");
+	va_end(ap);
+	return p;
+}
+
+static int v5(const struct mqlb_worker *w) { return mq_v5(&w->mq); }
+
+static int free_slots(const struct mqlb_worker *w)
+{
+	int n = w->slots - w->running - w->nresv;
+
+	return n > 0 ? n : 0;
+}
+
+/* Reservations ----------------------------------------------------------- */
+
+static void resv_arm(struct mqlb_worker *w)
+{
+	ev_timer_stop(w->loop, &w->resv_t);
+	if (w->nresv == 0)
+		return;
+	ev_timer_set(&w->resv_t, w->resv[0] - ev_now(w->loop) + 0.001, 0);
+	ev_timer_start(w->loop, &w->resv_t);
+}
+
+static void reserve(struct mqlb_worker *w, int n)
+{
+	if (w->nresv + n > w->cresv) {
+		w->cresv = w->nresv + n + 8;
+		w->resv = realloc(w->resv, (size_t)w->cresv * sizeof *w->resv);
+		if (!w->resv)
+			die(EXIT_SYSERR, "out of memory");
+	}
+	/* Every reservation lives equally long, so appending keeps the order. */
+	while (n-- > 0)
+		w->resv[w->nresv++] = ev_now(w->loop) + w->reserve_timeout;
+	resv_arm(w);
+}
+
+static void unreserve_oldest(struct mqlb_worker *w)
+{
+	memmove(w->resv, w->resv + 1, (size_t)--w->nresv * sizeof *w->resv);
+	resv_arm(w);
+}
+
+/* Bids ------------------------------------------------------------------- */
+
+static int recently_bid(const struct mqlb_worker *w, const char *uuid)
+{
+	for (int i = 0; i < RECENT; i++)
+		if (!strcmp(w->recent[i], uuid))
+			return 1;
+	return 0;
+}
+
+static void bid(struct mqlb_worker *w, const char *uuid, const char *mtopic)
+{
+	char *t = xprintf("%s/rsp/%s/%s/%s/%s", w->prefix, w->group, w->wid, uuid, mtopic);
+	char pl[32];
+	int n = 0;
+
+	/* Under MQTT 5 the bid says how many slots we have, for scheme least. */
+	if (v5(w))
+		n = snprintf(pl, sizeof pl, "free=%d", free_slots(w));
+	mq_publish(&w->mq, NULL, t, (size_t)n, pl, 0, 0, NULL);
+	free(t);
+	reserve(w, 1);
+	strcpy(w->recent[w->recent_i], uuid);
+	w->recent_i = (w->recent_i + 1) % RECENT;
+	w->st.bids++;
+}
+
+static void late_bid(struct mqlb_worker *w)
+{
+	if (!w->late_mtopic || w->draining || !w->mq.connected || free_slots(w) == 0)
+		return;
+	if (ev_now(w->loop) - w->late_at < w->reserve_timeout && !recently_bid(w, w->late_uuid)) {
+		bid(w, w->late_uuid, w->late_mtopic);
+		w->st.late_bids++;
+	}
+	free(w->late_mtopic);
+	w->late_mtopic = NULL;
+}
+
+/* A lower-case libuuid uuid at s (not NUL-terminated there). */
+static int is_uuid(const char *s)
+{
+	for (int i = 0; i < UUID_LEN; i++) {
+		int dash = i == 8 || i == 13 || i == 18 || i == 23;
+
+		if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	}
+	return 1;
+}
+
+static void request(struct mqlb_worker *w, const char *topic)
+{
+	const char *uuid = topic + w->l_req, *mtopic = uuid + UUID_LEN + 1;
+	char u[UUID_LEN + 1];
+
+	if (strlen(uuid) < UUID_LEN + 2 || uuid[UUID_LEN] != '/')
+		return;
+	if (!is_uuid(uuid))
+		return;
+	w->st.requests++;
+	if (w->draining)
+		return;
+	memcpy(u, uuid, UUID_LEN);
+	u[UUID_LEN] = '\0';
+	if (recently_bid(w, u))
+		return;
+	if (free_slots(w) > 0) {
+		bid(w, u, mtopic);
+		return;
+	}
+	/* Full: remember only the newest request, the one most worth a late bid. */
+	free(w->late_mtopic);
+	w->late_mtopic = xstrdup(mtopic);
+	strcpy(w->late_uuid, u);
+	w->late_at = ev_now(w->loop);
+}
+
+/* Jobs ------------------------------------------------------------------- */
+
+static void job_free(struct job *j)
+{
+	free(j->id);
+	free(j->mtopic);
+	free(j->props);
+	free(j->rt);
+	free(j->payload);
+	free(j->cd);
+	free(j);
+}
+
+static void props_add(char **s, size_t *len, const char *name, const char *uname,
+		      const void *v, size_t vlen)
+{
+	size_t need = *len + strlen(name) + (uname ? rec_escaped_len(uname, strlen(uname)) : 0) +
+		      rec_escaped_len(v, vlen) + 3;
+	char *p = realloc(*s, need);
+
+	if (!p)
+		die(EXIT_SYSERR, "out of memory");
+	*s = p;
+	p += *len;
+	if (*len)
+		*p++ = ',';
+	p = stpcpy(p, name);
+	if (uname)
+		p += rec_escape(p, uname, strlen(uname), ",=");
+	*p++ = '=';
+	p += rec_escape(p, v, vlen, ",=");
+	*p = '\0';
+	*len = (size_t)(p - *s);
+}
+
+/* Take what a job needs from the MQTT 5 properties: its id (mqlb-id), the
+ * response topic and correlation data, and the props record field. */
+static void job_props(struct job *j, const mosquitto_property *props)
+{
+	size_t len = 0;
+
+	for (const mosquitto_property *p = props; p; p = mosquitto_property_next(p)) {
+		int id = mosquitto_property_identifier(p);
+		char *name = NULL, *val = NULL, num[16];
+		void *bin = NULL;
+		uint16_t blen = 0;
+		uint32_t u32;
+
+		switch (id) {
+		case MQTT_PROP_RESPONSE_TOPIC:
+		case MQTT_PROP_CONTENT_TYPE:
+			if (!mosquitto_property_read_string(p, id, &val, false))
+				break;
+			props_add(&j->props, &len, id == MQTT_PROP_CONTENT_TYPE ? "ct" : "rt", NULL,
+				  val, strlen(val));
+			if (id == MQTT_PROP_RESPONSE_TOPIC && !j->rt)
+				j->rt = val;
+			else
+				free(val);
+			break;
+		case MQTT_PROP_CORRELATION_DATA:
+			if (!mosquitto_property_read_binary(p, id, &bin, &blen, false))
+				break;
+			props_add(&j->props, &len, "cd", NULL, bin, blen);
+			free(j->cd);
+			j->cd = bin;
+			j->cdlen = blen;
+			break;
+		case MQTT_PROP_MESSAGE_EXPIRY_INTERVAL:
+			if (mosquitto_property_read_int32(p, id, &u32, false))
+				props_add(&j->props, &len, "exp", NULL, num,
+					  (size_t)snprintf(num, sizeof num, "%u", u32));
+			break;
+		case MQTT_PROP_USER_PROPERTY:
+			if (!mosquitto_property_read_string_pair(p, id, &name, &val, false))
+				break;
+			/* mqlb-id is the job's id, not one of its properties. */
+			if (!strcmp(name, "mqlb-id") && !j->id && strlen(val) == UUID_LEN) {
+				j->id = val;
+				val = NULL;
+			} else {
+				props_add(&j->props, &len, "u.", name, val, strlen(val));
+			}
+			free(name);
+			free(val);
+			break;
+		}
+	}
+}
+
+static struct job *job_new(struct mqlb_worker *w, const struct mosquitto_message *m,
+			   const char *mtopic, const mosquitto_property *props, int award)
+{
+	struct job *j = calloc(1, sizeof *j);
+
+	if (!j)
+		die(EXIT_SYSERR, "out of memory");
+	job_props(j, props);
+	if (!award && j->id) {
+		/* A mqlb-id on a fallback delivery was not meant for us. */
+		free(j->id);
+		j->id = NULL;
+	}
+	j->remote = j->id != NULL;
+	if (!j->id)
+		j->id = xprintf("local-%lu", ++w->local_seq);
+	j->mtopic = xstrdup(mtopic);
+	j->qos = m->qos;
+	j->len = (size_t)m->payloadlen;
+	/* One byte more, so a text payload can be used as a C string. */
+	j->payload = calloc(1, j->len + 1);
+	if (!j->payload)
+		die(EXIT_SYSERR, "out of memory");
+	if (j->len)
+		memcpy(j->payload, m->payload, j->len);
+	return j;
+}
+
+static void start(struct mqlb_worker *w, struct job *j)
+{
+	j->next = w->run;
+	w->run = j;
+	w->running++;
+	/* The callback may end the job at once: j is not ours after it. */
+	w->cb.job(w, j->id, j->qos, j->mtopic, j->payload, j->len, j->props, w->arg);
+}
+
+static void enqueue(struct mqlb_worker *w, struct job *j)
+{
+	if (w->nqueue >= w->qmax) {
+		w->st.dropped++;
+		warnl("queue full (--queue %d): job %s on %s dropped", w->qmax, j->id, j->mtopic);
+		job_free(j);
+		return;
+	}
+	j->next = NULL;
+	*w->qtail = j;
+	w->qtail = &j->next;
+	w->nqueue++;
+}
+
+static void check_drained(struct mqlb_worker *w);
+
+/* Start queued jobs while unreserved slots are free. Callbacks may end jobs
+ * and call back in here: the outer call does the work, so the stack stays
+ * flat however many jobs end at once. */
+static void pump(struct mqlb_worker *w)
+{
+	if (w->pumping) {
+		w->again = 1;
+		return;
+	}
+	w->pumping = 1;
+	do {
+		w->again = 0;
+		while (w->queue && free_slots(w) > 0) {
+			struct job *j = w->queue;
+
+			if (!(w->queue = j->next))
+				w->qtail = &w->queue;
+			w->nqueue--;
+			start(w, j);
+		}
+	} while (w->again);
+	w->pumping = 0;
+	late_bid(w);
+	check_drained(w);
+}
+
+static void publish_done(struct mqlb_worker *w, const struct job *j, const char *result, int nfree)
+{
+	char *t = xprintf("%s/done/%s/%s/%s", w->prefix, w->group, w->wid, j->id);
+	char *pl = nfree >= 0 ? xprintf("%s free=%d", result, nfree) : xstrdup(result);
+
+	mq_publish(&w->mq, NULL, t, strlen(pl), pl, 1, 0, NULL);
+	free(t);
+	free(pl);
+}
+
+static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
+		  const mosquitto_property *props)
+{
+	struct job *j = job_new(w, m, m->topic + w->l_work, props, 1);
+
+	w->st.awards++;
+	if (w->nresv > 0) {
+		/* An award consumes one reservation, whatever uuid it was for. */
+		unreserve_oldest(w);
+		start(w, j);
+	} else if (free_slots(w) > 0 && !w->queue) {
+		start(w, j);
+	} else if (j->remote && v5(w)) {
+		/* The balancer can give it to someone free right away. */
+		w->st.over_awards++;
+		w->st.busy++;
+		publish_done(w, j, "fail busy", -1);
+		job_free(j);
+	} else {
+		w->st.over_awards++;
+		enqueue(w, j);
+	}
+}
+
+static void fallback_delivery(struct mqlb_worker *w, const struct mosquitto_message *m,
+			      const mosquitto_property *props)
+{
+	struct job *j;
+
+	/* Retained messages are state, not work (PROTOCOL.md). */
+	if (m->retain)
+		return;
+	j = job_new(w, m, m->topic, props, 0);
+	w->st.fallback_deliveries++;
+	if (free_slots(w) > 0 && !w->queue)
+		start(w, j);
+	else
+		enqueue(w, j);
+}
+
+int mqlb_worker_done(struct mqlb_worker *w, const char *id, int ok, const char *reason,
+		     const void *reply, size_t replylen)
+{
+	struct job **pp, *j = NULL, **found = NULL;
+	char *result;
+	int nfree = -1;
+
+	/* The oldest running job with that id (the list is newest first). */
+	for (pp = &w->run; *pp; pp = &(*pp)->next)
+		if (!strcmp((*pp)->id, id))
+			found = pp;
+	if (!found)
+		return -1;
+	j = *found;
+	*found = j->next;
+	w->running--;
+	if (ok)
+		w->st.done_ok++;
+	else
+		w->st.done_fail++;
+	if (ok && reply && j->rt && !w->no_reply) {
+		mosquitto_property *p = NULL;
+
+		if (j->cd)
+			mosquitto_property_add_binary(&p, MQTT_PROP_CORRELATION_DATA, j->cd, (uint16_t)j->cdlen);
+		mq_publish(&w->mq, NULL, j->rt, replylen, reply, w->qos, 0, p);
+		mosquitto_property_free_all(&p);
+	}
+	if (j->remote && v5(w)) {
+		/* The slot just freed goes back to the balancer as a token,
+		 * unless queued work takes it or we are leaving. */
+		nfree = 0;
+		if (!w->draining && !w->queue && w->mq.connected) {
+			nfree = free_slots(w);
+			reserve(w, nfree);
+		}
+		result = ok ? xstrdup("ok") : xprintf("fail %s", reason && *reason ? reason : "error");
+		publish_done(w, j, result, nfree);
+		free(result);
+	}
+	job_free(j);
+	pump(w);
+	return 0;
+}
+
+/* Fallback --------------------------------------------------------------- */
+
+static void fallback_sub(struct mqlb_worker *w)
+{
+	if (w->f_fallback && w->mq.connected)
+		mq_subscribe(&w->mq, &w->mids[SUB_FALLBACK], w->f_fallback, w->qos, SUB_FALLBACK);
+}
+
+static void fallback_set(struct mqlb_worker *w, int on)
+{
+	if (on == w->fallback_on)
+		return;
+	w->fallback_on = on;
+	if (on) {
+		w->st.fallback++;
+		if (w->f_fallback)
+			infol("no suback for %s within %gs: taking work from %s", w->group,
+			      w->suback_timeout, w->f_fallback);
+		fallback_sub(w);
+	} else if (w->f_fallback) {
+		infol("suback for %s: leaving %s to the balancer", w->group, w->f_fallback);
+		mq_unsubscribe(&w->mq, w->f_fallback);
+	}
+}
+
+static void suback_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct mqlb_worker *w = t->data;
+
+	if (w->mq.connected && !w->draining)
+		fallback_set(w, 1);
+}
+
+static void suback(struct mqlb_worker *w, const struct mosquitto_message *m)
+{
+	if ((size_t)m->payloadlen != strlen(w->topic) || memcmp(m->payload, w->topic, strlen(w->topic)))
+		return;
+	w->st.subacks++;
+	ev_timer_stop(w->loop, &w->suback_t);
+	fallback_set(w, 0);
+}
+
+/* Announce --------------------------------------------------------------- */
+
+static void announce(struct mqlb_worker *w)
+{
+	if (!w->mq.connected || w->draining)
+		return;
+	mq_publish(&w->mq, NULL, w->t_announce, strlen(w->topic), w->topic, 1, 0, NULL);
+	/* Armed by the first announce that is not yet confirmed: a suback
+	 * for any announce inside the window stops it. */
+	if (!ev_is_active(&w->suback_t)) {
+		ev_timer_set(&w->suback_t, w->suback_timeout, 0);
+		ev_timer_start(w->loop, &w->suback_t);
+	}
+}
+
+static void announce_cb(struct ev_loop *loop, ev_timer *t, int revents) { announce(t->data); }
+
+static void resv_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct mqlb_worker *w = t->data;
+	double now = ev_now(loop);
+	int n = 0;
+
+	while (n < w->nresv && w->resv[n] <= now)
+		n++;
+	w->nresv -= n;
+	memmove(w->resv, w->resv + n, (size_t)w->nresv * sizeof *w->resv);
+	resv_arm(w);
+	if (n)
+		pump(w);
+}
+
+/* MQTT ------------------------------------------------------------------- */
+
+static void on_connected(struct mq *mq, int first, void *arg)
+{
+	struct mqlb_worker *w = arg;
+
+	w->st.connected = 1;
+	w->acked = 0;
+	/* Subscribed before the announce, so the suback cannot pass us by. */
+	mq_subscribe(mq, &w->mids[SUB_SUBACK], w->t_suback, 1, SUB_SUBACK);
+	if (!w->draining)
+		mq_subscribe(mq, &w->mids[SUB_REQ], w->f_req, 0, SUB_REQ);
+	mq_subscribe(mq, &w->mids[SUB_WORK], w->f_work, w->qos, SUB_WORK);
+	if (w->fallback_on && !w->draining)
+		fallback_sub(w);
+	ev_timer_stop(w->loop, &w->suback_t);
+	announce(w);
+	ev_timer_again(w->loop, &w->announce_t);
+}
+
+static void on_disconnected(struct mq *mq, void *arg)
+{
+	struct mqlb_worker *w = arg;
+
+	w->st.connected = 0;
+	/* No suback can come now: do not fall back for a broker outage. */
+	ev_timer_stop(w->loop, &w->suback_t);
+}
+
+static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
+{
+	struct mqlb_worker *w = arg;
+
+	for (int i = SUB_SUBACK; i < SUB_N; i++) {
+		if (mid != w->mids[i])
+			continue;
+		if (n < 1 || granted[0] >= 0x80)
+			warnl("the broker refused a subscription of group %s (reason %d)", w->group,
+			      n > 0 ? granted[0] : -1);
+		else if (i != SUB_FALLBACK)
+			w->acked |= 1 << i;
+	}
+	if (!w->ready && (w->acked & (1 << SUB_SUBACK | 1 << SUB_REQ | 1 << SUB_WORK)) ==
+				 (1 << SUB_SUBACK | 1 << SUB_REQ | 1 << SUB_WORK)) {
+		w->ready = 1;
+		if (w->cb.ready)
+			w->cb.ready(w, w->arg);
+	}
+}
+
+static int under_prefix(const struct mqlb_worker *w, const char *topic)
+{
+	return !strncmp(topic, w->prefix, w->l_prefix) && topic[w->l_prefix] == '/';
+}
+
+static void dispatch(struct mqlb_worker *w, int sub, const struct mosquitto_message *m,
+		     const mosquitto_property *props)
+{
+	switch (sub) {
+	case SUB_SUBACK:
+		if (!strcmp(m->topic, w->t_suback))
+			suback(w, m);
+		break;
+	case SUB_REQ:
+		if (!strncmp(m->topic, w->p_req, w->l_req))
+			request(w, m->topic);
+		break;
+	case SUB_WORK:
+		if (!strncmp(m->topic, w->p_work, w->l_work))
+			award(w, m, props);
+		break;
+	case SUB_FALLBACK:
+		/* A wide filter also sees the protocol itself: never work. */
+		if (!under_prefix(w, m->topic))
+			fallback_delivery(w, m, props);
+		break;
+	}
+}
+
+static void on_message(struct mq *mq, const struct mosquitto_message *m,
+		       const mosquitto_property *props, void *arg)
+{
+	struct mqlb_worker *w = arg;
+	const mosquitto_property *p;
+	uint32_t id;
+	int any = 0;
+
+	for (p = props; (p = mosquitto_property_read_varint(p, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, any));) {
+		any = 1;
+		if (id > 0 && id < SUB_N)
+			dispatch(w, (int)id, m, props);
+	}
+	if (any)
+		return;
+	/* No identifiers (MQTT 3.1.1): tell the kinds apart by topic. */
+	if (!strcmp(m->topic, w->t_suback))
+		dispatch(w, SUB_SUBACK, m, props);
+	else if (!strncmp(m->topic, w->p_req, w->l_req))
+		dispatch(w, SUB_REQ, m, props);
+	else if (!strncmp(m->topic, w->p_work, w->l_work))
+		dispatch(w, SUB_WORK, m, props);
+	else
+		dispatch(w, SUB_FALLBACK, m, props);
+}
+
+static const struct mq_cb mq_callbacks = {
+	.connected = on_connected,
+	.disconnected = on_disconnected,
+	.message = on_message,
+	.subscribed = on_subscribed,
+};
+
+/* Drain ------------------------------------------------------------------ */
+
+static void check_drained(struct mqlb_worker *w)
+{
+	/* Wait out our reservations too: an award may still be on its way. */
+	if (!w->draining || w->drained || w->running || w->queue || w->nresv)
+		return;
+	/* Report from the loop, not from inside the caller's own call to
+	 * mqlb_worker_done(), so drained may free the worker. */
+	ev_timer_stop(w->loop, &w->drain_t);
+	ev_timer_set(&w->drain_t, 0, 0);
+	ev_timer_start(w->loop, &w->drain_t);
+}
+
+static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	struct mqlb_worker *w = t->data;
+	int left = w->running + w->nqueue;
+
+	if (w->drained)
+		return;
+	w->drained = 1;
+	/* Hand back what we cannot finish, so the balancer awards it again. */
+	if (v5(w)) {
+		for (struct job *j = w->run; j; j = j->next)
+			if (j->remote)
+				publish_done(w, j, "fail drain-timeout", 0);
+		for (struct job *j = w->queue; j; j = j->next)
+			if (j->remote)
+				publish_done(w, j, "fail drain-timeout", 0);
+	}
+	if (left)
+		warnl("drain timeout: %d job%s not finished", left, left == 1 ? "" : "s");
+	if (w->cb.drained)
+		w->cb.drained(w, left, w->arg);
+}
+
+void mqlb_worker_drain(struct mqlb_worker *w, double timeout)
+{
+	if (w->draining) {
+		/* Asked twice: stop waiting. */
+		ev_timer_stop(w->loop, &w->drain_t);
+		drain_cb(w->loop, &w->drain_t, 0);
+		return;
+	}
+	w->draining = 1;
+	ev_timer_stop(w->loop, &w->announce_t);
+	ev_timer_stop(w->loop, &w->suback_t);
+	free(w->late_mtopic);
+	w->late_mtopic = NULL;
+	if (w->mq.connected) {
+		mq_unsubscribe(&w->mq, w->f_req);
+		if (w->fallback_on && w->f_fallback)
+			mq_unsubscribe(&w->mq, w->f_fallback);
+	}
+	w->fallback_on = 0;
+	ev_timer_set(&w->drain_t, timeout > 0 ? timeout : 0.001, 0);
+	ev_timer_start(w->loop, &w->drain_t);
+	check_drained(w);
+}
+
+/* API -------------------------------------------------------------------- */
+
+static int bad_level(const char *s)
+{
+	return !s || !*s || strpbrk(s, "/+#") || strlen(s) > 256;
+}
+
+struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_worker_opts *o,
+				    const struct mqlb_worker_cb *cb, void *arg)
+{
+	struct mqlb_worker *w;
+	char host[256];
+	const char *prefix = o->prefix ? o->prefix : "lb";
+
+	if (!loop || !cb || !cb->job || bad_level(o->group) || bad_level(prefix) ||
+	    (o->wid && bad_level(o->wid)) || !o->topic || !*o->topic ||
+	    mosquitto_sub_topic_check(o->topic) != MOSQ_ERR_SUCCESS || o->slots < 0 ||
+	    o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!(w = calloc(1, sizeof *w)))
+		die(EXIT_SYSERR, "out of memory");
+	w->loop = loop;
+	w->cb = *cb;
+	w->arg = arg;
+	w->prefix = xstrdup(prefix);
+	w->group = xstrdup(o->group);
+	w->topic = xstrdup(o->topic);
+	if (o->wid) {
+		w->wid = xstrdup(o->wid);
+	} else {
+		if (gethostname(host, sizeof host) < 0 || bad_level(host))
+			strcpy(host, "worker");
+		host[sizeof host - 1] = '\0';
+		w->wid = xprintf("%s-%ld", host, (long)getpid());
+	}
+	w->slots = o->slots > 0 ? o->slots : 1;
+	w->qmax = o->queue > 0 ? o->queue : 100;
+	w->qos = o->qos > 0 && o->qos <= 2 ? o->qos : 1;
+	w->fallback = o->fallback;
+	w->no_reply = o->no_reply;
+	w->keepalive = o->keepalive > 0 ? o->keepalive : 10;
+	w->reserve_timeout = o->reserve_timeout > 0 ? o->reserve_timeout : 1;
+	w->suback_timeout = o->suback_timeout > 0 ? o->suback_timeout : 2 * w->keepalive;
+
+	w->t_announce = xprintf("%s/sub/%s", w->prefix, w->group);
+	w->t_suback = xprintf("%s/suback/%s", w->prefix, w->group);
+	w->t_will = xprintf("%s/gone/%s/%s", w->prefix, w->group, w->wid);
+	w->f_req = xprintf("%s/req/+/%s", w->prefix, w->topic);
+	w->f_work = xprintf("%s/work/%s/%s/%s", w->prefix, w->group, w->wid, w->topic);
+	w->p_req = xprintf("%s/req/", w->prefix);
+	w->p_work = xprintf("%s/work/%s/%s/", w->prefix, w->group, w->wid);
+	w->l_req = strlen(w->p_req);
+	w->l_work = strlen(w->p_work);
+	w->l_prefix = strlen(w->prefix);
+	if (w->fallback == MQLB_FALLBACK_SHARE)
+		w->f_fallback = xprintf("$share/%s/%s", w->group, w->topic);
+	else if (w->fallback == MQLB_FALLBACK_DIRECT)
+		w->f_fallback = xstrdup(w->topic);
+	w->qtail = &w->queue;
+
+	w->mo.host = o->host ? o->host : "localhost";
+	w->mo.port = o->port > 0 ? o->port : 1883;
+	w->mo.user = o->username;
+	w->mo.pass = o->password;
+	w->mo.id = o->client_id;
+	w->mo.clean = 1;
+	w->mo.qos = w->qos;
+	w->mo.version = o->mqtt_version == 311 ? MQTT_PROTOCOL_V311 : MQTT_PROTOCOL_V5;
+	w->mo.keepalive = (int)w->keepalive;
+	w->mo.retries = o->retries;
+	w->mo.cafile = o->cafile;
+	w->mo.capath = o->capath;
+	w->mo.cert = o->certfile;
+	w->mo.key = o->keyfile;
+	w->mo.insecure = o->tls_insecure;
+	if (w->mo.version == MQTT_PROTOCOL_V5) {
+		/* The balancer re-awards our jobs when the broker says we died. */
+		w->mo.will_topic = w->t_will;
+		w->mo.will_qos = 1;
+	}
+	mq_init(&w->mq, loop, &w->mo, &mq_callbacks, w);
+
+	ev_timer_init(&w->announce_t, announce_cb, 0, w->keepalive);
+	ev_timer_init(&w->suback_t, suback_cb, 0, 0);
+	ev_timer_init(&w->resv_t, resv_cb, 0, 0);
+	ev_timer_init(&w->drain_t, drain_cb, 0, 0);
+	w->announce_t.data = w->suback_t.data = w->resv_t.data = w->drain_t.data = w;
+	w->st.slots = (unsigned long)w->slots;
+	return w;
+}
+
+void mqlb_worker_start(struct mqlb_worker *w) { mq_start(&w->mq); }
+
+void mqlb_worker_set_slots(struct mqlb_worker *w, int slots)
+{
+	w->slots = slots > 0 ? slots : 1;
+	pump(w);
+}
+
+const char *mqlb_worker_wid(const struct mqlb_worker *w) { return w->wid; }
+
+void mqlb_worker_stats(const struct mqlb_worker *w, struct mqlb_worker_stats *st)
+{
+	*st = w->st;
+	st->slots = (unsigned long)w->slots;
+	st->running = (unsigned long)w->running;
+	st->reserved = (unsigned long)w->nresv;
+	st->queued = (unsigned long)w->nqueue;
+	st->connected = (unsigned long)w->mq.connected;
+}
+
+void mqlb_worker_free(struct mqlb_worker *w)
+{
+	struct job *j;
+
+	if (!w)
+		return;
+	mq_disconnect(&w->mq);
+	mq_destroy(&w->mq);
+	ev_timer_stop(w->loop, &w->announce_t);
+	ev_timer_stop(w->loop, &w->suback_t);
+	ev_timer_stop(w->loop, &w->resv_t);
+	ev_timer_stop(w->loop, &w->drain_t);
+	while ((j = w->run)) {
+		w->run = j->next;
+		job_free(j);
+	}
+	while ((j = w->queue)) {
+		w->queue = j->next;
+		job_free(j);
+	}
+	free(w->resv);
+	free(w->late_mtopic);
+	free(w->prefix);
+	free(w->group);
+	free(w->topic);
+	free(w->wid);
+	free(w->t_announce);
+	free(w->t_suback);
+	free(w->t_will);
+	free(w->f_req);
+	free(w->f_work);
+	free(w->f_fallback);
+	free(w->p_req);
+	free(w->p_work);
+	free(w);
+}
