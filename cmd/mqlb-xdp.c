@@ -634,22 +634,23 @@ static const char *record(struct rec *r)
 	return err;
 }
 
-static void handle_line(char *line, size_t n, unsigned long lineno, const char *who)
+static void handle_rec(struct rec *r, int rc, unsigned long lineno, const char *who)
 {
-	struct rec r;
-	const char *err;
-	int rc = rec_split(line, n, &r);
+	const char *err = rc < 0 ? "too many fields" : record(r);
 
-	if (rc == 1)
-		return;
-	if (rc < 0)
-		err = "too many fields";
-	else
-		err = record(&r);
 	if (err) {
 		S.n_bad++;
 		warnl("%sline %lu: %s", who, lineno, err);
 	}
+}
+
+static void handle_line(char *line, size_t n, unsigned long lineno, const char *who)
+{
+	struct rec r;
+	int rc = rec_split(line, n, &r);
+
+	if (rc != 1)
+		handle_rec(&r, rc, lineno, who);
 }
 
 static void stdin_line(struct in *in, char *line, size_t n, void *arg)
@@ -760,12 +761,12 @@ static void write_show(struct out *o)
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
 		const __u8 *m = S.reals[ri].mac;
 
-		if (S.reals[ri].refs == 0)
+		if (S.reals[ri].refs == 0 || S.encap == MQLB_ENCAP_IPIP)
 			continue;
 		snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
 		out_str(o, "mac");
 		out_str(o, fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab));
-		out_str(o, S.reals[ri].have_mac || S.encap == MQLB_ENCAP_IPIP ? mac : "unresolved");
+		out_str(o, S.reals[ri].have_mac ? mac : "unresolved");
 		out_end(o);
 	}
 }
@@ -773,8 +774,11 @@ static void write_show(struct out *o)
 static void sock_line(struct conn *c, char *line, size_t n, void *arg)
 {
 	struct rec r;
+	int rc = rec_split(line, n, &r);
 
-	if (rec_split(line, n, &r) == 0 && r.nf == 1 && (rec_is(&r, 0, "stats") || rec_is(&r, 0, "show"))) {
+	if (rc == 1)
+		return;
+	if (rc == 0 && r.nf == 1 && (rec_is(&r, 0, "stats") || rec_is(&r, 0, "show"))) {
 		if (rec_is(&r, 0, "stats"))
 			write_stats(&c->out);
 		else if (!S.decap)
@@ -790,7 +794,7 @@ static void sock_line(struct conn *c, char *line, size_t n, void *arg)
 		return;
 	}
 	/* Records from a producer connected to the socket. */
-	handle_line(line, n, c->in.lineno, "socket: ");
+	handle_rec(&r, rc, c->in.lineno, "socket: ");
 }
 
 static void stats_cb(struct ev_loop *loop, ev_timer *w, int revents) { write_stats(&S.out); }
@@ -1149,7 +1153,8 @@ int main(int argc, char **argv)
 		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
 	if (lfd >= 0)
 		srv_init(&S.srv, S.loop, lfd, sock_line, NULL, NULL, NULL);
-	else if (!S.decap)
+	/* Records come on stdin (a health checker's pipe) and on the socket. */
+	if (!S.decap)
 		in_init(&S.in, S.loop, STDIN_FILENO, 1 << 16, stdin_line, stdin_eof, NULL);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
