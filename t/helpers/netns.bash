@@ -88,3 +88,69 @@ bg_in() {
 	echo $! >"$T/$name.pid"
 	echo $! >>"$T/pids"
 }
+
+# testbed MODE: the topology of /work/shared/XDP-TESTBED.md, all in
+# namespaces of this test: a switch namespace with a bridge; client (cl,
+# 10.77.0.2), balancer (lb, .3, VIP 10.77.0.100 on its eth0), brokers
+# b1..b3 (.11-.13, VIP on lo, ARP kept quiet) and, for MODE ipip, a router
+# gw (.1) that the balancer's encapsulated packets go through.
+TB_VIP=10.77.0.100
+testbed() {
+	local mode=$1 n addr
+	ns_add sw
+	ip -n "$(ns sw)" link add br0 type bridge
+	ip -n "$(ns sw)" link set br0 up
+	for n in cl lb b1 b2 b3 ${mode/l2/}; do
+		case $n in
+		cl) addr=10.77.0.2 ;; lb) addr=10.77.0.3 ;; ipip) n=gw addr=10.77.0.1 ;;
+		b*) addr=10.77.0.1${n#b} ;;
+		esac
+		ns_add "$n"
+		ip -n "$(ns sw)" link add "p-$n" type veth peer name eth0 netns "$(ns "$n")"
+		ip -n "$(ns sw)" link set "p-$n" master br0 up
+		ip -n "$(ns "$n")" link set eth0 up
+		ip -n "$(ns "$n")" addr add "$addr/24" dev eth0
+	done
+	# Trap 1: frames sent by XDP_TX on a veth vanish unless the peer
+	# receives with NAPI. "ethtool -K gro on" did not do it for a bridge
+	# port here; an XDP program does (the decapsulator passes all else).
+	bg swpass ip netns exec "$(ns sw)" mqlb-xdp --decap -i p-lb
+	wait_for 5 eval "ip -n $(ns sw) link show p-lb | grep -q xdp"
+	# Trap 2: bounced frames must carry complete checksums.
+	nsx cl ethtool -K eth0 tx off >/dev/null
+	ip -n "$(ns lb)" addr add "$TB_VIP/32" dev eth0
+	if [ "$mode" = ipip ]; then
+		nsx gw sysctl -qw net.ipv4.ip_forward=1
+		ip -n "$(ns lb)" route add default via 10.77.0.1
+	fi
+	for n in b1 b2 b3; do
+		nsx "$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+		ip -n "$(ns "$n")" addr add "$TB_VIP/32" dev lo
+	done
+}
+
+# tb_broker N: mosquitto in broker namespace bN on port 1883; b2 and b3
+# bridge everything to b1, so a message published on any reaches all.
+tb_broker() {
+	local n=$1 conf="$T/b$1.conf"
+	{
+		echo "listener 1883 0.0.0.0"
+		echo "allow_anonymous true"
+		echo "persistence false"
+		echo "user root"
+		echo "log_dest stderr"
+		if [ "$n" != 1 ]; then
+			echo "connection hub$n"
+			echo "address 10.77.0.11:1883"
+			echo "topic # both 0"
+			echo "cleansession true"
+		fi
+	} >"$conf"
+	bg "b$n" ip netns exec "$(ns "b$n")" mosquitto -c "$conf"
+	wait_for 5 nsx "b$n" bash -c "exec 3<>/dev/tcp/10.77.0.1$n/1883" 2>/dev/null
+}
+
+# tb_clients_on N: client connections (from 10.77.0.2) established at bN.
+tb_clients_on() {
+	nsx "b$1" ss -Htn state established '( sport = :1883 )' | awk '$4 ~ /^10\.77\.0\.2:/ { sub(/.*:/, "", $4); print $4 }'
+}

@@ -1,0 +1,122 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 610-xdp-netns: MQTT through a VIP balanced by mqlb-xdp, end to end in
+# network namespaces: three bridged mosquittos, a broker dies and is
+# drained, survivors keep their connections, new ones avoid it.
+
+load helpers/common.bash
+load helpers/netns.bash
+
+setup() {
+	mqlb_setup
+	netns_init
+}
+teardown() {
+	mqlb_teardown
+	netns_cleanup
+}
+
+records() {
+	printf '%s\n' "vip $TB_VIP:1883"
+	for i in 1 2 3; do printf '%s\n' "real $TB_VIP:1883 10.77.0.1$i 100"; done
+}
+
+lb_stat() { xdp_query "$T/lb.sock" stats | awk -v n="$1" '$1 == "stat" && $2 == n { print $3 }'; }
+
+all_got() {
+	local i
+	for i in $(seq 1 "$NSUB"); do grep -qx "$1" "$T/sub$i.out" || return 1; done
+}
+
+# Publish through the VIP until every subscriber has the message (a
+# subscription may still be on its way when the first copy goes out).
+publish_until_all() {
+	local i
+	for i in $(seq 1 50); do
+		nsx cl mosquitto_pub -h "$TB_VIP" -t e2e/t -q 1 -m "$1" || true
+		all_got "$1" && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+e2e() {
+	local mode=$1 i p b owner port
+	NSUB=24
+	testbed "$mode"
+	for i in 1 2 3; do tb_broker "$i"; done
+	if [ "$mode" = ipip ]; then
+		for i in 1 2 3; do
+			bg "decap$i" ip netns exec "$(ns "b$i")" mqlb-xdp --decap -i eth0 --listen "$T/decap$i.sock"
+		done
+		for i in 1 2 3; do wait_for 5 eval "xdp_query $T/decap$i.sock stats 2>/dev/null | grep -q ^ok"; done
+	fi
+	# The bridges to b1 are up.
+	wait_for 10 eval "[ \$(nsx b1 ss -Htn state established '( sport = :1883 )' | grep -c '10\.77\.0\.1[23]:') -ge 2 ]"
+
+	records >"$T/records"
+	bg_in lb "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --encap "$mode" --listen "$T/lb.sock"
+	wait_for 10 eval "[ \$(xdp_query $T/lb.sock show 2>/dev/null | grep -c '^real') -eq 3 ]"
+	if [ "$mode" = l2 ]; then
+		wait_for 10 eval "[ \$(xdp_query $T/lb.sock show | grep '^mac' | grep -vc unresolved) -eq 3 ]"
+	fi
+
+	for i in $(seq 1 "$NSUB"); do
+		bg "sub$i" ip netns exec "$(ns cl)" mosquitto_sub -h "$TB_VIP" -t e2e/t -q 1 -i "sub$i"
+	done
+	wait_for 10 eval "[ \$( (tb_clients_on 1; tb_clients_on 2; tb_clients_on 3) | wc -l) -ge $NSUB ]"
+	publish_until_all one
+
+	# Which broker holds which subscriber: its local port, seen at the broker.
+	nsx cl ss -Htnp state established '( dport = :1883 )' >"$T/cl.ss"
+	for b in 1 2 3; do tb_clients_on "$b" >"$T/on$b"; done
+	: >"$T/owners"
+	for i in $(seq 1 "$NSUB"); do
+		p=$(pidof_bg "sub$i")
+		port=$(awk -v p="pid=$p," 'index($0, p) { n = split($3, a, ":"); print a[n] }' "$T/cl.ss")
+		owner=0
+		for b in 1 2 3; do grep -qx "$port" "$T/on$b" && owner=$b; done
+		echo "$i $port $owner" >>"$T/owners"
+	done
+	cat "$T/owners"
+	# Spread across brokers (24 flows on one broker of three: p = 3^-23).
+	[ "$(awk '{ print $3 }' "$T/owners" | sort -u | grep -vc '^0$')" -ge 2 ]
+	! grep -q ' 0$' "$T/owners"
+	[ "$(lb_stat "vip.$TB_VIP:1883.tcp.new_flows")" -ge "$NSUB" ]
+
+	# b3 dies; the health loop (here: us) drains it.
+	kill -TERM "$(pidof_bg b3)"
+	wait_for 5 eval "! kill -0 $(pidof_bg b3) 2>/dev/null"
+	xdp_query "$T/lb.sock" "real $TB_VIP:1883 10.77.0.13 0" >/dev/null
+	wait_for 5 eval "xdp_query $T/lb.sock show | grep -qx 'real $TB_VIP:1883 10.77.0.13 0'"
+	b3_flows=$(lb_stat real.10.77.0.13.new_flows)
+
+	# New connections go to the survivors, every one of them.
+	for i in $(seq 1 12); do
+		nsx cl mosquitto_pub -h "$TB_VIP" -t e2e/new -q 1 -m "n$i"
+	done
+	[ "$(lb_stat real.10.77.0.13.new_flows)" -eq "$b3_flows" ]
+
+	# Survivors' subscribers: same connection (port at the same broker),
+	# and the next message arrives on it.
+	nsx cl mosquitto_pub -h "$TB_VIP" -t e2e/t -q 1 -m two
+	while read -r i port owner; do
+		[ "$owner" = 3 ] && continue
+		wait_for 5 grep -qx two "$T/sub$i.out"
+		tb_clients_on "$owner" | grep -qx "$port"
+		kill -0 "$(pidof_bg "sub$i")"
+	done <"$T/owners"
+}
+
+@test "l2 (direct routing): pub/sub through the VIP, a broker dies, survivors untouched" {
+	require_root
+	e2e l2
+}
+
+@test "ipip through a router, XDP decap on the brokers: same story" {
+	require_root
+	e2e ipip
+	for i in 1 2; do
+		[ "$(xdp_query "$T/decap$i.sock" stats | awk '$2 == "decap" { print $3 }')" -gt 0 ]
+	done
+}
