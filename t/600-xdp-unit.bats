@@ -229,3 +229,13 @@ veth_ns() {
 	run xdp_query "$T/sock2" stats
 	[[ "$output" == *"stat ring_slots_written 0"* ]]
 }
+
+@test "--stats-interval writes stat records to stdout" {
+	require_root
+	veth_ns
+	bg xdp ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
+		--stats-interval 0.2
+	wait_for 5 lines_in "$T/xdp.out" 2 '^stat records 0$'
+	grep -q '^stat forwarded 0$' "$T/xdp.out"
+	! grep -qv '^stat ' "$T/xdp.out"
+}

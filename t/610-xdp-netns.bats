@@ -55,7 +55,9 @@ e2e() {
 	wait_for 10 eval "[ \$(nsx b1 ss -Htn state established '( sport = :1883 )' | grep -c '10\.77\.0\.1[23]:') -ge 2 ]"
 
 	records >"$T/records"
-	bg_in lb "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --encap "$mode" --listen "$T/lb.sock"
+	PIN=$(pin_dir lb)
+	bg_in lb "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --encap "$mode" --listen "$T/lb.sock" \
+		--pin "$PIN"
 	wait_for 10 eval "[ \$(xdp_query $T/lb.sock show 2>/dev/null | grep -c '^real') -eq 3 ]"
 	if [ "$mode" = l2 ]; then
 		wait_for 10 eval "[ \$(xdp_query $T/lb.sock show | grep '^mac' | grep -vc unresolved) -eq 3 ]"
@@ -97,12 +99,29 @@ e2e() {
 	done
 	[ "$(lb_stat real.10.77.0.13.new_flows)" -eq "$b3_flows" ]
 
-	# Survivors' subscribers: same connection (port at the same broker),
-	# and the next message arrives on it.
-	nsx cl mosquitto_pub -h "$TB_VIP" -t e2e/t -q 1 -m two
+	survivors_get two
+
+	# A new mqlb-xdp takes over the pinned program and connection table
+	# (sent its state again, as a producer does); nobody notices.
+	conns=$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')
+	kill -TERM "$(pidof_bg lb)"
+	wait_for 5 eval "! kill -0 $(pidof_bg lb) 2>/dev/null"
+	printf '%s\n' "real $TB_VIP:1883 10.77.0.13 0" >>"$T/records"
+	bg_in lb2 "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --encap "$mode" --listen "$T/lb.sock" \
+		--pin "$PIN" -v
+	wait_for 5 grep -q "took over" "$T/lb2.err"
+	[ "$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')" -ge "$conns" ]
+	survivors_get three
+}
+
+# Survivors' subscribers: same connection (port at the same broker), and
+# the next message arrives on it.
+survivors_get() {
+	local i port owner
+	nsx cl mosquitto_pub -h "$TB_VIP" -t e2e/t -q 1 -m "$1"
 	while read -r i port owner; do
 		[ "$owner" = 3 ] && continue
-		wait_for 5 grep -qx two "$T/sub$i.out"
+		wait_for 5 grep -qx "$1" "$T/sub$i.out"
 		tb_clients_on "$owner" | grep -qx "$port"
 		kill -0 "$(pidof_bg "sub$i")"
 	done <"$T/owners"
