@@ -939,8 +939,9 @@ static void recover(void)
 				S.reals[ri].refs++;
 			}
 		}
-		/* Know the slots as they are, so only real changes get written. */
-		for (__u32 i = 0; i < S.ring_size; i++) {
+		/* Know the slots as they are, so only real changes get written
+		 * (an unused VIP's slots were emptied by its del). */
+		for (__u32 i = 0; v->used && i < S.ring_size; i++) {
 			__u32 key = (__u32)(vn * S.ring_size) + i;
 
 			if (bpf_map_lookup_elem(S.fd_ring, &key, &v->ring[i]) < 0)

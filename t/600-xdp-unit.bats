@@ -90,6 +90,13 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "source hashing keeps a client on one real; UDP flows follow the table" {
+	require_root
+	run xdptest srchash
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
 @test "drain: weight 0 takes no new flows and keeps its own; del moves them" {
 	require_root
 	run xdptest drain

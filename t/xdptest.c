@@ -508,6 +508,55 @@ static void t_syn(void)
 	CHECK(v == XDP_TX_ && ctr(MQLB_ST_MISS_NOT_SYN) == 1, "non-SYN miss: verdict %d", v);
 }
 
+/* Source hashing: every connection of one client goes to one real (its
+ * persistent session's broker); UDP flows follow the table after the first
+ * packet. */
+static void t_srchash(void)
+{
+	struct pkt in, out;
+	int first = -1, seen[4] = { 0 };
+
+	lb_open(MQLB_ENCAP_L2);
+	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, MQLB_VIP_SRC_HASH);
+	add_vip(1, "10.0.0.100", 5683, IPPROTO_UDP, 0);
+	for (int i = 1; i <= 3; i++) {
+		add_real(i, 4, 1);
+		set_weight(0, i, 100);
+		set_weight(1, i, 100);
+	}
+	for (int i = 0; i < 200; i++) {
+		struct flowspec fs = flow4((__u16)(10000 + i * 7), 1);
+
+		build(&in, &fs);
+		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "verdict");
+		if (first < 0)
+			first = real_of(&out);
+		CHECK(real_of(&out) == first && first == (int)predict(0, &fs, 1),
+		      "port %u went to %d, not %d", fs.sport, real_of(&out), first);
+	}
+	for (int i = 0; i < 200; i++) {
+		struct flowspec fs = flow4((__u16)(10000 + i * 7), 0);
+
+		fs.proto = IPPROTO_UDP;
+		fs.dport = 5683;
+		build(&in, &fs);
+		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "udp verdict");
+		seen[real_of(&out) & 3]++;
+	}
+	CHECK(seen[1] && seen[2] && seen[3], "UDP flows did not spread: %d %d %d", seen[1], seen[2], seen[3]);
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400, "new_flows %llu", (unsigned long long)ctr(MQLB_ST_NEW_FLOWS));
+	for (int i = 0; i < 200; i++) {
+		struct flowspec fs = flow4((__u16)(10000 + i * 7), 0);
+
+		fs.proto = IPPROTO_UDP;
+		fs.dport = 5683;
+		build(&in, &fs);
+		run(prog(), &in, &out, NULL);
+	}
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400 && ctr(MQLB_ST_LRU_HIT) == 200, "UDP second packets: hits %llu",
+	      (unsigned long long)ctr(MQLB_ST_LRU_HIT));
+}
+
 /* Drain: weight 0 gets no new flows, keeps its established ones; removal
  * (not a member any more) moves them. */
 static void t_drain(void)
@@ -767,6 +816,8 @@ int main(int argc, char **argv)
 		t_frag();
 	else if (!strcmp(t, "syn"))
 		t_syn();
+	else if (!strcmp(t, "srchash"))
+		t_srchash();
 	else if (!strcmp(t, "drain"))
 		t_drain();
 	else if (!strcmp(t, "weights"))
@@ -778,7 +829,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|drain|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|weights|moves|decap|"
 				"bench [n]|query socket\n");
 		return 2;
 	}
