@@ -398,6 +398,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "subacks", st.subacks);
 	out_stat(&c->out, "malformed", S.n_malformed);
 	out_stat(&c->out, "connected", st.connected);
+	out_stat(&c->out, "draining", (unsigned long)(S.stopping > 0));
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
 }
