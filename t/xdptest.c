@@ -72,9 +72,11 @@ static __u16 fold(__u32 s)
 	return (__u16)~s;
 }
 
+/* b + 14 (the IP header) lands on an 8-byte boundary. */
 struct pkt {
-	__u8 b[2048];
 	size_t len;
+	__u8 pad[2];
+	__u8 b[2048];
 };
 
 struct flowspec {
@@ -730,6 +732,7 @@ static void t_decap(void)
 	v = run(bpf_program__fd(d->progs.mqlb_decap), &inner, &out, NULL);
 	CHECK(v == XDP_PASS_ && out.len == inner.len && !memcmp(out.b, inner.b, inner.len),
 	      "plain packet changed");
+	mqlb_decap_bpf__destroy(d);
 }
 
 /* ns per packet, the kernel's own measure, one packet per call (repeat=1)
@@ -771,6 +774,7 @@ static void bench(int n)
 	printf("new-flow %.1f ns/packet\n", (double)t[1] / n);
 	printf("non-vip-pass %.1f ns/packet\n", (double)t[2] / n);
 	printf("floor-macswap-tx %.1f ns/packet\n", (double)t[3] / n);
+	xdp_floor_bpf__destroy(fl);
 }
 
 /* Send stdin to a Unix socket, print what comes back until it closes. */
