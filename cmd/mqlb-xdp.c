@@ -69,7 +69,7 @@ static struct {
 	struct out out;
 	struct srv srv;
 	ev_signal sigterm, sigint;
-	ev_timer stats_timer, resolve_timer;
+	ev_timer stats_timer, resolve_timer, refresh_timer;
 	const char *ifname;
 	int ifindex;
 	int generic, decap, encap;
@@ -567,6 +567,26 @@ static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		ev_timer_stop(loop, w);
 }
 
+/* A real that moved to another MAC (a replaced host, a VRRP failover)
+ * gets its new one: look again now and then. */
+static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
+		struct real *r = &S.reals[ri];
+		char ab[INET6_ADDRSTRLEN];
+		__u8 mac[6];
+
+		if (r->refs == 0 || !r->have_mac || neigh_lookup(r->addr, r->family, mac) < 0 ||
+		    !memcmp(mac, r->mac, 6))
+			continue;
+		memcpy(r->mac, mac, 6);
+		write_real(ri);
+		infol("real %s: new MAC %02x:%02x:%02x:%02x:%02x:%02x",
+		      fmt_addr(r->addr, r->family, ab, sizeof ab),
+		      mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	}
+}
+
 /* ---- records ------------------------------------------------------------- */
 
 /* Handle one record; returns NULL or what is wrong with it. A record of a
@@ -683,14 +703,18 @@ static void sum_percpu(int fd, __u32 key, void *vals, size_t size, __u64 *sum, i
 	}
 }
 
+static const char *const vstat_names[] = { "packets", "bytes", "new_flows", "lru_hits", "lru_misses" };
+static const char *const rstat_names[] = { "packets", "bytes", "new_flows" };
+
 static void write_stats(struct out *o)
 {
 	static void *vals;
 	__u64 sum[5];
-	char name[160], vb[80], ab[INET6_ADDRSTRLEN];
+	char name[200], vb[80], ab[INET6_ADDRSTRLEN];
 	int fd = S.decap ? bpf_map__fd(S.dskel->maps.stats) : S.fd_stats;
 
-	if (!vals && !(vals = calloc((size_t)libbpf_num_possible_cpus(), 64)))
+	/* Room for the largest per-CPU value, struct mqlb_vstat. */
+	if (!vals && !(vals = calloc((size_t)libbpf_num_possible_cpus(), sizeof(struct mqlb_vstat))))
 		die(EXIT_SYSERR, "out of memory");
 	for (__u32 i = 0; i < MQLB_ST_MAX; i++) {
 		sum_percpu(fd, i, vals, sizeof(__u64), sum, 1);
@@ -708,26 +732,19 @@ static void write_stats(struct out *o)
 			continue;
 		fmt_vip(&v->key, vb, sizeof vb);
 		sum_percpu(S.fd_vstats, (__u32)vn, vals, sizeof(struct mqlb_vstat), sum, 5);
-		snprintf(name, sizeof name, "vip.%s.%s.", vb, v->key.proto == IPPROTO_UDP ? "udp" : "tcp");
-		{
-			static const char *const f[] = { "packets", "bytes", "new_flows", "lru_hits", "lru_misses" };
-			char full[200];
-
-			for (int i = 0; i < 5; i++) {
-				snprintf(full, sizeof full, "%s%s", name, f[i]);
-				out_stat(o, full, sum[i]);
-			}
+		for (int i = 0; i < 5; i++) {
+			snprintf(name, sizeof name, "vip.%s.%s.%s", vb,
+				 v->key.proto == IPPROTO_UDP ? "udp" : "tcp", vstat_names[i]);
+			out_stat(o, name, sum[i]);
 		}
 	}
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		static const char *const f[] = { "packets", "bytes", "new_flows" };
-
 		if (S.reals[ri].refs == 0)
 			continue;
 		fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab);
 		sum_percpu(S.fd_rstats, (__u32)ri, vals, sizeof(struct mqlb_rstat), sum, 3);
 		for (int i = 0; i < 3; i++) {
-			snprintf(name, sizeof name, "real.%s.%s", ab, f[i]);
+			snprintf(name, sizeof name, "real.%s.%s", ab, rstat_names[i]);
 			out_stat(o, name, sum[i]);
 		}
 	}
@@ -1144,6 +1161,7 @@ int main(int argc, char **argv)
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_error = on_out_error;
 	ev_timer_init(&S.resolve_timer, resolve_cb, 0.2, 0.5);
+	ev_timer_init(&S.refresh_timer, refresh_cb, 5, 5);
 	if (S.decap)
 		load_decap();
 	else
@@ -1161,6 +1179,8 @@ int main(int argc, char **argv)
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
 	ev_signal_start(S.loop, &S.sigterm);
 	ev_signal_start(S.loop, &S.sigint);
+	if (!S.decap && S.encap == MQLB_ENCAP_L2)
+		ev_timer_start(S.loop, &S.refresh_timer);
 	if (S.stats_interval > 0) {
 		ev_timer_init(&S.stats_timer, stats_cb, S.stats_interval, S.stats_interval);
 		ev_timer_start(S.loop, &S.stats_timer);
