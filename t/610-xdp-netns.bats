@@ -106,10 +106,13 @@ e2e() {
 	conns=$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')
 	kill -TERM "$(pidof_bg lb)"
 	wait_for 5 eval "! kill -0 $(pidof_bg lb) 2>/dev/null"
-	printf '%s\n' "real $TB_VIP:1883 10.77.0.13 0" >>"$T/records"
+	# The producer's whole state now: b3 drained.
+	records | sed 's/10\.77\.0\.13 100$/10.77.0.13 0/' >"$T/records"
 	bg_in lb2 "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --encap "$mode" --listen "$T/lb.sock" \
 		--pin "$PIN" -v
 	wait_for 5 grep -q "took over" "$T/lb2.err"
+	wait_for 5 eval "[ \"\$(lb_stat records 2>/dev/null)\" = 4 ]"
+	[ "$(lb_stat ring_slots_written)" = 0 ]
 	[ "$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')" -ge "$conns" ]
 	survivors_get three
 }
@@ -138,4 +141,35 @@ survivors_get() {
 	for i in 1 2; do
 		[ "$(xdp_query "$T/decap$i.sock" stats | awk '$2 == "decap" { print $3 }')" -gt 0 ]
 	done
+}
+
+@test "IPv6 VIP, l2: clients spread over the brokers, pub/sub across them" {
+	require_root
+	testbed l2
+	for i in 1 2 3; do tb_broker "$i"; done
+	wait_for 10 eval "[ \$(nsx b1 ss -Htn state established '( sport = :1883 )' | grep -c '10\.77\.0\.1[23]:') -ge 2 ]"
+	{
+		echo "vip [$TB_VIP6]:1883"
+		for i in 1 2 3; do echo "real [$TB_VIP6]:1883 fd77::1$i 100"; done
+	} >"$T/records"
+	bg_in lb "$T/records" ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --listen "$T/lb.sock"
+	wait_for 10 eval "[ \$(xdp_query $T/lb.sock show | grep '^mac fd77' | grep -vc unresolved) -eq 3 ]"
+	NSUB=12
+	for i in $(seq 1 "$NSUB"); do
+		bg "sub$i" ip netns exec "$(ns cl)" mosquitto_sub -h "$TB_VIP6" -t e2e/t -q 1 -i "sub$i"
+	done
+	wait_for 10 eval "[ \$(for b in 1 2 3; do nsx b\$b ss -Htn state established '( sport = :1883 )' | grep -c 'fd77::2\]'; done | awk '{ s += \$1 } END { print s }') -ge $NSUB ]"
+	# TB_VIP is the IPv4 VIP in publish_until_all; publish over IPv6 here.
+	for i in $(seq 1 50); do
+		nsx cl mosquitto_pub -h "$TB_VIP6" -t e2e/t -q 1 -m six || true
+		all_got six && break
+		sleep 0.2
+	done
+	all_got six
+	used=0
+	for b in 1 2 3; do
+		[ "$(nsx "b$b" ss -Htn state established '( sport = :1883 )' | grep -c 'fd77::2\]')" -gt 0 ] && used=$((used + 1))
+	done
+	[ "$used" -ge 2 ]
+	[ "$(lb_stat "vip.[$TB_VIP6]:1883.tcp.new_flows")" -ge "$NSUB" ]
 }

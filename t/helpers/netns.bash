@@ -92,9 +92,9 @@ bg_in() {
 # testbed MODE: the topology of /work/shared/XDP-TESTBED.md, all in
 # namespaces of this test: a switch namespace with a bridge; client (cl,
 # 10.77.0.2), balancer (lb, .3, VIP 10.77.0.100 on its eth0), brokers
-# b1..b3 (.11-.13, VIP on lo, ARP kept quiet) and, for MODE ipip, a router
+# b1..b3 (.11-.13, VIP on lo, ARP kept quiet; fd77::N the same in IPv6) and, for MODE ipip, a router
 # gw (.1) that the balancer's encapsulated packets go through.
-TB_VIP=10.77.0.100
+TB_VIP=10.77.0.100 TB_VIP6=fd77::100
 testbed() {
 	local mode=$1 n addr
 	ns_add sw
@@ -110,6 +110,7 @@ testbed() {
 		ip -n "$(ns sw)" link set "p-$n" master br0 up
 		ip -n "$(ns "$n")" link set eth0 up
 		ip -n "$(ns "$n")" addr add "$addr/24" dev eth0
+		ip -n "$(ns "$n")" addr add "fd77::${addr##*.}/64" dev eth0 nodad
 	done
 	# Trap 1: frames sent by XDP_TX on a veth vanish unless the peer
 	# receives with NAPI. "ethtool -K gro on" did not do it for a bridge
@@ -118,6 +119,7 @@ testbed() {
 	# Trap 2: bounced frames must carry complete checksums.
 	nsx cl ethtool -K eth0 tx off >/dev/null
 	ip -n "$(ns lb)" addr add "$TB_VIP/32" dev eth0
+	ip -n "$(ns lb)" addr add "$TB_VIP6/128" dev eth0 nodad
 	if [ "$mode" = ipip ]; then
 		nsx gw sysctl -qw net.ipv4.ip_forward=1
 		ip -n "$(ns lb)" route add default via 10.77.0.1
@@ -125,6 +127,9 @@ testbed() {
 	for n in b1 b2 b3; do
 		nsx "$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
 		ip -n "$(ns "$n")" addr add "$TB_VIP/32" dev lo
+		# IPv6 answers neighbour solicitations only for the receiving
+		# interface's addresses: the VIP on lo stays quiet by itself.
+		ip -n "$(ns "$n")" addr add "$TB_VIP6/128" dev lo
 	done
 }
 
@@ -133,7 +138,7 @@ testbed() {
 tb_broker() {
 	local n=$1 conf="$T/b$1.conf"
 	{
-		echo "listener 1883 0.0.0.0"
+		echo "listener 1883"
 		echo "allow_anonymous true"
 		echo "persistence false"
 		echo "user root"
