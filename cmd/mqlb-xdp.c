@@ -40,7 +40,8 @@ static const char usage[] =
 	"                [--source-hash vip|all] [--ring-size prime] [--max-conns n]\n"
 	"                [--pin dir] [--listen path] [--socket-mode mode]\n"
 	"                [--stats-interval seconds] [--ready-fd n]\n"
-	"       mqlb-xdp --decap -i iface [--mode native|generic] [--pin dir] [--ready-fd n]\n";
+	"       mqlb-xdp --decap -i iface [--mode native|generic] [--pin dir] [--listen path]\n"
+	"                [--ready-fd n]\n";
 
 #define MAX_SRCHASH 32
 
