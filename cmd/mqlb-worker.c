@@ -354,8 +354,9 @@ static void on_drained(struct mqlb_worker *w, int left, void *arg)
 
 static void stop(void)
 {
+	/* Paused, not closed: we may be inside the reader's own callback. */
 	if (!S.cmd && !S.in.eof)
-		in_close(&S.in);
+		in_pause(&S.in);
 	S.stopping++;
 	mqlb_worker_drain(S.w, S.drain_timeout);
 }

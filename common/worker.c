@@ -505,6 +505,11 @@ static void suback(struct mqlb_worker *w, const struct mosquitto_message *m)
 	w->st.subacks++;
 	ev_timer_stop(w->loop, &w->suback_t);
 	fallback_set(w, 0);
+	/* Subscribed at connect already; again only if the broker said no. */
+	if (!(w->acked & 1 << SUB_REQ) && !w->draining)
+		mq_subscribe(&w->mq, &w->mids[SUB_REQ], w->f_req, 0, SUB_REQ);
+	if (!(w->acked & 1 << SUB_WORK))
+		mq_subscribe(&w->mq, &w->mids[SUB_WORK], w->f_work, w->qos, SUB_WORK);
 }
 
 /* Announce --------------------------------------------------------------- */
@@ -555,8 +560,10 @@ static void on_connected(struct mq *mq, int first, void *arg)
 	if (w->fallback_on && !w->draining)
 		fallback_sub(w);
 	ev_timer_stop(w->loop, &w->suback_t);
-	announce(w);
-	ev_timer_again(w->loop, &w->announce_t);
+	if (!w->draining) {
+		announce(w);
+		ev_timer_again(w->loop, &w->announce_t);
+	}
 }
 
 static void on_disconnected(struct mq *mq, void *arg)
