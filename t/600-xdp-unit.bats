@@ -246,3 +246,16 @@ veth_ns() {
 	grep -q '^stat forwarded 0$' "$T/xdp.out"
 	! grep -qv '^stat ' "$T/xdp.out"
 }
+
+@test "systemd socket activation: records and queries on the passed socket" {
+	require_root
+	command -v systemd-socket-activate >/dev/null || skip "no systemd-socket-activate"
+	veth_ns
+	bg sa systemd-socket-activate -l "$T/sa.sock" \
+		ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe
+	wait_for 5 test -S "$T/sa.sock"
+	xdp_query "$T/sa.sock" "vip 10.66.0.100:1883" "real 10.66.0.100:1883 10.66.0.11 3" >/dev/null
+	wait_for 5 show_has "$T/sa.sock" "^real 10.66.0.100:1883 10.66.0.11 3$"
+	run xdp_query "$T/sa.sock" stats
+	[[ "$output" == *"stat records 2"* ]]
+}
