@@ -183,6 +183,25 @@ hello world" ]
 	! grep -q "^lb/done/g1/w1/local" "$T/spy.out"
 }
 
+@test "fallback deliveries wait for a slot, up to --queue; beyond that they are dropped and counted" {
+	broker_start
+	export JOBDIR=$T
+	worker -j 1 --queue 1 --suback-timeout 0.2 -- sh -c "$JOB"
+	wait_for 5 stat_is fallback 1
+	pub jobs/x0 'one' -q 1
+	wait_for 5 test -e "$T/local-1"
+	pub jobs/x0 'two' -q 1
+	wait_for 5 stat_is queued 1
+	pub jobs/x0 'three' -q 1
+	wait_for 5 stat_is dropped 1
+	grep -q "mqlb-worker: warning: queue full (--queue 1): job local-3 on jobs/x0 dropped" "$T/w.err"
+	touch "$T/go-x0"
+	wait_for 5 test -e "$T/local-2"
+	[ "$(tail -n1 "$T/local-2")" = two ]
+	wait_for 5 stat_is done_ok 2
+	[ ! -e "$T/local-3" ]
+}
+
 @test "--fallback direct subscribes the topic itself and skips the protocol's own topics" {
 	broker_start
 	export JOBDIR=$T
