@@ -281,13 +281,39 @@ hello world" ]
 	exec 4>&-
 }
 
-@test "a request with a response topic gets the command's output as reply" {
+@test "a request with a response topic gets the command's output as reply, with its correlation data" {
 	broker_start
 	worker --fallback none -- sh -c 'echo "pong $(cat)"'
-	bg rr mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t replies/1 -C 1 -F '%p'
-	sleep 0.3
+	ready_fifo rr
+	bg rr ready3 "$T/rr.ready" mqlb-sub -p "$BROKER_PORT" -h 127.0.0.1 -t replies/1 --ready-fd 3
+	wait_ready rr
 	award "$U1" jobs/a 'ping' -D publish response-topic replies/1 -D publish correlation-data c0ffee
-	wait_for 5 grep -qx "pong ping" "$T/rr.out"
+	wait_for 5 lines_in "$T/rr.out" 1 '^msg '
+	read -r verb id qos retain filter topic payload props <"$T/rr.out"
+	[ "$topic $payload" = "replies/1 pong%20ping%0A" ]
+	[[ ",$props," == *",cd=c0ffee,"* ]]
+	wait_for 5 stat_is done_ok 1
+}
+
+@test "--no-reply: no reply is published" {
+	broker_start
+	worker --fallback none --no-reply -- sh -c 'echo "pong $(cat)"'
+	bg rr mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t 'replies/#' -F '%t|%p'
+	wait_for 5 eval 'pub replies/start m; grep -q "^replies/start|m$" "$T/rr.out"'
+	award "$U1" jobs/a 'ping' -D publish response-topic replies/1
+	wait_for 5 stat_is done_ok 1
+	pub replies/end m
+	wait_for 5 grep -q '^replies/end|m$' "$T/rr.out"
+	! grep -q '^replies/1' "$T/rr.out"
+}
+
+@test "mosquitto_rr gets an answer from a worker on fallback, with no balancer at all" {
+	broker_start
+	worker --fallback direct --suback-timeout 0.2 -- sh -c 'echo "pong $(cat)"'
+	wait_for 5 stat_is fallback 1
+	run timeout 10 mosquitto_rr -p "$BROKER_PORT" -h 127.0.0.1 -t jobs/rpc -e replies/rr -m ping -W 5
+	[ "$status" -eq 0 ]
+	[ "$output" = "pong ping" ]
 }
 
 @test "re-announces after a broker restart" {
