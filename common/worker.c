@@ -20,6 +20,10 @@
 enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_N };
 
 #define RECENT 64 /* uuids we bid on lately: one bid per request */
+/* Copies of one request closer than this are one request delivered twice
+ * (overlapping subscriptions without identifiers); the balancer's retries
+ * come later, and each is a new request that wants a new bid. */
+#define DUP_WINDOW 0.01
 #define UUID_LEN 36
 
 struct job {
@@ -53,6 +57,7 @@ struct mqlb_worker {
 	char *late_mtopic;
 	double late_at;
 	char recent[RECENT][UUID_LEN + 1];
+	double recent_at[RECENT];
 	int recent_i;
 	ev_timer announce_t, suback_t, resv_t, drain_t;
 	int fallback_on, draining, drained, ready, acked, pumping, again;
@@ -128,7 +133,7 @@ static void unreserve_oldest(struct mqlb_worker *w)
 static int recently_bid(const struct mqlb_worker *w, const char *uuid)
 {
 	for (int i = 0; i < RECENT; i++)
-		if (!strcmp(w->recent[i], uuid))
+		if (!strcmp(w->recent[i], uuid) && ev_now(w->loop) - w->recent_at[i] < DUP_WINDOW)
 			return 1;
 	return 0;
 }
@@ -146,6 +151,7 @@ static void bid(struct mqlb_worker *w, const char *uuid, const char *mtopic)
 	free(t);
 	reserve(w, 1);
 	strcpy(w->recent[w->recent_i], uuid);
+	w->recent_at[w->recent_i] = ev_now(w->loop);
 	w->recent_i = (w->recent_i + 1) % RECENT;
 	w->st.bids++;
 }
@@ -154,7 +160,7 @@ static void late_bid(struct mqlb_worker *w)
 {
 	if (!w->late_mtopic || w->draining || !w->mq.connected || free_slots(w) == 0)
 		return;
-	if (ev_now(w->loop) - w->late_at < w->reserve_timeout && !recently_bid(w, w->late_uuid)) {
+	if (ev_now(w->loop) - w->late_at < w->reserve_timeout) {
 		bid(w, w->late_uuid, w->late_mtopic);
 		w->st.late_bids++;
 	}

@@ -68,16 +68,34 @@ JOB='f="$JOBDIR/$MQLB_ID"; { echo "id=$MQLB_ID topic=$MQLB_TOPIC group=$MQLB_GRO
 	pub lb/suback/g1 'jobs/#' -q 1
 	pub "lb/req/$U1/jobs/a/b" ""
 	wait_for 5 seen "lb/rsp/g1/w1/$U1/jobs/a/b|free=3"
-	# One bid per request, whatever copies arrive.
-	pub "lb/req/$U1/jobs/a/b" ""
-	pub "lb/req/$U2/jobs/c" ""
-	wait_for 5 seen "lb/rsp/g1/w1/$U2/jobs/c|free=2"
-	[ "$(grep -c "^lb/rsp/g1/w1/$U1/" "$T/spy.out")" = 1 ]
 	# Not a uuid: not a request.
 	pub "lb/req/not-a-uuid-not-a-uuid-not-a-uuid-xx/jobs/c" ""
-	pub "lb/req/$U3/jobs/d" ""
-	wait_for 5 seen "lb/rsp/g1/w1/$U3/jobs/d|free=1"
+	pub "lb/req/$U2/jobs/d" ""
+	wait_for 5 seen "lb/rsp/g1/w1/$U2/jobs/d|free=2"
 	! grep -q "not-a-uuid" <(grep '^lb/rsp' "$T/spy.out")
+	# The balancer asking again for the same message is a new request.
+	pub "lb/req/$U1/jobs/a/b" ""
+	wait_for 5 seen "lb/rsp/g1/w1/$U1/jobs/a/b|free=1"
+	[ "$(stats bids)" = 3 ]
+}
+
+@test "a topic filter that also matches the protocol's topics (#, fallback direct): one bid, one job" {
+	broker_start
+	spy
+	ready_fifo w
+	bg w ready3 "$T/w.ready" mqlb-worker -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t '#' \
+		--wid w1 --listen "$T/w.sock" --ready-fd 3 -j 3 --fallback direct --suback-timeout 0.2 -- true
+	wait_ready w
+	wait_for 5 stat_is fallback 1
+	# lb/req/+/# and # both match: the copy through # is not a job.
+	pub "lb/req/$U1/jobs/a" ""
+	wait_for 5 seen "lb/rsp/g1/w1/$U1/jobs/a|free=3"
+	pub lb/work/g1/w1/jobs/a 'once' -q 1 -V 5 -D publish user-property mqlb-id "$U1"
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok free=3"
+	[ "$(stats bids)" = 1 ]
+	[ "$(stats awards)" = 1 ]
+	[ "$(stats fallback_deliveries)" = 0 ]
+	[ "$(stats requests)" = 1 ]
 }
 
 @test "an award runs the command with the payload on stdin and its environment; done carries free=" {
