@@ -113,6 +113,18 @@ hello world" ]
 	[ "$(stats done_ok)" = 1 ] && [ "$(stats done_fail)" = 1 ]
 }
 
+@test "a large binary payload reaches the command's stdin byte for byte" {
+	broker_start
+	export JOBDIR=$T
+	worker --fallback none -- sh -c 'cat >"$JOBDIR/got.tmp"; mv "$JOBDIR/got.tmp" "$JOBDIR/got"'
+	head -c 700000 /dev/urandom >"$T/big"
+	mosquitto_pub -p "$BROKER_PORT" -h 127.0.0.1 -t lb/work/g1/w1/jobs/big -f "$T/big" -q 1 -V 5 \
+		-D publish user-property mqlb-id "$U1"
+	wait_for 10 test -e "$T/got"
+	cmp "$T/big" "$T/got"
+	wait_for 5 stat_is done_ok 1
+}
+
 @test "a full worker does not bid; its done offers the freed slot instead (MQTT 5)" {
 	broker_start
 	spy
