@@ -42,6 +42,7 @@ static void in_lines(struct in *in)
 		if (!nl)
 			break;
 		n = (size_t)(nl - s);
+		in->last = in->off;
 		in->off += n + 1;
 		in->lineno++;
 		in->on_line(in, s, n, in->arg);
@@ -85,10 +86,12 @@ static void in_cb(struct ev_loop *loop, ev_io *w, int revents)
 		return;
 	}
 	if (r == 0) {
-		if (in->len > 0 && !in->skipping) {
+		if (in->len > in->off && !in->skipping) {
 			/* A last line without its newline still counts. */
-			in->lineno++;
-			in->on_line(in, in->buf, in->len, in->arg);
+			in->buf[in->len++] = '\n';
+			in_lines(in);
+			if (in->paused)
+				return; /* the consumer wants it again later */
 		}
 		in->len = in->off = 0;
 		in->eof = 1;
@@ -147,6 +150,12 @@ void in_resume(struct in *in)
 	/* Lines already buffered will not make the fd readable again. */
 	if (in->len > in->off)
 		ev_feed_event(in->loop, &in->w, EV_CUSTOM);
+}
+
+void in_unread(struct in *in)
+{
+	in->off = in->last;
+	in->lineno--;
 }
 
 void in_close(struct in *in)

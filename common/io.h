@@ -16,7 +16,7 @@ struct in {
 	ev_io w;
 	int fd;
 	char *buf;
-	size_t len, off, cap, max;
+	size_t len, off, cap, max, last;
 	unsigned long lineno;
 	int paused, eof, skipping;
 	in_line_fn *on_line;
@@ -30,6 +30,8 @@ void in_init(struct in *in, struct ev_loop *loop, int fd, size_t max,
 	     in_line_fn *on_line, in_eof_fn *on_eof, void *arg);
 void in_pause(struct in *in);
 void in_resume(struct in *in);
+/* Give back the line just handed out (untouched) to be read again. */
+void in_unread(struct in *in);
 void in_close(struct in *in);
 
 struct out;

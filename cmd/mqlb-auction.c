@@ -1,0 +1,1041 @@
+/* SPDX-License-Identifier: MIT */
+/* mqlb-auction: turns msg records into assign records, giving each message
+ * to one free worker of every interested group: straight to a token holder
+ * when the group has one, else by asking on P/req and taking the first bid.
+ * Also tracks done acks, dead workers and deadlines (PROTOCOL.md). */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "log.h"
+#include "mqtt.h"
+#include "opt.h"
+#include "record.h"
+#include "sock.h"
+
+static const char usage[] =
+	"usage: mqlb-auction [-v] [--quiet] [-o file] [-h host] [-p port] [-u user] [-P password]\n"
+	"                    [-i id] [-V 5|311] [-k keepalive] [--cafile file] [--capath dir]\n"
+	"                    [--cert file] [--key file] [--insecure] [--prefix prefix] [--retries n]\n"
+	"                    [--ready-fd n] [--listen path] [--socket-mode mode]\n"
+	"                    [--token-ttl seconds] [--retry seconds,...] [--deadline seconds]\n"
+	"                    [--max-pending n] [--ack-timeout seconds] [--max-attempts n]\n"
+	"                    [--drain-timeout seconds]\n";
+
+#define MAX_LEVEL 256 /* group and wid: one topic level */
+#define MAX_RETRY 16
+
+enum jstate { J_WAIT, J_AWARDED, J_FINISHED };
+
+struct job;
+struct group;
+
+/* A queue of jobs, oldest first: a group's waiting jobs, or its awarded
+ * jobs in award order (so ack timeouts are found from the head). */
+struct jq {
+	struct job *head, *tail;
+};
+
+struct job {
+	struct msg *m;
+	struct group *g;
+	enum jstate st;
+	int attempts;
+	ev_tstamp t; /* when awarded */
+	char wid[MAX_LEVEL + 1];
+	struct job *prev, *next;
+	struct jq *on;
+};
+
+struct token {
+	char wid[MAX_LEVEL + 1];
+	ev_tstamp expires;
+};
+
+struct group {
+	char *name;
+	char **filters;
+	int nfilters;
+	struct jq waiting, awarded;
+	struct token *tokens; /* ring */
+	unsigned thead, tlen, tcap;
+	struct group *next;
+};
+
+/* One original message. Its mtopic, payload and props are kept escaped, as
+ * they came, so an assign record copies them out without re-encoding. */
+struct msg {
+	char uuid[37];
+	int qos;
+	char *buf;
+	size_t cap;
+	size_t mt_len, pl_off, pl_len, pr_off, pr_len; /* raw fields in buf */
+	char *mtopic;    /* unescaped, for the request topic */
+	size_t mtopic_cap;
+	struct job *jobs;
+	int njobs, jcap, open; /* open: jobs not finished */
+	int retry_idx, asked;
+	ev_tstamp born;
+	ev_timer retry;
+	struct msg *hnext; /* hash chain, or free list */
+};
+
+static struct {
+	struct conf cf;
+	struct ev_loop *loop;
+	struct mq mq;
+	struct in in;
+	struct out out;
+	struct srv srv;
+	ev_signal sigterm, sigint;
+	ev_timer acks, drain;
+	struct group *groups;
+	struct msg **hash;
+	size_t hmask;
+	struct msg *free;
+	long npending, max_pending;
+	double token_ttl, deadline, ack_timeout, drain_timeout;
+	double retry[MAX_RETRY];
+	int nretry, max_attempts, ready, subs_left, stopping, input_done;
+	size_t plen;
+	char *topicbuf;
+	size_t topiccap;
+	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
+		n_tokens_expired, n_bids, n_bids_ignored, n_drop_nobid, n_drop_nogroup,
+		n_drop_failed, n_drop_shutdown, n_done_ok, n_done_fail, n_reawards, n_forged,
+		n_bad_records, n_gone;
+} S;
+
+static void opt(int c, const char *arg)
+{
+	switch (c) {
+	case 1: S.token_ttl = opt_secs("--token-ttl", arg, 0.001, 3600); break;
+	case 2: S.nretry = opt_secs_list("--retry", arg, S.retry, MAX_RETRY); break;
+	case 3: S.deadline = opt_secs("--deadline", arg, 0.001, 86400 * 7); break;
+	case 4: S.max_pending = opt_long("--max-pending", arg, 1, 100000000); break;
+	case 5: S.ack_timeout = opt_secs("--ack-timeout", arg, 0, 86400 * 7); break;
+	case 6: S.max_attempts = (int)opt_long("--max-attempts", arg, 1, 1000); break;
+	case 7: S.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400); break;
+	}
+}
+
+static const struct option longopts[] = {
+	{ "token-ttl", required_argument, NULL, 1 },
+	{ "retry", required_argument, NULL, 2 },
+	{ "deadline", required_argument, NULL, 3 },
+	{ "max-pending", required_argument, NULL, 4 },
+	{ "ack-timeout", required_argument, NULL, 5 },
+	{ "max-attempts", required_argument, NULL, 6 },
+	{ "drain-timeout", required_argument, NULL, 7 },
+	{ NULL, 0, NULL, 0 },
+};
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n);
+
+	if (!p)
+		die(EXIT_SYSERR, "out of memory");
+	return p;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n);
+	if (!p)
+		die(EXIT_SYSERR, "out of memory");
+	return p;
+}
+
+static char *xstrdup(const char *s) { return strcpy(xmalloc(strlen(s) + 1), s); }
+
+/* --- job queues ---------------------------------------------------------- */
+
+static void jq_remove(struct job *j)
+{
+	struct jq *q = j->on;
+
+	if (!q)
+		return;
+	if (j->prev)
+		j->prev->next = j->next;
+	else
+		q->head = j->next;
+	if (j->next)
+		j->next->prev = j->prev;
+	else
+		q->tail = j->prev;
+	j->prev = j->next = NULL;
+	j->on = NULL;
+}
+
+static void jq_push(struct jq *q, struct job *j, int front)
+{
+	jq_remove(j);
+	j->on = q;
+	if (front) {
+		j->prev = NULL;
+		j->next = q->head;
+		if (q->head)
+			q->head->prev = j;
+		else
+			q->tail = j;
+		q->head = j;
+	} else {
+		j->next = NULL;
+		j->prev = q->tail;
+		if (q->tail)
+			q->tail->next = j;
+		else
+			q->head = j;
+		q->tail = j;
+	}
+}
+
+/* --- the uuid table ------------------------------------------------------ */
+
+static size_t uuid_hash(const char *u)
+{
+	size_t h = 14695981039346656037ULL;
+
+	for (int i = 0; i < 36; i++)
+		h = (h ^ (unsigned char)u[i]) * 1099511628211ULL;
+	return h;
+}
+
+static struct msg *msg_find(const char *uuid)
+{
+	for (struct msg *m = S.hash[uuid_hash(uuid) & S.hmask]; m; m = m->hnext)
+		if (!memcmp(m->uuid, uuid, 36))
+			return m;
+	return NULL;
+}
+
+static void msg_unlink(struct msg *m)
+{
+	for (struct msg **p = &S.hash[uuid_hash(m->uuid) & S.hmask]; *p; p = &(*p)->hnext)
+		if (*p == m) {
+			*p = m->hnext;
+			return;
+		}
+}
+
+static void maybe_resume(void);
+
+/* Finished with a message: back to the free list with its buffers, so the
+ * steady state allocates nothing. */
+static void msg_free(struct msg *m)
+{
+	ev_timer_stop(S.loop, &m->retry);
+	for (int i = 0; i < m->njobs; i++)
+		jq_remove(&m->jobs[i]);
+	msg_unlink(m);
+	m->hnext = S.free;
+	S.free = m;
+	S.npending--;
+	maybe_resume();
+}
+
+/* --- output records ------------------------------------------------------- */
+
+static void out_msgfields(const struct msg *m, int with_props)
+{
+	out_raw(&S.out, m->buf, m->mt_len);
+	out_raw(&S.out, m->buf + m->pl_off, m->pl_len);
+	if (with_props && m->pr_len)
+		out_raw(&S.out, m->buf + m->pr_off, m->pr_len);
+}
+
+static void emit_drop(const struct msg *m, const char *reason)
+{
+	out_raw(&S.out, "drop", 4);
+	out_raw(&S.out, m->uuid, 36);
+	out_str(&S.out, reason);
+	out_msgfields(m, 0);
+	out_end(&S.out);
+}
+
+static void emit_assign(const struct job *j)
+{
+	out_raw(&S.out, "assign", 6);
+	out_raw(&S.out, j->m->uuid, 36);
+	out_str(&S.out, j->g->name);
+	out_str(&S.out, j->wid);
+	out_ulong(&S.out, (unsigned long)j->m->qos);
+	out_msgfields(j->m, 1);
+	out_end(&S.out);
+}
+
+/* --- tokens --------------------------------------------------------------- */
+
+static void token_add(struct group *g, const char *wid)
+{
+	struct token *t;
+
+	if (g->tlen == g->tcap) {
+		unsigned ncap = g->tcap ? g->tcap * 2 : 8;
+		struct token *n = xmalloc(ncap * sizeof *n);
+
+		for (unsigned i = 0; i < g->tlen; i++)
+			n[i] = g->tokens[(g->thead + i) % g->tcap];
+		free(g->tokens);
+		g->tokens = n;
+		g->tcap = ncap;
+		g->thead = 0;
+	}
+	t = &g->tokens[(g->thead + g->tlen++) % g->tcap];
+	snprintf(t->wid, sizeof t->wid, "%s", wid);
+	t->expires = ev_now(S.loop) + S.token_ttl;
+	S.n_tokens_kept++;
+}
+
+/* Take the oldest live token; expired ones are thrown away on the way. */
+static const struct token *token_take(struct group *g)
+{
+	ev_tstamp now = ev_now(S.loop);
+
+	while (g->tlen) {
+		const struct token *t = &g->tokens[g->thead];
+
+		g->thead = (g->thead + 1) % g->tcap;
+		g->tlen--;
+		if (t->expires > now)
+			return t;
+		S.n_tokens_expired++;
+	}
+	return NULL;
+}
+
+static void tokens_drop_wid(struct group *g, const char *wid)
+{
+	unsigned keep = 0;
+
+	for (unsigned i = 0; i < g->tlen; i++) {
+		struct token t = g->tokens[(g->thead + i) % g->tcap];
+
+		if (strcmp(t.wid, wid) != 0)
+			g->tokens[(g->thead + keep++) % g->tcap] = t;
+	}
+	g->tlen = keep;
+}
+
+/* --- awarding ------------------------------------------------------------- */
+
+static void job_finish(struct job *j)
+{
+	jq_remove(j);
+	j->st = J_FINISHED;
+	if (--j->m->open == 0)
+		msg_free(j->m);
+}
+
+static void award(struct job *j, const char *wid)
+{
+	snprintf(j->wid, sizeof j->wid, "%s", wid);
+	j->st = J_AWARDED;
+	j->t = ev_now(S.loop);
+	j->attempts++;
+	emit_assign(j);
+	S.n_awarded++;
+	/* Without acks the award is the end of our part. */
+	if (S.ack_timeout > 0 && mq_v5(&S.mq))
+		jq_push(&j->g->awarded, j, 0);
+	else
+		job_finish(j);
+}
+
+static void ask(struct msg *m);
+
+/* Put a job back to be awarded again (its worker died, timed out or
+ * refused): a token if there is one, else the head of the queue. */
+static void reaward(struct job *j)
+{
+	const struct token *t;
+
+	S.n_reawards++;
+	j->st = J_WAIT;
+	if ((t = token_take(j->g))) {
+		S.n_tokens_used++;
+		jq_remove(j);
+		award(j, t->wid);
+		return;
+	}
+	jq_push(&j->g->waiting, j, 1);
+	if (!ev_is_active(&j->m->retry)) {
+		j->m->retry_idx = 0;
+		ask(j->m);
+	}
+}
+
+/* --- requests and retries ------------------------------------------------- */
+
+static const char *topic(const char *fmt, const char *a, const char *b)
+{
+	size_t need = S.plen + strlen(fmt) + strlen(a) + (b ? strlen(b) : 0) + 8;
+
+	if (need > S.topiccap) {
+		S.topiccap = need * 2;
+		S.topicbuf = xrealloc(S.topicbuf, S.topiccap);
+	}
+	snprintf(S.topicbuf, S.topiccap, fmt, S.cf.prefix, a, b);
+	return S.topicbuf;
+}
+
+static int msg_waiting(const struct msg *m)
+{
+	for (int i = 0; i < m->njobs; i++)
+		if (m->jobs[i].st == J_WAIT)
+			return 1;
+	return 0;
+}
+
+static void ask(struct msg *m)
+{
+	ev_tstamp left = m->born + S.deadline - ev_now(S.loop);
+	double next = S.retry[m->retry_idx < S.nretry ? m->retry_idx : S.nretry - 1];
+	int rc;
+
+	rc = mq_publish(&S.mq, NULL, topic("%s/req/%s/%s", m->uuid, m->mtopic), 0, NULL, 0, 0, NULL);
+	if (rc == MOSQ_ERR_SUCCESS)
+		S.n_asked++;
+	m->asked = 1;
+	m->retry_idx++;
+	ev_timer_set(&m->retry, next < left ? next : (left > 0 ? left : 0), 0);
+	ev_timer_start(S.loop, &m->retry);
+}
+
+static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct msg *m = w->data;
+
+	if (!msg_waiting(m))
+		return;
+	if (ev_now(loop) - m->born >= S.deadline) {
+		/* Nobody could take it in time: a dead letter, never a silent loss. */
+		emit_drop(m, "nobid");
+		S.n_drop_nobid++;
+		for (int i = 0; i < m->njobs; i++)
+			if (m->jobs[i].st == J_WAIT && m->jobs[i].m)
+				job_finish(&m->jobs[i]);
+		return;
+	}
+	S.n_retries++;
+	ask(m);
+}
+
+/* --- records in ----------------------------------------------------------- */
+
+static struct group *group_find(const char *name, size_t n)
+{
+	for (struct group *g = S.groups; g; g = g->next)
+		if (strlen(g->name) == n && !memcmp(g->name, name, n))
+			return g;
+	return NULL;
+}
+
+static int group_has(const struct group *g, const char *filter)
+{
+	for (int i = 0; i < g->nfilters; i++)
+		if (!strcmp(g->filters[i], filter))
+			return 1;
+	return 0;
+}
+
+static void bad(const char *what)
+{
+	S.n_bad_records++;
+	warnl("line %lu: %s; skipped", S.in.lineno, what);
+}
+
+static void rec_group(struct rec *r)
+{
+	struct group *g;
+
+	if (r->nf != 3 || rec_unescape_from(r, 1) >= 0 || !r->len[1] || !r->len[2] ||
+	    strpbrk(r->f[1], "/+#") || r->len[1] > MAX_LEVEL)
+		return bad("malformed group record");
+	g = group_find(r->f[1], r->len[1]);
+	if (!g) {
+		g = calloc(1, sizeof *g);
+		if (!g)
+			die(EXIT_SYSERR, "out of memory");
+		g->name = xstrdup(r->f[1]);
+		g->next = S.groups;
+		S.groups = g;
+	}
+	if (group_has(g, r->f[2]))
+		return;
+	g->filters = xrealloc(g->filters, (size_t)(g->nfilters + 1) * sizeof *g->filters);
+	g->filters[g->nfilters++] = xstrdup(r->f[2]);
+}
+
+static void rec_ungroup(struct rec *r)
+{
+	struct group *g;
+
+	if (r->nf != 3 || rec_unescape_from(r, 1) >= 0)
+		return bad("malformed ungroup record");
+	if (!(g = group_find(r->f[1], r->len[1])))
+		return;
+	for (int i = 0; i < g->nfilters; i++)
+		if (!strcmp(g->filters[i], r->f[2])) {
+			free(g->filters[i]);
+			g->filters[i] = g->filters[--g->nfilters];
+			break;
+		}
+	/* Its workers are gone: their offers are worthless now. */
+	if (!g->nfilters)
+		g->tlen = 0;
+}
+
+static int is_uuid(const char *s, size_t n)
+{
+	if (n != 36)
+		return 0;
+	for (int i = 0; i < 36; i++) {
+		char c = s[i];
+
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return 0;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static struct msg *msg_new(void)
+{
+	struct msg *m = S.free;
+
+	if (m) {
+		S.free = m->hnext;
+	} else {
+		m = calloc(1, sizeof *m);
+		if (!m)
+			die(EXIT_SYSERR, "out of memory");
+		ev_timer_init(&m->retry, retry_cb, 0, 0);
+		m->retry.data = m;
+	}
+	m->njobs = m->open = m->retry_idx = m->asked = 0;
+	return m;
+}
+
+static void rec_msg(struct rec *r)
+{
+	unsigned long qos, retain;
+	struct msg *m;
+	size_t need;
+	long mtl;
+
+	/* msg <uuid> <qos> <retain> <filter> <mtopic> <payload> [<props>] */
+	if (r->nf != 7 && r->nf != 8)
+		return bad("msg record needs 7 or 8 fields");
+	if (!is_uuid(r->f[1], r->len[1]))
+		return bad("msg record: bad uuid");
+	if (rec_ulong(r, 2, 2, &qos) < 0)
+		return bad("msg record: bad qos");
+	if (rec_ulong(r, 3, 1, &retain) < 0)
+		return bad("msg record: bad retain flag");
+	if (rec_unescape(r, 4) < 0 || !r->len[4])
+		return bad("msg record: bad filter");
+	if (msg_find(r->f[1])) {
+		S.n_bad_records++;
+		warnl("line %lu: msg %.36s seen before; skipped", S.in.lineno, r->f[1]);
+		return;
+	}
+	m = msg_new();
+	memcpy(m->uuid, r->f[1], 36);
+	m->uuid[36] = '\0';
+	m->qos = (int)qos;
+	need = r->len[5] + r->len[6] + (r->nf == 8 ? r->len[7] : 0);
+	if (need > m->cap) {
+		m->cap = need + 64;
+		m->buf = xrealloc(m->buf, m->cap);
+	}
+	memcpy(m->buf, r->f[5], r->len[5]);
+	m->mt_len = r->len[5];
+	m->pl_off = m->mt_len;
+	memcpy(m->buf + m->pl_off, r->f[6], r->len[6]);
+	m->pl_len = r->len[6];
+	m->pr_off = m->pl_off + m->pl_len;
+	m->pr_len = 0;
+	if (r->nf == 8 && !(r->len[7] == 1 && r->f[7][0] == '-')) {
+		memcpy(m->buf + m->pr_off, r->f[7], r->len[7]);
+		m->pr_len = r->len[7];
+	}
+	/* The request topic needs the mtopic decoded; the record keeps it raw. */
+	if ((mtl = rec_unescape(r, 5)) <= 0 || memchr(r->f[5], '+', (size_t)mtl) ||
+	    memchr(r->f[5], '#', (size_t)mtl) || strlen(r->f[5]) != (size_t)mtl) {
+		m->hnext = S.free;
+		S.free = m;
+		return bad("msg record: bad mtopic");
+	}
+	if ((size_t)mtl + 1 > m->mtopic_cap) {
+		m->mtopic_cap = (size_t)mtl + 64;
+		m->mtopic = xrealloc(m->mtopic, m->mtopic_cap);
+	}
+	memcpy(m->mtopic, r->f[5], (size_t)mtl + 1);
+
+	for (struct group *g = S.groups; g; g = g->next) {
+		if (!group_has(g, r->f[4]))
+			continue;
+		if (m->njobs == m->jcap) {
+			m->jcap = m->jcap ? m->jcap * 2 : 4;
+			m->jobs = xrealloc(m->jobs, (size_t)m->jcap * sizeof *m->jobs);
+		}
+		memset(&m->jobs[m->njobs], 0, sizeof m->jobs[0]);
+		m->jobs[m->njobs].m = m;
+		m->jobs[m->njobs].g = g;
+		m->njobs++;
+	}
+	S.n_msg++;
+	m->born = ev_now(S.loop);
+	S.npending++;
+	m->hnext = S.hash[uuid_hash(m->uuid) & S.hmask];
+	S.hash[uuid_hash(m->uuid) & S.hmask] = m;
+	if (m->njobs == 0) {
+		emit_drop(m, "nogroup");
+		S.n_drop_nogroup++;
+		msg_free(m);
+		return;
+	}
+	m->open = m->njobs;
+	for (int i = 0; i < m->njobs; i++)
+		m->jobs[i].st = J_WAIT;
+	/* Token holders get it at once; the rest wait for bids. Only the last
+	 * award can free m, and only when nothing is left waiting. */
+	int waiting = 0;
+
+	for (int i = 0; i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+		const struct token *t = token_take(j->g);
+
+		if (t) {
+			S.n_tokens_used++;
+			award(j, t->wid);
+		} else {
+			jq_push(&j->g->waiting, j, 0);
+			waiting++;
+		}
+	}
+	if (waiting)
+		ask(m);
+}
+
+/* --- messages from the broker: bids, dones, wills -------------------------- */
+
+static struct job *job_of(struct msg *m, const struct group *g, enum jstate st)
+{
+	for (int i = 0; m && i < m->njobs; i++)
+		if (m->jobs[i].g == g && m->jobs[i].st == st)
+			return &m->jobs[i];
+	return NULL;
+}
+
+/* A free slot of worker wid in group g: the bid's own message if it still
+ * waits on g, else the oldest message waiting on g, else a token. */
+static void offer(struct group *g, const char *wid, const char *uuid)
+{
+	struct job *j = uuid ? job_of(msg_find(uuid), g, J_WAIT) : NULL;
+
+	if (!j)
+		j = g->waiting.head;
+	if (j) {
+		jq_remove(j);
+		award(j, wid);
+		return;
+	}
+	token_add(g, wid);
+}
+
+static void emit_done(const struct job *j, const char *result, size_t n)
+{
+	out_raw(&S.out, "done", 4);
+	out_raw(&S.out, j->m->uuid, 36);
+	out_str(&S.out, j->g->name);
+	out_str(&S.out, j->wid);
+	out_field(&S.out, result, n);
+	out_end(&S.out);
+}
+
+static void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
+{
+	struct msg *m = msg_find(uuid);
+	struct job *j = NULL;
+	unsigned long free_slots = 0;
+	char *fs;
+
+	/* "ok", "fail <reason>", either optionally followed by " free=<n>" */
+	if ((fs = strstr(payload, " free=")) || !strncmp(payload, "free=", 5)) {
+		char *end, *v = fs ? fs + 6 : payload + 5;
+
+		free_slots = strtoul(v, &end, 10);
+		if (*end || end == v || free_slots > 65535) {
+			S.n_forged++;
+			warnl("done from %s/%s: bad free count \"%s\"; ignored", g->name, wid, v);
+			return;
+		}
+		if (fs)
+			*fs = '\0';
+		else
+			*payload = '\0';
+		n = strlen(payload);
+	}
+	for (int i = 0; m && i < m->njobs; i++)
+		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
+			j = &m->jobs[i];
+	if (!j && n) {
+		if (m && job_of(m, g, J_AWARDED)) {
+			S.n_forged++;
+			warnl("done for %s from %s/%s, which was not awarded it; ignored", uuid, g->name, wid);
+		} else {
+			debugl("done for %s from %s/%s: not pending (late or duplicate)", uuid, g->name, wid);
+		}
+	} else if (j && !strcmp(payload, "ok")) {
+		S.n_done_ok++;
+		emit_done(j, payload, n);
+		job_finish(j);
+	} else if (j && !strncmp(payload, "fail", 4)) {
+		S.n_done_fail++;
+		emit_done(j, payload, n);
+		if (!strcmp(payload, "fail busy")) {
+			j->attempts--; /* refused, not tried: no attempt spent */
+			reaward(j);
+		} else if (j->attempts >= S.max_attempts) {
+			emit_drop(m, "failed");
+			S.n_drop_failed++;
+			job_finish(j);
+		} else {
+			reaward(j);
+		}
+	} else if (j) {
+		S.n_forged++;
+		warnl("done for %s from %s/%s: bad result \"%s\"; ignored", uuid, g->name, wid, payload);
+	}
+	while (free_slots--)
+		offer(g, wid, NULL);
+}
+
+static void on_gone(struct group *g, const char *wid)
+{
+	struct job *j, *next;
+
+	S.n_gone++;
+	tokens_drop_wid(g, wid);
+	for (j = g->awarded.head; j; j = next) {
+		next = j->next;
+		if (!strcmp(j->wid, wid)) {
+			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
+			reaward(j);
+		}
+	}
+}
+
+/* Split "a/b/rest" after the prefix: up to n levels, the rest in *rest. */
+static int levels(char *t, char **lv, int n, char **rest)
+{
+	int k = 0;
+
+	while (k < n) {
+		char *s = strchr(t, '/');
+
+		lv[k++] = t;
+		if (!s) {
+			*rest = NULL;
+			return k;
+		}
+		*s = '\0';
+		t = s + 1;
+	}
+	*rest = t;
+	return k;
+}
+
+static void on_message(struct mq *mq, const struct mosquitto_message *msg,
+		       const mosquitto_property *props, void *arg)
+{
+	char *t, *lv[4], *rest;
+	struct group *g;
+	int k;
+
+	if (strncmp(msg->topic, S.cf.prefix, S.plen) || msg->topic[S.plen] != '/')
+		return;
+	t = msg->topic + S.plen + 1;
+	if (!strncmp(t, "rsp/", 4)) {
+		/* rsp/{group}/{wid}/{uuid}/{mtopic} */
+		S.n_bids++;
+		k = levels(t + 4, lv, 3, &rest);
+		if (k < 3 || !(g = group_find(lv[0], strlen(lv[0]))) || !g->nfilters || !*lv[1] ||
+		    strlen(lv[1]) > MAX_LEVEL || !is_uuid(lv[2], strlen(lv[2]))) {
+			S.n_bids_ignored++;
+			return;
+		}
+		offer(g, lv[1], lv[2]);
+	} else if (!strncmp(t, "done/", 5)) {
+		k = levels(t + 5, lv, 3, &rest);
+		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
+		    strlen(lv[1]) > MAX_LEVEL || !is_uuid(lv[2], strlen(lv[2]))) {
+			S.n_forged++;
+			warnl("bad done topic %s; ignored", msg->topic);
+			return;
+		}
+		on_done(g, lv[1], lv[2], msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
+	} else if (!strncmp(t, "gone/", 5)) {
+		k = levels(t + 5, lv, 2, &rest);
+		if (k == 2 && !rest && (g = group_find(lv[0], strlen(lv[0]))))
+			on_gone(g, lv[1]);
+	}
+	if (out_full(&S.out))
+		mq_pause_read(&S.mq, 1);
+}
+
+static void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	ev_tstamp now = ev_now(loop);
+
+	for (struct group *g = S.groups; g; g = g->next)
+		while (g->awarded.head && now - g->awarded.head->t >= S.ack_timeout) {
+			struct job *j = g->awarded.head;
+
+			warnl("no done for %s from %s/%s in %gs", j->m->uuid, g->name, j->wid, S.ack_timeout);
+			if (j->attempts >= S.max_attempts) {
+				emit_drop(j->m, "noack");
+				S.n_drop_failed++;
+				job_finish(j);
+			} else {
+				reaward(j);
+			}
+		}
+}
+
+/* --- input, flow control, shutdown ---------------------------------------- */
+
+static void finish(void)
+{
+	mq_disconnect(&S.mq);
+	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
+		exit(EXIT_SYSERR);
+	exit(EXIT_OK);
+}
+
+static void maybe_resume(void)
+{
+	if ((S.input_done || S.stopping) && S.npending == 0) {
+		finish();
+		return;
+	}
+	if (S.in.paused && !S.stopping && S.npending < S.max_pending && !out_full(&S.out))
+		in_resume(&S.in);
+}
+
+static void on_line(struct in *in, char *line, size_t n, void *arg)
+{
+	struct rec r;
+	int rc = rec_split(line, n, &r);
+
+	if (rc == 1)
+		return;
+	if (rc < 0)
+		return bad("too many fields");
+	if (rec_is(&r, 0, "msg"))
+		rec_msg(&r);
+	else if (rec_is(&r, 0, "group"))
+		rec_group(&r);
+	else if (rec_is(&r, 0, "ungroup"))
+		rec_ungroup(&r);
+	else
+		out_rec(&S.out, &r);
+	if (S.npending >= S.max_pending || out_full(&S.out))
+		in_pause(in);
+}
+
+static void on_eof(struct in *in, int err, void *arg)
+{
+	if (err)
+		warnl("reading records: %s", strerror(err));
+	S.input_done = 1;
+	maybe_resume();
+}
+
+static void on_drain(struct out *o, void *arg)
+{
+	mq_pause_read(&S.mq, 0);
+	maybe_resume();
+}
+
+static void on_out_error(struct out *o, void *arg)
+{
+	if (o->err != EPIPE)
+		die(EXIT_SYSERR, "cannot write records: %s", strerror(o->err));
+	/* Downstream is gone: awards can no longer reach anyone. */
+	if (S.npending)
+		warnl("output closed with %ld messages pending; stopping", S.npending);
+	exit(S.npending ? EXIT_SYSERR : EXIT_OK);
+}
+
+static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	/* Out of time: what still waits for a bid is handed back as drop
+	 * records, never lost without a word. */
+	for (size_t i = 0; i <= S.hmask; i++)
+		for (struct msg *m = S.hash[i], *next; m; m = next) {
+			next = m->hnext;
+			if (msg_waiting(m)) {
+				emit_drop(m, "shutdown");
+				S.n_drop_shutdown++;
+			}
+		}
+	finish();
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	if (S.stopping)
+		finish();
+	infol("signal %d: stopping after %ld pending messages", w->signum, S.npending);
+	S.stopping = 1;
+	in_pause(&S.in);
+	ev_timer_set(&S.drain, S.drain_timeout, 0);
+	ev_timer_start(loop, &S.drain);
+	maybe_resume();
+}
+
+static void stats_line(struct conn *c, char *line, size_t n, void *arg)
+{
+	struct rec r;
+	unsigned long tokens = 0, waiting = 0, awarded = 0;
+
+	if (rec_split(line, n, &r) != 0)
+		return;
+	if (!rec_is(&r, 0, "stats")) {
+		out_str(&c->out, "error");
+		out_str(&c->out, "unknown-query");
+		out_end(&c->out);
+		return;
+	}
+	for (struct group *g = S.groups; g; g = g->next) {
+		tokens += g->tlen;
+		for (struct job *j = g->waiting.head; j; j = j->next)
+			waiting++;
+		for (struct job *j = g->awarded.head; j; j = j->next)
+			awarded++;
+	}
+#define STAT(name, v) out_stat(&c->out, name, (unsigned long)(v))
+	STAT("pending", S.npending);
+	STAT("waiting", waiting);
+	STAT("unacked", awarded);
+	STAT("tokens", tokens);
+	STAT("msg", S.n_msg);
+	STAT("asked", S.n_asked);
+	STAT("retries", S.n_retries);
+	STAT("awarded", S.n_awarded);
+	STAT("tokens_used", S.n_tokens_used);
+	STAT("tokens_kept", S.n_tokens_kept);
+	STAT("tokens_expired", S.n_tokens_expired);
+	STAT("bids", S.n_bids);
+	STAT("bids_ignored", S.n_bids_ignored);
+	STAT("done_ok", S.n_done_ok);
+	STAT("done_fail", S.n_done_fail);
+	STAT("reawards", S.n_reawards);
+	STAT("gone", S.n_gone);
+	STAT("forged", S.n_forged);
+	STAT("drop_nobid", S.n_drop_nobid);
+	STAT("drop_nogroup", S.n_drop_nogroup);
+	STAT("drop_failed", S.n_drop_failed);
+	STAT("drop_shutdown", S.n_drop_shutdown);
+	STAT("bad_records", S.n_bad_records);
+	STAT("connected", S.mq.connected);
+#undef STAT
+	out_raw(&c->out, "ok", 2);
+	out_end(&c->out);
+}
+
+static void on_connected(struct mq *mq, int first, void *arg)
+{
+	static const char *subs[] = { "rsp/#", "done/#", "gone/#" };
+
+	S.subs_left = 3;
+	for (int i = 0; i < 3; i++) {
+		char t[300];
+
+		snprintf(t, sizeof t, "%s/%s", S.cf.prefix, subs[i]);
+		mq_subscribe(mq, NULL, t, i == 0 ? 0 : 1, 0);
+	}
+}
+
+static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
+{
+	if (n < 1 || granted[0] >= 0x80)
+		die(EXIT_UNREACH, "the broker refused a subscription under %s/", S.cf.prefix);
+	if (--S.subs_left == 0 && !S.ready) {
+		S.ready = 1;
+		ready_notify(S.cf.ready_fd);
+	}
+}
+
+static const struct mq_cb callbacks = {
+	.connected = on_connected,
+	.message = on_message,
+	.subscribed = on_subscribed,
+};
+
+int main(int argc, char **argv)
+{
+	static const double default_retry[] = { 0.05, 0.1, 0.2, 0.5, 1 };
+	size_t buckets = 1024;
+	int lfd;
+
+	S.token_ttl = 0.8;
+	S.deadline = 30;
+	S.max_pending = 10000;
+	S.ack_timeout = 60;
+	S.max_attempts = 3;
+	S.drain_timeout = 10;
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
+	if (optind < argc)
+		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
+	if (!S.nretry) {
+		memcpy(S.retry, default_retry, sizeof default_retry);
+		S.nretry = sizeof default_retry / sizeof *default_retry;
+	}
+	S.plen = strlen(S.cf.prefix);
+	while (buckets < (size_t)S.max_pending * 2 && buckets < (1u << 26))
+		buckets <<= 1;
+	S.hash = calloc(buckets, sizeof *S.hash);
+	if (!S.hash)
+		die(EXIT_SYSERR, "out of memory");
+	S.hmask = buckets - 1;
+
+	signal(SIGPIPE, SIG_IGN);
+	S.loop = EV_DEFAULT;
+	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
+	S.out.on_drain = on_drain;
+	S.out.on_error = on_out_error;
+	lfd = sock_listen(S.cf.listen, S.cf.socket_mode);
+	if (S.cf.listen && lfd < 0)
+		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
+	if (lfd >= 0)
+		srv_init(&S.srv, S.loop, lfd, stats_line, NULL, NULL, NULL);
+	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
+	ev_signal_init(&S.sigint, signal_cb, SIGINT);
+	ev_signal_start(S.loop, &S.sigterm);
+	ev_signal_start(S.loop, &S.sigint);
+	ev_timer_init(&S.drain, drain_cb, 0, 0);
+	ev_timer_init(&S.acks, ack_cb, 0.25, S.ack_timeout > 4 ? 1 : S.ack_timeout / 4 + 0.01);
+	if (S.ack_timeout > 0)
+		ev_timer_start(S.loop, &S.acks);
+
+	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
+	mq_start(&S.mq);
+	in_init(&S.in, S.loop, STDIN_FILENO, 256u << 20, on_line, on_eof, NULL);
+	ev_run(S.loop, 0);
+	return EXIT_OK;
+}

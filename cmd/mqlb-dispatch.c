@@ -1,0 +1,327 @@
+/* SPDX-License-Identifier: MIT */
+/* mqlb-dispatch: publishes each assign record's payload to the chosen
+ * worker's P/work topic and writes a sent record once the broker has it;
+ * every other record passes through. */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "log.h"
+#include "mqtt.h"
+#include "opt.h"
+#include "props.h"
+#include "record.h"
+#include "sock.h"
+
+static const char usage[] =
+	"usage: mqlb-dispatch [-v] [--quiet] [-o file] [-h host] [-p port] [-u user] [-P password]\n"
+	"                     [-i id] [-q qos] [-V 5|311] [-k keepalive] [--cafile file]\n"
+	"                     [--capath dir] [--cert file] [--key file] [--insecure]\n"
+	"                     [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
+	"                     [--socket-mode mode] [--max-inflight n]\n";
+
+/* An award the broker has not acknowledged yet, by message id. */
+struct flight {
+	char uuid[37];
+	char *group, *wid;
+	size_t gcap, wcap;
+	int used;
+};
+
+static struct {
+	struct conf cf;
+	struct ev_loop *loop;
+	struct mq mq;
+	struct in in;
+	struct out out;
+	struct srv srv;
+	ev_signal sigterm, sigint;
+	struct flight *fl; /* indexed by mid: 16 bits */
+	long inflight, max_inflight;
+	int input_done, stopping;
+	char *topic;
+	size_t topiccap;
+	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed;
+} S;
+
+static void opt(int c, const char *arg)
+{
+	if (c == 1)
+		S.max_inflight = opt_long("--max-inflight", arg, 1, 65000);
+}
+
+static const struct option longopts[] = {
+	{ "max-inflight", required_argument, NULL, 1 },
+	{ NULL, 0, NULL, 0 },
+};
+
+static void keep(char **dst, size_t *cap, const char *s, size_t n)
+{
+	if (n + 1 > *cap) {
+		*cap = n + 32;
+		*dst = realloc(*dst, *cap);
+		if (!*dst)
+			die(EXIT_SYSERR, "out of memory");
+	}
+	memcpy(*dst, s, n + 1);
+}
+
+static void finish(void)
+{
+	mq_disconnect(&S.mq);
+	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
+		exit(EXIT_SYSERR);
+	exit(EXIT_OK);
+}
+
+static void flow(void)
+{
+	if ((S.input_done || S.stopping) && S.inflight == 0)
+		finish();
+	if (S.in.paused && !S.stopping && S.mq.connected && S.inflight < S.max_inflight &&
+	    !out_full(&S.out))
+		in_resume(&S.in);
+}
+
+static void bad(const char *what)
+{
+	S.n_bad++;
+	warnl("line %lu: %s; skipped", S.in.lineno, what);
+}
+
+static void drop(struct rec *r, const char *reason)
+{
+	/* drop <uuid> <reason> <mtopic> <payload>: fields 5 and 6 are decoded. */
+	out_raw(&S.out, "drop", 4);
+	out_raw(&S.out, r->f[1], r->len[1]);
+	out_str(&S.out, reason);
+	out_field(&S.out, r->f[5], r->len[5]);
+	out_field(&S.out, r->f[6], r->len[6]);
+	out_end(&S.out);
+}
+
+static void emit_sent(const char *uuid, const char *group, const char *wid)
+{
+	out_raw(&S.out, "sent", 4);
+	out_raw(&S.out, uuid, 36);
+	out_str(&S.out, group);
+	out_str(&S.out, wid);
+	out_end(&S.out);
+}
+
+static void rec_assign(struct rec *r)
+{
+	mosquitto_property *props = NULL;
+	unsigned long qos;
+	const char *why;
+	size_t need;
+	int mid = 0, rc;
+
+	/* assign <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
+	if (r->nf != 7 && r->nf != 8)
+		return bad("assign record needs 7 or 8 fields");
+	if (r->len[1] != 36)
+		return bad("assign record: bad uuid");
+	if (rec_ulong(r, 4, 2, &qos) < 0)
+		return bad("assign record: bad qos");
+	if (rec_unescape(r, 2) <= 0 || rec_unescape(r, 3) <= 0 || strpbrk(r->f[2], "/+#") ||
+	    strpbrk(r->f[3], "/+#"))
+		return bad("assign record: bad group or worker id");
+	if (rec_unescape(r, 5) <= 0 || strlen(r->f[5]) != r->len[5])
+		return bad("assign record: bad mtopic");
+	if (rec_unescape(r, 6) < 0)
+		return bad("assign record: bad payload escape");
+	if (r->nf == 8 && props_parse(r->f[7], &props, &why) < 0)
+		return bad(why);
+	if (mq_v5(&S.mq)) {
+		char id[37];
+
+		memcpy(id, r->f[1], 36);
+		id[36] = '\0';
+		mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "mqlb-id", id);
+	}
+	need = strlen(S.cf.prefix) + r->len[2] + r->len[3] + r->len[5] + 16;
+	if (need > S.topiccap) {
+		S.topiccap = need * 2;
+		S.topic = realloc(S.topic, S.topiccap);
+		if (!S.topic)
+			die(EXIT_SYSERR, "out of memory");
+	}
+	snprintf(S.topic, S.topiccap, "%s/work/%s/%s/%s", S.cf.prefix, r->f[2], r->f[3], r->f[5]);
+	if (qos > (unsigned long)S.cf.mq.qos)
+		qos = (unsigned long)S.cf.mq.qos;
+	S.n_assign++;
+	rc = mq_publish(&S.mq, &mid, S.topic, r->len[6], r->f[6], (int)qos, 0, props);
+	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		S.n_failed++;
+		warnl("award %.36s to %s/%s: %s", r->f[1], r->f[2], r->f[3], mosquitto_strerror(rc));
+		drop(r, "unpublishable");
+		return;
+	}
+	if (qos == 0) {
+		/* No acknowledgement will come: written is as sent as it gets. */
+		S.n_sent++;
+		emit_sent(r->f[1], r->f[2], r->f[3]);
+		return;
+	}
+	struct flight *f = &S.fl[mid & 0xffff];
+
+	if (f->used)
+		warnl("message id %d reused while in flight", mid);
+	else
+		S.inflight++;
+	f->used = 1;
+	memcpy(f->uuid, r->f[1], 36);
+	f->uuid[36] = '\0';
+	keep(&f->group, &f->gcap, r->f[2], r->len[2]);
+	keep(&f->wid, &f->wcap, r->f[3], r->len[3]);
+}
+
+static void on_line(struct in *in, char *line, size_t n, void *arg)
+{
+	struct rec r;
+	int rc;
+
+	/* Hold awards while the broker is away: the line is read again later. */
+	if (!S.mq.connected) {
+		in_unread(in);
+		in_pause(in);
+		return;
+	}
+	rc = rec_split(line, n, &r);
+	if (rc == 1)
+		return;
+	if (rc < 0)
+		return bad("too many fields");
+	if (rec_is(&r, 0, "assign"))
+		rec_assign(&r);
+	else {
+		S.n_passed++;
+		out_rec(&S.out, &r);
+	}
+	if (S.inflight >= S.max_inflight || out_full(&S.out))
+		in_pause(in);
+}
+
+static void on_eof(struct in *in, int err, void *arg)
+{
+	if (err)
+		warnl("reading records: %s", strerror(err));
+	S.input_done = 1;
+	flow();
+}
+
+static void on_published(struct mq *mq, int mid, int reason, void *arg)
+{
+	struct flight *f = &S.fl[mid & 0xffff];
+
+	if (!f->used)
+		return;
+	f->used = 0;
+	S.inflight--;
+	if (reason >= 0x80) {
+		S.n_failed++;
+		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
+	} else {
+		S.n_sent++;
+		emit_sent(f->uuid, f->group, f->wid);
+	}
+	flow();
+}
+
+static void on_connected(struct mq *mq, int first, void *arg)
+{
+	if (first)
+		ready_notify(S.cf.ready_fd);
+	flow();
+}
+
+static void on_drain(struct out *o, void *arg) { flow(); }
+
+static void on_out_error(struct out *o, void *arg)
+{
+	if (o->err != EPIPE)
+		die(EXIT_SYSERR, "cannot write records: %s", strerror(o->err));
+	exit(EXIT_OK);
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	if (S.stopping)
+		finish();
+	S.stopping = 1;
+	in_pause(&S.in);
+	flow();
+}
+
+static void stats_line(struct conn *c, char *line, size_t n, void *arg)
+{
+	struct rec r;
+
+	if (rec_split(line, n, &r) != 0)
+		return;
+	if (!rec_is(&r, 0, "stats")) {
+		out_str(&c->out, "error");
+		out_str(&c->out, "unknown-query");
+		out_end(&c->out);
+		return;
+	}
+	out_stat(&c->out, "inflight", (unsigned long)S.inflight);
+	out_stat(&c->out, "assign", S.n_assign);
+	out_stat(&c->out, "sent", S.n_sent);
+	out_stat(&c->out, "failed", S.n_failed);
+	out_stat(&c->out, "passed", S.n_passed);
+	out_stat(&c->out, "bad_records", S.n_bad);
+	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
+	out_raw(&c->out, "ok", 2);
+	out_end(&c->out);
+}
+
+static const struct mq_cb callbacks = {
+	.connected = on_connected,
+	.published = on_published,
+};
+
+int main(int argc, char **argv)
+{
+	int lfd;
+
+	S.cf.mq.qos = 2;
+	S.max_inflight = 1000;
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
+	if (optind < argc)
+		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
+	S.fl = calloc(65536, sizeof *S.fl);
+	if (!S.fl)
+		die(EXIT_SYSERR, "out of memory");
+
+	signal(SIGPIPE, SIG_IGN);
+	S.loop = EV_DEFAULT;
+	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
+	S.out.on_drain = on_drain;
+	S.out.on_error = on_out_error;
+	lfd = sock_listen(S.cf.listen, S.cf.socket_mode);
+	if (S.cf.listen && lfd < 0)
+		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
+	if (lfd >= 0)
+		srv_init(&S.srv, S.loop, lfd, stats_line, NULL, NULL, NULL);
+	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
+	ev_signal_init(&S.sigint, signal_cb, SIGINT);
+	ev_signal_start(S.loop, &S.sigterm);
+	ev_signal_start(S.loop, &S.sigint);
+
+	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
+	mq_start(&S.mq);
+	in_init(&S.in, S.loop, STDIN_FILENO, 256u << 20, on_line, on_eof, NULL);
+	/* Nothing to publish to until the broker answers. */
+	in_pause(&S.in);
+	ev_run(S.loop, 0);
+	return EXIT_OK;
+}
