@@ -4,13 +4,17 @@
  *   recodec unescape N  record lines on stdin -> raw bytes of field N
  *   recodec split       record lines -> field count and each field decoded,
  *                       one per line, "error" for malformed lines
- *   recodec props       props field on stdin -> name=value lines */
+ *   recodec props       props field on stdin -> name=value lines
+ *   recodec reprops     props field -> MQTT 5 properties -> props field
+ *                       (props_parse then props_write), "error: why" */
 #include "config.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io.h"
+#include "props.h"
 #include "record.h"
 
 static char *slurp(size_t *n)
@@ -83,11 +87,32 @@ int main(int argc, char **argv)
 		int rc;
 
 		in[strcspn(in, "\n")] = '\0';
-		while ((rc = props_next(&cur, &name, &nl, &val, &vl)) == 1)
-			printf("%s=%.*s\n", name, (int)vl, val);
+		while ((rc = props_next(&cur, &name, &nl, &val, &vl)) == 1) {
+			/* Values may hold NUL (binary correlation data). */
+			printf("%s=", name);
+			fwrite(val, 1, vl, stdout);
+			putchar('\n');
+		}
 		if (rc < 0)
 			puts("error");
 		return 0;
+	}
+	if (!strcmp(argv[1], "reprops")) {
+		mosquitto_property *p;
+		const char *why;
+		struct out o;
+
+		in[strcspn(in, "\n")] = '\0';
+		if (props_parse(in, &p, &why) < 0) {
+			printf("error: %s\n", why);
+			return 0;
+		}
+		out_init(&o, EV_DEFAULT, 1, 1 << 20);
+		if (!props_write(&o, p))
+			out_raw(&o, "-", 1);
+		out_end(&o);
+		mosquitto_property_free_all(&p);
+		return out_drain_blocking(&o) < 0 ? 111 : 0;
 	}
 	return 2;
 }
