@@ -172,10 +172,13 @@ esc() { printf '%b' "$1" | recodec escape; }
 @test "props: parsed into MQTT 5 properties and written back the same" {
 	local f
 	for f in 'rt=replies/a%2Cb' 'cd=%00%01%20%2C%3D%25%7F' 'ct=application/json' \
-		'exp=4294967295' 'u.k%3D%2C=v%2C%3D' 'u.a=1,u.a=2,u.b=' \
+		'exp=4294967295' 'u.k%3D%2C=v%2C%3D' 'u.a=1,u.a=2,u.b=-,u.c=%2D' \
 		'rt=r,cd=x,ct=t,exp=0,u.n=v'; do
 		[ "$(echo "$f" | recodec reprops)" = "$f" ] || { echo "$f" >&2; return 1; }
 	done
+	# Inside props, as in fields, an empty value is written '-'.
+	[ "$(echo 'u.b=,rt=x' | recodec reprops)" = "u.b=-,rt=x" ]
+	[ "$(echo 'u.b=-,u.c=%2D' | recodec props)" = "$(printf 'u.b=\nu.c=-')" ]
 	# High bytes are written as they are, like in any field.
 	[ "$(echo 'cd=%ff%FE' | recodec reprops)" = "$(printf 'cd=\xff\xfe')" ]
 	# Absent properties are '-' both ways.
