@@ -1,0 +1,1152 @@
+/* SPDX-License-Identifier: MIT */
+/* mqlb-bench: load generator and meter. Publishes timestamped jobs to a
+ * private mosquitto and runs simulated workers in-process, fed once through
+ * the mqlb pipeline (mqlb-sub | mqlb-auction | mqlb-dispatch, libmqlb
+ * workers) and once through a plain $share subscription; prints latency,
+ * throughput, jobs per worker, lost and duplicated side by side. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ev.h>
+
+#include "log.h"
+#include "mqlb.h"
+#include "mqtt.h"
+#include "opt.h"
+
+static const char usage[] =
+	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke] [--mqlb | --share]\n"
+	"                  [--workers n] [--slots n] [--service seconds,...]\n"
+	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
+	"                  [--grace seconds] [--window n] [--size bytes] [--bindir dir]\n"
+	"                  [--broker path] [--csv] [--plot file.png] [--keep] [--label text]\n";
+
+#define MAXW 64
+#define TOPIC "bench/jobs"
+#define GROUP "bench"
+#define NS 1000000000.0
+
+/* What one run asks for; --scenario fills it, later options override. */
+static struct {
+	int workers, slots;
+	double service[MAXW];
+	int nservice;
+	double rate, load; /* jobs/s; or a fraction of capacity; both 0: max */
+	double duration, grace;
+	long window;
+	long size;
+	int modes; /* 1 mqlb, 2 share */
+	int csv, keep, smoke, scenario;
+	const char *bindir, *broker, *plot, *label;
+} cf = {
+	.workers = 4, .slots = 1, .service = { 0.005 }, .nservice = 1, .rate = 100,
+	.duration = 10, .grace = 5, .window = 1000, .size = 0, .modes = 3,
+	.broker = "mosquitto",
+};
+
+/* One published job, indexed by its sequence number. */
+struct job {
+	int64_t pub, start, done;
+	uint16_t starts, dones;
+	int16_t worker;
+};
+
+/* The results of one mode. */
+struct result {
+	const char *mode;
+	int ok;
+	char why[160];
+	unsigned long published, pubfail, done, lost, dup, dropped, queued_max;
+	double jobs_s, offered;
+	double start[3], fin[3]; /* p50 p99 max, ms */
+	unsigned long per_worker[MAXW];
+	double *lat, *slat; /* sorted publish -> done and -> start, ms, for the plot */
+	size_t nlat, nslat;
+};
+
+struct task;
+
+/* A simulated worker: a libmqlb worker, or a plain $share subscriber. */
+struct wsim {
+	int idx, slots, running, ready;
+	double service;
+	struct mqlb_worker *mw;
+	struct mq mq;
+	struct mq_opts mo;
+	char cid[32];
+	uint32_t *q; /* $share: jobs read while all slots were busy, FIFO */
+	size_t qh, qt, qcap;
+	int paused;
+};
+
+struct task {
+	ev_timer t;
+	struct wsim *w;
+	const char *id; /* libmqlb's job id, valid until done */
+	uint32_t seq;
+	struct task *prev, *next; /* running tasks, so teardown can stop them */
+};
+
+enum phase { P_WAIT, P_SETTLE, P_RUN, P_DRAIN, P_END };
+
+static struct ev_loop *loop;
+static struct job *jobs;
+static size_t capjobs;
+static struct wsim ws[MAXW];
+static struct mq pub;
+static struct mq_opts pubo;
+static int pub_connected, share_mode, interrupted;
+static enum phase phase;
+static int64_t t0, t_stop, t_phase;
+static unsigned long published, done_unique, pubfail;
+static double rate;
+static ev_timer ctl, tick;
+static ev_signal sigint_w, sigterm_w;
+static char *payload;
+static size_t payload_len;
+static struct result *cur;
+static struct task *tasks;
+
+/* Children: the broker and the pipeline, killed on any exit. */
+static pid_t kids[4];
+static int nkids;
+
+static int64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void kill_kids(void)
+{
+	int i, tries;
+
+	for (i = 0; i < nkids; i++)
+		if (kids[i] > 0)
+			kill(kids[i], SIGTERM);
+	for (tries = 0; tries < 40; tries++) {
+		int left = 0;
+
+		for (i = 0; i < nkids; i++)
+			if (kids[i] > 0) {
+				if (waitpid(kids[i], NULL, WNOHANG) == kids[i])
+					kids[i] = 0;
+				else
+					left++;
+			}
+		if (!left)
+			break;
+		usleep(50000);
+	}
+	for (i = 0; i < nkids; i++)
+		if (kids[i] > 0) {
+			kill(kids[i], SIGKILL);
+			waitpid(kids[i], NULL, 0);
+			kids[i] = 0;
+		}
+	nkids = 0;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	if (!(p = realloc(p, n)))
+		die(EXIT_SYSERR, "out of memory");
+	return p;
+}
+
+/* ---- children ------------------------------------------------------------- */
+
+/* Run argv with the given stdin/stdout/stderr and, when ready >= 0, that
+ * descriptor as fd 3 (for --ready-fd 3). */
+static pid_t spawn(char *const argv[], int in, int out, int err, int ready)
+{
+	pid_t pid = fork();
+
+	if (pid < 0)
+		die(EXIT_SYSERR, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		if (in >= 0)
+			dup2(in, 0);
+		if (out >= 0)
+			dup2(out, 1);
+		if (err >= 0)
+			dup2(err, 2);
+		if (ready >= 0)
+			dup2(ready, 3);
+		execvp(argv[0], argv);
+		fprintf(stderr, "mqlb-bench: cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	kids[nkids++] = pid;
+	return pid;
+}
+
+static int free_port(void)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof a;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+static int port_open(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+				 .sin_port = htons((uint16_t)port) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
+
+	ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
+static int open_log(const char *dir, const char *name)
+{
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof path, "%s/%s", dir, name);
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644)) < 0)
+		die(EXIT_SYSERR, "%s: %s", path, strerror(errno));
+	return fd;
+}
+
+/* A private mosquitto on a free 127.0.0.1 port, with the defaults a user
+ * gets (queue and inflight limits included) for both modes. */
+static int broker_start(const char *dir)
+{
+	char conf[512], portbuf[16];
+	int tries, i, port, logfd;
+	FILE *f;
+
+	for (tries = 0; tries < 10; tries++) {
+		if ((port = free_port()) < 0)
+			die(EXIT_SYSERR, "no free port: %s", strerror(errno));
+		snprintf(conf, sizeof conf, "%s/mosquitto.conf", dir);
+		if (!(f = fopen(conf, "w")))
+			die(EXIT_SYSERR, "%s: %s", conf, strerror(errno));
+		fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
+			   "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+			port);
+		fclose(f);
+		logfd = open_log(dir, "mosquitto.log");
+		{
+			char *argv[] = { (char *)cf.broker, "-c", conf, NULL };
+			pid_t pid = spawn(argv, -1, logfd, logfd, -1);
+
+			close(logfd);
+			for (i = 0; i < 100; i++) {
+				if (port_open(port))
+					return port;
+				if (waitpid(pid, NULL, WNOHANG) == pid) {
+					kids[--nkids] = 0;
+					break;
+				}
+				usleep(20000);
+			}
+		}
+		(void)portbuf;
+	}
+	die(EXIT_SYSERR, "cannot start %s (see %s/mosquitto.log)", cf.broker, dir);
+}
+
+static char *bin(const char *name)
+{
+	static char buf[4][512];
+	static int n;
+	char *b = buf[n++ % 4];
+
+	if (cf.bindir)
+		snprintf(b, 512, "%s/%s", cf.bindir, name);
+	else
+		snprintf(b, 512, "%s", name);
+	return b;
+}
+
+/* mqlb-sub | mqlb-auction | mqlb-dispatch > records, each announcing
+ * readiness on its own pipe. Returns 0 once all three are ready. */
+static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
+{
+	const char *names[3] = { "mqlb-sub", "mqlb-auction", "mqlb-dispatch" };
+	char portbuf[16];
+	int p1[2], p2[2], rdy[3][2], out, err, i, got = 0;
+	struct pollfd pfd[3];
+	int64_t deadline;
+
+	snprintf(portbuf, sizeof portbuf, "%d", port);
+	if (pipe2(p1, O_CLOEXEC) || pipe2(p2, O_CLOEXEC))
+		die(EXIT_SYSERR, "pipe: %s", strerror(errno));
+	out = open_log(dir, "records");
+	err = open_log(dir, "pipeline.log");
+	for (i = 0; i < 3; i++) {
+		char *argv[] = { bin(names[i]), "-h", "127.0.0.1", "-p", portbuf, "--ready-fd", "3", NULL };
+
+		if (pipe2(rdy[i], O_CLOEXEC))
+			die(EXIT_SYSERR, "pipe: %s", strerror(errno));
+		spawn(argv, i == 0 ? -1 : i == 1 ? p1[0] : p2[0], i == 0 ? p1[1] : i == 1 ? p2[1] : out,
+		      err, rdy[i][1]);
+		close(rdy[i][1]);
+		pfd[i].fd = rdy[i][0];
+		pfd[i].events = POLLIN;
+	}
+	close(p1[0]), close(p1[1]), close(p2[0]), close(p2[1]), close(out), close(err);
+	deadline = now_ns() + 10 * (int64_t)1000000000;
+	while (got < 3 && now_ns() < deadline) {
+		char c;
+
+		if (poll(pfd, 3, 100) < 0 && errno != EINTR)
+			break;
+		for (i = 0; i < 3; i++) {
+			if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP)))
+				continue;
+			if (read(pfd[i].fd, &c, 1) != 1) {
+				snprintf(why, whylen, "%s exited or closed --ready-fd before ready",
+					 names[i]);
+				got = -1;
+				break;
+			}
+			close(pfd[i].fd);
+			pfd[i].fd = -1;
+			got++;
+		}
+		if (got < 0)
+			break;
+	}
+	for (i = 0; i < 3; i++)
+		if (pfd[i].fd >= 0)
+			close(pfd[i].fd);
+	if (got == 3)
+		return 0;
+	if (got >= 0)
+		snprintf(why, whylen, "pipeline not ready after 10 s");
+	return -1;
+}
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+static void publish_one(void)
+{
+	uint32_t seq = (uint32_t)published;
+	int64_t t = now_ns();
+	int n, rc;
+
+	if (published >= capjobs) {
+		size_t ncap = capjobs ? capjobs * 2 : 65536;
+
+		jobs = xrealloc(jobs, ncap * sizeof *jobs);
+		memset(jobs + capjobs, 0, (ncap - capjobs) * sizeof *jobs);
+		capjobs = ncap;
+	}
+	/* "seq publish-ns", padded to --size */
+	n = snprintf(payload, 64, "%u %lld ", seq, (long long)t);
+	if ((size_t)n < payload_len)
+		memset(payload + n, 'x', payload_len - (size_t)n);
+	rc = mq_publish(&pub, NULL, TOPIC, (size_t)n > payload_len ? (size_t)n : payload_len,
+			payload, 1, 0, NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		pubfail++;
+		return;
+	}
+	jobs[seq].pub = t;
+	jobs[seq].worker = -1;
+	published++;
+}
+
+/* Max rate: keep --window jobs outstanding. */
+static void top_up(void)
+{
+	int n = 0;
+
+	if (phase != P_RUN || rate > 0)
+		return;
+	while (published - done_unique < (unsigned long)cf.window && n++ < 256)
+		publish_one();
+}
+
+static int parse_job(const void *p, size_t len, uint32_t *seq, int64_t *ts)
+{
+	char buf[48], *end;
+	unsigned long long s;
+	long long t;
+
+	if (len > sizeof buf - 1)
+		len = sizeof buf - 1;
+	memcpy(buf, p, len);
+	buf[len] = 0;
+	s = strtoull(buf, &end, 10);
+	if (end == buf || *end != ' ')
+		return -1;
+	t = strtoll(end + 1, &end, 10);
+	if (s >= published)
+		return -1;
+	*seq = (uint32_t)s;
+	*ts = t;
+	return 0;
+}
+
+static void job_finish(ev_timer *t);
+
+static void task_cb(struct ev_loop *l, ev_timer *t, int revents) { job_finish(t); }
+
+static void job_begin(struct wsim *w, uint32_t seq, const char *id)
+{
+	struct task *k = xrealloc(NULL, sizeof *k);
+	struct job *j = &jobs[seq];
+
+	if (j->starts++ == 0) {
+		j->start = now_ns();
+		j->worker = (int16_t)w->idx;
+	}
+	w->running++;
+	k->w = w;
+	k->id = id;
+	k->seq = seq;
+	k->prev = NULL;
+	k->next = tasks;
+	if (tasks)
+		tasks->prev = k;
+	tasks = k;
+	ev_timer_init(&k->t, task_cb, w->service, 0);
+	ev_timer_start(loop, &k->t);
+}
+
+static void share_next(struct wsim *w);
+
+static void task_unlink(struct task *k)
+{
+	if (k->prev)
+		k->prev->next = k->next;
+	else
+		tasks = k->next;
+	if (k->next)
+		k->next->prev = k->prev;
+}
+
+static void job_finish(ev_timer *t)
+{
+	struct task *k = (struct task *)t;
+	struct wsim *w = k->w;
+	struct job *j = &jobs[k->seq];
+
+	task_unlink(k);
+	if (j->dones++ == 0) {
+		j->done = now_ns();
+		done_unique++;
+		cur->per_worker[w->idx]++;
+	}
+	w->running--;
+	if (w->mw)
+		mqlb_worker_done(w->mw, k->id, 1, NULL, NULL, 0);
+	free(k);
+	if (!w->mw)
+		share_next(w);
+	top_up();
+}
+
+/* ---- mqlb workers (libmqlb) ----------------------------------------------- */
+
+static void mqlb_job(struct mqlb_worker *mw, const char *id, int qos, const char *mtopic,
+		     const void *p, size_t len, const char *props, void *arg)
+{
+	struct wsim *w = arg;
+	uint32_t seq;
+	int64_t ts;
+
+	if (parse_job(p, len, &seq, &ts) < 0) {
+		warnl("worker %d: job %s is not ours", w->idx, id);
+		mqlb_worker_done(mw, id, 0, "bad-job", NULL, 0);
+		return;
+	}
+	job_begin(w, seq, id);
+}
+
+static void mqlb_ready(struct mqlb_worker *mw, void *arg) { ((struct wsim *)arg)->ready = 1; }
+
+/* ---- $share workers ------------------------------------------------------- */
+
+/* One job per free slot; what arrives while all are busy waits here and
+ * reading stops, so the broker holds the rest (receive-maximum = slots). */
+static void share_next(struct wsim *w)
+{
+	while (w->running < w->slots && w->qh != w->qt) {
+		uint32_t seq = w->q[w->qh++ % w->qcap];
+
+		job_begin(w, seq, NULL);
+	}
+	if (w->paused && w->qh == w->qt) {
+		w->paused = 0;
+		mq_pause_read(&w->mq, 0);
+	}
+}
+
+static void share_message(struct mq *mq, const struct mosquitto_message *m,
+			  const mosquitto_property *props, void *arg)
+{
+	struct wsim *w = arg;
+	uint32_t seq;
+	int64_t ts;
+
+	if (parse_job(m->payload, (size_t)m->payloadlen, &seq, &ts) < 0)
+		return;
+	if (w->qt - w->qh == w->qcap) {
+		size_t ncap = w->qcap ? w->qcap * 2 : 64, i;
+		uint32_t *nq = xrealloc(NULL, ncap * sizeof *nq);
+
+		for (i = 0; i < w->qt - w->qh; i++)
+			nq[i] = w->q[(w->qh + i) % w->qcap];
+		free(w->q);
+		w->q = nq;
+		w->qt -= w->qh;
+		w->qh = 0;
+		w->qcap = ncap;
+	}
+	w->q[w->qt++ % w->qcap] = seq;
+	share_next(w);
+	if (w->qh != w->qt && !w->paused) {
+		w->paused = 1;
+		mq_pause_read(&w->mq, 1);
+	}
+	if (w->qt - w->qh > cur->queued_max)
+		cur->queued_max = w->qt - w->qh;
+}
+
+static void share_connected(struct mq *mq, int first, void *arg)
+{
+	mq_subscribe(mq, NULL, "$share/" GROUP "/" TOPIC, 1, 0);
+}
+
+static void share_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
+{
+	((struct wsim *)arg)->ready = 1;
+}
+
+static const struct mq_cb share_cb = {
+	.connected = share_connected,
+	.message = share_message,
+	.subscribed = share_subscribed,
+};
+
+/* ---- publisher and control ------------------------------------------------ */
+
+static void pub_conn(struct mq *mq, int first, void *arg) { pub_connected = 1; }
+static void pub_disc(struct mq *mq, void *arg) { pub_connected = 0; }
+static const struct mq_cb pub_cb = { .connected = pub_conn, .disconnected = pub_disc };
+
+static void tick_cb(struct ev_loop *l, ev_timer *t, int revents)
+{
+	double el = (double)(now_ns() - t0) / NS;
+	unsigned long target = (unsigned long)(rate * el) + 1, n = 0;
+
+	while (published + pubfail < target && n++ < 2000)
+		publish_one();
+}
+
+static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
+{
+	int64_t now = now_ns();
+	int i, ready = 0;
+
+	switch (phase) {
+	case P_WAIT:
+		for (i = 0; i < cf.workers; i++)
+			ready += ws[i].ready;
+		if (ready == cf.workers && pub_connected) {
+			phase = P_SETTLE;
+			t_phase = now;
+		} else if (now - t_phase > 20 * (int64_t)1000000000) {
+			snprintf(cur->why, sizeof cur->why,
+				 "%d of %d workers ready after 20 s%s", ready, cf.workers,
+				 pub_connected ? "" : ", publisher not connected");
+			phase = P_END;
+			ev_break(loop, EVBREAK_ALL);
+		}
+		break;
+	case P_SETTLE:
+		if (now - t_phase < 500000000)
+			break;
+		phase = P_RUN;
+		t0 = now;
+		if (rate > 0)
+			ev_timer_again(loop, &tick);
+		else
+			top_up();
+		break;
+	case P_RUN:
+		if (now - t0 < (int64_t)(cf.duration * NS))
+			break;
+		ev_timer_stop(loop, &tick);
+		phase = P_DRAIN;
+		t_stop = now;
+		break;
+	case P_DRAIN:
+		/* a short wait after the last done still catches duplicates */
+		if ((done_unique == published && now - t_stop > 500000000) ||
+		    now - t_stop > (int64_t)(cf.grace * NS)) {
+			cur->ok = 1;
+			phase = P_END;
+			ev_break(loop, EVBREAK_ALL);
+		}
+		break;
+	case P_END:
+		break;
+	}
+}
+
+static void sig_cb(struct ev_loop *l, ev_signal *s, int revents)
+{
+	interrupted = 1;
+	ev_break(loop, EVBREAK_ALL);
+}
+
+/* ---- one mode ------------------------------------------------------------- */
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void pct(double *v, size_t n, double out[3])
+{
+	if (!n) {
+		out[0] = out[1] = out[2] = NAN;
+		return;
+	}
+	qsort(v, n, sizeof *v, cmp_d);
+	out[0] = v[(size_t)ceil(0.50 * (double)n) - 1];
+	out[1] = v[(size_t)ceil(0.99 * (double)n) - 1];
+	out[2] = v[n - 1];
+}
+
+static unsigned long count_drops(const char *dir)
+{
+	char path[512], line[256];
+	unsigned long n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/records", dir);
+	if (!(f = fopen(path, "r")))
+		return 0;
+	while (fgets(line, sizeof line, f))
+		if (!strncmp(line, "drop ", 5))
+			n++;
+	fclose(f);
+	return n;
+}
+
+static void collect(struct result *r)
+{
+	double *s = xrealloc(NULL, (published + 1) * sizeof *s);
+	double *d = xrealloc(NULL, (published + 1) * sizeof *d);
+	size_t ns = 0, nd = 0, i;
+	unsigned long in_time = 0;
+
+	for (i = 0; i < published; i++) {
+		struct job *j = &jobs[i];
+
+		if (j->starts)
+			s[ns++] = (double)(j->start - j->pub) / 1e6;
+		if (j->dones) {
+			d[nd++] = (double)(j->done - j->pub) / 1e6;
+			if (j->done <= t_stop)
+				in_time++;
+		}
+		if (j->starts > 1)
+			r->dup += j->starts - 1u;
+	}
+	pct(s, ns, r->start);
+	pct(d, nd, r->fin);
+	r->slat = s;
+	r->nslat = ns;
+	r->lat = d;
+	r->nlat = nd;
+	r->published = published;
+	r->pubfail = pubfail;
+	r->done = done_unique;
+	r->lost = published - done_unique;
+	r->jobs_s = t_stop > t0 ? (double)in_time / ((double)(t_stop - t0) / NS) : 0;
+}
+
+static void run_mode(struct result *r, int share)
+{
+	char dir[] = "/tmp/mqlb-bench.XXXXXX";
+	int port, i;
+
+	memset(r, 0, sizeof *r);
+	r->mode = share ? "share" : "mqlb";
+	cur = r;
+	share_mode = share;
+	published = done_unique = pubfail = 0;
+	if (capjobs)
+		memset(jobs, 0, capjobs * sizeof *jobs);
+	if (!mkdtemp(dir))
+		die(EXIT_SYSERR, "mkdtemp: %s", strerror(errno));
+	port = broker_start(dir);
+	infol("%s: broker on 127.0.0.1:%d, logs in %s", r->mode, port, dir);
+	if (!share && pipeline_start(dir, port, r->why, sizeof r->why) < 0)
+		goto out;
+
+	for (i = 0; i < cf.workers; i++) {
+		struct wsim *w = &ws[i];
+
+		memset(w, 0, sizeof *w);
+		w->idx = i;
+		w->slots = cf.slots;
+		w->service = cf.service[i < cf.nservice ? i : cf.nservice - 1];
+		snprintf(w->cid, sizeof w->cid, "w%d", i);
+		if (!share) {
+			struct mqlb_worker_opts o = { 0 };
+			struct mqlb_worker_cb cb = { .job = mqlb_job, .ready = mqlb_ready };
+
+			o.host = "127.0.0.1";
+			o.port = port;
+			o.group = GROUP;
+			o.topic = TOPIC;
+			o.wid = w->cid;
+			o.slots = cf.slots;
+			/* a broken balancer must show, not be hidden by $share */
+			o.fallback = MQLB_FALLBACK_NONE;
+			if (!(w->mw = mqlb_worker_new(loop, &o, &cb, w)))
+				die(EXIT_SYSERR, "mqlb_worker_new: %s", strerror(errno));
+			mqlb_worker_start(w->mw);
+		} else {
+			w->mo.host = "127.0.0.1";
+			w->mo.port = port;
+			w->mo.id = w->cid;
+			w->mo.clean = 1;
+			w->mo.version = MQTT_PROTOCOL_V5;
+			w->mo.keepalive = 10;
+			w->mo.qos = 1;
+			mq_init(&w->mq, loop, &w->mo, &share_cb, w);
+			/* the broker sends at most `slots` unacknowledged jobs */
+			mosquitto_int_option(w->mq.m, MOSQ_OPT_RECEIVE_MAXIMUM, cf.slots);
+			mq_start(&w->mq);
+		}
+	}
+	pubo.host = "127.0.0.1";
+	pubo.port = port;
+	pubo.id = "bench-pub";
+	pubo.clean = 1;
+	pubo.version = MQTT_PROTOCOL_V5;
+	pubo.keepalive = 10;
+	pubo.qos = 1;
+	pub_connected = 0;
+	mq_init(&pub, loop, &pubo, &pub_cb, NULL);
+	mq_start(&pub);
+
+	phase = P_WAIT;
+	t_phase = now_ns();
+	t0 = t_stop = 0;
+	ev_timer_init(&ctl, ctl_cb, 0.01, 0.01);
+	ev_timer_start(loop, &ctl);
+	ev_init(&tick, tick_cb);
+	tick.repeat = 0.001;
+	ev_run(loop, 0);
+	ev_timer_stop(loop, &ctl);
+	ev_timer_stop(loop, &tick);
+	if (!t_stop)
+		t_stop = now_ns();
+	collect(r);
+	if (!r->ok && !r->why[0])
+		snprintf(r->why, sizeof r->why, "interrupted");
+	while (tasks) {
+		struct task *k = tasks;
+
+		ev_timer_stop(loop, &k->t);
+		task_unlink(k);
+		free(k);
+	}
+
+	for (i = 0; i < cf.workers; i++) {
+		if (ws[i].mw) {
+			mqlb_worker_free(ws[i].mw);
+		} else {
+			mq_disconnect(&ws[i].mq);
+			mq_destroy(&ws[i].mq);
+			free(ws[i].q);
+		}
+	}
+	mq_disconnect(&pub);
+	mq_destroy(&pub);
+out:
+	kill_kids();
+	if (!share)
+		r->dropped = count_drops(dir);
+	if (!r->ok)
+		warnl("%s: %s (logs kept in %s)", r->mode, r->why, dir);
+	if (r->ok && !cf.keep) {
+		const char *f[] = { "mosquitto.conf", "mosquitto.log", "records", "pipeline.log" };
+		char p[600];
+
+		for (i = 0; i < 4; i++) {
+			snprintf(p, sizeof p, "%s/%s", dir, f[i]);
+			unlink(p);
+		}
+		rmdir(dir);
+	} else if (cf.keep) {
+		infol("%s: kept %s", r->mode, dir);
+	}
+}
+
+/* ---- output --------------------------------------------------------------- */
+
+static double capacity(void)
+{
+	double c = 0;
+	int i;
+
+	for (i = 0; i < cf.workers; i++) {
+		double s = cf.service[i < cf.nservice ? i : cf.nservice - 1];
+
+		if (s <= 0)
+			return INFINITY;
+		c += cf.slots / s;
+	}
+	return c;
+}
+
+static void describe(FILE *f)
+{
+	int i;
+
+	fprintf(f, "# mqlb-bench%s%s: %d workers x %d slot%s, service", cf.label ? " " : "",
+		cf.label ? cf.label : "", cf.workers, cf.slots, cf.slots == 1 ? "" : "s");
+	for (i = 0; i < cf.workers; i++)
+		fprintf(f, "%s%g", i ? "," : " ", 1000 * cf.service[i < cf.nservice ? i : cf.nservice - 1]);
+	fprintf(f, " ms, ");
+	if (rate > 0)
+		fprintf(f, "%.0f jobs/s offered", rate);
+	else
+		fprintf(f, "max rate (window %ld)", cf.window);
+	if (isfinite(capacity()))
+		fprintf(f, " (capacity %.0f)", capacity());
+	fprintf(f, ", %g s + %g s grace, QoS 1\n", cf.duration, cf.grace);
+}
+
+static void per_worker(const struct result *r, char *buf, size_t len)
+{
+	size_t o = 0;
+	int i;
+
+	buf[0] = 0;
+	for (i = 0; i < cf.workers && o < len; i++)
+		o += (size_t)snprintf(buf + o, len - o, "%s%lu", i ? "/" : "", r->per_worker[i]);
+}
+
+static void print_table(struct result *rs, int n)
+{
+	char pw[512];
+	int i;
+
+	describe(stdout);
+	printf("%-6s %9s  %-24s %-24s %9s %9s %7s %5s %6s  %s\n", "mode", "jobs/s",
+	       "start ms p50/p99/max", "done ms p50/p99/max", "published", "done", "lost", "dup",
+	       "drop", "jobs per worker");
+	for (i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+		char a[64], b[64], d[32];
+
+		if (!r->ok && !r->published) {
+			printf("%-6s failed: %s\n", r->mode, r->why);
+			continue;
+		}
+		snprintf(a, sizeof a, "%.2f/%.2f/%.2f", r->start[0], r->start[1], r->start[2]);
+		snprintf(b, sizeof b, "%.2f/%.2f/%.2f", r->fin[0], r->fin[1], r->fin[2]);
+		per_worker(r, pw, sizeof pw);
+		printf("%-6s %9.1f  %-24s %-24s %9lu %9lu %7lu %5lu %6s  %s%s%s\n", r->mode, r->jobs_s,
+		       a, b, r->published, r->done, r->lost, r->dup,
+		       strcmp(r->mode, "mqlb") ? "-" : (snprintf(d, sizeof d, "%lu", r->dropped), d),
+		       pw, r->ok ? "" : "  FAILED: ", r->ok ? "" : r->why);
+	}
+	if (n == 2 && rs[0].ok && rs[1].ok && rs[1].jobs_s > 0)
+		printf("# mqlb vs share: jobs/s x%.2f; added latency to done p50 %+.2f ms, p99 %+.2f ms;"
+		       " to start p50 %+.2f ms, p99 %+.2f ms\n",
+		       rs[0].jobs_s / rs[1].jobs_s, rs[0].fin[0] - rs[1].fin[0], rs[0].fin[1] - rs[1].fin[1],
+		       rs[0].start[0] - rs[1].start[0], rs[0].start[1] - rs[1].start[1]);
+	fflush(stdout);
+}
+
+static void print_csv(struct result *rs, int n)
+{
+	char pw[512];
+	int i;
+
+	printf("label,mode,ok,workers,slots,offered_jobs_s,duration_s,published,done,lost,dup,dropped,"
+	       "jobs_s,start_p50_ms,start_p99_ms,start_max_ms,done_p50_ms,done_p99_ms,done_max_ms,"
+	       "jobs_per_worker\n");
+	for (i = 0; i < n; i++) {
+		struct result *r = &rs[i];
+
+		per_worker(r, pw, sizeof pw);
+		printf("%s,%s,%d,%d,%d,%.1f,%g,%lu,%lu,%lu,%lu,%lu,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s\n",
+		       cf.label ? cf.label : "", r->mode, r->ok, cf.workers, cf.slots, rate, cf.duration,
+		       r->published, r->done, r->lost, r->dup, r->dropped, r->jobs_s, r->start[0],
+		       r->start[1], r->start[2], r->fin[0], r->fin[1], r->fin[2], pw);
+	}
+	fflush(stdout);
+}
+
+/* A CDF as a gnuplot datablock, at most ~2000 points. */
+static void datablock(FILE *g, const char *name, const double *v, size_t n)
+{
+	size_t step = n / 2000 + 1, i;
+
+	fprintf(g, "$%s << EOD\n", name);
+	for (i = 0; i < n; i += step)
+		fprintf(g, "%.4f %.6f\n", v[i] > 0.001 ? v[i] : 0.001, (double)(i + 1) / (double)n);
+	if (n)
+		fprintf(g, "%.4f 1\n", v[n - 1]);
+	fprintf(g, "EOD\n");
+}
+
+static void plot(struct result *rs, int n)
+{
+	const char *sep = "";
+	FILE *g;
+	int i;
+
+	if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+		warnl("--plot: gnuplot not found (apt-get install gnuplot-nox); no plot");
+		return;
+	}
+	if (!(g = popen("gnuplot", "w")))
+		die(EXIT_SYSERR, "gnuplot: %s", strerror(errno));
+	fprintf(g, "set terminal png size 900,560\nset output '%s'\n", cf.plot);
+	fprintf(g, "set title 'mqlb-bench%s%s: latency CDF' noenhanced\n", cf.label ? " " : "",
+		cf.label ? cf.label : "");
+	fprintf(g, "set logscale x\nset xlabel 'latency after publish, ms'\nset ylabel 'fraction of jobs'\n"
+		   "set key bottom right\nset grid\nset yrange [0:1]\n");
+	for (i = 0; i < n; i++) {
+		char nm[32];
+
+		snprintf(nm, sizeof nm, "%s_done", rs[i].mode);
+		datablock(g, nm, rs[i].lat, rs[i].nlat);
+		snprintf(nm, sizeof nm, "%s_start", rs[i].mode);
+		datablock(g, nm, rs[i].slat, rs[i].nslat);
+	}
+	fprintf(g, "plot ");
+	for (i = 0; i < n; i++) {
+		if (!rs[i].nlat)
+			continue;
+		fprintf(g, "%s$%s_done with lines lw 2 lc %d title '%s: done', "
+			   "$%s_start with lines dt 2 lc %d title '%s: start'",
+			sep, rs[i].mode, i + 1, rs[i].mode, rs[i].mode, i + 1, rs[i].mode);
+		sep = ", ";
+	}
+	if (!*sep)
+		fprintf(g, "NaN notitle");
+	fprintf(g, "\n");
+	if (pclose(g) != 0)
+		warnl("--plot: gnuplot failed");
+}
+
+/* ---- options and main ----------------------------------------------------- */
+
+enum {
+	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
+	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
+	O_PLOT, O_KEEP, O_LABEL,
+};
+
+static const struct option longopts[] = {
+	{ "scenario", required_argument, NULL, O_SCENARIO },
+	{ "smoke", no_argument, NULL, O_SMOKE },
+	{ "mqlb", no_argument, NULL, O_MQLB },
+	{ "share", no_argument, NULL, O_SHARE },
+	{ "workers", required_argument, NULL, O_WORKERS },
+	{ "slots", required_argument, NULL, O_SLOTS },
+	{ "service", required_argument, NULL, O_SERVICE },
+	{ "rate", required_argument, NULL, O_RATE },
+	{ "load", required_argument, NULL, O_LOAD },
+	{ "max", no_argument, NULL, O_MAX },
+	{ "duration", required_argument, NULL, O_DURATION },
+	{ "grace", required_argument, NULL, O_GRACE },
+	{ "window", required_argument, NULL, O_WINDOW },
+	{ "size", required_argument, NULL, O_SIZE },
+	{ "bindir", required_argument, NULL, O_BINDIR },
+	{ "broker", required_argument, NULL, O_BROKER },
+	{ "csv", no_argument, NULL, O_CSV },
+	{ "plot", required_argument, NULL, O_PLOT },
+	{ "keep", no_argument, NULL, O_KEEP },
+	{ "label", required_argument, NULL, O_LABEL },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* The four scenarios of contrib/bench/README. */
+static void scenario(int n)
+{
+	static const char *labels[] = { NULL, "1-uneven", "2-throughput", "3-latency", "4-overload" };
+
+	cf.scenario = n;
+	cf.label = labels[n];
+	cf.workers = 4;
+	cf.nservice = 1;
+	cf.rate = cf.load = 0;
+	switch (n) {
+	case 1: /* uneven workers at 70% of capacity */
+		cf.slots = 1;
+		cf.service[0] = cf.service[1] = cf.service[2] = 0.005;
+		cf.service[3] = 0.050;
+		cf.nservice = 4;
+		cf.load = 0.7;
+		cf.duration = 30;
+		break;
+	case 2: /* trivial jobs as fast as possible */
+		cf.slots = 8;
+		cf.service[0] = 0;
+		cf.duration = 10;
+		break;
+	case 3: /* what the balancer adds, with idle workers */
+		cf.slots = 1;
+		cf.service[0] = 0;
+		cf.rate = 100;
+		cf.duration = 15;
+		break;
+	case 4: /* twice the capacity: what gets lost or doubled */
+		cf.slots = 1;
+		cf.service[0] = 0.010;
+		cf.load = 2;
+		cf.duration = 60;
+		break;
+	}
+}
+
+static void opt(int c, const char *arg)
+{
+	switch (c) {
+	case O_SCENARIO: scenario((int)opt_long("--scenario", arg, 1, 4)); break;
+	case O_SMOKE: cf.smoke = 1; break;
+	case O_MQLB: cf.modes = 1; break;
+	case O_SHARE: cf.modes = 2; break;
+	case O_WORKERS: cf.workers = (int)opt_long("--workers", arg, 1, MAXW); break;
+	case O_SLOTS: cf.slots = (int)opt_long("--slots", arg, 1, 1000); break;
+	case O_SERVICE: {
+		char buf[512], *save = NULL, *tok;
+
+		if (strlen(arg) >= sizeof buf)
+			opt_usage_error("--service: list too long");
+		strcpy(buf, arg);
+		cf.nservice = 0;
+		for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			if (cf.nservice == MAXW)
+				opt_usage_error("--service: at most %d values", MAXW);
+			cf.service[cf.nservice++] = opt_secs("--service", tok, 0, 60);
+		}
+		if (!cf.nservice)
+			opt_usage_error("--service: empty list");
+		break;
+	}
+	case O_RATE:
+		cf.rate = (double)opt_long("--rate", arg, 1, 10000000);
+		cf.load = 0;
+		break;
+	case O_LOAD: {
+		char *end;
+
+		errno = 0;
+		cf.load = strtod(arg, &end);
+		if (errno || end == arg || *end || !(cf.load > 0 && cf.load <= 100))
+			opt_usage_error("--load: bad fraction \"%s\" (0 to 100, 0.7 is 70%%)", arg);
+		cf.rate = 0;
+		break;
+	}
+	case O_MAX: cf.rate = cf.load = 0; break;
+	case O_DURATION: cf.duration = opt_secs("--duration", arg, 0.1, 86400); break;
+	case O_GRACE: cf.grace = opt_secs("--grace", arg, 0, 3600); break;
+	case O_WINDOW: cf.window = opt_long("--window", arg, 1, 1000000); break;
+	case O_SIZE: cf.size = opt_long("--size", arg, 0, 10000000); break;
+	case O_BINDIR: cf.bindir = arg; break;
+	case O_BROKER: cf.broker = arg; break;
+	case O_CSV: cf.csv = 1; break;
+	case O_PLOT: cf.plot = arg; break;
+	case O_KEEP: cf.keep = 1; break;
+	case O_LABEL: cf.label = arg; break;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct conf c = { 0 };
+	struct result rs[2];
+	int i, n = 0;
+
+	if (opt_parse(&argc, &argv, 0, NULL, longopts, opt, usage, &c) != argc)
+		opt_usage_error("no operands expected");
+	if (cf.load > 0) {
+		if (!isfinite(capacity()))
+			opt_usage_error("--load needs service times above 0 (use --rate)");
+		cf.rate = cf.load * capacity();
+	}
+	if (cf.smoke) {
+		/* CI checks that it runs: two modes in about 10 s, no figures */
+		cf.duration = cf.duration < 2 ? cf.duration : 2;
+		cf.grace = cf.grace < 1 ? cf.grace : 1;
+		if (cf.rate <= 0 || cf.rate > 200)
+			cf.rate = 200;
+	}
+	rate = cf.rate;
+	if (rate > 0)
+	payload_len = (size_t)cf.size;
+	payload = xrealloc(NULL, payload_len + 64);
+
+	signal(SIGPIPE, SIG_IGN);
+	atexit(kill_kids);
+	loop = EV_DEFAULT;
+	ev_signal_init(&sigint_w, sig_cb, SIGINT);
+	ev_signal_init(&sigterm_w, sig_cb, SIGTERM);
+	ev_signal_start(loop, &sigint_w);
+	ev_signal_start(loop, &sigterm_w);
+	ev_unref(loop);
+	ev_unref(loop);
+
+	if (!cf.csv) {
+		describe(stderr);
+		fflush(stderr);
+	}
+	for (i = 0; i < 2 && !interrupted; i++) {
+		if (!(cf.modes & (1 << i)))
+			continue;
+		run_mode(&rs[n++], i == 1);
+	}
+	if (cf.csv)
+		print_csv(rs, n);
+	else
+		print_table(rs, n);
+	if (cf.plot)
+		plot(rs, n);
+	for (i = 0; i < n; i++) {
+		free(rs[i].lat);
+		free(rs[i].slat);
+	}
+	if (interrupted)
+		return EXIT_SYSERR;
+	for (i = 0; i < n; i++)
+		if (!rs[i].ok)
+			return EXIT_UNREACH;
+	return EXIT_OK;
+}

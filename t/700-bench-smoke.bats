@@ -1,0 +1,51 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 700-bench-smoke: mqlb-bench still runs: the 10-second smoke mode drives
+# the real pipeline and $share and prints its table, CSV and plot. No
+# figure is asserted: timing belongs to the benchmark, not to tests.
+load helpers/common.bash
+setup() { mqlb_setup; }
+teardown() { mqlb_teardown; }
+
+bench() { "$MQLB_BUILDDIR/mqlb-bench" --bindir "$MQLB_BUILDDIR" "$@"; }
+
+# The published and done columns of a table row.
+row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
+
+@test "bad arguments are usage errors" {
+	run bench --scenario 9
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--scenario: bad number "9"'* ]]
+	[[ "$output" == *'usage: mqlb-bench'* ]]
+	run bench --service 0 --load 0.5
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--load needs service times above 0'* ]]
+	run bench --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == 'usage: mqlb-bench'* ]]
+}
+
+@test "smoke mode runs both sides and prints the table (and a plot)" {
+	plot=()
+	command -v gnuplot >/dev/null && plot=(--plot "$T/cdf.png")
+	bench --smoke "${plot[@]}" >"$T/table" 2>"$T/err"
+	grep -q '^mode  *jobs/s' "$T/table"
+	for m in mqlb share; do
+		read -r published done < <(row_counts "$m")
+		echo "$m: published=$published done=$done"
+		[ "$published" -gt 0 ]
+		[ "$done" -gt 0 ]
+	done
+	if [ "${#plot[@]}" -gt 0 ]; then
+		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
+	fi
+	# No child is left behind.
+	! pgrep -f "$MQLB_BUILDDIR/mqlb-(sub|auction|dispatch)" >/dev/null
+}
+
+@test "--csv prints a header and one row per mode" {
+	bench --smoke --share --csv >"$T/csv" 2>"$T/err"
+	head -n1 "$T/csv" | grep -q '^label,mode,ok,workers,slots,'
+	[ "$(wc -l <"$T/csv")" -eq 2 ]
+	grep -q '^,share,1,4,1,' "$T/csv"
+}
