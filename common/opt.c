@@ -137,7 +137,15 @@ static void read_options_file(const char *path, int *argc, char ***argv, int at)
 	char line[4096];
 	char **words = NULL;
 	int n = 0, cap = 0, lineno = 0;
+	static int nfiles;
 
+	/* A file that names itself (or two that name each other) would splice
+	 * words in forever. */
+	if (++nfiles > 16) {
+		if (f)
+			fclose(f);
+		opt_usage_error("-o %s: more than 16 options files; do they include each other?", path);
+	}
 	if (!f)
 		opt_usage_error("-o: cannot open %s: %s", path, strerror(errno));
 	while (fgets(line, sizeof line, f)) {
