@@ -72,6 +72,8 @@ struct result {
 	int ok;
 	char why[160];
 	unsigned long published, pubfail, done, lost, dup, dropped, queued_max;
+	unsigned long bdropped; /* the broker's $SYS/broker/publish/messages/dropped */
+	char dropwhy[128];
 	double jobs_s, offered;
 	double start[3], fin[3]; /* p50 p99 max, ms */
 	unsigned long per_worker[MAXW];
@@ -164,6 +166,32 @@ static void kill_kids(void)
 	nkids = 0;
 }
 
+/* Wait up to secs for child i to exit by itself. */
+static void wait_kid(int i, double secs)
+{
+	int64_t end = now_ns() + (int64_t)(secs * NS);
+
+	while (kids[i] > 0 && now_ns() < end) {
+		if (waitpid(kids[i], NULL, WNOHANG) == kids[i])
+			kids[i] = 0;
+		else
+			usleep(20000);
+	}
+}
+
+/* The auction first, so its drop records still flow through the
+ * dispatcher; then the intake; the dispatcher ends at end of input. */
+static void pipeline_stop(void)
+{
+	if (nkids < 4)
+		return;
+	kill(kids[2], SIGTERM);
+	wait_kid(2, 5);
+	kill(kids[1], SIGTERM);
+	wait_kid(1, 3);
+	wait_kid(3, 3);
+}
+
 static void *xrealloc(void *p, size_t n)
 {
 	if (!(p = realloc(p, n)))
@@ -250,7 +278,7 @@ static int broker_start(const char *dir)
 		if (!(f = fopen(conf, "w")))
 			die(EXIT_SYSERR, "%s: %s", conf, strerror(errno));
 		fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-			   "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+			   "set_tcp_nodelay true\nsys_interval 1\nlog_dest stderr\nlog_type error\nlog_type warning\n",
 			port);
 		fclose(f);
 		logfd = open_log(dir, "mosquitto.log");
@@ -303,7 +331,10 @@ static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
 	out = open_log(dir, "records");
 	err = open_log(dir, "pipeline.log");
 	for (i = 0; i < 3; i++) {
-		char *argv[] = { bin(names[i]), "-h", "127.0.0.1", "-p", portbuf, "--ready-fd", "3", NULL };
+		/* at the end, the auction hands back what still waits as drop
+		 * records within a second */
+		char *argv[] = { bin(names[i]), "-h", "127.0.0.1", "-p", portbuf, "--ready-fd", "3",
+				 i == 1 ? "--drain-timeout" : NULL, "1", NULL };
 
 		if (pipe2(rdy[i], O_CLOEXEC))
 			die(EXIT_SYSERR, "pipe: %s", strerror(errno));
@@ -552,9 +583,31 @@ static const struct mq_cb share_cb = {
 
 /* ---- publisher and control ------------------------------------------------ */
 
-static void pub_conn(struct mq *mq, int first, void *arg) { pub_connected = 1; }
+#define SYS_DROPPED "$SYS/broker/publish/messages/dropped"
+
+static void pub_conn(struct mq *mq, int first, void *arg)
+{
+	mq_subscribe(mq, NULL, SYS_DROPPED, 0, 0);
+	pub_connected = 1;
+}
+
 static void pub_disc(struct mq *mq, void *arg) { pub_connected = 0; }
-static const struct mq_cb pub_cb = { .connected = pub_conn, .disconnected = pub_disc };
+
+/* What the broker dropped (queue or inflight limits), all clients. */
+static void pub_message(struct mq *mq, const struct mosquitto_message *m,
+			const mosquitto_property *props, void *arg)
+{
+	char buf[32];
+	size_t n = m->payloadlen < 31 ? (size_t)m->payloadlen : 31;
+
+	memcpy(buf, m->payload, n);
+	buf[n] = 0;
+	if (!strcmp(m->topic, SYS_DROPPED))
+		cur->bdropped = strtoul(buf, NULL, 10);
+}
+
+static const struct mq_cb pub_cb = { .connected = pub_conn, .disconnected = pub_disc,
+				     .message = pub_message };
 
 static void tick_cb(struct ev_loop *l, ev_timer *t, int revents)
 {
@@ -603,8 +656,9 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 		t_stop = now;
 		break;
 	case P_DRAIN:
-		/* a short wait after the last done still catches duplicates */
-		if ((done_unique == published && now - t_stop > 500000000) ||
+		/* a short wait after the last done still catches duplicates and
+	 * the broker's next $SYS figures */
+		if ((done_unique == published && now - t_stop > 1100000000) ||
 		    now - t_stop > (int64_t)(cf.grace * NS)) {
 			cur->ok = 1;
 			phase = P_END;
@@ -643,19 +697,37 @@ static void pct(double *v, size_t n, double out[3])
 	out[2] = v[n - 1];
 }
 
-static unsigned long count_drops(const char *dir)
+/* drop records in the pipeline's output, and "reason=n ..." */
+static unsigned long count_drops(const char *dir, char *why, size_t whylen)
 {
-	char path[512], line[256];
-	unsigned long n = 0;
+	char path[512], line[256], reason[8][32];
+	unsigned long n = 0, cnt[8] = { 0 };
+	int nr = 0, i;
+	size_t o = 0;
 	FILE *f;
 
+	why[0] = 0;
 	snprintf(path, sizeof path, "%s/records", dir);
 	if (!(f = fopen(path, "r")))
 		return 0;
-	while (fgets(line, sizeof line, f))
-		if (!strncmp(line, "drop ", 5))
-			n++;
+	while (fgets(line, sizeof line, f)) {
+		char rs[32];
+
+		if (strncmp(line, "drop ", 5) != 0)
+			continue;
+		n++;
+		if (sscanf(line, "drop %*s %31s", rs) != 1)
+			continue;
+		for (i = 0; i < nr && strcmp(reason[i], rs); i++)
+			;
+		if (i == nr && nr < 8)
+			strcpy(reason[nr++], rs);
+		if (i < nr)
+			cnt[i]++;
+	}
 	fclose(f);
+	for (i = 0; i < nr && o < whylen; i++)
+		o += (size_t)snprintf(why + o, whylen - o, "%s%s=%lu", i ? " " : "", reason[i], cnt[i]);
 	return n;
 }
 
@@ -794,9 +866,11 @@ static void run_mode(struct result *r, int share)
 	mq_disconnect(&pub);
 	mq_destroy(&pub);
 out:
+	if (!share)
+		pipeline_stop();
 	kill_kids();
 	if (!share)
-		r->dropped = count_drops(dir);
+		r->dropped = count_drops(dir, r->dropwhy, sizeof r->dropwhy);
 	if (!r->ok)
 		warnl("%s: %s (logs kept in %s)", r->mode, r->why, dir);
 	if (r->ok && !cf.keep) {
@@ -864,9 +938,9 @@ static void print_table(struct result *rs, int n)
 	int i;
 
 	describe(stdout);
-	printf("%-6s %9s  %-24s %-24s %9s %9s %7s %5s %6s  %s\n", "mode", "jobs/s",
+	printf("%-6s %9s  %-24s %-24s %9s %9s %7s %5s %6s %7s  %s\n", "mode", "jobs/s",
 	       "start ms p50/p99/max", "done ms p50/p99/max", "published", "done", "lost", "dup",
-	       "drop", "jobs per worker");
+	       "drop", "brkdrop", "jobs per worker");
 	for (i = 0; i < n; i++) {
 		struct result *r = &rs[i];
 		char a[64], b[64], d[32];
@@ -878,11 +952,14 @@ static void print_table(struct result *rs, int n)
 		snprintf(a, sizeof a, "%.2f/%.2f/%.2f", r->start[0], r->start[1], r->start[2]);
 		snprintf(b, sizeof b, "%.2f/%.2f/%.2f", r->fin[0], r->fin[1], r->fin[2]);
 		per_worker(r, pw, sizeof pw);
-		printf("%-6s %9.1f  %-24s %-24s %9lu %9lu %7lu %5lu %6s  %s%s%s\n", r->mode, r->jobs_s,
-		       a, b, r->published, r->done, r->lost, r->dup,
+		printf("%-6s %9.1f  %-24s %-24s %9lu %9lu %7lu %5lu %6s %7lu  %s%s%s\n", r->mode,
+		       r->jobs_s, a, b, r->published, r->done, r->lost, r->dup,
 		       strcmp(r->mode, "mqlb") ? "-" : (snprintf(d, sizeof d, "%lu", r->dropped), d),
-		       pw, r->ok ? "" : "  FAILED: ", r->ok ? "" : r->why);
+		       r->bdropped, pw, r->ok ? "" : "  FAILED: ", r->ok ? "" : r->why);
 	}
+	for (i = 0; i < n; i++)
+		if (rs[i].dropwhy[0])
+			printf("# %s drop records: %s\n", rs[i].mode, rs[i].dropwhy);
 	if (n == 2 && rs[0].ok && rs[1].ok && rs[1].jobs_s > 0)
 		printf("# mqlb vs share: jobs/s x%.2f; added latency to done p50 %+.2f ms, p99 %+.2f ms;"
 		       " to start p50 %+.2f ms, p99 %+.2f ms\n",
@@ -897,30 +974,33 @@ static void print_csv(struct result *rs, int n)
 	int i;
 
 	printf("label,mode,ok,workers,slots,offered_jobs_s,duration_s,published,done,lost,dup,dropped,"
+	       "broker_dropped,"
 	       "jobs_s,start_p50_ms,start_p99_ms,start_max_ms,done_p50_ms,done_p99_ms,done_max_ms,"
 	       "jobs_per_worker\n");
 	for (i = 0; i < n; i++) {
 		struct result *r = &rs[i];
 
 		per_worker(r, pw, sizeof pw);
-		printf("%s,%s,%d,%d,%d,%.1f,%g,%lu,%lu,%lu,%lu,%lu,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%s\n",
+		printf("%s,%s,%d,%d,%d,%.1f,%g,%lu,%lu,%lu,%lu,%lu,%lu,%.1f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,"
+		       "%s\n",
 		       cf.label ? cf.label : "", r->mode, r->ok, cf.workers, cf.slots, rate, cf.duration,
-		       r->published, r->done, r->lost, r->dup, r->dropped, r->jobs_s, r->start[0],
+		       r->published, r->done, r->lost, r->dup, r->dropped, r->bdropped, r->jobs_s, r->start[0],
 		       r->start[1], r->start[2], r->fin[0], r->fin[1], r->fin[2], pw);
 	}
 	fflush(stdout);
 }
 
-/* A CDF as a gnuplot datablock, at most ~2000 points. */
-static void datablock(FILE *g, const char *name, const double *v, size_t n)
+/* A CDF as a gnuplot datablock, at most ~2000 points, as a fraction of all
+ * published jobs: lost jobs keep a curve below 1. */
+static void datablock(FILE *g, const char *name, const double *v, size_t n, unsigned long all)
 {
 	size_t step = n / 2000 + 1, i;
 
 	fprintf(g, "$%s << EOD\n", name);
 	for (i = 0; i < n; i += step)
-		fprintf(g, "%.4f %.6f\n", v[i] > 0.001 ? v[i] : 0.001, (double)(i + 1) / (double)n);
+		fprintf(g, "%.4f %.6f\n", v[i] > 0.001 ? v[i] : 0.001, (double)(i + 1) / (double)all);
 	if (n)
-		fprintf(g, "%.4f 1\n", v[n - 1]);
+		fprintf(g, "%.4f %.6f\n", v[n - 1], (double)n / (double)all);
 	fprintf(g, "EOD\n");
 }
 
@@ -939,22 +1019,22 @@ static void plot(struct result *rs, int n)
 	fprintf(g, "set terminal png size 900,560\nset output '%s'\n", cf.plot);
 	fprintf(g, "set title 'mqlb-bench%s%s: latency CDF' noenhanced\n", cf.label ? " " : "",
 		cf.label ? cf.label : "");
-	fprintf(g, "set logscale x\nset xlabel 'latency after publish, ms'\nset ylabel 'fraction of jobs'\n"
+	fprintf(g, "set logscale x\nset xlabel 'latency after publish, ms'\nset ylabel 'fraction of published jobs'\n"
 		   "set key bottom right\nset grid\nset yrange [0:1]\n");
 	for (i = 0; i < n; i++) {
 		char nm[32];
 
 		snprintf(nm, sizeof nm, "%s_done", rs[i].mode);
-		datablock(g, nm, rs[i].lat, rs[i].nlat);
+		datablock(g, nm, rs[i].lat, rs[i].nlat, rs[i].published);
 		snprintf(nm, sizeof nm, "%s_start", rs[i].mode);
-		datablock(g, nm, rs[i].slat, rs[i].nslat);
+		datablock(g, nm, rs[i].slat, rs[i].nslat, rs[i].published);
 	}
 	fprintf(g, "plot ");
 	for (i = 0; i < n; i++) {
 		if (!rs[i].nlat)
 			continue;
 		fprintf(g, "%s$%s_done with lines lw 2 lc %d title '%s: done', "
-			   "$%s_start with lines dt 2 lc %d title '%s: start'",
+			   "$%s_start with lines lw 1 lc %d title '%s: start'",
 			sep, rs[i].mode, i + 1, rs[i].mode, rs[i].mode, i + 1, rs[i].mode);
 		sep = ", ";
 	}
