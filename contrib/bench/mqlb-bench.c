@@ -1020,7 +1020,7 @@ static void plot(struct result *rs, int n)
 	fprintf(g, "set title 'mqlb-bench%s%s: latency CDF' noenhanced\n", cf.label ? " " : "",
 		cf.label ? cf.label : "");
 	fprintf(g, "set logscale x\nset xlabel 'latency after publish, ms'\nset ylabel 'fraction of published jobs'\n"
-		   "set key bottom right\nset grid\nset yrange [0:1]\n");
+		   "set key top left\nset grid\nset yrange [0:1]\n");
 	for (i = 0; i < n; i++) {
 		char nm[32];
 
@@ -1204,10 +1204,8 @@ int main(int argc, char **argv)
 	ev_unref(loop);
 	ev_unref(loop);
 
-	if (!cf.csv) {
+	if (log_level() >= L_INFO)
 		describe(stderr);
-		fflush(stderr);
-	}
 	for (i = 0; i < 2 && !interrupted; i++) {
 		if (!(cf.modes & (1 << i)))
 			continue;
