@@ -69,9 +69,10 @@ long opt_long(const char *name, const char *arg, long min, long max)
 	char *end;
 	long v;
 
+	/* strtol alone would take " 12" and "+12": only digits and a sign. */
 	errno = 0;
 	v = strtol(arg, &end, 10);
-	if (errno || end == arg || *end || v < min || v > max)
+	if (errno || end == arg || *end || arg[strspn(arg, "-0123456789")] || v < min || v > max)
 		opt_usage_error("%s: bad number \"%s\" (%ld to %ld)", name, arg, min, max);
 	return v;
 }
@@ -81,9 +82,10 @@ static int parse_secs(const char *arg, double *out)
 	char *end;
 	double v;
 
+	/* Plain decimals: strtod would also take " 2", "0x10" and "1e3". */
 	errno = 0;
 	v = strtod(arg, &end);
-	if (errno || end == arg || !isfinite(v))
+	if (errno || end == arg || !isfinite(v) || (size_t)(end - arg) != strspn(arg, "-.0123456789"))
 		return -1;
 	if (strcmp(end, "ms") == 0)
 		v /= 1000;
