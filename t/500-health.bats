@@ -190,6 +190,20 @@ real $V 127.0.0.2 0" ]
 	[ "$steps" -ge 4 ]
 }
 
+@test "a broker holding more than its share of connections gets less weight" {
+	reals
+	health --vip "$V" --ramp 0 --smooth 0 --conns-slack 0 --interval 0.2 127.0.0.2 127.0.0.3 127.0.0.4
+	for i in $(seq 1 12); do
+		bg "s$i" mosquitto_sub -h 127.0.0.2 -p "$RP" -t x
+	done
+	wait_for 10 eval '[ "$(weight 127.0.0.2)" -lt 60 ]'
+	weight_is 127.0.0.3 100
+	weight_is 127.0.0.4 100
+	[ "$(stats "broker.$V.127.0.0.2.conns")" -ge 12 ]
+	for i in $(seq 1 12); do kill "$(pidof_bg "s$i")"; done
+	wait_for 10 weight_is 127.0.0.2 100
+}
+
 @test "discovery: an announcement adds a real, its will removes it" {
 	reals
 	broker_start ctl
@@ -201,11 +215,17 @@ real $V 127.0.0.2 0" ]
 	# announced by hand, retained, with a weight
 	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/r4 -r -m "127.0.0.4 50"
 	wait_for 10 weight_is 127.0.0.4 50
+	# the same announcement again changes nothing; a new weight is taken
+	n=$(grep -c " 127.0.0.4 " "$T/h.out")
+	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/r4 -r -m "127.0.0.4 50"
+	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/r4 -r -m "127.0.0.4 80"
+	wait_for 10 weight_is 127.0.0.4 80
+	[ "$(grep -c " 127.0.0.4 " "$T/h.out")" -eq $((n + 1)) ]
 	# the agent dies: its will takes the announcement back
 	kill -9 "$(pidof_bg a)"
 	wait_for 10 weight_is 127.0.0.3 del
 	grep -q "broker r3: gone" "$T/h.err"
-	weight_is 127.0.0.4 50
+	weight_is 127.0.0.4 80
 	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/r4 -r -n
 	wait_for 10 weight_is 127.0.0.4 del
 }

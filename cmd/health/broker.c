@@ -492,6 +492,13 @@ void brokers_start(void)
 	check_ready();
 }
 
+void broker_set_base(struct broker *b, unsigned long base)
+{
+	b->base = base;
+	if (b->known)
+		update(b);
+}
+
 void broker_probe_now(struct broker *b)
 {
 	if (started && !probe_busy(&b->pr))
@@ -673,13 +680,10 @@ const char *state_record(struct rec *r)
 		if (rec_ulong(r, 3, 65535, &w) < 0)
 			return "bad weight (0 to 65535)";
 		b = broker_find(vn, r->f[2]);
-		if (!b) {
+		if (!b)
 			broker_add(vn, NULL, r->f[2], 0, w, ORIGIN_REC);
-		} else {
-			b->base = w;
-			if (b->known)
-				update(b);
-		}
+		else
+			broker_set_base(b, w);
 		return NULL;
 	}
 	if (r->nf > 3)

@@ -100,6 +100,7 @@ struct broker *broker_find(int vn, const char *host);
 void broker_remove(struct broker *b);
 void brokers_start(void);
 void broker_probe_now(struct broker *b);
+void broker_set_base(struct broker *b, unsigned long base);
 void broker_load(const char *id, const char *payload, size_t n);
 void broker_sys(struct broker *b, const char *topic, const char *payload, size_t n);
 /* The output: where records go, and whether the initial state is out. */

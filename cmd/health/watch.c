@@ -112,16 +112,16 @@ static void discovered(const char *id, const char *payload, size_t n)
 	unsigned long base = H.weight;
 	long port = 0;
 
-	for (struct broker *b = brokers, *next; b; b = next) {
-		next = b->next;
-		if (b->origin == ORIGIN_DISC && !strcmp(b->id, id)) {
-			if (n == 0)
+	if (n == 0) {
+		for (struct broker *b = brokers, *next; b; b = next) {
+			next = b->next;
+			if (b->origin == ORIGIN_DISC && !strcmp(b->id, id)) {
 				warnl("broker %s: gone from %s/broker/ (its will, or it left)", id, H.cf.prefix);
-			broker_remove(b);
+				broker_remove(b);
+			}
 		}
-	}
-	if (n == 0)
 		return;
+	}
 	if (n >= sizeof buf) {
 		warnl("%s/broker/%s: announcement too long; ignored", H.cf.prefix, id);
 		return;
@@ -164,11 +164,24 @@ static void discovered(const char *id, const char *payload, size_t n)
 		warnl("%s/broker/%s: no address; ignored", H.cf.prefix, id);
 		return;
 	}
-	for (int vn = 0; vn < H_MAXVIPS; vn++)
-		if (vips[vn].used) {
-			infol("broker %s: discovered at %s", id, payload);
-			broker_add(vn, id, host, (int)port, base, ORIGIN_DISC);
+	for (int vn = 0; vn < H_MAXVIPS; vn++) {
+		struct broker *b;
+
+		if (!vips[vn].used)
+			continue;
+		for (b = brokers; b; b = b->next)
+			if (b->vip == vn && b->origin == ORIGIN_DISC && !strcmp(b->id, id))
+				break;
+		/* The same announcement again (a reconnect, a restarted agent). */
+		if (b && !strcmp(b->host, host) && b->port == (port ? port : vips[vn].port)) {
+			broker_set_base(b, base);
+			continue;
 		}
+		if (b)
+			broker_remove(b);
+		infol("broker %s: discovered at %s", id, (const char *)payload);
+		broker_add(vn, id, host, (int)port, base, ORIGIN_DISC);
+	}
 }
 
 static void control_connected(struct mq *mq, int first, void *arg)

@@ -28,6 +28,7 @@ start_broker() {
 	printf 'listener %s 127.0.0.%s\nallow_anonymous true\nlog_dest none\n' "$port" "$1" >"$dir/m$1.conf"
 	mosquitto -c "$dir/m$1.conf" &
 	pids[$1]=$!
+	disown # no "Killed" notice from the shell
 	for _ in $(seq 1 100); do
 		(exec 3<>"/dev/tcp/127.0.0.$1/$port") 2>/dev/null && return 0
 		sleep 0.05
@@ -52,8 +53,9 @@ until_rec "^real $vip 127.0.0.4 "
 
 times=()
 for i in $(seq 1 "$n"); do
-	# Settle: up, its load connection back, and a few probes in.
-	sleep 2
+	# Settle (up, its load connection back, a few probes in), then die at a
+	# random point of the probe interval.
+	sleep "2.$((RANDOM % 1000))"
 	if [ "$mode" = kill ]; then
 		t0=$EPOCHREALTIME
 		kill -9 "${pids[2]}"
@@ -67,7 +69,7 @@ for i in $(seq 1 "$n"); do
 	times+=("$ms")
 	echo "death $i: ${ms} ms"
 	if [ "$mode" = kill ]; then
-		{ wait "${pids[2]}"; } 2>/dev/null || true
+		while kill -0 "${pids[2]}" 2>/dev/null; do sleep 0.01; done
 		start_broker 2
 	else
 		kill -CONT "${pids[2]}"
