@@ -67,7 +67,7 @@ static struct {
 	const char *share;
 	double group_ttl;
 	long max_groups, ngroups;
-	int retained, standalone;
+	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
 	char announce_filter[300];
 	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired;
@@ -76,7 +76,7 @@ static struct {
 static void opt(int c, const char *arg)
 {
 	switch (c) {
-	case 'c': S.cf.mq.clean = 0; break;
+	case 'c': S.cf.mq.clean = 0; S.persistent = 1; break;
 	case 't': {
 		struct filt *f = calloc(1, sizeof *f);
 
@@ -490,7 +490,8 @@ int main(int argc, char **argv)
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
-	if (!S.cf.mq.clean && !S.cf.mq.id)
+	/* opt_parse() turns a session without an id back to clean: ask first. */
+	if (S.persistent && !S.cf.mq.id)
 		opt_usage_error("-c needs a client id (-i)");
 	S.plen = strlen(S.cf.prefix);
 	S.standalone = S.filts != NULL;
