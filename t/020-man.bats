@@ -81,8 +81,10 @@ command_pages() {
 
 # The programs make install puts in bin and sbin (not check programs).
 installed() {
-	printf 'print-progs:\n\t@echo $(bin_PROGRAMS) $(sbin_PROGRAMS)\n' |
-		env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C "$MQLB_BUILDDIR" -f Makefile -f - print-progs |
+	# -o Makefile: never remake the Makefile (and print its commands) here.
+	printf 'print-progs:\n\t@echo PROGS: $(bin_PROGRAMS) $(sbin_PROGRAMS)\n' |
+		env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -o Makefile -C "$MQLB_BUILDDIR" \
+			-f Makefile -f - print-progs | sed -n 's/^PROGS: //p' |
 		tr ' ' '\n' | sed 's/\.exe$//' | grep .
 }
 
