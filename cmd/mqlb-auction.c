@@ -102,7 +102,7 @@ static struct {
 	long npending, max_pending;
 	double token_ttl, deadline, ack_timeout, drain_timeout;
 	double retry[MAX_RETRY];
-	int nretry, max_attempts, ready, subs_left, stopping, input_done;
+	int nretry, max_attempts, ready, subs_left, stopping, input_done, finishing;
 	size_t plen;
 	char *topicbuf;
 	size_t topiccap;
@@ -368,6 +368,8 @@ static void reaward(struct job *j)
 	}
 	jq_push(&j->g->waiting, j, 1);
 	if (!ev_is_active(&j->m->retry)) {
+		/* A new round of asking, with a deadline of its own. */
+		j->m->born = ev_now(S.loop);
 		j->m->retry_idx = 0;
 		ask(j->m);
 	}
@@ -458,6 +460,7 @@ static void rec_group(struct rec *r)
 	struct group *g;
 
 	if (r->nf != 3 || rec_unescape_from(r, 1) >= 0 || !r->len[1] || !r->len[2] ||
+	    strlen(r->f[1]) != r->len[1] || strlen(r->f[2]) != r->len[2] ||
 	    strpbrk(r->f[1], "/+#") || r->len[1] > MAX_LEVEL)
 		return bad("malformed group record");
 	g = group_find(r->f[1], r->len[1]);
@@ -818,12 +821,20 @@ static void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* --- input, flow control, shutdown ---------------------------------------- */
 
-static void finish(void)
+static void finish_cb(int revents, void *arg)
 {
 	mq_disconnect(&S.mq);
 	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
 		exit(EXIT_SYSERR);
 	exit(EXIT_OK);
+}
+
+/* Exit from the loop, never from inside a libmosquitto callback. */
+static void finish(void)
+{
+	if (!S.finishing)
+		ev_once(S.loop, -1, 0, 0, finish_cb, NULL);
+	S.finishing = 1;
 }
 
 static void maybe_resume(void)
@@ -898,8 +909,11 @@ static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	if (S.stopping)
-		finish();
+	if (S.stopping) {
+		/* Asked twice: what still waits becomes drop records now. */
+		drain_cb(loop, &S.drain, 0);
+		return;
+	}
 	infol("signal %d: stopping after %ld pending messages", w->signum, S.npending);
 	S.stopping = 1;
 	in_pause(&S.in);

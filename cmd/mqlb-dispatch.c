@@ -24,13 +24,17 @@ static const char usage[] =
 	"                     [-i id] [-q qos] [-V 5|311] [-k keepalive] [--cafile file]\n"
 	"                     [--capath dir] [--cert file] [--key file] [--insecure]\n"
 	"                     [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
-	"                     [--socket-mode mode] [--max-inflight n]\n";
+	"                     [--socket-mode mode] [--max-inflight n] [--drain-timeout secs]\n";
 
 /* An award the broker has not acknowledged yet, by message id. */
 struct flight {
 	char uuid[37];
 	char *group, *wid;
 	size_t gcap, wcap;
+	/* kept for a drop record should the broker refuse it; the buffers
+	 * are reused, so a steady stream allocates nothing */
+	char *mtopic, *payload;
+	size_t mcap, pcap, plen;
 	int used;
 };
 
@@ -42,9 +46,11 @@ static struct {
 	struct out out;
 	struct srv srv;
 	ev_signal sigterm, sigint;
+	ev_timer drain;
 	struct flight *fl; /* indexed by mid: 16 bits */
 	long inflight, max_inflight;
-	int input_done, stopping;
+	int input_done, stopping, finishing;
+	double drain_timeout;
 	char *topic;
 	size_t topiccap;
 	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed;
@@ -54,10 +60,13 @@ static void opt(int c, const char *arg)
 {
 	if (c == 1)
 		S.max_inflight = opt_long("--max-inflight", arg, 1, 65000);
+	else if (c == 2)
+		S.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400);
 }
 
 static const struct option longopts[] = {
 	{ "max-inflight", required_argument, NULL, 1 },
+	{ "drain-timeout", required_argument, NULL, 2 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -69,15 +78,27 @@ static void keep(char **dst, size_t *cap, const char *s, size_t n)
 		if (!*dst)
 			die(EXIT_SYSERR, "out of memory");
 	}
-	memcpy(*dst, s, n + 1);
+	memcpy(*dst, s, n);
+	(*dst)[n] = '\0';
 }
 
-static void finish(void)
+static void finish_cb(int revents, void *arg)
 {
+	if (S.inflight)
+		warnl("%ld award%s not acknowledged by the broker at exit", S.inflight,
+		      S.inflight == 1 ? "" : "s");
 	mq_disconnect(&S.mq);
 	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
 		exit(EXIT_SYSERR);
 	exit(EXIT_OK);
+}
+
+/* Exit from the loop, never from inside a libmosquitto callback. */
+static void finish(void)
+{
+	if (!S.finishing)
+		ev_once(S.loop, -1, 0, 0, finish_cb, NULL);
+	S.finishing = 1;
 }
 
 static void flow(void)
@@ -131,7 +152,8 @@ static void rec_assign(struct rec *r)
 	if (rec_ulong(r, 4, 2, &qos) < 0)
 		return bad("assign record: bad qos");
 	if (rec_unescape(r, 2) <= 0 || rec_unescape(r, 3) <= 0 || strpbrk(r->f[2], "/+#") ||
-	    strpbrk(r->f[3], "/+#"))
+	    strpbrk(r->f[3], "/+#") || strlen(r->f[2]) != r->len[2] ||
+	    strlen(r->f[3]) != r->len[3])
 		return bad("assign record: bad group or worker id");
 	if (rec_unescape(r, 5) <= 0 || strlen(r->f[5]) != r->len[5])
 		return bad("assign record: bad mtopic");
@@ -182,6 +204,9 @@ static void rec_assign(struct rec *r)
 	f->uuid[36] = '\0';
 	keep(&f->group, &f->gcap, r->f[2], r->len[2]);
 	keep(&f->wid, &f->wcap, r->f[3], r->len[3]);
+	keep(&f->mtopic, &f->mcap, r->f[5], r->len[5]);
+	keep(&f->payload, &f->pcap, r->f[6], r->len[6]);
+	f->plen = r->len[6];
 }
 
 static void on_line(struct in *in, char *line, size_t n, void *arg)
@@ -229,6 +254,12 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
+		out_raw(&S.out, "drop", 4);
+		out_raw(&S.out, f->uuid, 36);
+		out_str(&S.out, "refused");
+		out_str(&S.out, f->mtopic);
+		out_field(&S.out, f->payload, f->plen);
+		out_end(&S.out);
 	} else {
 		S.n_sent++;
 		emit_sent(f->uuid, f->group, f->wid);
@@ -252,12 +283,17 @@ static void on_out_error(struct out *o, void *arg)
 	exit(EXIT_OK);
 }
 
+static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) { finish(); }
+
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	if (S.stopping)
-		finish();
+		return finish();
 	S.stopping = 1;
 	in_pause(&S.in);
+	/* Wait for the broker's acknowledgements, but not forever. */
+	ev_timer_init(&S.drain, drain_cb, S.drain_timeout, 0);
+	ev_timer_start(loop, &S.drain);
 	flow();
 }
 
@@ -295,6 +331,7 @@ int main(int argc, char **argv)
 
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
+	S.drain_timeout = 10;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);

@@ -58,10 +58,12 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mq *mq = w->data;
 
+	mq->in_lib++;
 	if (revents & EV_READ)
 		mosquitto_loop_read(mq->m, 64);
 	if ((revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
 		mosquitto_loop_write(mq->m, 64);
+	mq->in_lib--;
 	update_io(mq);
 }
 
@@ -70,8 +72,10 @@ static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	struct mq *mq = w->data;
 
 	/* Publishes queued inside callbacks go out before the loop blocks. */
+	mq->in_lib++;
 	if (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
 		mosquitto_loop_write(mq->m, 64);
+	mq->in_lib--;
 	update_io(mq);
 }
 
@@ -79,8 +83,11 @@ static void misc_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct mq *mq = w->data;
 
-	if (mosquitto_socket(mq->m) >= 0)
+	if (mosquitto_socket(mq->m) >= 0) {
+		mq->in_lib++;
 		mosquitto_loop_misc(mq->m);
+		mq->in_lib--;
+	}
 	update_io(mq);
 }
 
@@ -276,6 +283,14 @@ void mq_disconnect(struct mq *mq)
 {
 	mq->stopping = 1;
 	ev_timer_stop(mq->loop, &mq->retry);
+	if (mq->in_lib) {
+		/* Inside a libmosquitto callback its callback lock is held and
+		 * writing DISCONNECT would call back into it: callers defer
+		 * their exit to the loop (see mq_disconnect in mqtt.h). */
+		warnl("%s: disconnect from inside a callback; connection dropped", mq->name);
+		mq->connected = 0;
+		return;
+	}
 	if (mq->connected) {
 		mosquitto_disconnect(mq->m);
 		/* Write what is queued (DISCONNECT included) right away. */

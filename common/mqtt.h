@@ -49,6 +49,7 @@ struct mq {
 	void *arg;
 	const char *name; /* for diagnostics: "broker", "output"... */
 	int connected, ever_connected, fails, stopping, read_paused;
+	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	double backoff;
 };
 
@@ -62,7 +63,8 @@ int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void 
 /* Subscribe one filter; subid > 0 sets an MQTT 5 subscription identifier. */
 int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid);
 int mq_unsubscribe(struct mq *mq, const char *filter);
-/* Send DISCONNECT and let the loop write it; no more reconnects. */
+/* Send DISCONNECT and write it at once; no more reconnects. Not from inside
+ * an mq callback (libmosquitto holds its lock there): defer to the loop. */
 void mq_disconnect(struct mq *mq);
 int mq_v5(const struct mq *mq);
 void mq_destroy(struct mq *mq);
