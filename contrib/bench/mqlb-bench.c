@@ -68,8 +68,8 @@ struct job {
 /* The results of one mode. */
 struct result {
 	const char *mode;
-	int ok;
-	char why[160];
+	int ok, child_died;
+	char why[256];
 	unsigned long published, pubfail, done, lost, dup, dropped;
 	unsigned long bdropped; /* the broker's $SYS/broker/publish/messages/dropped */
 	char dropwhy[128];
@@ -125,6 +125,8 @@ static struct task *tasks;
 
 /* Children: the broker and the pipeline, killed on any exit. */
 static pid_t kids[4];
+static const char *kidname[4];
+static ev_child kidw[4];
 static int nkids;
 
 static int64_t now_ns(void)
@@ -135,9 +137,37 @@ static int64_t now_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Gone: reaped here, or already by libev (the default loop reaps). */
+static int reaped(pid_t pid, int *st)
+{
+	pid_t r = waitpid(pid, st, WNOHANG);
+
+	return r == pid || (r < 0 && errno == ECHILD);
+}
+
+/* A child that ends before we stop it makes the run fail, with its status. */
+static void child_cb(struct ev_loop *l, ev_child *w, int revents)
+{
+	int i = (int)(intptr_t)w->data, st = w->rstatus;
+	size_t n;
+
+	ev_child_stop(l, w);
+	kids[i] = 0;
+	if (!cur)
+		return;
+	n = strlen(cur->why);
+	snprintf(cur->why + n, sizeof cur->why - n, "%s%s %s %d", n ? "; " : "during the run: ",
+		 kidname[i], WIFSIGNALED(st) ? "killed by signal" : "exited with status",
+		 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+	cur->child_died = 1;
+}
+
 static void kill_kids(void)
 {
 	int i, tries;
+
+	for (i = 0; i < nkids; i++)
+		ev_child_stop(loop, &kidw[i]);
 
 	for (i = 0; i < nkids; i++)
 		if (kids[i] > 0)
@@ -147,7 +177,7 @@ static void kill_kids(void)
 
 		for (i = 0; i < nkids; i++)
 			if (kids[i] > 0) {
-				if (waitpid(kids[i], NULL, WNOHANG) == kids[i])
+				if (reaped(kids[i], NULL))
 					kids[i] = 0;
 				else
 					left++;
@@ -171,7 +201,7 @@ static void wait_kid(int i, double secs)
 	int64_t end = now_ns() + (int64_t)(secs * NS);
 
 	while (kids[i] > 0 && now_ns() < end) {
-		if (waitpid(kids[i], NULL, WNOHANG) == kids[i])
+		if (reaped(kids[i], NULL))
 			kids[i] = 0;
 		else
 			usleep(20000);
@@ -184,6 +214,8 @@ static void pipeline_stop(void)
 {
 	if (nkids < 4)
 		return;
+	for (int i = 0; i < nkids; i++)
+		ev_child_stop(loop, &kidw[i]);
 	kill(kids[2], SIGTERM);
 	wait_kid(2, 5);
 	kill(kids[1], SIGTERM);
@@ -221,6 +253,10 @@ static pid_t spawn(char *const argv[], int in, int out, int err, int ready)
 		fprintf(stderr, "mqlb-bench: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
+	kidname[nkids] = argv[0];
+	ev_child_init(&kidw[nkids], child_cb, pid, 0);
+	kidw[nkids].data = (void *)(intptr_t)nkids;
+	ev_child_start(loop, &kidw[nkids]);
 	kids[nkids++] = pid;
 	return pid;
 }
@@ -292,7 +328,8 @@ static int broker_start(const char *dir)
 				if (port_open(port))
 					return port;
 				if (waitpid(pid, NULL, WNOHANG) == pid) {
-					kids[--nkids] = 0;
+					ev_child_stop(loop, &kidw[--nkids]);
+					kids[nkids] = 0;
 					break;
 				}
 				usleep(20000);
@@ -300,7 +337,8 @@ static int broker_start(const char *dir)
 			if (nkids > 0 && kids[nkids - 1] == pid) {
 				kill(pid, SIGKILL);
 				waitpid(pid, NULL, 0);
-				kids[--nkids] = 0;
+				ev_child_stop(loop, &kidw[--nkids]);
+				kids[nkids] = 0;
 			}
 		}
 	}
@@ -626,6 +664,7 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 	int64_t now = now_ns();
 	int i, ready = 0;
 
+
 	switch (phase) {
 	case P_WAIT:
 		for (i = 0; i < cf.workers; i++)
@@ -846,6 +885,8 @@ static void run_mode(struct result *r, int share)
 	if (!t_stop)
 		t_stop = now_ns();
 	collect(r);
+	if (r->child_died)
+		r->ok = 0;
 	if (!r->ok && !r->why[0])
 		snprintf(r->why, sizeof r->why, "interrupted");
 	while (tasks) {
@@ -1197,6 +1238,8 @@ int main(int argc, char **argv)
 	payload = xrealloc(NULL, payload_len + 64);
 
 	signal(SIGPIPE, SIG_IGN);
+	/* An inherited SIG_IGN would have the kernel reap our children. */
+	signal(SIGCHLD, SIG_DFL);
 	atexit(kill_kids);
 	loop = EV_DEFAULT;
 	ev_signal_init(&sigint_w, sig_cb, SIGINT);
