@@ -197,7 +197,41 @@ static void out_error(struct out *o, void *arg)
 	exit(EXIT_OK);
 }
 
-static void out_connected(struct outconn *oc, void *arg) { state_full(); }
+/* outconn notices a gone peer only when a write fails, and a health loop
+ * with nothing changing may not write for hours: watch the socket for the
+ * peer's EOF too, so a restarted mqlb-xdp gets the state at once. */
+static ev_io peer_w;
+static out_fn *outconn_error;
+
+static void peer_gone(struct out *o, void *arg)
+{
+	ev_io_stop(hloop, &peer_w);
+	outconn_error(o, arg);
+}
+
+static void peer_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	char buf[4096];
+	ssize_t r = read(w->fd, buf, sizeof buf);
+
+	/* Whatever the peer says is not for us; only its end matters. */
+	if (r > 0 || (r < 0 && (errno == EAGAIN || errno == EINTR)))
+		return;
+	S.oc.out.err = r == 0 ? EPIPE : errno;
+	peer_gone(&S.oc.out, S.oc.out.arg);
+}
+
+static void out_connected(struct outconn *oc, void *arg)
+{
+	if (!outconn_error) {
+		outconn_error = oc->out.on_error;
+		oc->out.on_error = peer_gone;
+	}
+	ev_io_stop(hloop, &peer_w);
+	ev_io_init(&peer_w, peer_cb, oc->out.fd, EV_READ);
+	ev_io_start(hloop, &peer_w);
+	state_full();
+}
 
 static void on_ready(void)
 {
