@@ -7,7 +7,13 @@ load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-bench() { "$MQLB_BUILDDIR/mqlb-bench" --bindir "$MQLB_BUILDDIR" "$@"; }
+# The pipeline through a directory of this test's own, so the check for
+# leftovers cannot see other tests' processes.
+bench() {
+	mkdir -p "$T/bin"
+	for c in mqlb-sub mqlb-auction mqlb-dispatch; do ln -sf "$MQLB_BUILDDIR/$c" "$T/bin/$c"; done
+	"$MQLB_BUILDDIR/mqlb-bench" --bindir "$T/bin" "$@"
+}
 
 # The published and done columns of a table row.
 row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
@@ -40,7 +46,7 @@ row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
 	fi
 	# No child is left behind.
-	! pgrep -f "$MQLB_BUILDDIR/mqlb-(sub|auction|dispatch)" >/dev/null
+	! pgrep -f "$T/bin/mqlb-" >/dev/null
 }
 
 @test "--csv prints a header and one row per mode" {
