@@ -239,6 +239,11 @@ real $V 127.0.0.2 0" ]
 	[ "$(cat "$T/h.out")" = "vip $V
 real $V 127.0.0.2 100" ]
 	grep -q 'lb/broker/bad: bad port in "http"; ignored' "$T/h.err"
+	# and so does --once
+	run --separate-stderr mqlb-health --once --vip "$V" --discover -h 127.0.0.1 -p "$BROKER_PORT_ctl" </dev/null
+	[ "$status" -eq 0 ]
+	[ "$output" = "vip $V
+real $V 127.0.0.2 100" ]
 }
 
 @test "output reconnect: a restarted consumer gets the whole state" {

@@ -420,7 +420,7 @@ static void probe_done(struct probe *p, const char *err, void *arg)
 		warnl("%s: up again", bname(b));
 	}
 	/* Load is watched while the broker is up; its loss triggers a probe. */
-	if (b->up && !b->mon_on && !H.once)
+	if (b->up && !err && !H.once)
 		watch_broker(b);
 	else if (!b->up && b->mon_on)
 		unwatch_broker(b);

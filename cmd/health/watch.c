@@ -42,8 +42,11 @@ static void mon_disconnected(struct mq *mq, void *arg)
 {
 	struct broker *b = arg;
 
-	/* A broker that dies closes our socket: check it now, not next interval. */
+	/* A broker that dies closes our socket: check it now, not next interval.
+	 * No reconnecting meanwhile (stopping stops mqtt.c's retries): the
+	 * probes decide, and an up broker gets a new watch. */
 	b->has_conns = b->has_msgs = 0;
+	mq->stopping = 1;
 	broker_probe_now(b);
 }
 
@@ -80,6 +83,9 @@ static void topics(void)
 
 void watch_broker(struct broker *b)
 {
+	if (b->mon_on && !b->mon.stopping)
+		return;
+	unwatch_broker(b);
 	topics();
 	b->mo = H.cf.mq;
 	b->mo.host = b->addr;
