@@ -169,13 +169,28 @@ static void stdin_line(struct in *in, char *line, size_t n, void *arg)
 	handle(line, n, in->lineno, "");
 }
 
+/* Brokers in the records that are there at start belong to the initial
+ * state (no ramp): it waits for the end of input, or --timeout. */
+static ev_timer stdin_grace;
+static int stdin_holds;
+
+static void stdin_release(void)
+{
+	if (!stdin_holds)
+		return;
+	stdin_holds = 0;
+	ev_timer_stop(hloop, &stdin_grace);
+	state_block_ready(-1);
+}
+
+static void stdin_grace_cb(struct ev_loop *loop, ev_timer *w, int revents) { stdin_release(); }
+
 static void stdin_eof(struct in *in, int err, void *arg)
 {
 	if (err)
 		warnl("stdin: %s", strerror(err));
 	in_close(in);
-	if (H.once)
-		state_block_ready(-1);
+	stdin_release();
 }
 
 static void sock_line(struct conn *c, char *line, size_t n, void *arg)
@@ -294,8 +309,12 @@ static void setup_io(void)
 	/* Records may come on stdin; a terminal is not a record stream. */
 	if (!isatty(STDIN_FILENO)) {
 		in_init(&S.in, hloop, STDIN_FILENO, 1 << 16, stdin_line, stdin_eof, NULL);
-		if (H.once)
-			state_block_ready(1);
+		stdin_holds = 1;
+		state_block_ready(1);
+		if (!H.once) {
+			ev_timer_init(&stdin_grace, stdin_grace_cb, H.timeout, 0);
+			ev_timer_start(hloop, &stdin_grace);
+		}
 	}
 	ev_signal_init(&S.sigterm, stop, SIGTERM);
 	ev_signal_init(&S.sigint, stop, SIGINT);

@@ -295,9 +295,11 @@ real $V 127.0.0.3 100" ]
 		real $V nonexistent.invalid 30
 	EOF
 	ready_fifo h
-	bg h sh -c 'exec mqlb-health --ready-fd 3 --listen "$1/h.sock" --ramp 0 3>"$1/h.ready" <"$1/in"' - "$T"
+	bg h sh -c 'exec mqlb-health --ready-fd 3 --listen "$1/h.sock" 3>"$1/h.ready" <"$1/in"' - "$T"
 	wait_ready h
-	wait_for 5 weight_is 127.0.0.3 30
+	# in the initial state: full weights at once, no ramp
+	[ "$(grep -c "^real $V 127.0.0.3 " "$T/h.out")" -eq 1 ]
+	weight_is 127.0.0.3 30
 	weight_is 127.0.0.2 300
 	weight_is 127.0.0.5 0
 	grep -q "^note passes through$" "$T/h.out"
