@@ -475,7 +475,8 @@ static int parse_job(const void *p, size_t len, uint32_t *seq, int64_t *ts)
 	if (end == buf || *end != ' ')
 		return -1;
 	t = strtoll(end + 1, &end, 10);
-	if (s >= published)
+	/* ours only: a sequence number we published, with its timestamp */
+	if (s >= published || jobs[s].pub != t)
 		return -1;
 	*seq = (uint32_t)s;
 	*ts = t;
