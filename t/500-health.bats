@@ -229,6 +229,12 @@ real $V 127.0.0.2 0" ]
 	weight_is 127.0.0.4 80
 	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/r4 -r -n
 	wait_for 10 weight_is 127.0.0.4 del
+	# an agent stopped on purpose takes its announcement back too
+	bg a2 mqlb-health --agent --name r2 -h 127.0.0.1 -p "$BROKER_PORT_ctl" --announce 127.0.0.2
+	wait_for 10 grep -q "^real $V 127.0.0.2 " "$T/h.out"
+	kill -TERM "$(pidof_bg a2)"
+	wait_for 10 weight_is 127.0.0.2 del
+	[ -z "$(mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT_ctl" -t lb/broker/+ -W 1 2>/dev/null)" ]
 }
 
 @test "a restarted health loop sees retained announcements in its first state" {

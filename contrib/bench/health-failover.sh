@@ -9,6 +9,8 @@
 # stop: SIGSTOP (a hung broker: nothing closes, only probe timeouts tell).
 # Three mosquitto brokers on 127.0.0.2-4, one port; mqlb-health and
 # mosquitto from PATH. Prints each time in ms, then min, median, max.
+# Measured 2026-11-25 (loopback, 20 deaths each): kill median 252 ms
+# (251-253), stop median 1676 ms (1291-2127).
 set -eu
 mode=${1:-kill}
 n=${2:-20}
