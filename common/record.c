@@ -151,7 +151,7 @@ int rec_ulong(const struct rec *r, int i, unsigned long max, unsigned long *out)
 
 		if (c < '0' || c > '9')
 			return -1;
-		if (v > (max - (c - '0')) / 10)
+		if ((unsigned long)(c - '0') > max || v > (max - (c - '0')) / 10)
 			return -1;
 		v = v * 10 + (c - '0');
 	}

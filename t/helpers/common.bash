@@ -52,6 +52,9 @@ lines_in() {
 	[ "${n:-0}" -ge "$2" ]
 }
 
+# exited PID: the process has ended (a zombie of this shell counts).
+exited() { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # broker_start [NAME] [EXTRA-CONFIG-LINE...]: start mosquitto on a free

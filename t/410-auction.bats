@@ -1,0 +1,249 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 410-auction: mqlb-auction's records and topics, with the test playing both
+# mqlb-sub (records on stdin) and the workers (bids, dones, wills).
+load helpers/common.bash
+setup() { mqlb_setup; }
+teardown() {
+	exec 5>&- 2>/dev/null || true
+	mqlb_teardown
+}
+
+U1=11111111-2222-4333-8444-555555555551
+U2=11111111-2222-4333-8444-555555555552
+U3=11111111-2222-4333-8444-555555555553
+
+# auction [OPTIONS]: mqlb-auction reading records from fd 5 ("feed").
+auction() {
+	mkfifo "$T/in"
+	ready_fifo a
+	# Read-write: opening does not wait for the reader; closing fd 5 is EOF.
+	exec 5<>"$T/in"
+	# (not bg: a background job's stdin would be /dev/null)
+	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@" \
+		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" &
+	echo $! | tee "$T/a.pid" >>"$T/pids"
+	wait_ready a
+}
+feed() { printf '%s\n' "$@" >&5; }
+
+# spy: the protocol's topics as "topic|payload" in $T/spy.out.
+spy() {
+	bg spy mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -t "$PREFIX/#" -F '%t|%p'
+	local i
+	for i in $(seq 1 100); do
+		pub "$PREFIX/mark" "$i"
+		grep -q "^$PREFIX/mark|" "$T/spy.out" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+seen() { grep -qxF -- "$1" "$T/spy.out"; }
+out_has() { grep -qxF -- "$1" "$T/a.out"; }
+stat_of() {
+	perl -MIO::Socket::UNIX -e '
+		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
+		print $s "stats\n";
+		while (<$s>) { last if /^ok/; print }' "$T/a.sock" | awk -v n="$1" '$2 == n { print $3 }'
+}
+# reqs UUID MTOPIC N: the request for UUID was published at least N times.
+reqs() { [ "$(grep -c "^$PREFIX/req/$1/$2|" "$T/spy.out")" -ge "$3" ]; }
+bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
+
+@test "bad options: one stderr line naming the option, exit 2" {
+	run mqlb-auction --deadline 0
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"--deadline"* ]]
+	run mqlb-auction --retry 0.1,x
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"--retry"* ]]
+	run mqlb-auction --max-pending -1
+	[ "$status" -eq 2 ]
+	run mqlb-auction --bogus
+	[ "$status" -eq 2 ]
+	run mqlb-auction extra
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"unexpected argument"* ]]
+	run mqlb-auction --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == usage:* ]]
+}
+
+@test "unreachable broker with --retries: exit 69" {
+	# (stdin stays open: at EOF with nothing pending it would just exit)
+	run mqlb-auction -h 127.0.0.1 -p 1 --retries 2 < <(sleep 30)
+	[ "$status" -eq 69 ]
+	[[ "$output" == *unreachable* ]]
+}
+
+@test "msg: asks on P/req/{uuid}/{mtopic}; the first bid wins, the record is an assign" {
+	broker_start
+	spy
+	auction
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a/b hello%20world"
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a/b|"
+	bid g w1 "$U1" jobs/a/b
+	bid g w2 "$U1" jobs/a/b
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a/b hello%20world"
+	sleep 0.3
+	[ "$(grep -c '^assign' "$T/a.out")" -eq 1 ]
+	# The losing bid is a token: the next message goes to w2 without asking.
+	feed "msg $U2 1 0 jobs/# jobs/c x"
+	wait_for 5 out_has "assign $U2 g w2 1 jobs/c x"
+	! seen "$PREFIX/req/$U2/jobs/c|"
+	[ "$(stat_of tokens_used)" -ge 1 ]
+}
+
+@test "one assign per interested group; props travel with the assign" {
+	broker_start
+	spy
+	auction
+	feed "group g1 jobs/#" "group g2 jobs/#" "group g3 other/#"
+	feed "msg $U1 2 0 jobs/# jobs/a %00%FF rt=reply/x,cd=abc"
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	bid g1 w1 "$U1" jobs/a
+	bid g2 w9 "$U1" jobs/a
+	bid g3 w5 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g1 w1 2 jobs/a %00%FF rt=reply/x,cd=abc"
+	wait_for 5 out_has "assign $U1 g2 w9 2 jobs/a %00%FF rt=reply/x,cd=abc"
+	sleep 0.3
+	! grep -q "^assign $U1 g3" "$T/a.out"
+}
+
+@test "no bid: asked again on the --retry schedule, then drop nobid at --deadline" {
+	broker_start
+	spy
+	auction --retry 0.2 --deadline 1
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a pay"
+	wait_for 5 out_has "drop $U1 nobid jobs/a pay"
+	[ "$(grep -c "^$PREFIX/req/$U1/jobs/a|" "$T/spy.out")" -ge 3 ]
+	[ "$(stat_of drop_nobid)" = 1 ]
+}
+
+@test "no group for the filter: drop nogroup; ungroup forgets a group" {
+	broker_start
+	auction
+	feed "msg $U1 0 0 none/# none/a p1"
+	wait_for 5 out_has "drop $U1 nogroup none/a p1"
+	feed "group g jobs/#" "ungroup g jobs/#" "msg $U2 0 0 jobs/# jobs/a p2"
+	wait_for 5 out_has "drop $U2 nogroup jobs/a p2"
+}
+
+@test "done records, free=n tokens, fail busy re-awarded, fail re-auctioned then drop failed" {
+	broker_start
+	spy
+	auction --max-attempts 2 --retry 0.1 --deadline 5
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	bid g w1 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
+	pub "$PREFIX/done/g/w1/$U1" "ok free=1" -q 1 -V 5
+	wait_for 5 out_has "done $U1 g w1 ok"
+	# free=1 is a token: no request for the next one.
+	feed "msg $U2 1 0 jobs/# jobs/b q"
+	wait_for 5 out_has "assign $U2 g w1 1 jobs/b q"
+	! seen "$PREFIX/req/$U2/jobs/b|"
+	# fail busy: not an attempt; the message goes to the next bidder.
+	pub "$PREFIX/done/g/w1/$U2" "fail busy" -q 1 -V 5
+	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
+	bid g w2 "$U2" jobs/b
+	wait_for 5 out_has "assign $U2 g w2 1 jobs/b q"
+	# two real failures: dropped as failed.
+	pub "$PREFIX/done/g/w2/$U2" "fail crashed" -q 1 -V 5
+	wait_for 5 reqs "$U2" jobs/b 2
+	bid g w3 "$U2" jobs/b
+	wait_for 5 out_has "assign $U2 g w3 1 jobs/b q"
+	pub "$PREFIX/done/g/w3/$U2" "fail crashed" -q 1 -V 5
+	wait_for 5 out_has "drop $U2 failed jobs/b q"
+}
+
+@test "a worker's will (P/gone) re-awards its jobs; a missing done re-awards after --ack-timeout" {
+	broker_start
+	spy
+	auction --ack-timeout 1 --retry 0.1
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p" "msg $U2 1 0 jobs/# jobs/b q"
+	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
+	bid g w1 "$U1" jobs/a
+	bid g w1 "$U2" jobs/b
+	wait_for 5 out_has "assign $U2 g w1 1 jobs/b q"
+	pub "$PREFIX/gone/g/w1" "" -q 1
+	# both are asked again and go to w2
+	wait_for 5 reqs "$U1" jobs/a 2
+	bid g w2 "$U1" jobs/a
+	bid g w2 "$U2" jobs/b
+	wait_for 5 out_has "assign $U1 g w2 1 jobs/a p"
+	wait_for 5 out_has "assign $U2 g w2 1 jobs/b q"
+	pub "$PREFIX/done/g/w2/$U1" "ok" -q 1 -V 5
+	# U2 gets no done from w2: after the ack timeout it is asked again
+	wait_for 5 reqs "$U2" jobs/b 3
+	grep -q "no done for $U2 from g/w2" "$T/a.err"
+}
+
+@test "malformed records: one stderr line each with the line number; the stage goes on" {
+	broker_start
+	auction
+	feed "msg short" "msg not-a-uuid 1 0 a/# a/b p" "msg $U1 7 0 a/# a/b p" \
+		"group" "group g/x jobs/#" "ungroup" "verb-we-do-not-know a b" \
+		"msg $U3 0 0 none/# none/a last"
+	wait_for 5 out_has "drop $U3 nogroup none/a last"
+	out_has "verb-we-do-not-know a b"
+	grep -q "line 1: msg record needs 7 or 8 fields" "$T/a.err"
+	grep -q "line 2: msg record: bad uuid" "$T/a.err"
+	grep -q "line 3: msg record: bad qos" "$T/a.err"
+	grep -q "line 4: malformed group record" "$T/a.err"
+	grep -q "line 5: malformed group record" "$T/a.err"
+	grep -q "line 6: malformed ungroup record" "$T/a.err"
+	[ "$(stat_of bad_records)" = 6 ]
+}
+
+@test "bids for unknown uuids and forged dones are ignored" {
+	broker_start
+	auction
+	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5
+	pub "$PREFIX/done/g/w1/not-a-uuid" "ok" -q 1 -V 5
+	sleep 0.5
+	! grep -q '^done' "$T/a.out"
+	kill -0 "$(pidof_bg a)"
+}
+
+@test "EOF on stdin: finishes what is pending, then exits 0" {
+	broker_start
+	spy
+	auction
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	exec 5>&-
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	kill -0 "$(pidof_bg a)"
+	bid g w1 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
+	# Awarded is not finished under MQTT 5: it waits for the done.
+	sleep 0.5
+	kill -0 "$(pidof_bg a)"
+	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5
+	wait_for 10 exited "$(pidof_bg a)"
+	wait "$(pidof_bg a)"
+}
+
+@test "SIGTERM: what still waits for a bid becomes drop shutdown after --drain-timeout; exit 0" {
+	broker_start
+	auction --drain-timeout 0.5
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	sleep 0.3
+	kill -TERM "$(pidof_bg a)"
+	wait_for 5 out_has "drop $U1 shutdown jobs/a p"
+	wait "$(pidof_bg a)"
+}
+
+@test "after a broker restart it subscribes again and goes on" {
+	broker_start
+	spy
+	auction
+	feed "group g jobs/#"
+	broker_restart
+	kill "$(pidof_bg spy)"
+	spy
+	feed "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 10 seen "$PREFIX/req/$U1/jobs/a|"
+	bid g w1 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
+}
