@@ -21,7 +21,7 @@ auction() {
 	exec 5<>"$T/in"
 	# (not bg: a background job's stdin would be /dev/null)
 	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@" \
-		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" &
+		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
 	echo $! | tee "$T/a.pid" >>"$T/pids"
 	wait_ready a
 }
