@@ -6,6 +6,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@ static const char usage[] =
 
 #define MAX_LEVEL 256 /* group and wid: one topic level */
 #define MAX_RETRY 16
+#define MAX_PREV 4 /* earlier holders of a job whose late done still counts */
 
 enum jstate { J_WAIT, J_AWARDED, J_FINISHED };
 
@@ -49,6 +51,10 @@ struct job {
 	int attempts;
 	ev_tstamp t; /* when awarded */
 	char wid[MAX_LEVEL + 1];
+	/* Workers it was taken back from (will, ack timeout): a job may still
+	 * finish there, and that worker's done is news, not a forgery. */
+	char *prev_wid[MAX_PREV];
+	int nprev;
 	struct job *prev, *next;
 	struct jq *on;
 };
@@ -82,6 +88,7 @@ struct msg {
 	int njobs, jcap, open; /* open: jobs not finished */
 	int retry_idx, asked;
 	ev_tstamp born;
+	ev_tstamp expires; /* MQTT 5 message expiry, counted from reading; 0: none */
 	ev_timer retry;
 	struct msg *hnext; /* hash chain, or free list */
 };
@@ -94,7 +101,7 @@ static struct {
 	struct out out;
 	struct srv srv;
 	ev_signal sigterm, sigint;
-	ev_timer acks, drain;
+	ev_timer acks, drain, purge;
 	struct group *groups;
 	struct msg **hash;
 	size_t hmask;
@@ -102,14 +109,14 @@ static struct {
 	long npending, max_pending;
 	double token_ttl, deadline, ack_timeout, drain_timeout;
 	double retry[MAX_RETRY];
-	int nretry, max_attempts, ready, subs_left, stopping, input_done, finishing;
+	int nretry, max_attempts, ready, subs_left, stopping, input_done, finishing, draining;
 	size_t plen;
 	char *topicbuf;
 	size_t topiccap;
 	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
 		n_tokens_expired, n_bids, n_bids_ignored, n_drop_nobid, n_drop_nogroup,
-		n_drop_failed, n_drop_shutdown, n_done_ok, n_done_fail, n_reawards, n_forged,
-		n_bad_records, n_gone;
+		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
+		n_reawards, n_forged, n_bad_records, n_gone;
 } S;
 
 static void opt(int c, const char *arg)
@@ -261,6 +268,39 @@ static void emit_drop(const struct msg *m, const char *reason)
 	out_end(&S.out);
 }
 
+/* The props field with exp= counting what is left of the message's life,
+ * so time spent waiting here is not granted again at the broker. Names and
+ * values are escaped, so ',' and '=' split the raw field safely. */
+static void out_props_exp(const struct msg *m)
+{
+	const char *p = m->buf + m->pr_off, *end = p + m->pr_len;
+	ev_tstamp left = m->expires - ev_now(S.loop);
+	char num[24];
+	size_t len = 0, cap = m->pr_len + sizeof num;
+	char *b = xmalloc(cap);
+
+	while (p < end) {
+		const char *c = memchr(p, ',', (size_t)(end - p));
+		size_t n = c ? (size_t)(c - p) : (size_t)(end - p);
+
+		if (len)
+			b[len++] = ',';
+		if (n >= 4 && !memcmp(p, "exp=", 4)) {
+			int k = snprintf(num, sizeof num, "exp=%lu",
+					 left < 1 ? 1UL : (unsigned long)(left + 0.999));
+
+			memcpy(b + len, num, (size_t)k);
+			len += (size_t)k;
+		} else {
+			memcpy(b + len, p, n);
+			len += n;
+		}
+		p += n + 1;
+	}
+	out_raw(&S.out, b, len);
+	free(b);
+}
+
 static void emit_assign(const struct job *j)
 {
 	out_raw(&S.out, "assign", 6);
@@ -268,16 +308,36 @@ static void emit_assign(const struct job *j)
 	out_str(&S.out, j->g->name);
 	out_str(&S.out, j->wid);
 	out_ulong(&S.out, (unsigned long)j->m->qos);
-	out_msgfields(j->m, 1);
+	out_msgfields(j->m, !j->m->expires);
+	if (j->m->expires)
+		out_props_exp(j->m);
 	out_end(&S.out);
 }
 
 /* --- tokens --------------------------------------------------------------- */
 
+/* Tokens are added with the same ttl, so the ring is in expiry order:
+ * the dead ones are at its head. */
+static void tokens_purge(struct group *g, ev_tstamp now)
+{
+	while (g->tlen && g->tokens[g->thead].expires <= now) {
+		g->thead = (g->thead + 1) % g->tcap;
+		g->tlen--;
+		S.n_tokens_expired++;
+	}
+}
+
+static void purge_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	for (struct group *g = S.groups; g; g = g->next)
+		tokens_purge(g, ev_now(loop));
+}
+
 static void token_add(struct group *g, const char *wid)
 {
 	struct token *t;
 
+	tokens_purge(g, ev_now(S.loop));
 	if (g->tlen == g->tcap) {
 		unsigned ncap = g->tcap ? g->tcap * 2 : 8;
 		struct token *n = xmalloc(ncap * sizeof *n);
@@ -327,16 +387,53 @@ static void tokens_drop_wid(struct group *g, const char *wid)
 
 /* --- awarding ------------------------------------------------------------- */
 
+static void job_forget_prev(struct job *j)
+{
+	for (int i = 0; i < j->nprev; i++)
+		free(j->prev_wid[i]);
+	j->nprev = 0;
+}
+
 static void job_finish(struct job *j)
 {
 	jq_remove(j);
+	job_forget_prev(j);
 	j->st = J_FINISHED;
 	if (--j->m->open == 0)
 		msg_free(j->m);
 }
 
+static int expired(const struct msg *m)
+{
+	return m->expires && ev_now(S.loop) >= m->expires;
+}
+
+/* Dead letter for every job of m still waiting (deadline, expiry,
+ * shutdown). The caller must not touch m afterwards: it may be freed. */
+static void drop_waiting(struct msg *m, const char *reason)
+{
+	emit_drop(m, reason);
+	/* A freed m stays readable (it goes to the free list), and once freed
+	 * no job of it is waiting. */
+	for (int i = 0; i < m->njobs; i++)
+		if (m->jobs[i].st == J_WAIT)
+			job_finish(&m->jobs[i]);
+}
+
+static void drop_expired(struct msg *m)
+{
+	S.n_drop_expired++;
+	drop_waiting(m, "expired");
+}
+
 static void award(struct job *j, const char *wid)
 {
+	if (expired(j->m)) {
+		/* Too late to be of use: not awarded; the bid's slot is kept. */
+		token_add(j->g, wid);
+		drop_expired(j->m);
+		return;
+	}
 	snprintf(j->wid, sizeof j->wid, "%s", wid);
 	j->st = J_AWARDED;
 	j->t = ev_now(S.loop);
@@ -359,7 +456,19 @@ static void reaward(struct job *j)
 	const struct token *t;
 
 	S.n_reawards++;
+	if (j->st == J_AWARDED) {
+		if (j->nprev == MAX_PREV) {
+			free(j->prev_wid[0]);
+			memmove(j->prev_wid, j->prev_wid + 1, (MAX_PREV - 1) * sizeof *j->prev_wid);
+			j->nprev--;
+		}
+		j->prev_wid[j->nprev++] = xstrdup(j->wid);
+	}
 	j->st = J_WAIT;
+	if (expired(j->m)) {
+		drop_expired(j->m);
+		return;
+	}
 	if ((t = token_take(j->g))) {
 		S.n_tokens_used++;
 		jq_remove(j);
@@ -408,7 +517,11 @@ static void ask(struct msg *m)
 		S.n_asked++;
 	m->asked = 1;
 	m->retry_idx++;
-	ev_timer_set(&m->retry, next < left ? next : (left > 0 ? left : 0), 0);
+	if (next > left)
+		next = left > 0 ? left : 0;
+	if (m->expires && m->expires - ev_now(S.loop) < next)
+		next = m->expires > ev_now(S.loop) ? m->expires - ev_now(S.loop) : 0;
+	ev_timer_set(&m->retry, next, 0);
 	ev_timer_start(S.loop, &m->retry);
 }
 
@@ -418,14 +531,12 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 	if (!msg_waiting(m))
 		return;
+	if (expired(m))
+		return drop_expired(m);
 	if (ev_now(loop) - m->born >= S.deadline) {
 		/* Nobody could take it in time: a dead letter, never a silent loss. */
-		emit_drop(m, "nobid");
 		S.n_drop_nobid++;
-		for (int i = 0; i < m->njobs; i++)
-			if (m->jobs[i].st == J_WAIT && m->jobs[i].m)
-				job_finish(&m->jobs[i]);
-		return;
+		return drop_waiting(m, "nobid");
 	}
 	S.n_retries++;
 	ask(m);
@@ -528,6 +639,7 @@ static struct msg *msg_new(void)
 		m->retry.data = m;
 	}
 	m->njobs = m->open = m->retry_idx = m->asked = 0;
+	m->expires = 0;
 	return m;
 }
 
@@ -571,8 +683,30 @@ static void rec_msg(struct rec *r)
 	m->pr_off = m->pl_off + m->pl_len;
 	m->pr_len = 0;
 	if (r->nf == 8 && !(r->len[7] == 1 && r->f[7][0] == '-')) {
+		char *cur = r->f[7], *name, *val, *end;
+		size_t nl, vl;
+		int rc;
+
 		memcpy(m->buf + m->pr_off, r->f[7], r->len[7]);
 		m->pr_len = r->len[7];
+		/* exp is what was left of the message's life when mqlb-sub got
+		 * it; reading the record is as close to that as we can see. As
+		 * at the broker (mosquitto), 0 means it does not expire. */
+		while ((rc = props_next(&cur, &name, &nl, &val, &vl)) == 1)
+			if (!strcmp(name, "exp")) {
+				unsigned long e = strtoul(val, &end, 10);
+
+				if (*end || end == val || e > 0xffffffffUL)
+					rc = -1;
+				else if (e)
+					m->expires = ev_now(S.loop) + (ev_tstamp)e;
+				break;
+			}
+		if (rc < 0) {
+			m->hnext = S.free;
+			S.free = m;
+			return bad("msg record: bad props");
+		}
 	}
 	/* The request topic needs the mtopic decoded; the record keeps it raw. */
 	if ((mtl = rec_unescape(r, 5)) <= 0 || memchr(r->f[5], '+', (size_t)mtl) ||
@@ -586,6 +720,14 @@ static void rec_msg(struct rec *r)
 		m->mtopic = xrealloc(m->mtopic, m->mtopic_cap);
 	}
 	memcpy(m->mtopic, r->f[5], (size_t)mtl + 1);
+	if (S.draining) {
+		/* Read at the drain deadline: handed back, never dropped in silence. */
+		emit_drop(m, "shutdown");
+		S.n_drop_shutdown++;
+		m->hnext = S.free;
+		S.free = m;
+		return;
+	}
 
 	for (struct group *g = S.groups; g; g = g->next) {
 		if (!group_has(g, r->f[4]))
@@ -659,6 +801,21 @@ static void offer(struct group *g, const char *wid, const char *uuid)
 	token_add(g, wid);
 }
 
+/* The job of m for group g, if wid held it before it was taken back. */
+static struct job *job_late(struct msg *m, const struct group *g, const char *wid)
+{
+	for (int i = 0; m && i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+
+		if (j->g != g || j->st == J_FINISHED)
+			continue;
+		for (int k = 0; k < j->nprev; k++)
+			if (!strcmp(j->prev_wid[k], wid))
+				return j;
+	}
+	return NULL;
+}
+
 static void emit_done(const struct job *j, const char *result, size_t n)
 {
 	out_raw(&S.out, "done", 4);
@@ -672,7 +829,7 @@ static void emit_done(const struct job *j, const char *result, size_t n)
 static void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
 {
 	struct msg *m = msg_find(uuid);
-	struct job *j = NULL;
+	struct job *j = NULL, *late;
 	unsigned long free_slots = 0;
 	char *fs;
 
@@ -695,7 +852,21 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	for (int i = 0; m && i < m->njobs; i++)
 		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
 			j = &m->jobs[i];
-	if (!j && n) {
+	if (!j && n && (late = job_late(m, g, wid))) {
+		/* Taken back from this worker (its will fired, or no done in
+		 * time), yet it finished. An ok means the job ran: done, even if
+		 * it was awarded again meanwhile (that run is the duplicate). A
+		 * late fail changes nothing: the job is already elsewhere. */
+		if (!strcmp(payload, "ok")) {
+			S.n_done_late++;
+			infol("late done for %s from %s/%s, which had lost it: accepted", uuid, g->name, wid);
+			snprintf(late->wid, sizeof late->wid, "%s", wid);
+			emit_done(late, payload, n);
+			job_finish(late);
+		} else {
+			debugl("late \"%s\" for %s from %s/%s: the job is elsewhere", payload, uuid, g->name, wid);
+		}
+	} else if (!j && n) {
 		if (m && job_of(m, g, J_AWARDED)) {
 			S.n_forged++;
 			warnl("done for %s from %s/%s, which was not awarded it; ignored", uuid, g->name, wid);
@@ -837,13 +1008,15 @@ static void finish(void)
 	S.finishing = 1;
 }
 
+/* Stopping or not, input is read to its end: a record left in the pipe
+ * at exit would be lost without a word. */
 static void maybe_resume(void)
 {
-	if ((S.input_done || S.stopping) && S.npending == 0) {
+	if (S.input_done && S.npending == 0) {
 		finish();
 		return;
 	}
-	if (S.in.paused && !S.stopping && S.npending < S.max_pending && !out_full(&S.out))
+	if (S.in.paused && !S.draining && S.npending < S.max_pending && !out_full(&S.out))
 		in_resume(&S.in);
 }
 
@@ -864,7 +1037,7 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 		rec_ungroup(&r);
 	else
 		out_rec(&S.out, &r);
-	if (S.npending >= S.max_pending || out_full(&S.out))
+	if (!S.draining && (S.npending >= S.max_pending || out_full(&S.out)))
 		in_pause(in);
 }
 
@@ -892,18 +1065,46 @@ static void on_out_error(struct out *o, void *arg)
 	exit(S.npending ? EXIT_SYSERR : EXIT_OK);
 }
 
+/* Read every record the input holds right now, without waiting for more;
+ * in draining mode each msg becomes a drop record. Bounded in time, in
+ * case the writer keeps writing. */
+static void drain_input(void)
+{
+	struct pollfd p = { .fd = S.in.fd, .events = POLLIN };
+	ev_tstamp until = ev_time() + 2;
+
+	if (S.in.eof || S.input_done)
+		return;
+	S.in.paused = 0;
+	/* in's callback hands out the lines it holds, then reads once */
+	do
+		ev_invoke(S.loop, &S.in.w, EV_READ);
+	while (!S.in.eof && poll(&p, 1, 0) > 0 && ev_time() < until);
+	in_pause(&S.in);
+}
+
 static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	/* Out of time: what still waits for a bid is handed back as drop
-	 * records, never lost without a word. */
+	unsigned long awarded = 0;
+
+	/* Out of time: what still waits for a bid, and every msg still in the
+	 * pipe, is handed back as a drop record, never lost without a word. */
+	S.draining = 1;
 	for (size_t i = 0; i <= S.hmask; i++)
 		for (struct msg *m = S.hash[i], *next; m; m = next) {
 			next = m->hnext;
 			if (msg_waiting(m)) {
-				emit_drop(m, "shutdown");
 				S.n_drop_shutdown++;
+				drop_waiting(m, "shutdown");
 			}
 		}
+	drain_input();
+	for (struct group *g = S.groups; g; g = g->next)
+		for (struct job *j = g->awarded.head; j; j = j->next)
+			awarded++;
+	if (awarded)
+		warnl("exiting with %lu award%s not acknowledged: left with the workers", awarded,
+		      awarded == 1 ? "" : "s");
 	finish();
 }
 
@@ -911,12 +1112,13 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
 	if (S.stopping) {
 		/* Asked twice: what still waits becomes drop records now. */
-		drain_cb(loop, &S.drain, 0);
+		if (!S.draining)
+			drain_cb(loop, &S.drain, 0);
 		return;
 	}
-	infol("signal %d: stopping after %ld pending messages", w->signum, S.npending);
+	infol("signal %d: stopping after %ld pending messages and the rest of the input",
+	      w->signum, S.npending);
 	S.stopping = 1;
-	in_pause(&S.in);
 	ev_timer_set(&S.drain, S.drain_timeout, 0);
 	ev_timer_start(loop, &S.drain);
 	maybe_resume();
@@ -936,6 +1138,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 		return;
 	}
 	for (struct group *g = S.groups; g; g = g->next) {
+		tokens_purge(g, ev_now(S.loop));
 		tokens += g->tlen;
 		for (struct job *j = g->waiting.head; j; j = j->next)
 			waiting++;
@@ -965,6 +1168,8 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("drop_nogroup", S.n_drop_nogroup);
 	STAT("drop_failed", S.n_drop_failed);
 	STAT("drop_shutdown", S.n_drop_shutdown);
+	STAT("drop_expired", S.n_drop_expired);
+	STAT("done_late", S.n_done_late);
 	STAT("bad_records", S.n_bad_records);
 	STAT("connected", S.mq.connected);
 #undef STAT
@@ -1043,6 +1248,8 @@ int main(int argc, char **argv)
 	ev_signal_start(S.loop, &S.sigterm);
 	ev_signal_start(S.loop, &S.sigint);
 	ev_timer_init(&S.drain, drain_cb, 0, 0);
+	ev_timer_init(&S.purge, purge_cb, 1, S.token_ttl < 1 ? S.token_ttl : 1);
+	ev_timer_start(S.loop, &S.purge);
 	ev_timer_init(&S.acks, ack_cb, 0.25, S.ack_timeout > 4 ? 1 : S.ack_timeout / 4 + 0.01);
 	if (S.ack_timeout > 0)
 		ev_timer_start(S.loop, &S.acks);

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,11 +50,11 @@ static struct {
 	ev_timer drain;
 	struct flight *fl; /* indexed by mid: 16 bits */
 	long inflight, max_inflight;
-	int input_done, stopping, finishing;
+	int input_done, stopping, finishing, draining;
 	double drain_timeout;
 	char *topic;
 	size_t topiccap;
-	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed;
+	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown;
 } S;
 
 static void opt(int c, const char *arg)
@@ -101,11 +102,13 @@ static void finish(void)
 	S.finishing = 1;
 }
 
+/* Stopping or not, input is read to its end: an award left in the pipe at
+ * exit would reach nobody, and nobody would know. */
 static void flow(void)
 {
-	if ((S.input_done || S.stopping) && S.inflight == 0)
+	if (S.input_done && S.inflight == 0)
 		finish();
-	if (S.in.paused && !S.stopping && S.mq.connected && S.inflight < S.max_inflight &&
+	if (S.in.paused && !S.draining && S.mq.connected && S.inflight < S.max_inflight &&
 	    !out_full(&S.out))
 		in_resume(&S.in);
 }
@@ -215,7 +218,7 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 	int rc;
 
 	/* Hold awards while the broker is away: the line is read again later. */
-	if (!S.mq.connected) {
+	if (!S.mq.connected && !S.draining) {
 		in_unread(in);
 		in_pause(in);
 		return;
@@ -225,13 +228,19 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 		return;
 	if (rc < 0)
 		return bad("too many fields");
-	if (rec_is(&r, 0, "assign"))
+	if (rec_is(&r, 0, "assign") && S.draining) {
+		/* Read at the drain deadline: handed back, not lost. */
+		if (r.nf < 7 || rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
+			return bad("assign record: malformed");
+		S.n_shutdown++;
+		drop(&r, "shutdown");
+	} else if (rec_is(&r, 0, "assign"))
 		rec_assign(&r);
 	else {
 		S.n_passed++;
 		out_rec(&S.out, &r);
 	}
-	if (S.inflight >= S.max_inflight || out_full(&S.out))
+	if (!S.draining && (S.inflight >= S.max_inflight || out_full(&S.out)))
 		in_pause(in);
 }
 
@@ -283,15 +292,35 @@ static void on_out_error(struct out *o, void *arg)
 	exit(EXIT_OK);
 }
 
-static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents) { finish(); }
+/* Out of time: every award the input holds right now becomes a drop
+ * record (bounded in time, in case the writer keeps writing). */
+static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct pollfd p = { .fd = S.in.fd, .events = POLLIN };
+	ev_tstamp until = ev_time() + 2;
+
+	S.draining = 1;
+	if (!S.in.eof && !S.input_done) {
+		S.in.paused = 0;
+		/* in's callback hands out the lines it holds, then reads once */
+		do
+			ev_invoke(S.loop, &S.in.w, EV_READ);
+		while (!S.in.eof && poll(&p, 1, 0) > 0 && ev_time() < until);
+		in_pause(&S.in);
+	}
+	finish();
+}
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	if (S.stopping)
-		return finish();
+	if (S.stopping) {
+		if (!S.draining)
+			drain_cb(loop, &S.drain, 0);
+		return;
+	}
 	S.stopping = 1;
-	in_pause(&S.in);
-	/* Wait for the broker's acknowledgements, but not forever. */
+	/* Publish the rest of the input and wait for the broker's
+	 * acknowledgements, but not forever. */
 	ev_timer_init(&S.drain, drain_cb, S.drain_timeout, 0);
 	ev_timer_start(loop, &S.drain);
 	flow();
@@ -314,6 +343,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "sent", S.n_sent);
 	out_stat(&c->out, "failed", S.n_failed);
 	out_stat(&c->out, "passed", S.n_passed);
+	out_stat(&c->out, "drop_shutdown", S.n_shutdown);
 	out_stat(&c->out, "bad_records", S.n_bad);
 	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
 	out_raw(&c->out, "ok", 2);
