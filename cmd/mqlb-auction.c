@@ -1059,9 +1059,14 @@ static void on_out_error(struct out *o, void *arg)
 {
 	if (o->err != EPIPE)
 		die(EXIT_SYSERR, "cannot write records: %s", strerror(o->err));
-	/* Downstream is gone: awards can no longer reach anyone. */
+	/* Downstream is gone: awards can no longer reach anyone. Name each
+	 * message on the way out, so none goes without a word. */
 	if (S.npending)
 		warnl("output closed with %ld messages pending; stopping", S.npending);
+	for (size_t i = 0; i <= S.hmask; i++)
+		for (struct msg *m = S.hash[i]; m; m = m->hnext)
+			errl("lost at exit, output closed: %s %s (%s)", m->uuid, m->mtopic,
+			     msg_waiting(m) ? "not awarded" : "awarded, no done yet");
 	exit(S.npending ? EXIT_SYSERR : EXIT_OK);
 }
 
