@@ -9,6 +9,13 @@ load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() {
 	exec 5>&- 2>/dev/null || true
+	# jobs still running under our workers (a hung one) go with them
+	local pid c
+	while read -r pid; do
+		for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+			kill -KILL "$c" 2>/dev/null || true
+		done
+	done <"$T/pids"
 	mqlb_teardown
 }
 
@@ -332,6 +339,42 @@ busy_worker() {
 	[ "$(grep -c '^drop .* failed jobs/a job-' "$T/records")" -eq 5 ]
 	[ "$(grep -c '^fail ' "$T/log")" -eq 15 ]
 	[ "$(grep -c '^done .* fail' "$T/records")" -eq 15 ]
+}
+
+@test "a worker that hangs forever: --ack-timeout takes its job back, nothing lost" {
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline --ack-timeout 2 --max-attempts 5
+	worker hang 0 -- sh -c 'cat >/dev/null; echo "hang $MQLB_WID" >>"$LOG"; exec sleep 60'
+	worker w1 0.05
+	publish 10
+	wait_for 30 settled 10 || { account 10; false; }
+	account 10 | grep -qx 'lost 0'
+	account 10 | grep -qx 'dropped 0'
+	grep -q '^hang hang$' "$T/log"
+	grep -q 'no done for .* from g/hang' "$T/auction.err"
+}
+
+@test "overload, twice the workers' capacity: input pushed back, nothing dropped, all processed" {
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline --max-pending 20 --listen "$T/a.sock"
+	worker w1 0.1
+	worker w2 0.1
+	# 2 workers x 10 jobs/s; offered 40/s for 5 s
+	for i in $(seq 1 200); do echo "job-$i"; sleep 0.025; done |
+		mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t jobs/a -l
+	# the backlog waits at the broker, not in the auction
+	pending=$(perl -MIO::Socket::UNIX -e '
+		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
+		print $s "stats\n";
+		while (<$s>) { last if /^ok/; print }' "$T/a.sock" | awk '$2 == "pending" { print $3 }')
+	echo "pending at the end of publishing: $pending"
+	[ "$pending" -le 20 ]
+	wait_for 60 settled 200 || { account 200; false; }
+	account 200
+	account 200 | grep -qx 'lost 0'
+	account 200 | grep -qx 'dropped 0'
 }
 
 @test "hostile input: random bytes, NULs, long lines; auction and dispatch report, survive and go on" {
