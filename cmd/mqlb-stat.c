@@ -1,0 +1,430 @@
+/* SPDX-License-Identifier: MIT */
+/* mqlb-stat: ask the stats sockets of running mqlb commands for their
+ * figures and print them as a table or in Prometheus text format, once or
+ * redrawn every few seconds. */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "opt.h"
+#include "record.h"
+#include "sock.h"
+
+static const char usage[] =
+	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom] [--watch seconds]\n"
+	"                 [--timeout seconds] socket ...\n";
+
+enum { O_PROM = 2000, O_WATCH, O_TIMEOUT };
+
+static const struct option longopts[] = {
+	{ "prom", no_argument, NULL, O_PROM },
+	{ "watch", required_argument, NULL, O_WATCH },
+	{ "timeout", required_argument, NULL, O_TIMEOUT },
+	{ NULL, 0, NULL, 0 },
+};
+
+struct ent {
+	char *name;
+	unsigned long v;
+};
+
+/* One socket's answer to a round of queries. */
+struct answer {
+	const char *path;
+	char err[300]; /* empty when it answered */
+	struct ent *e;
+	size_t n, cap;
+};
+
+static struct {
+	struct conf cf;
+	int prom;
+	double watch, timeout;
+	struct answer *a;
+	int na;
+} S = { .timeout = 2 };
+
+static volatile sig_atomic_t stop;
+
+static void opt(int c, const char *arg)
+{
+	switch (c) {
+	case O_PROM: S.prom = 1; break;
+	case O_WATCH: S.watch = opt_secs("--watch", arg, 0.1, 86400); break;
+	case O_TIMEOUT: S.timeout = opt_secs("--timeout", arg, 0.01, 3600); break;
+	default: opt_usage_error("unknown option");
+	}
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	if (!(p = realloc(p, n)))
+		die(EXIT_SYSERR, "out of memory");
+	return p;
+}
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void answer_reset(struct answer *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		free(a->e[i].name);
+	a->n = 0;
+	a->err[0] = '\0';
+}
+
+/* One line of the answer: 1 at "ok", 0 to read on, -1 with a->err set. */
+static int answer_line(struct answer *a, char *line, size_t len)
+{
+	struct rec r;
+	unsigned long v;
+	int rc = rec_split(line, len, &r);
+
+	if (rc == 1)
+		return 0;
+	if (rc == 0 && r.nf == 1 && rec_is(&r, 0, "ok"))
+		return 1;
+	if (rc == 0 && r.nf >= 1 && rec_is(&r, 0, "error")) {
+		rec_unescape_from(&r, 1);
+		snprintf(a->err, sizeof a->err, "answered error %s", r.nf > 1 ? r.f[1] : "");
+		return -1;
+	}
+	/* Anything but a stat record is not ours to show: skip it. */
+	if (rc != 0 || r.nf != 3 || !rec_is(&r, 0, "stat"))
+		return 0;
+	if (rec_ulong(&r, 2, (unsigned long)-1, &v) < 0 || rec_unescape(&r, 1) <= 0)
+		return 0;
+	if (a->n == a->cap) {
+		a->cap = a->cap ? 2 * a->cap : 64;
+		a->e = xrealloc(a->e, a->cap * sizeof *a->e);
+	}
+	if (!(a->e[a->n].name = strdup(r.f[1])))
+		die(EXIT_SYSERR, "out of memory");
+	a->e[a->n++].v = v;
+	return 0;
+}
+
+/* Send "stats" and read the answer up to "ok", within --timeout. */
+static int query(struct answer *a)
+{
+	double deadline = now() + S.timeout;
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	int fd, rc = -1;
+
+	answer_reset(a);
+	if ((fd = sock_connect(a->path)) < 0) {
+		snprintf(a->err, sizeof a->err, "connect: %s", strerror(errno));
+		return -1;
+	}
+	if (write(fd, "stats\n", 6) != 6) {
+		snprintf(a->err, sizeof a->err, "write: %s", strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		double left = deadline - now();
+		char *nl;
+		ssize_t got;
+
+		while ((nl = memchr(buf, '\n', len))) {
+			size_t l = (size_t)(nl - buf);
+
+			rc = answer_line(a, buf, l);
+			memmove(buf, nl + 1, len - l - 1);
+			len -= l + 1;
+			if (rc != 0)
+				goto out;
+		}
+		if (left <= 0) {
+			snprintf(a->err, sizeof a->err, "no answer within %g seconds", S.timeout);
+			break;
+		}
+		if (poll(&p, 1, (int)(left * 1000) + 1) < 0) {
+			if (errno == EINTR && !stop)
+				continue;
+			snprintf(a->err, sizeof a->err, "poll: %s", strerror(errno));
+			break;
+		}
+		if (!p.revents)
+			continue;
+		if (cap - len < 4096) {
+			if (cap > (64u << 20))
+				die(EXIT_SYSERR, "%s: answer too long", a->path);
+			cap = cap ? 2 * cap : 8192;
+			buf = xrealloc(buf, cap);
+		}
+		got = read(fd, buf + len, cap - len);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			/* A peer of another uid is accepted, then closed. */
+			snprintf(a->err, sizeof a->err, "%s before \"ok\"%s",
+				 got < 0 ? strerror(errno) : "closed",
+				 got == 0 && a->n == 0 ? " (a socket of another user?)" : "");
+			break;
+		}
+		len += (size_t)got;
+	}
+	rc = -1;
+out:
+	free(buf);
+	close(fd);
+	return rc > 0 ? 0 : -1;
+}
+
+/* ---- table ------------------------------------------------------------------ */
+
+/* Row names: every stat of every socket that answered, in first-seen order. */
+static char **row_names(size_t *nrows)
+{
+	char **rows = NULL;
+	size_t n = 0;
+
+	for (int i = 0; i < S.na; i++)
+		for (size_t j = 0; j < S.a[i].n; j++) {
+			size_t k;
+
+			for (k = 0; k < n && strcmp(rows[k], S.a[i].e[j].name); k++)
+				;
+			if (k == n) {
+				rows = xrealloc(rows, (n + 1) * sizeof *rows);
+				rows[n++] = S.a[i].e[j].name;
+			}
+		}
+	*nrows = n;
+	return rows;
+}
+
+static const struct ent *find(const struct answer *a, const char *name)
+{
+	for (size_t j = 0; j < a->n; j++)
+		if (!strcmp(a->e[j].name, name))
+			return &a->e[j];
+	return NULL;
+}
+
+/* One column per socket that answered, one row per stat; "-" where a
+ * socket has no such stat. */
+static void print_table(void)
+{
+	size_t nrows, w0 = 4;
+	char **rows = row_names(&nrows);
+	int *w = xrealloc(NULL, (size_t)(S.na ? S.na : 1) * sizeof *w);
+	char num[32];
+
+	for (size_t k = 0; k < nrows; k++)
+		if (strlen(rows[k]) > w0)
+			w0 = strlen(rows[k]);
+	for (int i = 0; i < S.na; i++) {
+		w[i] = (int)strlen(S.a[i].path);
+		for (size_t j = 0; j < S.a[i].n; j++) {
+			int l = snprintf(num, sizeof num, "%lu", S.a[i].e[j].v);
+
+			if (l > w[i])
+				w[i] = l;
+		}
+	}
+	printf("%-*s", (int)w0, "stat");
+	for (int i = 0; i < S.na; i++)
+		if (!S.a[i].err[0])
+			printf("  %*s", w[i], S.a[i].path);
+	putchar('\n');
+	for (size_t k = 0; k < nrows; k++) {
+		printf("%-*s", (int)w0, rows[k]);
+		for (int i = 0; i < S.na; i++) {
+			const struct ent *e = find(&S.a[i], rows[k]);
+
+			if (S.a[i].err[0])
+				continue;
+			if (e)
+				printf("  %*lu", w[i], e->v);
+			else
+				printf("  %*s", w[i], "-");
+		}
+		putchar('\n');
+	}
+	free(w);
+	free(rows);
+}
+
+/* ---- Prometheus --------------------------------------------------------------- */
+
+static void put_ident(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+
+		putchar((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ? c : '_');
+	}
+}
+
+static void put_label_value(const char *s, size_t n)
+{
+	putchar('"');
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '\\' || s[i] == '"')
+			printf("\\%c", s[i]);
+		else if (s[i] == '\n')
+			fputs("\\n", stdout);
+		else
+			putchar(s[i]);
+	}
+	putchar('"');
+}
+
+/* "a" is mqlb_a; "kind.key.field" (key may hold dots: an address) is
+ * mqlb_kind_field{kind="key"}. */
+static void put_sample(const char *path, const char *name, unsigned long v)
+{
+	const char *dot = strchr(name, '.'), *last = strrchr(name, '.');
+
+	fputs("mqlb_", stdout);
+	if (dot && last > dot + 1) {
+		put_ident(name, (size_t)(dot - name));
+		putchar('_');
+		put_ident(last + 1, strlen(last + 1));
+	} else {
+		put_ident(name, strlen(name));
+	}
+	fputs("{socket=", stdout);
+	put_label_value(path, strlen(path));
+	if (dot && last > dot + 1) {
+		putchar(',');
+		put_ident(name, (size_t)(dot - name));
+		putchar('=');
+		put_label_value(dot + 1, (size_t)(last - dot - 1));
+	}
+	printf("} %lu\n", v);
+}
+
+/* The family a stat belongs to, to keep each family's samples together. */
+static void family(const char *name, char *out, size_t n)
+{
+	const char *dot = strchr(name, '.'), *last = strrchr(name, '.');
+
+	if (dot && last > dot + 1)
+		snprintf(out, n, "%.*s_%s", (int)(dot - name), name, last + 1);
+	else
+		snprintf(out, n, "%s", name);
+}
+
+static void print_prom(void)
+{
+	size_t nrows;
+	char **rows = row_names(&nrows);
+	char **fams = xrealloc(NULL, (nrows ? nrows : 1) * sizeof *fams);
+	size_t nf = 0;
+	char f[512], g[512];
+
+	fputs("# mqlb-stat: 1 when the socket answered stats\n", stdout);
+	for (int i = 0; i < S.na; i++) {
+		fputs("mqlb_up{socket=", stdout);
+		put_label_value(S.a[i].path, strlen(S.a[i].path));
+		printf("} %d\n", !S.a[i].err[0]);
+	}
+	/* Prometheus wants all samples of a family in one group. */
+	for (size_t k = 0; k < nrows; k++) {
+		size_t m;
+
+		family(rows[k], f, sizeof f);
+		for (m = 0; m < nf && strcmp(fams[m], f); m++)
+			;
+		if (m < nf)
+			continue;
+		if (!(fams[nf++] = strdup(f)))
+			die(EXIT_SYSERR, "out of memory");
+		for (size_t r = k; r < nrows; r++) {
+			family(rows[r], g, sizeof g);
+			if (strcmp(f, g))
+				continue;
+			for (int i = 0; i < S.na; i++) {
+				const struct ent *e = find(&S.a[i], rows[r]);
+
+				if (e)
+					put_sample(S.a[i].path, e->name, e->v);
+			}
+		}
+	}
+	for (size_t m = 0; m < nf; m++)
+		free(fams[m]);
+	free(fams);
+	free(rows);
+}
+
+/* ---- main ----------------------------------------------------------------------- */
+
+static int round_once(void)
+{
+	int failed = 0;
+
+	for (int i = 0; i < S.na; i++)
+		failed |= query(&S.a[i]) < 0;
+	if (S.watch > 0) {
+		time_t t = time(NULL);
+		char ts[64];
+
+		strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", localtime(&t));
+		/* Home and clear: the whole screen is redrawn each round. */
+		printf("\033[H\033[2Jmqlb-stat every %gs  %s\n\n", S.watch, ts);
+	}
+	if (S.prom)
+		print_prom();
+	else
+		print_table();
+	if (fflush(stdout) == EOF || ferror(stdout))
+		die(EXIT_SYSERR, "cannot write output: %s", strerror(errno));
+	for (int i = 0; i < S.na; i++)
+		if (S.a[i].err[0])
+			errl("%s: %s", S.a[i].path, S.a[i].err);
+	return failed ? EXIT_NEGATIVE : EXIT_OK;
+}
+
+static void on_signal(int sig) { stop = 1; }
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	int first, rc;
+
+	first = opt_parse(&argc, &argv, 0, "", longopts, opt, usage, &S.cf);
+	if (first >= argc)
+		opt_usage_error("which socket?");
+	S.na = argc - first;
+	S.a = calloc((size_t)S.na, sizeof *S.a);
+	if (!S.a)
+		die(EXIT_SYSERR, "out of memory");
+	for (int i = 0; i < S.na; i++)
+		S.a[i].path = argv[first + i];
+	signal(SIGPIPE, SIG_IGN);
+	if (S.watch > 0) {
+		/* No SA_RESTART: a signal ends the sleep between rounds at once. */
+		sigaction(SIGINT, &sa, NULL);
+		sigaction(SIGTERM, &sa, NULL);
+	}
+	rc = round_once();
+	while (S.watch > 0 && !stop) {
+		struct timespec ts = { (time_t)S.watch, (long)((S.watch - (time_t)S.watch) * 1e9) };
+
+		if (nanosleep(&ts, NULL) < 0 && stop)
+			break;
+		if (!stop)
+			rc = round_once();
+	}
+	/* --watch ends on SIGINT or SIGTERM: a clean shutdown. */
+	return S.watch > 0 ? EXIT_OK : rc;
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 800-stat: mqlb-stat against the stats sockets of real mqlb-auction,
+# mqlb-worker and mqlb-health processes: table, --prom, --watch, failures.
+load helpers/common.bash
+bats_require_minimum_version 1.5.0
+setup() { mqlb_setup; }
+teardown() {
+	exec 5>&- 2>/dev/null || true
+	mqlb_teardown
+}
+
+U1=11111111-2222-4333-8444-555555555551
+
+# auction: mqlb-auction with its stats on $T/a.sock, records fed on fd 5.
+auction() {
+	mkfifo "$T/in"
+	ready_fifo a
+	exec 5<>"$T/in"
+	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" \
+		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
+	echo $! >>"$T/pids"
+	wait_ready a
+}
+feed() { printf '%s\n' "$@" >&5; }
+
+# worker NAME SLOTS [OPTIONS]: an mqlb-worker of group g with its socket.
+worker() {
+	local name=$1 slots=$2
+	shift 2
+	ready_fifo "$name"
+	# (the fifo opened by the background job, not here: that would block)
+	mqlb-worker -h 127.0.0.1 -p "$BROKER_PORT" -g g -t 'jobs/#' -j "$slots" \
+		--listen "$T/$name.sock" --ready-fd 3 "$@" -- cat \
+		>"$T/$name.out" 2>"$T/$name.err" 3>"$T/$name.ready" &
+	echo $! >>"$T/pids"
+	wait_ready "$name"
+}
+
+# cell STAT COLUMN: the value in the table output $output.
+cell() { awk -v s="$1" -v c="$2" '$1 == s { print $(c + 1) }' <<<"$output"; }
+
+@test "usage: no socket, bad numbers, unknown option: exit 2; --help on stdout" {
+	run mqlb-stat
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"mqlb-stat: error: which socket?"* ]]
+	[[ "$output" == *"usage: mqlb-stat"* ]]
+	run mqlb-stat --watch 0 "$T/x.sock"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"--watch: bad duration \"0\""* ]]
+	run mqlb-stat --timeout x "$T/x.sock"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"--timeout: bad duration"* ]]
+	run mqlb-stat --bogus "$T/x.sock"
+	[ "$status" -eq 2 ]
+	run --separate-stderr mqlb-stat --help
+	[ "$status" -eq 0 ]
+	[[ "$output" == "usage: mqlb-stat"* ]]
+	[ -z "$stderr" ]
+}
+
+@test "a socket that does not answer: one stderr line, exit 1" {
+	run --separate-stderr mqlb-stat "$T/none.sock"
+	[ "$status" -eq 1 ]
+	[ "$stderr" = "mqlb-stat: error: $T/none.sock: connect: No such file or directory" ]
+	# A listener that never answers: the timeout.
+	perl -MIO::Socket::UNIX -e 'my $s = IO::Socket::UNIX->new(Local => $ARGV[0], Listen => 1) or die; sleep 30' \
+		"$T/mute.sock" &
+	echo $! >>"$T/pids"
+	wait_for 5 test -S "$T/mute.sock"
+	run --separate-stderr mqlb-stat --timeout 0.3 "$T/mute.sock"
+	[ "$status" -eq 1 ]
+	[ "$stderr" = "mqlb-stat: error: $T/mute.sock: no answer within 0.3 seconds" ]
+}
+
+@test "table: one column per socket, the figures of a real auction and two workers" {
+	broker_start
+	auction
+	worker w1 3
+	worker w2 1
+	# One record through the auction: no group wants it, a dead letter.
+	feed "msg $U1 0 0 none/# none/a p1"
+	wait_for 5 grep -q "^drop $U1 nogroup" "$T/a.out"
+	run --separate-stderr mqlb-stat "$T/a.sock" "$T/w1.sock" "$T/w2.sock"
+	[ "$status" -eq 0 ]
+	[ -z "$stderr" ]
+	[ "$(head -n1 <<<"$output" | tr -s ' ')" = "stat $T/a.sock $T/w1.sock $T/w2.sock" ]
+	[ "$(cell msg 1)" = 1 ]
+	[ "$(cell drop_nogroup 1)" = 1 ]
+	[ "$(cell connected 1)" = 1 ]
+	[ "$(cell connected 2)" = 1 ]
+	[ "$(cell connected 3)" = 1 ]
+	# Stats of the workers alone: "-" in the auction's column.
+	[ "$(cell slots 1)" = - ]
+	[ "$(cell slots 2)" = 3 ]
+	[ "$(cell slots 3)" = 1 ]
+	# Every row has a cell for each of the three sockets.
+	awk 'NF != 4 { exit 1 }' <<<"$output"
+
+	# One socket down among answering ones: left out, named, exit 1.
+	run --separate-stderr mqlb-stat "$T/w1.sock" "$T/gone.sock"
+	[ "$status" -eq 1 ]
+	[ "$(head -n1 <<<"$output" | tr -s ' ')" = "stat $T/w1.sock" ]
+	[ "$(cell slots 1)" = 3 ]
+	[ "$stderr" = "mqlb-stat: error: $T/gone.sock: connect: No such file or directory" ]
+}
+
+@test "--prom: mqlb_NAME{socket=...}, mqlb_up, each metric's samples together" {
+	broker_start
+	auction
+	worker w1 3
+	run --separate-stderr mqlb-stat --prom "$T/a.sock" "$T/w1.sock" "$T/down.sock"
+	[ "$status" -eq 1 ]
+	[ "$stderr" = "mqlb-stat: error: $T/down.sock: connect: No such file or directory" ]
+	grep -qxF "mqlb_up{socket=\"$T/a.sock\"} 1" <<<"$output"
+	grep -qxF "mqlb_up{socket=\"$T/w1.sock\"} 1" <<<"$output"
+	grep -qxF "mqlb_up{socket=\"$T/down.sock\"} 0" <<<"$output"
+	grep -qxF "mqlb_slots{socket=\"$T/w1.sock\"} 3" <<<"$output"
+	grep -qxF "mqlb_connected{socket=\"$T/a.sock\"} 1" <<<"$output"
+	grep -qxF "mqlb_connected{socket=\"$T/w1.sock\"} 1" <<<"$output"
+	# Every line is a comment or a sample of the text format.
+	grep -v '^#' <<<"$output" | grep -Evx '[a-zA-Z_][a-zA-Z0-9_]*\{socket="[^"]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"]*")*\} [0-9]+' && false
+	# No metric name comes back after another one started.
+	grep -v '^#' <<<"$output" | sed 's/{.*//' | uniq | sort | uniq -d | grep . && false
+	true
+}
+
+@test "--prom: a dotted stat of mqlb-health becomes a label" {
+	broker_start
+	ready_fifo h
+	mqlb-health --vip 192.0.2.10:1883 --listen "$T/h.sock" --ready-fd 3 \
+		"b1=127.0.0.1:$BROKER_PORT" >"$T/h.out" 2>"$T/h.err" 3>"$T/h.ready" &
+	echo $! >>"$T/pids"
+	wait_ready h
+	wait_for 10 grep -q "^real 192.0.2.10:1883 127.0.0.1 [1-9]" "$T/h.out"
+	run mqlb-stat --prom "$T/h.sock"
+	[ "$status" -eq 0 ]
+	grep -qxF "mqlb_broker_up{socket=\"$T/h.sock\",broker=\"192.0.2.10:1883.b1\"} 1" <<<"$output"
+	grep -qxF "mqlb_brokers{socket=\"$T/h.sock\"} 1" <<<"$output"
+	run mqlb-stat "$T/h.sock"
+	[ "$(cell broker.192.0.2.10:1883.b1.up 1)" = 1 ]
+}
+
+@test "--watch: redraws with a clear screen until SIGINT, then exit 0" {
+	broker_start
+	worker w1 2
+	mqlb-stat --watch 0.2 "$T/w1.sock" >"$T/watch.out" 2>"$T/watch.err" &
+	local pid=$!
+	echo $pid >>"$T/pids"
+	wait_for 10 eval '[ "$(grep -o $'"'"'\e\[H\e\[2J'"'"' "$T/watch.out" | wc -l)" -ge 3 ]'
+	grep -q "^slots  *2$" "$T/watch.out"
+	kill -INT "$pid"
+	wait_for 5 exited "$pid"
+	run wait "$pid"
+	[ "$status" -eq 0 ]
+	[ ! -s "$T/watch.err" ]
+}
