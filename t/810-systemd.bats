@@ -4,6 +4,7 @@
 # its offline security check, and the balancer's pipeline script runs the
 # three stages against a real broker and tells NOTIFY_SOCKET when ready.
 load helpers/common.bash
+load helpers/netns.bash
 bats_require_minimum_version 1.5.0
 setup() {
 	mqlb_setup
@@ -15,6 +16,7 @@ setup() {
 teardown() {
 	[ ! -s "$T/pgid" ] || kill -TERM -- "-$(cat "$T/pgid")" 2>/dev/null || true
 	mqlb_teardown
+	netns_cleanup
 }
 
 need_analyze() {
@@ -176,4 +178,33 @@ balancer() {
 	MQLB_CONFDIR=$T/none run "$B/contrib/systemd/balancer" x
 	[ "$status" -eq 2 ]
 	[ "$output" = "balancer: cannot read $T/none/balancer-x.conf" ]
+}
+
+@test "mqlb-xdp loads and attaches with the unit's capability set alone (root, netns)" {
+	[ -x "$B/mqlb-xdp" ] || skip "built without XDP"
+	require_root
+	command -v setpriv >/dev/null || skip "setpriv missing (Debian: util-linux)"
+	netns_init
+	local caps
+	# "CAP_BPF CAP_NET_ADMIN ..." as setpriv's "+bpf,+net_admin,...".
+	caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$MQLB_SRCDIR/contrib/systemd/mqlb-xdp@.service.in" |
+		tr 'A-Z ' 'a-z,' | sed 's/cap_/+/g')
+	[[ "$caps" == +bpf,+net_admin* ]]
+	ns_add x
+	ip -n "$(ns x)" link add va type veth peer name vb
+	ip -n "$(ns x)" link set va up
+	ip -n "$(ns x)" link set vb up
+	ready_fifo x
+	# uid 0 as in the unit: what it may do is bounded by the set.
+	ip netns exec "$(ns x)" setpriv --bounding-set="-all,$caps" --inh-caps="-all,$caps" \
+		--ambient-caps="-all,$caps" mqlb-xdp -i va --listen "$T/x.sock" --ready-fd 3 \
+		</dev/null >"$T/x.out" 2>"$T/x.err" 3>"$T/x.ready" &
+	echo $! >>"$T/pids"
+	wait_ready x || { cat "$T/x.err"; false; }
+	# Bits 12, 38, 39: CAP_NET_ADMIN, CAP_PERFMON, CAP_BPF and nothing else.
+	grep -qx "CapBnd:.000000c000001000" "/proc/$(tail -n1 "$T/pids")/status"
+	run mqlb-stat "$T/x.sock"
+	[ "$status" -eq 0 ]
+	[ "$(awk '$1 == "records" { print $2 }' <<<"$output")" = 0 ]
+	ip -n "$(ns x)" link show va | grep -q xdp
 }
