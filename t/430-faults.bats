@@ -141,34 +141,35 @@ ready3() {
 	exec "$@" 3>"$f"
 }
 
-# pipeline [AUCTION-OPTIONS...]: mqlb-sub (persistent session, fixed id)
-# | mqlb-auction | mqlb-dispatch joined by fifos; records appended to
-# $T/records. Can be run again after the stages ended.
+# pipeline [AUCTION-OPTIONS...]: mqlb-sub (persistent session, fixed id;
+# or $SUBOPTS) | mqlb-auction | mqlb-dispatch joined by fifos; records
+# appended to $T/records$PL, files named with the suffix $PL. Can be run
+# again after the stages ended.
 pipeline() {
-	local m="-h 127.0.0.1 -p $BROKER_PORT"
-	rm -f "$T/msgs" "$T/awards" "$T/sub.ready" "$T/auction.ready"
-	mkfifo "$T/msgs" "$T/awards"
-	ready_fifo sub
-	ready_fifo auction
+	local m="-h 127.0.0.1 -p $BROKER_PORT" n=${PL:-}
+	rm -f "$T/msgs$n" "$T/awards$n" "$T/sub$n.ready" "$T/auction$n.ready"
+	mkfifo "$T/msgs$n" "$T/awards$n"
+	ready_fifo "sub$n"
+	ready_fifo "auction$n"
 	# shellcheck disable=SC2086
-	mqlb-sub $m -V 5 -c -i mqlb-sub-fixed -q 1 --ready-fd 3 >"$T/msgs" 3>"$T/sub.ready" \
-		2>>"$T/sub.err" &
-	echo $! | tee "$T/sub.pid" >>"$T/pids"
+	mqlb-sub $m -V 5 ${SUBOPTS:--c -i mqlb-sub-fixed} -q 1 --ready-fd 3 >"$T/msgs$n" \
+		3>"$T/sub$n.ready" 2>>"$T/sub$n.err" &
+	echo $! | tee "$T/sub$n.pid" >>"$T/pids"
 	# shellcheck disable=SC2086
-	mqlb-auction $m --ready-fd 3 --ack-timeout 5 "$@" <"$T/msgs" \
-		>"$T/awards" 3>"$T/auction.ready" 2>>"$T/auction.err" &
-	echo $! | tee "$T/auction.pid" >>"$T/pids"
+	mqlb-auction $m --ready-fd 3 --ack-timeout 5 "$@" <"$T/msgs$n" \
+		>"$T/awards$n" 3>"$T/auction$n.ready" 2>>"$T/auction$n.err" &
+	echo $! | tee "$T/auction$n.pid" >>"$T/pids"
 	# shellcheck disable=SC2086
-	mqlb-dispatch $m -q 1 <"$T/awards" >>"$T/records" 2>>"$T/dispatch.err" &
-	echo $! | tee "$T/dispatch.pid" >>"$T/pids"
-	wait_ready sub
-	wait_ready auction
+	mqlb-dispatch $m -q 1 <"$T/awards$n" >>"$T/records$n" 2>>"$T/dispatch$n.err" &
+	echo $! | tee "$T/dispatch$n.pid" >>"$T/pids"
+	wait_ready "sub$n"
+	wait_ready "auction$n"
 }
 
 pipeline_stop() {
-	local s
-	kill -TERM "$(cat "$T/sub.pid")" "$(cat "$T/auction.pid")" "$(cat "$T/dispatch.pid")"
-	for s in sub auction dispatch; do wait_for 30 exited "$(cat "$T/$s.pid")"; done
+	local s n=${PL:-}
+	kill -TERM "$(cat "$T/sub$n.pid")" "$(cat "$T/auction$n.pid")" "$(cat "$T/dispatch$n.pid")"
+	for s in sub auction dispatch; do wait_for 30 exited "$(cat "$T/$s$n.pid")"; done
 }
 
 # A job: log its start and end with the worker id and the payload.
@@ -208,7 +209,7 @@ settled() { [ "$(account "$1" | awk '$1 == "lost" { print $2 }')" = 0 ]; }
 account() {
 	awk -v n="$1" '
 		FILENAME ~ /log$/ && $1 == "end" { runs[$3]++ }
-		FILENAME ~ /records$/ && $1 == "drop" { drop[$5]++ }
+		FILENAME ~ /records[^\/]*$/ && $1 == "drop" { drop[$5]++ }
 		END {
 			for (i = 1; i <= n; i++) {
 				j = "job-" i
@@ -218,7 +219,7 @@ account() {
 			}
 			printf "published %d\nprocessed %d\nduplicated %d\ndropped %d\nlost %d\n", n, done, dup, dropped, lost
 			if (missing != "") print "missing" missing
-		}' "$T/log" "$T/records" 2>/dev/null
+		}' "$T/log" "$T"/records* 2>/dev/null
 }
 
 # busy_worker: the name of a worker that is in the middle of a job.
@@ -324,6 +325,25 @@ busy_worker() {
 	pipeline
 	wait_for 60 settled 40 || { account 40; false; }
 	account 40 | grep -qx 'lost 0'
+}
+
+@test "two balancers sharing intake (--share), one stopped with SIGTERM under load: nothing lost" {
+	broker_start
+	touch "$T/log" "$T/records"
+	SUBOPTS="--share lbs" PL=A pipeline
+	SUBOPTS="--share lbs" PL=B pipeline
+	for w in w1 w2 w3; do worker "$w" 0.05; done
+	publish 100
+	wait_for 20 eval '[ "$(ended)" -ge 20 ]'
+	PL=A pipeline_stop
+	publish 50 101
+	wait_for 60 settled 150 || { account 150; false; }
+	account 150
+	account 150 | grep -qx 'lost 0'
+	account 150 | grep -qx 'dropped 0'
+	# both took part
+	grep -q '^sent ' "$T/recordsA"
+	grep -q '^sent ' "$T/recordsB"
 }
 
 @test "a worker that always fails: each message is tried --max-attempts times, then drop failed" {
