@@ -346,6 +346,27 @@ busy_worker() {
 	grep -q '^sent ' "$T/recordsB"
 }
 
+@test "kill -9 of mqlb-dispatch: the auction names every message it held, none goes without a word" {
+	broker_start
+	touch "$T/log" "$T/records"
+	bg suback mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
+	pipeline --retry 0.2 --listen "$T/a.sock"
+	# a group, but no worker to bid yet: the messages wait in the auction
+	announce g 'jobs/#'
+	wait_for 10 exited "$(cat "$T/suback.pid")"
+	publish 5
+	wait_for 10 eval '[ "$(stat_of pending)" = 5 ]'
+	kill -KILL "$(cat "$T/dispatch.pid")"
+	wait_for 5 exited "$(cat "$T/dispatch.pid")"
+	# a worker's bid makes the auction write an award into the closed pipe
+	worker w1 0.05
+	wait_for 10 exited "$(cat "$T/auction.pid")"
+	run wait "$(cat "$T/auction.pid")"
+	[ "$status" -eq 111 ]
+	cat "$T/auction.err"
+	[ "$(grep -c 'lost at exit, output closed: .* jobs/a' "$T/auction.err")" -eq 5 ]
+}
+
 @test "a worker that always fails: each message is tried --max-attempts times, then drop failed" {
 	broker_start
 	touch "$T/log" "$T/records"
