@@ -208,3 +208,28 @@ balancer() {
 	[ "$(awk '$1 == "records" { print $2 }' <<<"$output")" = 0 ]
 	ip -n "$(ns x)" link show va | grep -q xdp
 }
+
+@test "socket activation: mqlb-health --output starts mqlb-xdp on its socket (root, netns)" {
+	[ -x "$B/mqlb-xdp" ] || skip "built without XDP"
+	require_root
+	command -v systemd-socket-activate >/dev/null || skip "systemd-socket-activate missing (Debian: systemd)"
+	netns_init
+	broker_start
+	ns_add x
+	ip -n "$(ns x)" link add va type veth peer name vb
+	ip -n "$(ns x)" link set va up
+	ip -n "$(ns x)" link set vb up
+	# As mqlb-xdp@va.socket and .service: the socket first, mqlb-xdp on the
+	# first connection, with the socket in LISTEN_FDS.
+	bg act ip netns exec "$(ns x)" systemd-socket-activate -l "$T/xdp.sock" \
+		mqlb-xdp -i va --mode generic
+	wait_for 5 test -S "$T/xdp.sock"
+	! pgrep -f "mqlb-xdp -i va --mode generic" -P "$(pidof_bg act)" >/dev/null
+	bg health mqlb-health --vip 10.9.0.1:1883 --output "$T/xdp.sock" "b1=127.0.0.1:$BROKER_PORT"
+	wait_for 15 eval 'mqlb-stat "$T/xdp.sock" 2>/dev/null | grep -q "^vip\.10\.9\.0\.1:1883\.tcp\."'
+	run mqlb-stat "$T/xdp.sock"
+	[ "$status" -eq 0 ]
+	[ "$(awk '$1 == "records" { print $2 }' <<<"$output")" -ge 2 ]
+	[ "$(awk '$1 == "bad_records" { print $2 }' <<<"$output")" = 0 ]
+	ip -n "$(ns x)" link show va | grep -q xdp
+}
