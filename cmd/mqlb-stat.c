@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* mqlb-stat: ask the stats sockets of running mqlb commands for their
  * figures and print them as a table or in Prometheus text format, once or
- * redrawn every few seconds. */
+ * redrawn every few seconds, or publish them on P/metrics/ like $SYS. */
 #include "config.h"
 
 #include <errno.h>
@@ -14,20 +14,27 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "mqtt.h"
 #include "opt.h"
 #include "record.h"
 #include "sock.h"
 
 static const char usage[] =
 	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom] [--watch seconds]\n"
-	"                 [--timeout seconds] socket ...\n";
+	"                 [--timeout seconds] socket ...\n"
+	"       mqlb-stat --metrics-interval seconds [-v] [--quiet] [-o file]\n"
+	"                 [--timeout seconds] [-h host] [-p port] [-u user] [-P password]\n"
+	"                 [-i id] [-V 5|311] [-k keepalive] [--cafile file] [--capath dir]\n"
+	"                 [--cert file] [--key file] [--insecure] [--prefix prefix]\n"
+	"                 [--retries n] [component/id=]socket ...\n";
 
-enum { O_PROM = 2000, O_WATCH, O_TIMEOUT };
+enum { O_PROM = 2000, O_WATCH, O_TIMEOUT, O_METRICS };
 
 static const struct option longopts[] = {
 	{ "prom", no_argument, NULL, O_PROM },
 	{ "watch", required_argument, NULL, O_WATCH },
 	{ "timeout", required_argument, NULL, O_TIMEOUT },
+	{ "metrics-interval", required_argument, NULL, O_METRICS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -39,6 +46,8 @@ struct ent {
 /* One socket's answer to a round of queries. */
 struct answer {
 	const char *path;
+	char topic[600]; /* P/metrics/{component}/{id}, with --metrics-interval */
+	int failed;      /* the last round failed: say so once */
 	char err[300]; /* empty when it answered */
 	struct ent *e;
 	size_t n, cap;
@@ -47,7 +56,11 @@ struct answer {
 static struct {
 	struct conf cf;
 	int prom;
-	double watch, timeout;
+	double watch, timeout, metrics;
+	struct ev_loop *loop;
+	struct mq mq;
+	ev_timer tick;
+	ev_signal sigint, sigterm;
 	struct answer *a;
 	int na;
 } S = { .timeout = 2 };
@@ -60,6 +73,7 @@ static void opt(int c, const char *arg)
 	case O_PROM: S.prom = 1; break;
 	case O_WATCH: S.watch = opt_secs("--watch", arg, 0.1, 86400); break;
 	case O_TIMEOUT: S.timeout = opt_secs("--timeout", arg, 0.01, 3600); break;
+	case O_METRICS: S.metrics = opt_secs("--metrics-interval", arg, 0.1, 86400); break;
 	default: opt_usage_error("unknown option");
 	}
 }
@@ -366,6 +380,97 @@ static void print_prom(void)
 	free(rows);
 }
 
+/* ---- publishing ------------------------------------------------------------------ */
+
+/* "[component/id=]path": the topic levels given, or the socket's file name
+ * without ".sock" and the host name. */
+static void name_socket(struct answer *a, const char *arg, const char *host)
+{
+	const char *eq = strchr(arg, '='), *slash = strchr(arg, '/');
+	char comp[256], id[256];
+
+	if (eq && slash && slash < eq && !memchr(slash + 1, '/', (size_t)(eq - slash - 1))) {
+		snprintf(comp, sizeof comp, "%.*s", (int)(slash - arg), arg);
+		snprintf(id, sizeof id, "%.*s", (int)(eq - slash - 1), slash + 1);
+		a->path = eq + 1;
+	} else {
+		const char *base = strrchr(arg, '/') ? strrchr(arg, '/') + 1 : arg;
+		size_t l = strlen(base);
+
+		if (l > 5 && !strcmp(base + l - 5, ".sock"))
+			l -= 5;
+		snprintf(comp, sizeof comp, "%.*s", (int)l, base);
+		snprintf(id, sizeof id, "%s", host);
+	}
+	opt_level("component", comp);
+	opt_level("id", id);
+	snprintf(a->topic, sizeof a->topic, "%s/metrics/%s/%s", S.cf.prefix, comp, id);
+}
+
+/* Each socket's figures as "stat NAME VALUE" lines, retained on its topic. */
+static void tick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	for (int i = 0; i < S.na && S.mq.connected; i++) {
+		struct answer *a = &S.a[i];
+		char *buf = NULL;
+		size_t len = 0;
+		FILE *f;
+
+		if (query(a) < 0) {
+			if (!a->failed++)
+				errl("%s: %s", a->path, a->err);
+			continue;
+		}
+		if (a->failed)
+			infol("%s: answers again", a->path);
+		a->failed = 0;
+		if (!(f = open_memstream(&buf, &len)))
+			die(EXIT_SYSERR, "out of memory");
+		for (size_t j = 0; j < a->n; j++) {
+			const char *nm = a->e[j].name;
+			char esc[1024];
+
+			if (rec_escaped_len(nm, strlen(nm)) >= sizeof esc)
+				continue;
+			esc[rec_escape(esc, nm, strlen(nm), NULL)] = '\0';
+			fprintf(f, "stat %s %lu\n", esc, a->e[j].v);
+		}
+		if (fclose(f) != 0)
+			die(EXIT_SYSERR, "out of memory");
+		if (mq_publish(&S.mq, NULL, a->topic, len, buf, 0, 1, NULL) != 0)
+			warnl("%s: cannot publish", a->topic);
+		free(buf);
+	}
+}
+
+/* Publish at once on each connection, from the loop, not inside the
+ * libmosquitto callback. */
+static void on_connected(struct mq *mq, int first, void *arg) { ev_feed_event(S.loop, &S.tick, EV_TIMER); }
+
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	mq_disconnect(&S.mq);
+	ev_break(loop, EVBREAK_ALL);
+}
+
+static int publish_loop(void)
+{
+	static const struct mq_cb cb = { .connected = on_connected };
+
+	S.loop = EV_DEFAULT;
+	mq_init(&S.mq, S.loop, &S.cf.mq, &cb, NULL);
+	ev_timer_init(&S.tick, tick_cb, S.metrics, S.metrics);
+	ev_timer_start(S.loop, &S.tick);
+	ev_signal_init(&S.sigint, stop_cb, SIGINT);
+	ev_signal_init(&S.sigterm, stop_cb, SIGTERM);
+	ev_signal_start(S.loop, &S.sigint);
+	ev_signal_start(S.loop, &S.sigterm);
+	mq_start(&S.mq);
+	ev_run(S.loop, 0);
+	mq_destroy(&S.mq);
+	return EXIT_OK;
+}
+
 /* ---- main ----------------------------------------------------------------------- */
 
 static int round_once(void)
@@ -401,9 +506,11 @@ int main(int argc, char **argv)
 	struct sigaction sa = { .sa_handler = on_signal };
 	int first, rc;
 
-	first = opt_parse(&argc, &argv, 0, "", longopts, opt, usage, &S.cf);
+	first = opt_parse(&argc, &argv, OPT_MQTT, "", longopts, opt, usage, &S.cf);
 	if (first >= argc)
 		opt_usage_error("which socket?");
+	if (S.metrics > 0 && (S.prom || S.watch > 0))
+		opt_usage_error("--metrics-interval publishes: no --prom or --watch with it");
 	S.na = argc - first;
 	S.a = calloc((size_t)S.na, sizeof *S.a);
 	if (!S.a)
@@ -411,6 +518,19 @@ int main(int argc, char **argv)
 	for (int i = 0; i < S.na; i++)
 		S.a[i].path = argv[first + i];
 	signal(SIGPIPE, SIG_IGN);
+	if (S.metrics > 0) {
+		char host[256] = "";
+
+		if (gethostname(host, sizeof host - 1) < 0 || !*host)
+			strcpy(host, "localhost");
+		/* A dotted host name is a valid level; only '/' '+' '#' are not. */
+		for (char *c = host; *c; c++)
+			if (strchr("/+#", *c))
+				*c = '_';
+		for (int i = 0; i < S.na; i++)
+			name_socket(&S.a[i], argv[first + i], host);
+		return publish_loop();
+	}
 	if (S.watch > 0) {
 		/* No SA_RESTART: a signal ends the sleep between rounds at once. */
 		sigaction(SIGINT, &sa, NULL);

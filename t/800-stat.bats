@@ -155,3 +155,39 @@ cell() { awk -v s="$1" -v c="$2" '$1 == s { print $(c + 1) }' <<<"$output"; }
 	[ "$status" -eq 0 ]
 	[ ! -s "$T/watch.err" ]
 }
+
+@test "--metrics-interval: each socket's figures retained on P/metrics/{component}/{id}" {
+	broker_start
+	worker w1 3
+	local host
+	host=$(hostname | tr '/+#' '___')
+	bg pubstat mqlb-stat --metrics-interval 0.2 -h 127.0.0.1 -p "$BROKER_PORT" \
+		"worker/one=$T/w1.sock" "$T/w1.sock" "$T/gone.sock"
+	# Retained: a client that comes later sees the figures at once.
+	wait_for 10 eval 'mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/metrics/#" -v -W 1 -C 2 \
+		>"$T/m.out" 2>/dev/null; [ "$(grep -c "^$PREFIX/metrics/" "$T/m.out")" -eq 2 ]'
+	grep -qx "$PREFIX/metrics/worker/one stat slots 3" "$T/m.out"
+	grep -qx "$PREFIX/metrics/w1/$host stat slots 3" "$T/m.out"
+	run mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/metrics/worker/one" -C 1 -W 5
+	[ "$status" -eq 0 ]
+	grep -qx "stat connected 1" <<<"$output"
+	grep -qx "stat slots 3" <<<"$output"
+	# The socket that is not there: one line, not one per round.
+	sleep 1
+	[ "$(grep -c "gone.sock: connect: No such file or directory" "$T/pubstat.err")" -eq 1 ]
+	kill -TERM "$(pidof_bg pubstat)"
+	wait_for 5 exited "$(pidof_bg pubstat)"
+	run wait "$(pidof_bg pubstat)"
+	[ "$status" -eq 0 ]
+}
+
+@test "--metrics-interval: bad levels and --prom with it are usage errors" {
+	run mqlb-stat --metrics-interval 1 "a+b/x=$T/s.sock"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'component: "a+b" is not a topic level'* ]]
+	run mqlb-stat --metrics-interval 1 --prom "$T/s.sock"
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"no --prom or --watch with it"* ]]
+	run mqlb-stat --metrics-interval 0 "$T/s.sock"
+	[ "$status" -eq 2 ]
+}
