@@ -164,7 +164,14 @@ pipeline() {
 	echo $! | tee "$T/dispatch$n.pid" >>"$T/pids"
 	wait_ready "sub$n"
 	wait_ready "auction$n"
+	# a spy on the subacks to group g: see wait_balanced
+	bg "suback$n" mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
 }
+
+# wait_balanced: mqlb-sub has subscribed the group's topic (a worker is
+# ready once its own subscriptions are, which can be earlier: a message
+# published then would reach no one).
+wait_balanced() { wait_for 15 exited "$(cat "$T/suback${PL:-}.pid")"; }
 
 pipeline_stop() {
 	local s n=${PL:-}
@@ -234,6 +241,7 @@ busy_worker() {
 	touch "$T/log" "$T/records"
 	pipeline -v
 	for w in w1 w2 w3; do worker "$w" 0.3; done
+	wait_balanced
 	publish 60
 	n=4
 	for round in 1 2 3 4 5; do
@@ -271,6 +279,7 @@ busy_worker() {
 	touch "$T/log" "$T/records"
 	pipeline
 	for w in w1 w2 w3; do worker "$w" 0.05; done
+	wait_balanced
 	publish 150
 	wait_for 20 eval '[ "$(ended)" -ge 20 ]'
 	# 100+ waiting at the broker for mqlb-sub's session, some in the pipeline
@@ -287,6 +296,7 @@ busy_worker() {
 	touch "$T/log" "$T/records"
 	pipeline
 	for w in w1 w2; do worker "$w" 0.05; done
+	wait_balanced
 	publish 60
 	wait_for 20 eval '[ "$(ended)" -ge 10 ]'
 	pipeline_stop
@@ -299,9 +309,8 @@ busy_worker() {
 	account 60 | grep -qx 'dropped 0'
 	# and a new pipeline on the same session takes over, once the
 	# workers' next announce has reached it
-	bg suback mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
 	pipeline
-	wait_for 15 exited "$(cat "$T/suback.pid")"
+	wait_balanced
 	publish 20 61
 	wait_for 30 settled 80
 	account 80 | grep -qx 'lost 0'
@@ -317,6 +326,7 @@ busy_worker() {
 	touch "$T/log" "$T/records"
 	pipeline
 	for w in w1 w2; do worker "$w" 0.05; done
+	wait_balanced
 	publish 20
 	wait_for 20 settled 20
 	pipeline_stop
@@ -333,6 +343,8 @@ busy_worker() {
 	SUBOPTS="--share lbs" PL=A pipeline
 	SUBOPTS="--share lbs" PL=B pipeline
 	for w in w1 w2 w3; do worker "$w" 0.05; done
+	PL=A wait_balanced
+	PL=B wait_balanced
 	publish 100
 	wait_for 20 eval '[ "$(ended)" -ge 20 ]'
 	PL=A pipeline_stop
@@ -349,11 +361,10 @@ busy_worker() {
 @test "kill -9 of mqlb-dispatch: the auction names every message it held, none goes without a word" {
 	broker_start
 	touch "$T/log" "$T/records"
-	bg suback mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
 	pipeline --retry 0.2 --listen "$T/a.sock"
 	# a group, but no worker to bid yet: the messages wait in the auction
 	announce g 'jobs/#'
-	wait_for 10 exited "$(cat "$T/suback.pid")"
+	wait_balanced
 	publish 5
 	wait_for 10 eval '[ "$(stat_of pending)" = 5 ]'
 	kill -KILL "$(cat "$T/dispatch.pid")"
@@ -373,6 +384,7 @@ busy_worker() {
 	pipeline --max-attempts 3 --retry 0.1
 	worker f1 0 -- sh -c 'cat >/dev/null; echo "fail $MQLB_WID" >>"$LOG"; exit 3'
 	worker f2 0 -- sh -c 'cat >/dev/null; echo "fail $MQLB_WID" >>"$LOG"; exit 3'
+	wait_balanced
 	publish 5
 	wait_for 30 eval '[ "$(dropped)" -ge 5 ]'
 	account 5
@@ -388,6 +400,7 @@ busy_worker() {
 	pipeline --ack-timeout 2 --max-attempts 5
 	worker hang 0 -- sh -c 'cat >/dev/null; echo "hang $MQLB_WID" >>"$LOG"; exec sleep 60'
 	worker w1 0.05
+	wait_balanced
 	publish 10
 	wait_for 30 settled 10 || { account 10; false; }
 	account 10 | grep -qx 'lost 0'
@@ -403,6 +416,7 @@ busy_worker() {
 	worker w1 0.1
 	worker w2 0.1
 	# 2 workers x 10 jobs/s; offered 40/s for 5 s
+	wait_balanced
 	for i in $(seq 1 200); do echo "job-$i"; sleep 0.025; done |
 		mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t jobs/a -l
 	# the backlog waits at the broker, not in the auction

@@ -30,7 +30,13 @@ pipeline() {
 	echo $! | tee "$T/dispatch.pid" >>"$T/pids"
 	wait_ready sub
 	wait_ready auction
+	bg suback mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
 }
+
+# wait_balanced: mqlb-sub has subscribed the group's topic (a worker is
+# ready once its own subscriptions are, which can be earlier: a request
+# published then would reach no one).
+wait_balanced() { wait_for 15 exited "$(cat "$T/suback.pid")"; }
 
 # worker NAME: a one-slot worker of group g on jobs/# that echoes its input
 # and says back.
@@ -52,6 +58,7 @@ rr() {
 	broker_start
 	pipeline
 	worker w1
+	wait_balanced
 	run rr hi
 	echo "$output"
 	[ "$status" -eq 0 ]
@@ -66,6 +73,7 @@ rr() {
 	pipeline
 	worker w1
 	worker w2
+	wait_balanced
 	for i in 1 2 3 4 5 6; do
 		rr "req$i" "reply/x$i" >"$T/rr$i.out" &
 		echo $! >>"$T/pids"
