@@ -146,10 +146,17 @@ balancer() {
 	pub jobs/1 hello -q 1
 	wait_for 15 grep -qx hello "$T/w.out"
 	[ "$(grep -c . "$T/notify.out")" -eq 1 ]
-	# SIGTERM to every stage: all of them end, the script too.
-	kill -TERM -- "-$(cat "$T/pgid")"
-	wait_for 15 eval '! pgrep -g "$(cat "$T/pgid")" >/dev/null'
+	# One award went out; its "sent" record is kept out of the journal.
+	[ "$(mqlb-stat "$T/run/dispatch.sock" | awk '$1 == "sent" { print $2 }')" = 1 ]
+	! grep -q '^sent ' "$T/bal.out"
+	# SIGTERM to every stage: all of them end, the script too, with 0.
+	local pid
+	pid=$(cat "$T/pgid")
+	kill -TERM -- "-$pid"
+	wait_for 15 eval '! pgrep -g "$pid" >/dev/null'
 	: >"$T/pgid"
+	run wait "$pid"
+	[ "$status" -eq 0 ]
 }
 
 @test "balancer: a bad option in a stage's file fails the unit without READY=1" {
