@@ -363,8 +363,8 @@ busy_worker() {
 	touch "$T/log" "$T/records"
 	pipeline --retry 0.2 --listen "$T/a.sock"
 	# a group, but no worker to bid yet: the messages wait in the auction
-	announce g 'jobs/#'
-	wait_balanced
+	# (announced until the spy sees the suback: it may subscribe late)
+	wait_for 15 eval 'announce g "jobs/#"; sleep 0.2; exited "$(cat "$T/suback.pid")"'
 	publish 5
 	wait_for 10 eval '[ "$(stat_of pending)" = 5 ]'
 	kill -KILL "$(cat "$T/dispatch.pid")"
