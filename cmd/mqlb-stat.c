@@ -155,7 +155,7 @@ static int query(struct answer *a)
 		char *nl;
 		ssize_t got;
 
-		while ((nl = memchr(buf, '\n', len))) {
+		while (len && (nl = memchr(buf, '\n', len))) {
 			size_t l = (size_t)(nl - buf);
 
 			rc = answer_line(a, buf, l);
