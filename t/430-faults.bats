@@ -133,6 +133,40 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	wait_for 5 grep -q "^assign $U2 g w1 1 jobs/b q u.k=v,exp=9[89]\$" "$T/a.out"
 }
 
+@test "dispatch SIGTERM: publishes its input to the end; at --drain-timeout unpublished awards become drop shutdown" {
+	broker_start
+	mkfifo "$T/din"
+	exec 5<>"$T/din"
+	mqlb-dispatch -h 127.0.0.1 -p "$BROKER_PORT" -V 5 --drain-timeout 30 <"$T/din" \
+		>"$T/d.out" 2>"$T/d.err" 5>&- &
+	echo $! | tee "$T/d.pid" >>"$T/pids"
+	feed "assign $U1 g w1 1 jobs/a p1"
+	wait_for 5 grep -q "^sent $U1 g w1\$" "$T/d.out"
+	kill -TERM "$(cat "$T/d.pid")"
+	# still reading: what comes after the signal is published too
+	feed "assign $U2 g w1 1 jobs/b p2"
+	wait_for 5 grep -q "^sent $U2 g w1\$" "$T/d.out"
+	kill -0 "$(cat "$T/d.pid")"
+	exec 5>&-
+	wait_for 5 exited "$(cat "$T/d.pid")"
+	wait "$(cat "$T/d.pid")"
+
+	# broker away: awards are held unread, then handed back at the timeout
+	exec 5<>"$T/din"
+	mqlb-dispatch -h 127.0.0.1 -p "$BROKER_PORT" -V 5 --drain-timeout 1 <"$T/din" \
+		>"$T/d2.out" 2>"$T/d2.err" 5>&- &
+	echo $! | tee "$T/d2.pid" >>"$T/pids"
+	feed "assign $U1 g w1 1 jobs/a p1"
+	wait_for 5 grep -q "^sent $U1 g w1\$" "$T/d2.out"
+	broker_stop
+	for i in 1 2 3 4 5; do feed "assign $(uuid "$i") g w1 1 jobs/c q$i"; done
+	sleep 0.5
+	kill -TERM "$(cat "$T/d2.pid")"
+	wait_for 10 exited "$(cat "$T/d2.pid")"
+	wait "$(cat "$T/d2.pid")"
+	for i in 1 2 3 4 5; do grep -q "^drop $(uuid "$i") shutdown jobs/c q$i\$" "$T/d2.out"; done
+}
+
 # --- the whole pipeline under faults ------------------------------------------
 
 ready3() {
