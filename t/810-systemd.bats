@@ -182,7 +182,7 @@ balancer() {
 	run "$B/contrib/systemd/balancer"
 	[ "$status" -eq 2 ]
 	[ "$output" = "usage: balancer INSTANCE" ]
-	MQLB_CONFDIR=$T/none run "$B/contrib/systemd/balancer" x
+	JOURNAL_STREAM= MQLB_CONFDIR=$T/none run "$B/contrib/systemd/balancer" x
 	[ "$status" -eq 2 ]
 	[ "$output" = "balancer: cannot read $T/none/balancer-x.conf" ]
 }
@@ -239,4 +239,15 @@ balancer() {
 	[ "$(awk '$1 == "records" { print $2 }' <<<"$output")" -ge 2 ]
 	[ "$(awk '$1 == "bad_records" { print $2 }' <<<"$output")" = 0 ]
 	ip -n "$(ns x)" link show va | grep -q xdp
+}
+
+@test "balancer: its own errors carry <3> only when stderr is the journal's stream" {
+	: >"$T/err"
+	local id
+	id=$(stat -L -c '%d:%i' "$T/err")
+	JOURNAL_STREAM=$id MQLB_CONFDIR=$T/none "$B/contrib/systemd/balancer" x 2>"$T/err" || true
+	[ "$(cat "$T/err")" = "<3>balancer: cannot read $T/none/balancer-x.conf" ]
+	# Inherited by a process whose stderr is elsewhere: no prefix.
+	JOURNAL_STREAM=1:2 MQLB_CONFDIR=$T/none "$B/contrib/systemd/balancer" x 2>"$T/err" || true
+	[ "$(cat "$T/err")" = "balancer: cannot read $T/none/balancer-x.conf" ]
 }
