@@ -51,6 +51,10 @@ struct answer {
 	char err[300]; /* empty when it answered */
 	struct ent *e;
 	size_t n, cap;
+	/* --watch: the round before, to show how fast a figure grows */
+	struct ent *prev;
+	size_t nprev;
+	double at, prev_at;
 };
 
 static struct {
@@ -224,12 +228,41 @@ static char **row_names(size_t *nrows)
 	return rows;
 }
 
-static const struct ent *find(const struct answer *a, const char *name)
+static const struct ent *find_in(const struct ent *e, size_t n, const char *name)
 {
-	for (size_t j = 0; j < a->n; j++)
-		if (!strcmp(a->e[j].name, name))
-			return &a->e[j];
+	for (size_t j = 0; j < n; j++)
+		if (!strcmp(e[j].name, name))
+			return &e[j];
 	return NULL;
+}
+
+static const struct ent *find(const struct answer *a, const char *name) { return find_in(a->e, a->n, name); }
+
+/* The last round's figures become the previous ones. */
+static void keep_previous(struct answer *a)
+{
+	for (size_t j = 0; j < a->nprev; j++)
+		free(a->prev[j].name);
+	free(a->prev);
+	a->prev = a->e;
+	a->nprev = a->n;
+	a->prev_at = a->at;
+	a->e = NULL;
+	a->n = a->cap = 0;
+}
+
+/* A cell: the value; with --watch, and a value larger than the round
+ * before, also its growth per second. */
+static void cell(const struct answer *a, const char *name, char *buf, size_t n)
+{
+	const struct ent *e = find(a, name), *p = find_in(a->prev, a->nprev, name);
+
+	if (!e)
+		snprintf(buf, n, "-");
+	else if (p && e->v > p->v && a->at > a->prev_at)
+		snprintf(buf, n, "%lu (+%.1f/s)", e->v, (double)(e->v - p->v) / (a->at - a->prev_at));
+	else
+		snprintf(buf, n, "%lu", e->v);
 }
 
 /* One column per socket that answered, one row per stat; "-" where a
@@ -239,18 +272,17 @@ static void print_table(void)
 	size_t nrows, w0 = 4;
 	char **rows = row_names(&nrows);
 	int *w = xrealloc(NULL, (size_t)(S.na ? S.na : 1) * sizeof *w);
-	char num[32];
+	char num[64];
 
 	for (size_t k = 0; k < nrows; k++)
 		if (strlen(rows[k]) > w0)
 			w0 = strlen(rows[k]);
 	for (int i = 0; i < S.na; i++) {
 		w[i] = (int)strlen(S.a[i].path);
-		for (size_t j = 0; j < S.a[i].n; j++) {
-			int l = snprintf(num, sizeof num, "%lu", S.a[i].e[j].v);
-
-			if (l > w[i])
-				w[i] = l;
+		for (size_t k = 0; k < nrows; k++) {
+			cell(&S.a[i], rows[k], num, sizeof num);
+			if ((int)strlen(num) > w[i])
+				w[i] = (int)strlen(num);
 		}
 	}
 	printf("%-*s", (int)w0, "stat");
@@ -261,14 +293,10 @@ static void print_table(void)
 	for (size_t k = 0; k < nrows; k++) {
 		printf("%-*s", (int)w0, rows[k]);
 		for (int i = 0; i < S.na; i++) {
-			const struct ent *e = find(&S.a[i], rows[k]);
-
 			if (S.a[i].err[0])
 				continue;
-			if (e)
-				printf("  %*lu", w[i], e->v);
-			else
-				printf("  %*s", w[i], "-");
+			cell(&S.a[i], rows[k], num, sizeof num);
+			printf("  %*s", w[i], num);
 		}
 		putchar('\n');
 	}
@@ -477,8 +505,12 @@ static int round_once(void)
 {
 	int failed = 0;
 
-	for (int i = 0; i < S.na; i++)
+	for (int i = 0; i < S.na; i++) {
+		if (S.watch > 0)
+			keep_previous(&S.a[i]);
 		failed |= query(&S.a[i]) < 0;
+		S.a[i].at = now();
+	}
 	if (S.watch > 0) {
 		time_t t = time(NULL);
 		char ts[64];

@@ -141,14 +141,26 @@ cell() { awk -v s="$1" -v c="$2" '$1 == s { print $(c + 1) }' <<<"$output"; }
 	[ "$(cell broker.192.0.2.10:1883.b1.up 1)" = 1 ]
 }
 
-@test "--watch: redraws with a clear screen until SIGINT, then exit 0" {
+@test "--watch: redraws with a clear screen, growth per second, until SIGINT, then exit 0" {
 	broker_start
 	worker w1 2
-	mqlb-stat --watch 0.2 "$T/w1.sock" >"$T/watch.out" 2>"$T/watch.err" &
+	auction
+	mqlb-stat --watch 0.2 "$T/w1.sock" "$T/a.sock" >"$T/watch.out" 2>"$T/watch.err" &
 	local pid=$!
 	echo $pid >>"$T/pids"
 	wait_for 10 eval '[ "$(grep -o $'"'"'\e\[H\e\[2J'"'"' "$T/watch.out" | wc -l)" -ge 3 ]'
-	grep -q "^slots  *2$" "$T/watch.out"
+	grep -q "^slots  *2  *-$" "$T/watch.out"
+	# Records keep coming: the auction's msg count shows its growth.
+	(
+		for i in $(seq 1 400); do
+			printf 'msg 11111111-2222-4333-8444-%012d 0 0 none/# none/a p\n' "$i" >&5
+			sleep 0.02
+		done
+	) &
+	echo $! >>"$T/pids"
+	wait_for 15 grep -Eq '^msg  +-  +[0-9]+ \(\+[0-9]+\.[0-9]/s\)$' "$T/watch.out"
+	# A figure that did not grow has no rate.
+	! grep -q '^slots .*/s' "$T/watch.out"
 	kill -INT "$pid"
 	wait_for 5 exited "$pid"
 	run wait "$pid"
