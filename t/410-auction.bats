@@ -175,8 +175,11 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	wait_for 5 out_has "assign $U2 g w2 1 jobs/b q"
 	pub "$PREFIX/done/g/w2/$U1" "ok" -q 1 -V 5
 	# U2 gets no done from w2: after the ack timeout it is asked again
-	wait_for 5 reqs "$U2" jobs/b 3
-	grep -q "no done for $U2 from g/w2" "$T/a.err"
+	wait_for 5 grep -q "no done for $U2 from g/w2" "$T/a.err"
+	n=$(grep -c "^$PREFIX/req/$U2/jobs/b|" "$T/spy.out")
+	wait_for 5 reqs "$U2" jobs/b $((n + 1))
+	bid g w3 "$U2" jobs/b
+	wait_for 5 out_has "assign $U2 g w3 1 jobs/b q"
 }
 
 @test "malformed records: one stderr line each with the line number; the stage goes on" {

@@ -141,6 +141,10 @@ got() { grep -qxF -- "$1" "$T/work.out"; }
 	dispatch
 	sleep 0.5
 	kill -TERM "$(cat "$T/d.pid")"
+	# A signalled dispatch still takes what is in its pipe, up to the end.
+	sleep 0.3
+	kill -0 "$(cat "$T/d.pid")"
+	exec 5>&-
 	wait_for 5 exited "$(cat "$T/d.pid")"
 	wait "$(cat "$T/d.pid")"
 }
