@@ -45,6 +45,19 @@ struct filt {
 	struct filt *next;
 };
 
+/* A message that arrived for no filter we know (yet): after a restart, a
+ * persistent session delivers what waited for us before any worker has
+ * announced again. Held until its filter is back or --group-ttl passes. */
+struct orphan {
+	struct mosquitto_message m;
+	mosquitto_property *props;
+	uint32_t subid; /* 0: none (MQTT 3.1.1), matched by topic */
+	ev_tstamp since;
+	struct orphan *next;
+};
+
+#define MAX_ORPHANS 100000
+
 struct pair {
 	char *group;
 	struct filt *f;
@@ -62,7 +75,8 @@ static struct {
 	ev_signal sigterm, sigint;
 	struct filt *filts;
 	struct pair *pairs;
-	int next_subid;
+	struct orphan *orphans, **orphans_tail;
+	long norphans;
 	int announce_mid, announce_acked, ready;
 	const char *share;
 	double group_ttl;
@@ -70,7 +84,8 @@ static struct {
 	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
 	char announce_filter[300];
-	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired;
+	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired,
+		n_held, n_replayed, n_drop_nogroup;
 } S;
 
 static void opt(int c, const char *arg)
@@ -111,6 +126,31 @@ static int has_prefix(const char *topic)
 	return strncmp(topic, S.cf.prefix, S.plen) == 0 && topic[S.plen] == '/';
 }
 
+static void replay(const struct filt *f);
+
+static struct filt *filt_by_subid(uint32_t id)
+{
+	for (struct filt *f = S.filts; f; f = f->next)
+		if ((uint32_t)f->subid == id)
+			return f;
+	return NULL;
+}
+
+/* The same filter gets the same identifier in every run, so what a
+ * persistent session kept for us still names its filter after a restart
+ * (FNV-1a, probing on the rare collision). */
+static int subid_for(const char *topic)
+{
+	uint32_t h = 2166136261u;
+
+	for (const unsigned char *c = (const unsigned char *)topic; *c; c++)
+		h = (h ^ *c) * 16777619u;
+	h = SUBID_ANNOUNCE + 1 + h % (268435455u - SUBID_ANNOUNCE - 1);
+	while (filt_by_subid(h))
+		h = h == 268435455u ? SUBID_ANNOUNCE + 1 : h + 1;
+	return (int)h;
+}
+
 static void subscribe(struct filt *f)
 {
 	char buf[MAX_TOPIC + 300];
@@ -122,9 +162,11 @@ static void subscribe(struct filt *f)
 		t = buf;
 	}
 	if (!f->subid)
-		f->subid = S.next_subid++;
+		f->subid = subid_for(f->topic);
 	rc = mq_subscribe(&S.mq, &f->mid, t, S.cf.mq.qos, f->subid);
 	f->state = rc == MOSQ_ERR_SUCCESS ? F_PENDING : F_NONE;
+	if (S.orphans)
+		replay(f);
 	if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
 		warnl("cannot subscribe %s: %s", t, mosquitto_strerror(rc));
 }
@@ -282,10 +324,91 @@ static void emit_msg(const struct mosquitto_message *m, const mosquitto_property
 	S.n_msg++;
 }
 
+static void drop_nogroup(const struct mosquitto_message *m)
+{
+	uuid_t u;
+	char id[37];
+
+	uuid_generate_random(u);
+	uuid_unparse_lower(u, id);
+	out_raw(&S.out, "drop", 4);
+	out_raw(&S.out, id, 36);
+	out_str(&S.out, "nogroup");
+	out_str(&S.out, m->topic);
+	out_field(&S.out, m->payload, (size_t)m->payloadlen);
+	out_end(&S.out);
+	S.n_drop_nogroup++;
+}
+
+static void hold(const struct mosquitto_message *m, const mosquitto_property *props,
+		 uint32_t subid)
+{
+	struct orphan *o;
+
+	if (S.norphans >= MAX_ORPHANS) {
+		warnl("%ld messages held for filters nobody announced; %s dropped", S.norphans,
+		      m->topic);
+		drop_nogroup(m);
+		return;
+	}
+	o = calloc(1, sizeof *o);
+	if (!o || mosquitto_message_copy(&o->m, m) != MOSQ_ERR_SUCCESS ||
+	    (props && mosquitto_property_copy_all(&o->props, props) != MOSQ_ERR_SUCCESS))
+		die(EXIT_SYSERR, "out of memory");
+	o->subid = subid;
+	o->since = ev_now(S.loop);
+	*S.orphans_tail = o;
+	S.orphans_tail = &o->next;
+	S.norphans++;
+	S.n_held++;
+}
+
+static void orphan_free(struct orphan **pp)
+{
+	struct orphan *o = *pp;
+
+	*pp = o->next;
+	if (S.orphans_tail == &o->next)
+		S.orphans_tail = pp;
+	mosquitto_message_free_contents(&o->m);
+	mosquitto_property_free_all(&o->props);
+	free(o);
+	S.norphans--;
+}
+
+/* A filter is subscribed: the messages held for it are its first. */
+static void replay(const struct filt *f)
+{
+	for (struct orphan **pp = &S.orphans; *pp;) {
+		struct orphan *o = *pp;
+		bool hit = o->subid == (uint32_t)f->subid;
+
+		if (!o->subid)
+			mosquitto_topic_matches_sub(f->topic, o->m.topic, &hit);
+		if (!hit) {
+			pp = &o->next;
+			continue;
+		}
+		emit_msg(&o->m, o->props, f);
+		S.n_replayed++;
+		orphan_free(pp);
+	}
+}
+
+/* Held longer than --group-ttl: nobody wants it; a dead letter. */
+static void expire_orphans(ev_tstamp now)
+{
+	while (S.orphans && now - S.orphans->since >= S.group_ttl) {
+		drop_nogroup(&S.orphans->m);
+		orphan_free(&S.orphans);
+	}
+}
+
 static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		       const mosquitto_property *props, void *arg)
 {
 	const mosquitto_property *p;
+	struct filt *f;
 	uint32_t id;
 	int any = 0;
 
@@ -296,16 +419,14 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 			announce(m);
 			continue;
 		}
-		for (struct filt *f = S.filts; f; f = f->next)
-			if ((uint32_t)f->subid == id) {
-				if (has_prefix(m->topic))
-					S.n_loop++;
-				else if (m->retain && !S.retained)
-					S.n_retained++;
-				else
-					emit_msg(m, props, f);
-				break;
-			}
+		if (has_prefix(m->topic))
+			S.n_loop++;
+		else if (m->retain && !S.retained)
+			S.n_retained++;
+		else if ((f = filt_by_subid(id)))
+			emit_msg(m, props, f);
+		else
+			hold(m, props, id);
 	}
 	if (!any) {
 		bool announced = false;
@@ -318,16 +439,23 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 			S.n_loop++;
 		else if (m->retain && !S.retained)
 			S.n_retained++;
-		else
+		else {
 			/* No identifiers (MQTT 3.1.1): match the filters ourselves. */
-			for (struct filt *f = S.filts; f; f = f->next) {
+			int hits = 0;
+
+			for (f = S.filts; f; f = f->next) {
 				bool hit = false;
 
 				if (f->state == F_ACKED || f->state == F_PENDING)
 					mosquitto_topic_matches_sub(f->topic, m->topic, &hit);
-				if (hit)
+				if (hit) {
 					emit_msg(m, props, f);
+					hits++;
+				}
 			}
+			if (!hits)
+				hold(m, props, 0);
+		}
 	}
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
@@ -402,6 +530,7 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	ev_tstamp now = ev_now(loop);
 
+	expire_orphans(now);
 	for (struct pair **pp = &S.pairs; *pp;) {
 		struct pair *p = *pp;
 
@@ -467,6 +596,10 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "skipped_retained", S.n_retained);
 	out_stat(&c->out, "skipped_loop", S.n_loop);
 	out_stat(&c->out, "bad_announces", S.n_bad_announce);
+	out_stat(&c->out, "held", (unsigned long)S.norphans);
+	out_stat(&c->out, "held_total", S.n_held);
+	out_stat(&c->out, "replayed", S.n_replayed);
+	out_stat(&c->out, "drop_nogroup", S.n_drop_nogroup);
 	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
@@ -486,7 +619,7 @@ int main(int argc, char **argv)
 	S.cf.mq.qos = 1;
 	S.cf.mq.clean = 1;
 	S.max_groups = 100000;
-	S.next_subid = SUBID_ANNOUNCE + 1;
+	S.orphans_tail = &S.orphans;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);

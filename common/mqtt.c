@@ -4,6 +4,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,7 +96,18 @@ static void attempt(struct mq *mq)
 {
 	int rc;
 
-	if (mq->ever_connected || mq->fails > 0)
+	if (!mq->o->clean && mq->o->version == MQTT_PROTOCOL_V5 && !mq->ever_connected) {
+		/* An MQTT 5 session ends at disconnect unless CONNECT gives it an
+		 * expiry; only the _v5 call takes properties, and it waits for the
+		 * TCP connect (libmosquitto 2.0 has no asynchronous one). Later
+		 * reconnects reuse the properties. */
+		mosquitto_property *props = NULL;
+
+		mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, UINT32_MAX);
+		rc = mosquitto_connect_bind_v5(mq->m, mq->o->host, mq->o->port, mq->o->keepalive,
+					       NULL, props);
+		mosquitto_property_free_all(&props);
+	} else if (mq->ever_connected || mq->fails > 0)
 		rc = mosquitto_reconnect_async(mq->m);
 	else
 		rc = mosquitto_connect_async(mq->m, mq->o->host, mq->o->port, mq->o->keepalive);

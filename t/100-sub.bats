@@ -532,6 +532,10 @@ gated_sub() {
 		stat skipped_retained
 		stat skipped_loop
 		stat bad_announces
+		stat held
+		stat held_total
+		stat replayed
+		stat drop_nogroup
 		stat connected
 		ok
 		error unknown-query
@@ -539,4 +543,28 @@ gated_sub() {
 	diff -u "$T/want" "$T/names"
 	grep -qx 'stat groups 1' "$T/stats"
 	grep -qx 'stat connected 1' "$T/stats"
+}
+
+@test "messages for a filter nobody announced (yet) are held, then replayed, or dropped as nogroup after --group-ttl" {
+	broker_start
+	sub s1 -c -i sub-held -q 1
+	announce g 'jobs/#'
+	wait_for 5 lines_in "$T/s1.out" 1 '^group g jobs/#$'
+	kill -TERM "$(pidof_bg s1)"
+	wait_for 5 exited "$(pidof_bg s1)"
+	# While mqlb-sub is away its persistent session keeps these for it.
+	pub jobs/a while-away -q 1
+	sub s2 -c -i sub-held -q 1
+	# Nobody has announced jobs/# in this run yet: held, not lost.
+	sleep 0.5
+	! grep -q '^msg ' "$T/s2.out"
+	announce g 'jobs/#'
+	wait_for 5 lines_in "$T/s2.out" 1 ' 1 0 jobs/# jobs/a while-away$'
+	kill -TERM "$(pidof_bg s2)"
+	wait_for 5 exited "$(pidof_bg s2)"
+	pub jobs/b nobody-wants-me -q 1
+	# No announce this time: a dead letter once the group TTL has passed.
+	sub s3 -c -i sub-held -q 1 --group-ttl 1
+	wait_for 10 lines_in "$T/s3.out" 1 ' nogroup jobs/b nobody-wants-me$'
+	grep -q '^drop [0-9a-f-]\{36\} nogroup jobs/b nobody-wants-me$' "$T/s3.out"
 }
