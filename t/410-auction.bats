@@ -9,23 +9,12 @@ teardown() {
 	mqlb_teardown
 }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-U3=11111111-2222-4333-8444-555555555553
-
-# auction [OPTIONS]: mqlb-auction reading records from fd 5 ("feed").
+# auction [OPTIONS]: mqlb-auction reading records written with feed.
 auction() {
-	mkfifo "$T/in"
 	ready_fifo a
-	# Read-write: opening does not wait for the reader; closing fd 5 is EOF.
-	exec 5<>"$T/in"
-	# (not bg: a background job's stdin would be /dev/null)
-	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@" \
-		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
-	echo $! | tee "$T/a.pid" >>"$T/pids"
+	fed a mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@"
 	wait_ready a
 }
-feed() { printf '%s\n' "$@" >&5; }
 
 # spy: the protocol's topics as "topic|payload" in $T/spy.out.
 spy() {
@@ -40,12 +29,7 @@ spy() {
 }
 seen() { grep -qxF -- "$1" "$T/spy.out"; }
 out_has() { grep -qxF -- "$1" "$T/a.out"; }
-stat_of() {
-	perl -MIO::Socket::UNIX -e '
-		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
-		print $s "stats\n";
-		while (<$s>) { last if /^ok/; print }' "$T/a.sock" | awk -v n="$1" '$2 == n { print $3 }'
-}
+stat_of() { stat_in "$T/a.sock" "$1"; }
 # reqs UUID MTOPIC N: the request for UUID was published at least N times.
 reqs() { [ "$(grep -c "^$PREFIX/req/$1/$2|" "$T/spy.out")" -ge "$3" ]; }
 bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }

@@ -9,19 +9,10 @@ teardown() {
 	mqlb_teardown
 }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-U3=11111111-2222-4333-8444-555555555553
-
 # dispatch [OPTIONS]: mqlb-dispatch reading records written with feed.
 dispatch() {
-	mkfifo "$T/in"
-	exec 5<>"$T/in"
-	mqlb-dispatch -h 127.0.0.1 -p "${PORT:-$BROKER_PORT}" --listen "$T/d.sock" "$@" \
-		<"$T/in" >"$T/d.out" 2>"$T/d.err" 5>&- &
-	echo $! | tee "$T/d.pid" >>"$T/pids"
+	fed d mqlb-dispatch -h 127.0.0.1 -p "${PORT:-$BROKER_PORT}" --listen "$T/d.sock" "$@"
 }
-feed() { printf '%s\n' "$@" >&5; }
 out_has() { grep -qxF -- "$1" "$T/d.out"; }
 
 # work: a subscriber to P/work/# printing topic|qos|user properties|payload.
@@ -137,7 +128,7 @@ got() { grep -qxF -- "$1" "$T/work.out"; }
 	wait_for 5 exited "$(cat "$T/d.pid")"
 	wait "$(cat "$T/d.pid")"
 	out_has "sent $U1 g w1"
-	rm "$T/in"
+	rm "$T/d.in"
 	dispatch
 	sleep 0.5
 	kill -TERM "$(cat "$T/d.pid")"

@@ -19,30 +19,16 @@ teardown() {
 	mqlb_teardown
 }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-
 # --- the auction alone, the test playing mqlb-sub and the workers ----------
 
-# auction [OPTIONS]: mqlb-auction reading records from fd 5.
+# auction [OPTIONS]: mqlb-auction reading records written with feed.
 auction() {
-	mkfifo "$T/in"
 	ready_fifo a
-	# Read-write: opening does not wait for the reader; closing fd 5 is EOF.
-	exec 5<>"$T/in"
-	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@" \
-		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
-	echo $! | tee "$T/a.pid" >>"$T/pids"
+	fed a mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@"
 	wait_ready a
 }
-feed() { printf '%s\n' "$@" >&5; }
 out_has() { grep -qxF -- "$1" "$T/a.out"; }
-stat_of() {
-	perl -MIO::Socket::UNIX -e '
-		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
-		print $s "stats\n";
-		while (<$s>) { last if /^ok/; print }' "$T/a.sock" | awk -v n="$1" '$2 == n { print $3 }'
-}
+stat_of() { stat_in "$T/a.sock" "$1"; }
 bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 

@@ -10,19 +10,12 @@ teardown() {
 	mqlb_teardown
 }
 
-U1=11111111-2222-4333-8444-555555555551
-
 # auction: mqlb-auction with its stats on $T/a.sock, records fed on fd 5.
 auction() {
-	mkfifo "$T/in"
 	ready_fifo a
-	exec 5<>"$T/in"
-	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" \
-		<"$T/in" >"$T/a.out" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
-	echo $! >>"$T/pids"
+	fed a mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock"
 	wait_ready a
 }
-feed() { printf '%s\n' "$@" >&5; }
 
 # worker NAME SLOTS [OPTIONS]: an mqlb-worker of group g with its socket.
 worker() {

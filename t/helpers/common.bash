@@ -134,3 +134,33 @@ announce() { pub "$PREFIX/sub/$1" "$2" -q 1; }
 # at most) until the command wrote its readiness line.
 ready_fifo() { mkfifo "$T/$1.ready"; }
 wait_ready() { timeout 10 head -n1 "$T/$1.ready" >/dev/null; }
+
+# --- a stage fed by the test ------------------------------------------------
+# Uuids for hand-written records.
+U1=11111111-2222-4333-8444-555555555551
+U2=11111111-2222-4333-8444-555555555552
+U3=11111111-2222-4333-8444-555555555553
+
+# fed NAME CMD...: run CMD reading records the test writes with feed (fd 5),
+# output in $T/NAME.out and .err, pid in $T/NAME.pid; fd 3 on the fifo of
+# `ready_fifo NAME` if there is one. Closing fd 5 (`exec 5>&-`) is its end
+# of input. Not bg: a background job's stdin would be /dev/null.
+fed() {
+	local name=$1 ready=/dev/null
+	shift
+	[ -p "$T/$name.ready" ] && ready=$T/$name.ready
+	mkfifo "$T/$name.in"
+	# Read-write: opening does not wait for the reader.
+	exec 5<>"$T/$name.in"
+	"$@" <"$T/$name.in" >"$T/$name.out" 2>"$T/$name.err" 3>"$ready" 5>&- &
+	echo $! | tee "$T/$name.pid" >>"$T/pids"
+}
+feed() { printf '%s\n' "$@" >&5; }
+
+# stat_in SOCKET NAME: one figure from a command's stats socket.
+stat_in() {
+	perl -MIO::Socket::UNIX -e '
+		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
+		print $s "stats\n";
+		while (<$s>) { last if /^ok/; print }' "$1" | awk -v n="$2" '$2 == n { print $3 }'
+}
