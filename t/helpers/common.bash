@@ -64,6 +64,8 @@ broker_start() {
 	shift || true
 	dir="$T/broker-$name"
 	mkdir -p "$dir"
+	# Run as root, mosquitto drops to its own user: let it write its log.
+	chmod 0777 "$dir"
 	for try in $(seq 1 30); do
 		port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
 		port_open "$port" && continue
@@ -84,6 +86,8 @@ broker_start() {
 			eval "BROKER_PORT_$name=$port"
 			return 0
 		fi
+		# Not up in time (or lost the port): never leave it behind.
+		broker_stop "$name"
 	done
 	echo "could not start mosquitto" >&2
 	return 1
@@ -103,7 +107,7 @@ broker_stop() {
 	[ -f "$dir/pid" ] || return 0
 	pid=$(cat "$dir/pid")
 	kill -TERM "$pid" 2>/dev/null || true
-	wait_for 5 eval "! kill -0 $pid 2>/dev/null" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+	wait_for 5 exited "$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 	rm -f "$dir/pid"
 }
 
