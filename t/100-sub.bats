@@ -546,7 +546,6 @@ gated_sub() {
 }
 
 @test "messages for a filter nobody announced (yet) are held, then replayed, or dropped as nogroup after --group-ttl" {
-	broker_start
 	sub s1 -c -i sub-held -q 1
 	announce g 'jobs/#'
 	wait_for 5 lines_in "$T/s1.out" 1 '^group g jobs/#$'
