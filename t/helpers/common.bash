@@ -63,6 +63,10 @@ broker_start() {
 	local name=${1:-b} try port conf dir
 	shift || true
 	dir="$T/broker-$name"
+	if [ -f "$dir/pid" ]; then
+		echo "broker_start: broker $name is running already" >&2
+		return 1
+	fi
 	mkdir -p "$dir"
 	# Run as root, mosquitto drops to its own user: let it write its log.
 	chmod 0777 "$dir"
