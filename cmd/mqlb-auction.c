@@ -1131,17 +1131,10 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 {
-	struct rec r;
 	unsigned long tokens = 0, waiting = 0, awarded = 0;
 
-	if (rec_split(line, n, &r) != 0)
+	if (!srv_stats_query(c, line, n))
 		return;
-	if (!rec_is(&r, 0, "stats")) {
-		out_str(&c->out, "error");
-		out_str(&c->out, "unknown-query");
-		out_end(&c->out);
-		return;
-	}
 	for (struct group *g = S.groups; g; g = g->next) {
 		tokens_purge(g, ev_now(S.loop));
 		tokens += g->tlen;

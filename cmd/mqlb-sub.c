@@ -579,16 +579,8 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 
 static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 {
-	struct rec r;
-
-	if (rec_split(line, n, &r) != 0)
+	if (!srv_stats_query(c, line, n))
 		return;
-	if (!rec_is(&r, 0, "stats")) {
-		out_str(&c->out, "error");
-		out_str(&c->out, "unknown-query");
-		out_end(&c->out);
-		return;
-	}
 	out_stat(&c->out, "groups", (unsigned long)S.ngroups);
 	out_stat(&c->out, "groups_seen", S.n_groups_seen);
 	out_stat(&c->out, "groups_expired", S.n_expired);

@@ -370,16 +370,9 @@ static void signal_cb(struct ev_loop *loop, ev_signal *sw, int revents)
 static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 {
 	struct mqlb_worker_stats st;
-	struct rec r;
 
-	if (rec_split(line, n, &r) != 0)
+	if (!srv_stats_query(c, line, n))
 		return;
-	if (!rec_is(&r, 0, "stats")) {
-		out_str(&c->out, "error");
-		out_str(&c->out, "unknown-query");
-		out_end(&c->out);
-		return;
-	}
 	mqlb_worker_stats(S.w, &st);
 	out_stat(&c->out, "slots", st.slots);
 	out_stat(&c->out, "running", st.running);

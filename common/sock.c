@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "record.h"
 #include "sock.h"
 
 static int fill_addr(struct sockaddr_un *sa, const char *path)
@@ -267,4 +268,18 @@ void ready_notify(int fd)
 			warnl("NOTIFY_SOCKET: %s", strerror(errno));
 		close(s);
 	}
+}
+
+int srv_stats_query(struct conn *c, char *line, size_t n)
+{
+	struct rec r;
+
+	if (rec_split(line, n, &r) != 0)
+		return 0;
+	if (rec_is(&r, 0, "stats"))
+		return 1;
+	out_str(&c->out, "error");
+	out_str(&c->out, "unknown-query");
+	out_end(&c->out);
+	return 0;
 }

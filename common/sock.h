@@ -41,6 +41,10 @@ struct srv {
 void srv_init(struct srv *s, struct ev_loop *loop, int fd, conn_line_fn *on_line,
 	      conn_fn *on_open, conn_fn *on_close, void *arg);
 void srv_close(struct srv *s);
+/* For a socket that only answers "stats": 1 if line is that query (the
+ * caller writes its "stat" records, then "ok"); 0 for a blank line, or for
+ * any other query, which is answered "error unknown-query" here. */
+int srv_stats_query(struct conn *c, char *line, size_t n);
 
 /* An output that connects to a Unix socket and connects again when the
  * peer goes away; on_connect lets the producer send its whole state. */
