@@ -12,14 +12,6 @@ setup() {
 }
 teardown() { mqlb_teardown; }
 
-# ready3 FIFO CMD...: run CMD with fd 3 on FIFO (opened in the background,
-# where blocking until wait_ready reads it is harmless).
-ready3() {
-	local f=$1
-	shift
-	exec "$@" 3>"$f"
-}
-
 # sub NAME [ARGS...]: start mqlb-sub (records in $T/NAME.out, stats socket
 # $T/NAME.sock) and wait until it says it is ready.
 sub() {

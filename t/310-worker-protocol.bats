@@ -31,13 +31,6 @@ stats() {
 		while (<$s>) { last if /^ok/; print }' "$T/w.sock" | awk -v n="$1" '$2 == n { print $3 }'
 }
 stat_is() { [ "$(stats "$1")" = "$2" ]; }
-# ready3 FIFO CMD...: run CMD with fd 3 on FIFO (opened in the background,
-# where blocking until wait_ready reads it is harmless).
-ready3() {
-	local f=$1
-	shift
-	exec "$@" 3>"$f"
-}
 # worker [OPTIONS] [-- COMMAND]: start mqlb-worker w1 of group g1 on jobs/#.
 worker() {
 	ready_fifo w

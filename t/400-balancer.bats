@@ -7,35 +7,6 @@ load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-ready3() {
-	local f=$1
-	shift
-	exec "$@" 3>"$f"
-}
-
-# pipeline [AUCTION-OPTIONS...]: the three stages joined by fifos (so each
-# has its own pid), records at the end in $T/records.
-pipeline() {
-	local m="-h 127.0.0.1 -p $BROKER_PORT"
-	mkfifo "$T/msgs" "$T/awards"
-	ready_fifo sub
-	ready_fifo auction
-	# shellcheck disable=SC2086
-	# Data fifos first: a stage opens its readiness fifo only once its
-	# neighbours are there, else each would wait for the other.
-	mqlb-sub $m --ready-fd 3 >"$T/msgs" 3>"$T/sub.ready" 2>"$T/sub.err" &
-	echo $! | tee "$T/sub.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-auction $m --ready-fd 3 "$@" <"$T/msgs" >"$T/awards" 3>"$T/auction.ready" \
-		2>"$T/auction.err" &
-	echo $! | tee "$T/auction.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-dispatch $m <"$T/awards" >"$T/records" 2>"$T/dispatch.err" &
-	echo $! | tee "$T/dispatch.pid" >>"$T/pids"
-	wait_ready sub
-	wait_ready auction
-}
-
 # subacks: a spy on the balancer's subacks, in $T/subacks.out.
 subacks() {
 	bg subacks mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/#" -v

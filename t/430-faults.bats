@@ -155,49 +155,10 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 
 # --- the whole pipeline under faults ------------------------------------------
 
-ready3() {
-	local f=$1
-	shift
-	exec "$@" 3>"$f"
-}
-
-# pipeline [AUCTION-OPTIONS...]: mqlb-sub (persistent session, fixed id;
-# or $SUBOPTS) | mqlb-auction | mqlb-dispatch joined by fifos; records
-# appended to $T/records$PL, files named with the suffix $PL. Can be run
-# again after the stages ended.
-pipeline() {
-	local m="-h 127.0.0.1 -p $BROKER_PORT" n=${PL:-}
-	rm -f "$T/msgs$n" "$T/awards$n" "$T/sub$n.ready" "$T/auction$n.ready"
-	mkfifo "$T/msgs$n" "$T/awards$n"
-	ready_fifo "sub$n"
-	ready_fifo "auction$n"
-	# shellcheck disable=SC2086
-	mqlb-sub $m -V 5 ${SUBOPTS:--c -i mqlb-sub-fixed} -q 1 --ready-fd 3 >"$T/msgs$n" \
-		3>"$T/sub$n.ready" 2>>"$T/sub$n.err" &
-	echo $! | tee "$T/sub$n.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-auction $m --ready-fd 3 --ack-timeout 5 "$@" <"$T/msgs$n" \
-		>"$T/awards$n" 3>"$T/auction$n.ready" 2>>"$T/auction$n.err" &
-	echo $! | tee "$T/auction$n.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-dispatch $m -q 1 <"$T/awards$n" >>"$T/records$n" 2>>"$T/dispatch$n.err" &
-	echo $! | tee "$T/dispatch$n.pid" >>"$T/pids"
-	wait_ready "sub$n"
-	wait_ready "auction$n"
-	# a spy on the subacks to group g: see wait_balanced
-	bg "suback$n" mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
-}
-
-# wait_balanced: mqlb-sub has subscribed the group's topic (a worker is
-# ready once its own subscriptions are, which can be earlier: a message
-# published then would reach no one).
-wait_balanced() { wait_for 15 exited "$(cat "$T/suback${PL:-}.pid")"; }
-
-pipeline_stop() {
-	local s n=${PL:-}
-	kill -TERM "$(cat "$T/sub$n.pid")" "$(cat "$T/auction$n.pid")" "$(cat "$T/dispatch$n.pid")"
-	for s in sub auction dispatch; do wait_for 30 exited "$(cat "$T/$s$n.pid")"; done
-}
+# The pipeline (t/helpers/common.bash) with a persistent intake and acks.
+SUBOPTS="-c -i mqlb-sub-fixed"
+AUCTIONOPTS="--ack-timeout 5"
+DISPATCHOPTS="-q 1"
 
 # A job: log its start and end with the worker id and the payload.
 JOB='p=$(cat); echo "start $MQLB_WID $p" >>"$LOG"; sleep "$SVC"; echo "end $MQLB_WID $p" >>"$LOG"'

@@ -7,36 +7,6 @@ load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-ready3() {
-	local f=$1
-	shift
-	exec "$@" 3>"$f"
-}
-
-pipeline() {
-	local m="-h 127.0.0.1 -p $BROKER_PORT"
-	mkfifo "$T/msgs" "$T/awards"
-	ready_fifo sub
-	ready_fifo auction
-	# shellcheck disable=SC2086
-	mqlb-sub $m -V 5 --ready-fd 3 >"$T/msgs" 3>"$T/sub.ready" 2>"$T/sub.err" &
-	echo $! | tee "$T/sub.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-auction $m --ready-fd 3 "$@" <"$T/msgs" >"$T/awards" 3>"$T/auction.ready" \
-		2>"$T/auction.err" &
-	echo $! | tee "$T/auction.pid" >>"$T/pids"
-	# shellcheck disable=SC2086
-	mqlb-dispatch $m <"$T/awards" >"$T/records" 2>"$T/dispatch.err" &
-	echo $! | tee "$T/dispatch.pid" >>"$T/pids"
-	wait_ready sub
-	wait_ready auction
-	bg suback mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
-}
-
-# wait_balanced: mqlb-sub has subscribed the group's topic (a worker is
-# ready once its own subscriptions are, which can be earlier: a request
-# published then would reach no one).
-wait_balanced() { wait_for 15 exited "$(cat "$T/suback.pid")"; }
 
 # worker NAME: a one-slot worker of group g on jobs/# that echoes its input
 # and says back.

@@ -172,3 +172,52 @@ stat_in() {
 		print $s "stats\n";
 		while (<$s>) { last if /^ok/; print }' "$1" | awk -v n="$2" '$2 == n { print $3 }'
 }
+
+# --- the balancer pipeline ---------------------------------------------------
+# ready3 FIFO CMD...: run CMD with fd 3 on FIFO (opened in the background,
+# where blocking until wait_ready reads it is harmless).
+ready3() {
+	local f=$1
+	shift
+	exec "$@" 3>"$f"
+}
+
+# pipeline [AUCTION-OPTIONS...]: mqlb-sub $SUBOPTS | mqlb-auction
+# $AUCTIONOPTS OPTIONS | mqlb-dispatch $DISPATCHOPTS joined by fifos (so
+# each has its own pid, $T/sub.pid...), records appended to $T/records;
+# $PL suffixes every file name (two pipelines at once). Can be run again
+# after the stages ended. Data fifos are opened before the readiness ones:
+# else each stage would wait for the other.
+pipeline() {
+	local m="-h 127.0.0.1 -p $BROKER_PORT" n=${PL:-}
+	rm -f "$T/msgs$n" "$T/awards$n" "$T/sub$n.ready" "$T/auction$n.ready"
+	mkfifo "$T/msgs$n" "$T/awards$n"
+	ready_fifo "sub$n"
+	ready_fifo "auction$n"
+	# shellcheck disable=SC2086
+	mqlb-sub $m ${SUBOPTS:-} --ready-fd 3 >"$T/msgs$n" \
+		3>"$T/sub$n.ready" 2>>"$T/sub$n.err" &
+	echo $! | tee "$T/sub$n.pid" >>"$T/pids"
+	# shellcheck disable=SC2086
+	mqlb-auction $m --ready-fd 3 ${AUCTIONOPTS:-} "$@" <"$T/msgs$n" \
+		>"$T/awards$n" 3>"$T/auction$n.ready" 2>>"$T/auction$n.err" &
+	echo $! | tee "$T/auction$n.pid" >>"$T/pids"
+	# shellcheck disable=SC2086
+	mqlb-dispatch $m ${DISPATCHOPTS:-} <"$T/awards$n" >>"$T/records$n" 2>>"$T/dispatch$n.err" &
+	echo $! | tee "$T/dispatch$n.pid" >>"$T/pids"
+	wait_ready "sub$n"
+	wait_ready "auction$n"
+	# a spy on the subacks to group g: see wait_balanced
+	bg "suback$n" mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/g" -C 1
+}
+
+# wait_balanced: mqlb-sub has subscribed the group's topic (a worker is
+# ready once its own subscriptions are, which can be earlier: a message
+# published then would reach no one).
+wait_balanced() { wait_for 15 exited "$(cat "$T/suback${PL:-}.pid")"; }
+
+pipeline_stop() {
+	local s n=${PL:-}
+	kill -TERM "$(cat "$T/sub$n.pid")" "$(cat "$T/auction$n.pid")" "$(cat "$T/dispatch$n.pid")"
+	for s in sub auction dispatch; do wait_for 30 exited "$(cat "$T/$s$n.pid")"; done
+}
