@@ -1208,7 +1208,6 @@ int main(int argc, char **argv)
 {
 	static const double default_retry[] = { 0.05, 0.1, 0.2, 0.5, 1 };
 	size_t buckets = 1024;
-	int lfd;
 
 	S.token_ttl = 0.8;
 	S.deadline = 30;
@@ -1236,11 +1235,7 @@ int main(int argc, char **argv)
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_drain = on_drain;
 	S.out.on_error = on_out_error;
-	lfd = sock_listen(S.cf.listen, S.cf.socket_mode);
-	if (S.cf.listen && lfd < 0)
-		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
-	if (lfd >= 0)
-		srv_init(&S.srv, S.loop, lfd, stats_line, NULL, NULL, NULL);
+	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
 	ev_signal_start(S.loop, &S.sigterm);

@@ -291,7 +291,6 @@ static void validate(int nargs)
 
 static void setup_io(void)
 {
-	int lfd;
 
 	if (H.cf.output) {
 		state_set_output(&S.oc.out);
@@ -301,11 +300,7 @@ static void setup_io(void)
 		S.out.on_error = out_error;
 		state_set_output(&S.out);
 	}
-	lfd = sock_listen(H.cf.listen, H.cf.socket_mode);
-	if (H.cf.listen && lfd < 0)
-		die(EXIT_SYSERR, "--listen %s: %s", H.cf.listen, strerror(errno));
-	if (lfd >= 0)
-		srv_init(&S.srv, hloop, lfd, sock_line, NULL, NULL, NULL);
+	srv_listen(&S.srv, hloop, H.cf.listen, H.cf.socket_mode, sock_line);
 	/* Records may come on stdin; a terminal is not a record stream. */
 	if (!isatty(STDIN_FILENO)) {
 		in_init(&S.in, hloop, STDIN_FILENO, 1 << 16, stdin_line, stdin_eof, NULL);

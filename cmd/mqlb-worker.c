@@ -422,7 +422,6 @@ static void setup_opts(void)
 int main(int argc, char **argv)
 {
 	struct mqlb_worker_cb cb = { .ready = on_ready, .drained = on_drained };
-	int lfd;
 
 	S.cf.mq.qos = 1;
 	S.reply = 1;
@@ -449,11 +448,7 @@ int main(int argc, char **argv)
 		S.out.on_error = on_out_error;
 		in_init(&S.in, S.loop, STDIN_FILENO, MAX_LINE, on_record, on_eof, NULL);
 	}
-	lfd = sock_listen(S.cf.listen, S.cf.socket_mode);
-	if (S.cf.listen && lfd < 0)
-		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
-	if (lfd >= 0)
-		srv_init(&S.srv, S.loop, lfd, stats_line, NULL, NULL, NULL);
+	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
 	ev_signal_start(S.loop, &S.sigterm);

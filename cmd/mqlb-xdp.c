@@ -1137,7 +1137,6 @@ static void on_out_error(struct out *o, void *arg)
 
 int main(int argc, char **argv)
 {
-	int lfd;
 
 	S.ring_size = MQLB_RING_DEFAULT;
 	S.max_conns = MQLB_CONNS_MAX;
@@ -1168,11 +1167,7 @@ int main(int argc, char **argv)
 	else
 		load_lb();
 
-	lfd = sock_listen(S.cf.listen, S.cf.socket_mode);
-	if (S.cf.listen && lfd < 0)
-		die(EXIT_SYSERR, "--listen %s: %s", S.cf.listen, strerror(errno));
-	if (lfd >= 0)
-		srv_init(&S.srv, S.loop, lfd, sock_line, NULL, NULL, NULL);
+	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, sock_line);
 	/* Records come on stdin (a health checker's pipe) and on the socket. */
 	if (!S.decap)
 		in_init(&S.in, S.loop, STDIN_FILENO, 1 << 16, stdin_line, stdin_eof, NULL);

@@ -283,3 +283,14 @@ int srv_stats_query(struct conn *c, char *line, size_t n)
 	out_end(&c->out);
 	return 0;
 }
+
+void srv_listen(struct srv *s, struct ev_loop *loop, const char *path, mode_t mode,
+		conn_line_fn *on_line)
+{
+	int fd = sock_listen(path, mode);
+
+	if (path && fd < 0)
+		die(EXIT_SYSERR, "--listen %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		srv_init(s, loop, fd, on_line, NULL, NULL, NULL);
+}

@@ -41,6 +41,11 @@ struct srv {
 void srv_init(struct srv *s, struct ev_loop *loop, int fd, conn_line_fn *on_line,
 	      conn_fn *on_open, conn_fn *on_close, void *arg);
 void srv_close(struct srv *s);
+/* --listen: serve path (or the socket systemd passed) with on_line; no path
+ * and no socket from systemd: nothing. A path that cannot be served is
+ * fatal (exit 111). */
+void srv_listen(struct srv *s, struct ev_loop *loop, const char *path, mode_t mode,
+		conn_line_fn *on_line);
 /* For a socket that only answers "stats": 1 if line is that query (the
  * caller writes its "stat" records, then "ok"); 0 for a blank line, or for
  * any other query, which is answered "error unknown-query" here. */
