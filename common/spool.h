@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: MIT */
+/* spool.h: mqlb-sub's spool, an append-only file of the msg records it wrote
+ * whose jobs have not reported done, so that a restarted balancer writes them
+ * again after any stage was killed (at-least-once across kill -9). */
+#ifndef MQLB_SPOOL_H
+#define MQLB_SPOOL_H
+
+#include <ev.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "io.h"
+#include "record.h"
+
+/* The fields of a spool line "m", as split by spool_read(). */
+enum {
+	SPF_UUID = 1,
+	SPF_SINCE,
+	SPF_TRIES,
+	SPF_SUBID,
+	SPF_QOS,
+	SPF_RETAIN,
+	SPF_FILTER,
+	SPF_MTOPIC,
+	SPF_PAYLOAD,
+	SPF_PROPS
+};
+
+enum spool_state {
+	SP_HELD,   /* arrived for no known filter; not written out yet */
+	SP_LOADED, /* from the file of an earlier run; waits for its filter */
+	SP_OUT,    /* written out; waits for a done from each of its groups */
+};
+
+struct spool_list {
+	struct spool_ent *head, *tail;
+};
+
+struct spool_ent {
+	char uuid[37];
+	unsigned char state;
+	unsigned short tries; /* times written out, over every run */
+	uint16_t ng, gcap;
+	uint32_t subid; /* its filter's subscription identifier; 0: none */
+	uint32_t len;   /* of its "m" line */
+	off_t off;      /* of its "m" line in the file */
+	ev_tstamp t;    /* written out (SP_OUT), for --spool-ttl */
+	/* SP_OUT: the groups (spool_ghash) whose done is awaited; SP_LOADED:
+	 * the groups that already reported ok. */
+	uint64_t *g, ginl[2];
+	struct spool_ent *hnext, *prev, *next;
+	struct spool_list *on;
+};
+
+struct spool {
+	const char *path;
+	struct ev_loop *loop;
+	int fd, sync, max_replays, failing;
+	struct out ob; /* lines appended, not yet written */
+	off_t size;    /* of the file, ob included */
+	off_t live;    /* bytes of the "m" lines of live entries */
+	struct spool_ent **hash;
+	size_t hmask, n;
+	struct spool_list held, loaded, out;
+	struct spool_ent *free;
+	char *rbuf;
+	size_t rcap;
+	size_t lstart; /* the line being appended */
+	int ltries;
+	uint32_t lsubid;
+	char luuid[37];
+	unsigned long n_spooled, n_finished, n_replayed, n_given_up, n_bad_lines, n_errors,
+	    n_compactions;
+};
+
+/* Open (create) the spool at path, lock it, load what an earlier run left,
+ * give up on entries written out more than max_replays + 1 times, and
+ * compact. Fatal (exit 111) when it cannot be opened or locked. */
+void spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sync,
+		int max_replays);
+
+/* A new entry: spool_begin() writes the line's head and returns the buffer
+ * for the msg fields from qos on (out_* calls); spool_end() ends the line.
+ * tries is 1 for a record written out now, 0 for a held message. */
+struct out *spool_begin(struct spool *sp, const char *uuid, uint32_t subid, int tries);
+struct spool_ent *spool_end(struct spool *sp);
+
+/* The entry's msg record was written out, now for these groups: from a held
+ * or loaded entry, that is a replay. */
+void spool_out(struct spool *sp, struct spool_ent *e, const uint64_t *g, int ng);
+/* Its job is over (ok, nogroup, given-up...): forget it. */
+void spool_finish(struct spool *sp, struct spool_ent *e, const char *why);
+/* Group gh reported "ok" for uuid. */
+void spool_ok(struct spool *sp, const char *uuid, uint64_t gh);
+/* Give up on entries written out before now - ttl and still without done;
+ * one warning each. */
+void spool_expire(struct spool *sp, ev_tstamp now, double ttl);
+/* The entry's "m" line, split (fields SPF_*); -1 if it cannot be read. */
+int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r);
+/* Write what was appended (before the records it covers leave). */
+void spool_flush(struct spool *sp);
+/* Rewrite the live entries when dead lines dominate the file. */
+void spool_maybe_compact(struct spool *sp);
+size_t spool_live(const struct spool *sp);
+
+/* A group's name as a set member. */
+uint64_t spool_ghash(const char *group, size_t n);
+
+#endif
