@@ -2,7 +2,8 @@
 /* mqlb-sub: the balancer's intake. Learns which groups want which topics
  * from worker announces, subscribes those topics, and writes group, ungroup
  * and msg records (PROTOCOL.md). With -t it is a plain record-writing
- * subscriber. */
+ * subscriber. With --spool, every msg record is kept in a file until its
+ * jobs are done, and written again by the next run (common/spool.h). */
 #include "config.h"
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include "props.h"
 #include "record.h"
 #include "sock.h"
+#include "spool.h"
 
 static const char usage[] =
 	"usage: mqlb-sub [-cv] [--quiet] [-o file] [-h host] [-p port] [-u user] [-P password]\n"
@@ -27,7 +29,8 @@ static const char usage[] =
 	"                [--capath dir] [--cert file] [--key file] [--insecure]\n"
 	"                [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
 	"                [--socket-mode mode] [--share name] [--group-ttl seconds]\n"
-	"                [--max-groups n] [--retained] [-t filter ...]\n";
+	"                [--max-groups n] [--retained] [--spool file] [--spool-sync]\n"
+	"                [--spool-ttl seconds] [--spool-replays n] [-t filter ...]\n";
 
 /* Subscription identifier of the announce subscription P/sub/+. */
 #define SUBID_ANNOUNCE 1
@@ -42,6 +45,9 @@ struct filt {
 	int fixed;    /* given with -t */
 	int mid;      /* SUBSCRIBE in flight */
 	enum fstate state;
+	/* The groups on it, as spool_ghash(); rebuilt when dirty. */
+	uint64_t *gh;
+	int ngh, ghcap, gh_dirty;
 	struct filt *next;
 };
 
@@ -53,6 +59,7 @@ struct orphan {
 	mosquitto_property *props;
 	uint32_t subid; /* 0: none (MQTT 3.1.1), matched by topic */
 	ev_tstamp since;
+	struct spool_ent *e; /* with --spool */
 	struct orphan *next;
 };
 
@@ -83,9 +90,17 @@ static struct {
 	long max_groups, ngroups;
 	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
-	char announce_filter[300];
+	char announce_filter[300], done_filter[300];
+	const char *spool_path;
+	struct spool sp;
+	ev_prepare spool_flusher;
+	double spool_ttl;
+	long spool_replays;
+	int spool_sync;
+	ev_tstamp started;
 	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired,
-		n_held, n_replayed, n_drop_nogroup;
+		n_held, n_replayed, n_drop_nogroup, n_dones;
+	int done_mid;
 } S;
 
 static void opt(int c, const char *arg)
@@ -108,6 +123,10 @@ static void opt(int c, const char *arg)
 	case 2: S.group_ttl = opt_secs("--group-ttl", arg, 0.1, 86400); break;
 	case 3: S.retained = 1; break;
 	case 4: S.max_groups = opt_long("--max-groups", arg, 1, 10000000); break;
+	case 5: S.spool_path = arg; break;
+	case 6: S.spool_sync = 1; break;
+	case 7: S.spool_ttl = opt_secs("--spool-ttl", arg, 0.1, 86400 * 30); break;
+	case 8: S.spool_replays = opt_long("--spool-replays", arg, 0, 1000); break;
 	}
 }
 
@@ -118,6 +137,10 @@ static const struct option longopts[] = {
 	{ "group-ttl", required_argument, NULL, 2 },
 	{ "retained", no_argument, NULL, 3 },
 	{ "max-groups", required_argument, NULL, 4 },
+	{ "spool", required_argument, NULL, 5 },
+	{ "spool-sync", no_argument, NULL, 6 },
+	{ "spool-ttl", required_argument, NULL, 7 },
+	{ "spool-replays", required_argument, NULL, 8 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -126,7 +149,8 @@ static int has_prefix(const char *topic)
 	return strncmp(topic, S.cf.prefix, S.plen) == 0 && topic[S.plen] == '/';
 }
 
-static void replay(const struct filt *f);
+static void replay(struct filt *f);
+static void spool_replay(struct filt *f);
 
 static struct filt *filt_by_subid(uint32_t id)
 {
@@ -165,6 +189,9 @@ static void subscribe(struct filt *f)
 		f->subid = subid_for(f->topic);
 	rc = mq_subscribe(&S.mq, &f->mid, t, S.cf.mq.qos, f->subid);
 	f->state = rc == MOSQ_ERR_SUCCESS ? F_PENDING : F_NONE;
+	/* What the last run wrote out and saw no done for comes first. */
+	if (S.spool_path && S.sp.loaded.head)
+		spool_replay(f);
 	if (S.orphans)
 		replay(f);
 	if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
@@ -219,6 +246,7 @@ static void filt_release(struct filt *f)
 			break;
 		}
 	free(f->topic);
+	free(f->gh);
 	free(f);
 }
 
@@ -291,6 +319,7 @@ static void announce(const struct mosquitto_message *m)
 		S.filts = f;
 	}
 	f->refs++;
+	f->gh_dirty = 1;
 	p->f = f;
 	p->seen = ev_now(S.loop);
 	p->next = S.pairs;
@@ -304,14 +333,69 @@ static void announce(const struct mosquitto_message *m)
 		subscribe(f);
 }
 
-static void emit_msg(const struct mosquitto_message *m, const mosquitto_property *props,
-		     const struct filt *f)
+static void new_uuid(char id[37])
 {
 	uuid_t u;
-	char id[37];
 
 	uuid_generate_random(u);
 	uuid_unparse_lower(u, id);
+}
+
+/* The groups on f now, the set whose dones finish a spool entry. */
+static const uint64_t *filt_groups(struct filt *f, int *n)
+{
+	if (f->gh_dirty) {
+		f->ngh = 0;
+		for (struct pair *p = S.pairs; p; p = p->next) {
+			if (p->f != f)
+				continue;
+			if (f->ngh == f->ghcap) {
+				f->ghcap = f->ghcap ? f->ghcap * 2 : 4;
+				f->gh = realloc(f->gh, (size_t)f->ghcap * sizeof *f->gh);
+				if (!f->gh)
+					die(EXIT_SYSERR, "out of memory");
+			}
+			f->gh[f->ngh++] = spool_ghash(p->group, strlen(p->group));
+		}
+		f->gh_dirty = 0;
+	}
+	*n = f->ngh;
+	return f->gh;
+}
+
+/* The msg record just written (at offset at of the output) goes to the
+ * spool: a new entry, or one held or loaded that is written out again. */
+static void spool_msg(struct filt *f, struct spool_ent *e, size_t at)
+{
+	int ng;
+	const uint64_t *g = filt_groups(f, &ng);
+
+	if (!e) {
+		/* "msg " uuid " " then the fields from qos on, and "\n" */
+		const char *rec = S.out.buf + S.out.off + at;
+		size_t n = S.out.len - S.out.off - at;
+
+		out_raw(spool_begin(&S.sp, rec + 4, (uint32_t)f->subid, 1), rec + 41, n - 42);
+		e = spool_end(&S.sp);
+	}
+	if (ng)
+		spool_out(&S.sp, e, g, ng);
+	else
+		spool_finish(&S.sp, e, "nogroup"); /* the auction drops it so */
+}
+
+static void emit_msg(const struct mosquitto_message *m, const mosquitto_property *props,
+		     struct filt *f, struct spool_ent *e)
+{
+	char id[37];
+	size_t at = S.out.len - S.out.off;
+
+	if (e) {
+		memcpy(id, e->uuid, 36);
+		id[36] = '\0';
+	} else {
+		new_uuid(id);
+	}
 	out_raw(&S.out, "msg", 3);
 	out_raw(&S.out, id, 36);
 	out_ulong(&S.out, (unsigned long)m->qos);
@@ -322,15 +406,20 @@ static void emit_msg(const struct mosquitto_message *m, const mosquitto_property
 	props_write(&S.out, props);
 	out_end(&S.out);
 	S.n_msg++;
+	if (S.spool_path)
+		spool_msg(f, e, at);
 }
 
-static void drop_nogroup(const struct mosquitto_message *m)
+static void drop_nogroup(const struct mosquitto_message *m, struct spool_ent *e)
 {
-	uuid_t u;
 	char id[37];
 
-	uuid_generate_random(u);
-	uuid_unparse_lower(u, id);
+	if (e) {
+		memcpy(id, e->uuid, 36);
+		id[36] = '\0';
+	} else {
+		new_uuid(id);
+	}
 	out_raw(&S.out, "drop", 4);
 	out_raw(&S.out, id, 36);
 	out_str(&S.out, "nogroup");
@@ -338,6 +427,122 @@ static void drop_nogroup(const struct mosquitto_message *m)
 	out_field(&S.out, m->payload, (size_t)m->payloadlen);
 	out_end(&S.out);
 	S.n_drop_nogroup++;
+	if (e)
+		spool_finish(&S.sp, e, "nogroup");
+}
+
+/* --- the spool: what an earlier run left --------------------------------- */
+
+/* A loaded entry of a held message without subscription identifier (MQTT
+ * 3.1.1) belongs to f if its topic matches. */
+static int spool_matches(const struct spool_ent *e, const struct filt *f, struct rec *r)
+{
+	struct rec t = { .nf = 1 };
+	bool hit = false;
+	char *copy;
+
+	if (e->subid)
+		return e->subid == (uint32_t)f->subid;
+	if (!(copy = strndup(r->f[SPF_MTOPIC], r->len[SPF_MTOPIC])))
+		die(EXIT_SYSERR, "out of memory");
+	t.f[0] = copy;
+	t.len[0] = r->len[SPF_MTOPIC];
+	if (rec_unescape(&t, 0) >= 0)
+		mosquitto_topic_matches_sub(f->topic, copy, &hit);
+	free(copy);
+	return hit;
+}
+
+/* f has a group again: write out once more each entry of the last run that
+ * is for f, for those of its groups that did not report ok yet. */
+static void spool_replay(struct filt *f)
+{
+	static uint64_t *left;
+	static int cap;
+	struct spool_ent *e, *next;
+	int ng, nleft;
+	const uint64_t *g = filt_groups(f, &ng);
+
+	if (ng > cap) {
+		cap = ng;
+		if (!(left = realloc(left, (size_t)cap * sizeof *left)))
+			die(EXIT_SYSERR, "out of memory");
+	}
+	for (e = S.sp.loaded.head; e; e = next) {
+		struct rec r;
+
+		next = e->next;
+		if (e->subid && e->subid != (uint32_t)f->subid)
+			continue;
+		if (spool_read(&S.sp, e, &r) < 0) {
+			spool_finish(&S.sp, e, "unreadable");
+			continue;
+		}
+		if (!spool_matches(e, f, &r))
+			continue;
+		nleft = 0;
+		for (int i = 0; i < ng; i++) {
+			int acked = 0;
+
+			for (int k = 0; k < e->ng; k++)
+				acked |= e->g[k] == g[i];
+			if (!acked)
+				left[nleft++] = g[i];
+		}
+		if (!nleft) {
+			spool_finish(&S.sp, e, "ok");
+			continue;
+		}
+		out_raw(&S.out, "msg", 3);
+		out_raw(&S.out, e->uuid, 36);
+		out_raw(&S.out, r.f[SPF_QOS], r.len[SPF_QOS]);
+		out_raw(&S.out, r.f[SPF_RETAIN], r.len[SPF_RETAIN]);
+		out_str(&S.out, f->topic);
+		for (int i = SPF_MTOPIC; i < r.nf; i++)
+			out_raw(&S.out, r.f[i], r.len[i]);
+		out_end(&S.out);
+		S.n_msg++;
+		spool_out(&S.sp, e, left, nleft);
+	}
+}
+
+/* Entries of the last run whose filter nobody announced within --group-ttl
+ * of the start: dead letters, as held messages are. */
+static void spool_expire_loaded(ev_tstamp now)
+{
+	struct spool_ent *e;
+
+	if (now - S.started < S.group_ttl)
+		return;
+	while ((e = S.sp.loaded.head)) {
+		struct rec r;
+
+		if (spool_read(&S.sp, e, &r) == 0) {
+			out_raw(&S.out, "drop", 4);
+			out_raw(&S.out, e->uuid, 36);
+			out_str(&S.out, "nogroup");
+			out_raw(&S.out, r.f[SPF_MTOPIC], r.len[SPF_MTOPIC]);
+			out_raw(&S.out, r.f[SPF_PAYLOAD], r.len[SPF_PAYLOAD]);
+			out_end(&S.out);
+			S.n_drop_nogroup++;
+		}
+		spool_finish(&S.sp, e, "nogroup");
+	}
+}
+
+/* P/done/{group}/{wid}/{uuid}: "ok" (maybe " free=n") finishes the job for
+ * that group; a fail is retried by the auction, so it finishes nothing. */
+static void on_done(const struct mosquitto_message *m)
+{
+	const char *g = m->topic + S.plen + 6, *w = strchr(g, '/'), *u = w ? strchr(w + 1, '/') : NULL;
+	const char *pl = m->payload;
+
+	S.n_dones++;
+	if (!u || w == g || strlen(u + 1) != 36)
+		return;
+	if (m->payloadlen < 2 || memcmp(pl, "ok", 2) || (m->payloadlen > 2 && pl[2] != ' '))
+		return;
+	spool_ok(&S.sp, u + 1, spool_ghash(g, (size_t)(w - g)));
 }
 
 static void hold(const struct mosquitto_message *m, const mosquitto_property *props,
@@ -348,7 +553,7 @@ static void hold(const struct mosquitto_message *m, const mosquitto_property *pr
 	if (S.norphans >= MAX_ORPHANS) {
 		warnl("%ld messages held for filters nobody announced; %s dropped", S.norphans,
 		      m->topic);
-		drop_nogroup(m);
+		drop_nogroup(m, NULL);
 		return;
 	}
 	o = calloc(1, sizeof *o);
@@ -357,6 +562,21 @@ static void hold(const struct mosquitto_message *m, const mosquitto_property *pr
 		die(EXIT_SYSERR, "out of memory");
 	o->subid = subid;
 	o->since = ev_now(S.loop);
+	if (S.spool_path) {
+		/* PUBACKed already: kept in the spool until written out and done. */
+		char id[37];
+		struct out *w;
+
+		new_uuid(id);
+		w = spool_begin(&S.sp, id, subid, 0);
+		out_ulong(w, (unsigned long)m->qos);
+		out_ulong(w, m->retain ? 1 : 0);
+		out_str(w, "");
+		out_str(w, m->topic);
+		out_field(w, m->payload, (size_t)m->payloadlen);
+		props_write(w, props);
+		o->e = spool_end(&S.sp);
+	}
 	*S.orphans_tail = o;
 	S.orphans_tail = &o->next;
 	S.norphans++;
@@ -377,7 +597,7 @@ static void orphan_free(struct orphan **pp)
 }
 
 /* A filter is subscribed: the messages held for it are its first. */
-static void replay(const struct filt *f)
+static void replay(struct filt *f)
 {
 	for (struct orphan **pp = &S.orphans; *pp;) {
 		struct orphan *o = *pp;
@@ -389,7 +609,7 @@ static void replay(const struct filt *f)
 			pp = &o->next;
 			continue;
 		}
-		emit_msg(&o->m, o->props, f);
+		emit_msg(&o->m, o->props, f, o->e);
 		S.n_replayed++;
 		orphan_free(pp);
 	}
@@ -399,7 +619,7 @@ static void replay(const struct filt *f)
 static void expire_orphans(ev_tstamp now)
 {
 	while (S.orphans && now - S.orphans->since >= S.group_ttl) {
-		drop_nogroup(&S.orphans->m);
+		drop_nogroup(&S.orphans->m, S.orphans->e);
 		orphan_free(&S.orphans);
 	}
 }
@@ -412,6 +632,10 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 	uint32_t id;
 	int any = 0;
 
+	if (S.spool_path && has_prefix(m->topic) && !strncmp(m->topic + S.plen + 1, "done/", 5)) {
+		on_done(m);
+		return;
+	}
 	/* Announces arrive by subscription id 1 or, without ids, by topic. */
 	for (p = props; (p = mosquitto_property_read_varint(p, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, any));) {
 		any = 1;
@@ -424,7 +648,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		else if (m->retain && !S.retained)
 			S.n_retained++;
 		else if ((f = filt_by_subid(id)))
-			emit_msg(m, props, f);
+			emit_msg(m, props, f, NULL);
 		else
 			hold(m, props, id);
 	}
@@ -449,7 +673,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 				if (f->state == F_ACKED || f->state == F_PENDING)
 					mosquitto_topic_matches_sub(f->topic, m->topic, &hit);
 				if (hit) {
-					emit_msg(m, props, f);
+					emit_msg(m, props, f, NULL);
 					hits++;
 				}
 			}
@@ -469,6 +693,12 @@ static void on_connected(struct mq *mq, int first, void *arg)
 
 		if (rc != MOSQ_ERR_SUCCESS)
 			warnl("cannot subscribe %s: %s", S.announce_filter, mosquitto_strerror(rc));
+	}
+	if (S.spool_path) {
+		int rc = mq_subscribe(mq, &S.done_mid, S.done_filter, 1, 0);
+
+		if (rc != MOSQ_ERR_SUCCESS)
+			warnl("cannot subscribe %s: %s", S.done_filter, mosquitto_strerror(rc));
 	}
 	for (struct filt *f = S.filts; f; f = f->next)
 		subscribe(f);
@@ -505,6 +735,12 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 		maybe_ready();
 		return;
 	}
+	if (S.spool_path && mid == S.done_mid) {
+		if (!ok)
+			warnl("the broker refused the subscription to %s: the spool sees no done",
+			      S.done_filter);
+		return;
+	}
 	for (struct filt *f = S.filts; f; f = f->next) {
 		if (f->mid != mid || f->state != F_PENDING)
 			continue;
@@ -531,6 +767,11 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	ev_tstamp now = ev_now(loop);
 
 	expire_orphans(now);
+	if (S.spool_path) {
+		spool_expire_loaded(now);
+		spool_expire(&S.sp, now, S.spool_ttl);
+		spool_maybe_compact(&S.sp);
+	}
 	for (struct pair **pp = &S.pairs; *pp;) {
 		struct pair *p = *pp;
 
@@ -540,6 +781,7 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		}
 		*pp = p->next;
 		record2("ungroup", p->group, p->f->topic);
+		p->f->gh_dirty = 1;
 		S.n_expired++;
 		S.ngroups--;
 		filt_release(p->f);
@@ -557,6 +799,8 @@ static void shutdown_now(int code)
 			if (f->state == F_ACKED || f->state == F_PENDING)
 				unsubscribe(f);
 	mq_disconnect(&S.mq);
+	if (S.spool_path)
+		spool_flush(&S.sp);
 	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
 		code = EXIT_SYSERR;
 	exit(code);
@@ -593,8 +837,33 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "replayed", S.n_replayed);
 	out_stat(&c->out, "drop_nogroup", S.n_drop_nogroup);
 	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
+	if (S.spool_path) {
+		out_stat(&c->out, "spooled", S.sp.n_spooled);
+		out_stat(&c->out, "spool_finished", S.sp.n_finished);
+		out_stat(&c->out, "spool_replayed", S.sp.n_replayed);
+		out_stat(&c->out, "spool_given_up", S.sp.n_given_up);
+		out_stat(&c->out, "spool_live", (unsigned long)spool_live(&S.sp));
+		out_stat(&c->out, "spool_bad_lines", S.sp.n_bad_lines);
+		out_stat(&c->out, "spool_errors", S.sp.n_errors);
+		out_stat(&c->out, "spool_compactions", S.sp.n_compactions);
+		out_stat(&c->out, "spool_bytes", (unsigned long)S.sp.size);
+		out_stat(&c->out, "dones", S.n_dones);
+	}
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
+}
+
+/* The spool is written before the records it covers leave: ahead of the
+ * output's own flush (priority) and of its write-ready callback. */
+static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+	spool_flush(&S.sp);
+}
+
+static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	spool_flush(&S.sp);
+	out_flush(&S.out);
 }
 
 static const struct mq_cb callbacks = {
@@ -611,6 +880,7 @@ int main(int argc, char **argv)
 	S.cf.mq.clean = 1;
 	S.max_groups = 100000;
 	S.orphans_tail = &S.orphans;
+	S.spool_replays = -1;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
@@ -619,15 +889,33 @@ int main(int argc, char **argv)
 		opt_usage_error("-c needs a client id (-i)");
 	S.plen = strlen(S.cf.prefix);
 	S.standalone = S.filts != NULL;
+	if (S.spool_path && S.standalone)
+		opt_usage_error("--spool: a stand-alone subscriber (-t) has no jobs to spool");
+	if (!S.spool_path && (S.spool_sync || S.spool_ttl > 0 || S.spool_replays >= 0))
+		opt_usage_error("--spool-sync, --spool-ttl and --spool-replays need --spool");
+	if (S.spool_ttl == 0)
+		S.spool_ttl = 3600;
+	if (S.spool_replays < 0)
+		S.spool_replays = 3;
 	if (S.group_ttl == 0)
 		S.group_ttl = 3.0 * S.cf.mq.keepalive;
 	snprintf(S.announce_filter, sizeof S.announce_filter, "%s/sub/+", S.cf.prefix);
+	snprintf(S.done_filter, sizeof S.done_filter, "%s/done/+/+/+", S.cf.prefix);
 
 	signal(SIGPIPE, SIG_IGN);
 	S.loop = EV_DEFAULT;
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_drain = on_drain;
 	S.out.on_error = on_out_error;
+	if (S.spool_path) {
+		spool_open(&S.sp, S.loop, S.spool_path, S.spool_sync, (int)S.spool_replays);
+		ev_prepare_init(&S.spool_flusher, spool_prepare_cb);
+		ev_set_priority(&S.spool_flusher, EV_MAXPRI);
+		ev_prepare_start(S.loop, &S.spool_flusher);
+		ev_unref(S.loop);
+		ev_set_cb(&S.out.w, out_ready_cb);
+	}
+	S.started = ev_now(S.loop);
 	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
