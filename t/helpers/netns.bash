@@ -158,3 +158,39 @@ tb_broker() {
 tb_clients_on() {
 	nsx "b$1" ss -Htn state established '( sport = :1883 )' | awk '$4 ~ /^10\.77\.0\.2:/ { sub(/.*:/, "", $4); print $4 }'
 }
+
+# tb_cluster_broker N [CONFIG-LINE...]: mosquitto in bN on port 1883 for the
+# cluster tests. Bridges form a star around b1, as in tb_broker: mosquitto
+# only keeps a message from going back over the bridge it came by, so
+# bridges that form a cycle (a full mesh of three) would pass every message
+# round it for ever. The bridges speak MQTT 5, so that user properties
+# (mqlb-id, the reliability extension) cross them: over MQTT 3.1.1 bridges
+# no worker's done reaches the balancer. QoS 1 on the bridges. CONFIG-LINEs
+# go into the configuration before the bridge (another listener, say).
+tb_cluster_broker() {
+	local n=$1 conf="$T/b$1.conf" l
+	shift
+	{
+		echo "listener 1883"
+		echo "allow_anonymous true"
+		echo "persistence false"
+		echo "user root"
+		echo "log_dest stderr"
+		echo "max_queued_messages 100000"
+		for l in "$@"; do echo "$l"; done
+		if [ "$n" != 1 ]; then
+			echo "connection hub$n"
+			echo "address 10.77.0.11:1883"
+			echo "bridge_protocol_version mqttv50"
+			echo "topic # both 1"
+			echo "cleansession true"
+		fi
+	} >"$conf"
+	bg "b$n" ip netns exec "$(ns "b$n")" mosquitto -c "$conf"
+	wait_for 5 nsx "b$n" bash -c "exec 3<>/dev/tcp/10.77.0.1$n/1883" 2>/dev/null
+}
+
+# tb_bridged: the bridges of b2 and b3 are connected to b1.
+tb_bridged() {
+	[ "$(nsx b1 ss -Htn state established '( sport = :1883 )' | grep -c '10\.77\.0\.1[23]:')" -ge 2 ]
+}
