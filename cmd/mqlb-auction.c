@@ -71,6 +71,8 @@ struct group {
 	struct jq waiting, awarded;
 	struct token *tokens; /* ring */
 	unsigned thead, tlen, tcap;
+	ev_timer ask; /* the group's round of requests, while jobs wait */
+	int ask_idx;  /* requests in this round so far */
 	struct group *next;
 };
 
@@ -86,10 +88,9 @@ struct msg {
 	size_t mtopic_cap;
 	struct job *jobs;
 	int njobs, jcap, open; /* open: jobs not finished */
-	int retry_idx, asked;
-	ev_tstamp born;
+	ev_tstamp born; /* start of its wait for bids, for --deadline */
 	ev_tstamp expires; /* MQTT 5 message expiry, counted from reading; 0: none */
-	ev_timer retry;
+	ev_timer wait;  /* its deadline or expiry, while a job of it waits */
 	struct msg *hnext; /* hash chain, or free list */
 };
 
@@ -239,7 +240,7 @@ static void maybe_resume(void);
  * steady state allocates nothing. */
 static void msg_free(struct msg *m)
 {
-	ev_timer_stop(S.loop, &m->retry);
+	ev_timer_stop(S.loop, &m->wait);
 	for (int i = 0; i < m->njobs; i++)
 		jq_remove(&m->jobs[i]);
 	msg_unlink(m);
@@ -447,7 +448,8 @@ static void award(struct job *j, const char *wid)
 		job_finish(j);
 }
 
-static void ask(struct msg *m);
+static void group_kick(struct group *g, int now);
+static void msg_arm(struct msg *m);
 
 /* Put a job back to be awarded again (its worker died, timed out or
  * refused): a token if there is one, else the head of the queue. */
@@ -476,12 +478,12 @@ static void reaward(struct job *j)
 		return;
 	}
 	jq_push(&j->g->waiting, j, 1);
-	if (!ev_is_active(&j->m->retry)) {
-		/* A new round of asking, with a deadline of its own. */
+	if (!ev_is_active(&j->m->wait)) {
+		/* A new wait for bids, with a deadline of its own. */
 		j->m->born = ev_now(S.loop);
-		j->m->retry_idx = 0;
-		ask(j->m);
+		msg_arm(j->m);
 	}
+	group_kick(j->g, 1);
 }
 
 /* --- requests and retries ------------------------------------------------- */
@@ -506,26 +508,67 @@ static int msg_waiting(const struct msg *m)
 	return 0;
 }
 
-static void ask(struct msg *m)
+/* Bids are fungible within a group (PROTOCOL.md), so a group with jobs
+ * waiting needs one request at a time, for its oldest job, not one per
+ * message: whatever bids it draws serve the queue from its head. Under a
+ * backlog that keeps every worker busy, the requests follow the --retry
+ * back-off and the work flows on the tokens that dones carry. */
+static void group_ask(struct group *g)
 {
-	ev_tstamp left = m->born + S.deadline - ev_now(S.loop);
-	double next = S.retry[m->retry_idx < S.nretry ? m->retry_idx : S.nretry - 1];
-	int rc;
+	struct job *j = g->waiting.head;
+	double next = S.retry[g->ask_idx < S.nretry ? g->ask_idx : S.nretry - 1];
 
-	rc = mq_publish(&S.mq, NULL, topic("%s/req/%s/%s", m->uuid, m->mtopic), 0, NULL, 0, 0, NULL);
-	if (rc == MOSQ_ERR_SUCCESS)
+	if (!j) {
+		g->ask_idx = 0;
+		return;
+	}
+	if (mq_publish(&S.mq, NULL, topic("%s/req/%s/%s", j->m->uuid, j->m->mtopic), 0, NULL, 0, 0,
+		       NULL) == MOSQ_ERR_SUCCESS) {
 		S.n_asked++;
-	m->asked = 1;
-	m->retry_idx++;
-	if (next > left)
-		next = left > 0 ? left : 0;
-	if (m->expires && m->expires - ev_now(S.loop) < next)
-		next = m->expires > ev_now(S.loop) ? m->expires - ev_now(S.loop) : 0;
-	ev_timer_set(&m->retry, next, 0);
-	ev_timer_start(S.loop, &m->retry);
+		if (g->ask_idx)
+			S.n_retries++;
+	}
+	g->ask_idx++;
+	ev_timer_set(&g->ask, next, 0);
+	ev_timer_start(S.loop, &g->ask);
 }
 
-static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
+static void ask_cb(struct ev_loop *loop, ev_timer *w, int revents) { group_ask(w->data); }
+
+/* Jobs wait on g: ask now if no round is under way; with now set, start a
+ * new round even so (a bid showed free slots, or a job came back), on the
+ * next loop iteration, so that a burst of bids makes one request. */
+static void group_kick(struct group *g, int now)
+{
+	if (!g->waiting.head || (ev_is_active(&g->ask) && !now))
+		return;
+	if (now && ev_is_active(&g->ask)) {
+		if (g->ask_idx == 0)
+			return; /* already due */
+		ev_timer_stop(S.loop, &g->ask);
+	}
+	g->ask_idx = 0;
+	if (now) {
+		ev_timer_set(&g->ask, 0, 0);
+		ev_timer_start(S.loop, &g->ask);
+	} else {
+		group_ask(g);
+	}
+}
+
+/* A message waits for bids until --deadline, or its expiry if sooner. */
+static void msg_arm(struct msg *m)
+{
+	ev_tstamp now = ev_now(S.loop), at = m->born + S.deadline;
+
+	if (m->expires && m->expires < at)
+		at = m->expires;
+	ev_timer_stop(S.loop, &m->wait);
+	ev_timer_set(&m->wait, at > now ? at - now : 0, 0);
+	ev_timer_start(S.loop, &m->wait);
+}
+
+static void wait_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct msg *m = w->data;
 
@@ -538,8 +581,7 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		S.n_drop_nobid++;
 		return drop_waiting(m, "nobid");
 	}
-	S.n_retries++;
-	ask(m);
+	msg_arm(m);
 }
 
 /* --- records in ----------------------------------------------------------- */
@@ -580,6 +622,8 @@ static void rec_group(struct rec *r)
 		if (!g)
 			die(EXIT_SYSERR, "out of memory");
 		g->name = xstrdup(r->f[1]);
+		ev_timer_init(&g->ask, ask_cb, 0, 0);
+		g->ask.data = g;
 		g->next = S.groups;
 		S.groups = g;
 	}
@@ -635,10 +679,10 @@ static struct msg *msg_new(void)
 		m = calloc(1, sizeof *m);
 		if (!m)
 			die(EXIT_SYSERR, "out of memory");
-		ev_timer_init(&m->retry, retry_cb, 0, 0);
-		m->retry.data = m;
+		ev_timer_init(&m->wait, wait_cb, 0, 0);
+		m->wait.data = m;
 	}
-	m->njobs = m->open = m->retry_idx = m->asked = 0;
+	m->njobs = m->open = 0;
 	m->expires = 0;
 	return m;
 }
@@ -768,11 +812,12 @@ static void rec_msg(struct rec *r)
 			award(j, t->wid);
 		} else {
 			jq_push(&j->g->waiting, j, 0);
+			group_kick(j->g, 0);
 			waiting++;
 		}
 	}
 	if (waiting)
-		ask(m);
+		msg_arm(m);
 }
 
 /* --- messages from the broker: bids, dones, wills -------------------------- */
@@ -904,8 +949,10 @@ static void on_gone(struct group *g, const char *wid)
 
 	S.n_gone++;
 	tokens_drop_wid(g, wid);
-	for (j = g->awarded.head; j; j = next) {
-		next = j->next;
+	/* From the newest: each goes back to the front of the queue, so the
+	 * oldest ends up first again. */
+	for (j = g->awarded.tail; j; j = next) {
+		next = j->prev;
 		if (!strcmp(j->wid, wid)) {
 			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
 			reaward(j);
@@ -953,6 +1000,8 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 			return;
 		}
 		offer(g, lv[1], lv[2]);
+		/* A bid shows free slots: more of the queue may find takers. */
+		group_kick(g, 1);
 	} else if (!strncmp(t, "done/", 5)) {
 		k = levels(t + 5, lv, 3, &rest);
 		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||

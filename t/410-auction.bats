@@ -146,8 +146,12 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	spy
 	auction --ack-timeout 1 --retry 0.1
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p" "msg $U2 1 0 jobs/# jobs/b q"
-	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
+	# one request at a time for the group, for its oldest job; a bid
+	# shows free slots, so the next job is asked for at once
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	! seen "$PREFIX/req/$U2/jobs/b|"
 	bid g w1 "$U1" jobs/a
+	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
 	bid g w1 "$U2" jobs/b
 	wait_for 5 out_has "assign $U2 g w1 1 jobs/b q"
 	pub "$PREFIX/gone/g/w1" "" -q 1
