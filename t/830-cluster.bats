@@ -38,15 +38,16 @@ cluster() {
 	wait_for 10 eval "[ \$(xdp_query $T/lb.sock show 2>/dev/null | grep '^mac' | grep -vc unresolved) -eq 3 ]"
 }
 
-# clients NAME PORT N TRANSPORT TOPIC: N paho clients in the client
-# namespace, through the VIP, each subscribed to TOPIC at QoS 1; they print
-# "ready" once all are, then "CLIENT PAYLOAD" per message received. With
-# "pub" after TOPIC, client 0 then publishes each "TOPIC PAYLOAD" line of
-# the file $IN (QoS 1) and prints "published".
+# clients NAME PORT N TRANSPORT TOPIC: N paho clients (ids NAME-0...) in
+# the client namespace, through the VIP, each subscribed to TOPIC at QoS 1;
+# they print "ready" once all are, then "CLIENT PAYLOAD" per message
+# received, and "lost CLIENT" if a connection drops. With "pub" after
+# TOPIC, client 0 then publishes each "TOPIC PAYLOAD" line of the file $IN
+# (QoS 1) and prints "published".
 clients() {
 	cat >"$T/clients.py" <<'EOF'
 import sys, threading, paho.mqtt.client as mqtt
-host, port, n, transport, topic = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+name, host, port, n, transport, topic = sys.argv[1:3] + [int(a) for a in sys.argv[3:5]] + sys.argv[5:7]
 lock = threading.Lock()
 subscribed = threading.Semaphore(0)
 def say(s):
@@ -59,10 +60,13 @@ def on_subscribe(c, name, mid, granted):
     subscribed.release()
 def on_message(c, name, m):
     say("%s %s" % (name, m.payload.decode()))
+def on_disconnect(c, name, rc):
+    say("lost %s" % name)
 cs = []
 for i in range(n):
-    c = mqtt.Client(client_id="%s-%d" % (transport, i), userdata="c%d" % i, transport=transport)
+    c = mqtt.Client(client_id="%s-%d" % (name, i), userdata="c%d" % i, transport=transport)
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.on_disconnect = on_disconnect
     c.connect(host, port, keepalive=120)
     c.loop_start()
     cs.append(c)
@@ -70,14 +74,14 @@ for i in range(n):
     if not subscribed.acquire(timeout=20):
         sys.exit("only %d of %d subscribed" % (i, n))
 say("ready")
-if sys.argv[6:] == ["pub"]:
+if sys.argv[7:] == ["pub"]:
     for line in sys.stdin:
         t, payload = line.rstrip("\n").split(" ", 1)
         cs[0].publish(t, payload, 1).wait_for_publish()
     say("published")
 threading.Event().wait()
 EOF
-	bg_in "$1" "${IN:-/dev/null}" ip netns exec "$(ns cl)" /usr/bin/python3 "$T/clients.py" "$TB_VIP" "$2" "$3" "$4" "$5" ${6:+"$6"}
+	bg_in "$1" "${IN:-/dev/null}" ip netns exec "$(ns cl)" /usr/bin/python3 "$T/clients.py" "$1" "$TB_VIP" "$2" "$3" "$4" "$5" ${6:+"$6"}
 	wait_for 30 grep -qx ready "$T/$1.out"
 }
 
@@ -111,6 +115,7 @@ got() {
 	sleep 1
 	got "$T/subs.out" 800
 	[ "$(grep -vcx ready "$T/subs.out")" -eq 800 ]
+	[ "$(grep -c '^lost' "$T/subs.out")" -eq 0 ]
 	for m in from-b1 from-b2 from-b3 from-vip; do [ "$(grep -c " $m\$" "$T/subs.out")" -eq 200 ]; done
 }
 
@@ -218,6 +223,7 @@ ws_on() { nsx "b$1" ss -Htn state established '( sport = :9001 )' | grep -c '10\
 	got "$T/wsubs.out" 24
 	[ "$(grep -c ' ws-hello$' "$T/wsubs.out")" -eq 12 ]
 	[ "$(grep -c ' plain-hello$' "$T/wsubs.out")" -eq 12 ]
+	[ "$(cat "$T/wsubs.out" "$T/wspub.out" | grep -c '^lost')" -eq 0 ]
 	# The websockets connections went through the VIP and were spread.
 	[ "$(lb_stat "vip.$TB_VIP:9001.tcp.new_flows")" -ge 13 ]
 	echo "# websockets connections on b1 b2 b3: $(ws_on 1) $(ws_on 2) $(ws_on 3)" >&3
