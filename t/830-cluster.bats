@@ -39,7 +39,7 @@ cluster() {
 }
 
 # clients NAME PORT N TRANSPORT TOPIC: N paho clients (ids NAME-0...) in
-# the client namespace, through the VIP, each subscribed to TOPIC at QoS 1;
+# the client namespace, through the VIP ($HOST if set), each subscribed to TOPIC at QoS 1;
 # they print "ready" once all are, then "CLIENT PAYLOAD" per message
 # received, and "lost CLIENT" if a connection drops. With "pub" after
 # TOPIC, client 0 then publishes each "TOPIC PAYLOAD" line of the file $IN
@@ -81,7 +81,7 @@ if sys.argv[7:] == ["pub"]:
     say("published")
 threading.Event().wait()
 EOF
-	bg_in "$1" "${IN:-/dev/null}" ip netns exec "$(ns cl)" /usr/bin/python3 "$T/clients.py" "$1" "$TB_VIP" "$2" "$3" "$4" "$5" ${6:+"$6"}
+	bg_in "$1" "${IN:-/dev/null}" ip netns exec "$(ns cl)" /usr/bin/python3 "$T/clients.py" "$1" "${HOST:-$TB_VIP}" "$2" "$3" "$4" "$5" ${6:+"$6"}
 	wait_for 30 grep -qx ready "$T/$1.out"
 }
 
@@ -237,4 +237,54 @@ ws_on() { nsx "b$1" ss -Htn state established '( sport = :9001 )' | grep -c '10\
 	ran_once wsjob- 20
 	[ "$(started)" -eq 20 ]
 	pipeline_stop
+}
+
+# conns_to VIP N: connections from the client to VIP:1883 held by broker bN.
+conns_to() {
+	nsx "b$2" ss -Htn state established '( sport = :1883 )' | awk -v v="$1:1883" '$3 == v && $4 ~ /^10\.77\.0\.2:/' | wc -l
+}
+
+@test "two services on one cluster: VIPs with their own reals and weights, each fed by its own health loop" {
+	require_root
+	VIP2=10.77.0.101
+	testbed l2
+	for b in 1 2 3; do
+		tb_cluster_broker "$b"
+		ip -n "$(ns "b$b")" addr add "$VIP2/32" dev lo
+	done
+	ip -n "$(ns lb)" addr add "$VIP2/32" dev eth0
+	wait_for 10 tb_bridged
+	bg_in lb /dev/null ip netns exec "$(ns lb)" mqlb-xdp -i eth0 --listen "$T/lb.sock"
+	wait_for 5 eval "xdp_query $T/lb.sock stats 2>/dev/null | grep -q ^ok"
+	# Devices on every broker; backend workers on b2 and b3, b3 taking
+	# twice b2's share. Each health loop writes into mqlb-xdp's socket.
+	bg devices ip netns exec "$(ns lb)" mqlb-health --vip "$TB_VIP:1883" 10.77.0.11 10.77.0.12 10.77.0.13 \
+		--output "$T/lb.sock"
+	printf '%s\n' "vip $VIP2:1883" "real $VIP2:1883 10.77.0.12 100" "real $VIP2:1883 10.77.0.13 200" >"$T/backend.in"
+	bg_in backend "$T/backend.in" ip netns exec "$(ns lb)" mqlb-health --output "$T/lb.sock"
+	wait_for 15 eval "[ \$(xdp_query $T/lb.sock show | grep -c '^real .* [1-9][0-9]*\$') -eq 5 ]"
+	wait_for 10 eval "[ \$(xdp_query $T/lb.sock show | grep '^mac' | grep -vc unresolved) -eq 3 ]"
+	xdp_query "$T/lb.sock" show | sed "s/^/# /" >&3
+	[ "$(xdp_query "$T/lb.sock" show | grep -c "^real $VIP2:1883 10.77.0.11 ")" -eq 0 ]
+
+	clients dev 1883 40 tcp svc/t
+	HOST=$VIP2 clients back 1883 40 tcp svc/t
+	for b in 1 2 3; do
+		d[b]=$(conns_to "$TB_VIP" "$b")
+		k[b]=$(conns_to "$VIP2" "$b")
+	done
+	echo "# devices on b1 b2 b3: ${d[1]} ${d[2]} ${d[3]}; backend: ${k[1]} ${k[2]} ${k[3]}" >&3
+	[ $((d[1] + d[2] + d[3])) -eq 40 ]
+	[ $((k[1] + k[2] + k[3])) -eq 40 ]
+	[ "${d[1]}" -gt 0 ]
+	[ "${d[2]}" -gt 0 ]
+	[ "${d[3]}" -gt 0 ]
+	[ "${k[1]}" -eq 0 ]
+	[ "${k[2]}" -gt 0 ]
+	[ "${k[3]}" -gt 0 ]
+	# One cluster: what a device publishes reaches the backend's clients.
+	nsx cl mosquitto_pub -h "$TB_VIP" -t svc/t -q 1 -m from-device
+	wait_for 10 got "$T/back.out" 40
+	wait_for 10 got "$T/dev.out" 40
+	[ "$(cat "$T/dev.out" "$T/back.out" | grep -c '^lost')" -eq 0 ]
 }
