@@ -48,6 +48,8 @@ int main(int argc, char **argv)
 
 		fwrite(o, 1, m, stdout);
 		putchar('\n');
+		free(o);
+		free(in);
 		return 0;
 	}
 	if (!strcmp(argv[1], "unescape") || !strcmp(argv[1], "split")) {
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
 				printf(" [%.*s]", (int)r.len[i], r.f[i]);
 			putchar('\n');
 		}
+		free(in);
 		return 0;
 	}
 	if (!strcmp(argv[1], "props")) {
@@ -95,16 +98,19 @@ int main(int argc, char **argv)
 		}
 		if (rc < 0)
 			puts("error");
+		free(in);
 		return 0;
 	}
 	if (!strcmp(argv[1], "reprops")) {
 		mosquitto_property *p;
 		const char *why;
 		struct out o;
+		int rc;
 
 		in[strcspn(in, "\n")] = '\0';
 		if (props_parse(in, &p, &why) < 0) {
 			printf("error: %s\n", why);
+			free(in);
 			return 0;
 		}
 		out_init(&o, EV_DEFAULT, 1, 1 << 20);
@@ -112,7 +118,11 @@ int main(int argc, char **argv)
 			out_raw(&o, "-", 1);
 		out_end(&o);
 		mosquitto_property_free_all(&p);
-		return out_drain_blocking(&o) < 0 ? 111 : 0;
+		free(in);
+		rc = out_drain_blocking(&o) < 0 ? 111 : 0;
+		free(o.buf);
+		return rc;
 	}
+	free(in);
 	return 2;
 }
