@@ -45,6 +45,8 @@ cluster() {
 # TOPIC, client 0 then publishes each "TOPIC PAYLOAD" line of the file $IN
 # (QoS 1) and prints "published".
 clients() {
+	/usr/bin/python3 -c 'import paho.mqtt.client' ||
+		{ echo "paho-mqtt missing (Debian: python3-paho-mqtt)" >&2; return 1; }
 	cat >"$T/clients.py" <<'EOF'
 import sys, threading, paho.mqtt.client as mqtt
 name, host, port, n, transport, topic = sys.argv[1:3] + [int(a) for a in sys.argv[3:5]] + sys.argv[5:7]
