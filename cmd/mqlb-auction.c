@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "io.h"
 #include "log.h"
 #include "mqtt.h"
@@ -31,6 +32,8 @@ static const char usage[] =
 
 #define MAX_LEVEL 256 /* group and wid: one topic level */
 #define MAX_RETRY 16
+#define WSTAT_BUCKETS 1024
+#define WSTAT_MAX 65536 /* workers tracked for the stats, at most */
 #define MAX_PREV 4 /* earlier holders of a job whose late done still counts */
 
 enum jstate { J_WAIT, J_AWARDED, J_FINISHED };
@@ -44,9 +47,19 @@ struct jq {
 	struct job *head, *tail;
 };
 
+/* What one worker of a group got and how it went, for the stats. */
+struct wstat {
+	struct group *g;
+	char wid[MAX_LEVEL + 1];
+	unsigned long awarded, ok, fail;
+	struct hist lat; /* award to done */
+	struct wstat *next, *lnext; /* hash chain; list in first-award order */
+};
+
 struct job {
 	struct msg *m;
 	struct group *g;
+	struct wstat *ws; /* of the worker it is awarded to */
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
@@ -106,6 +119,8 @@ static struct {
 	struct group *groups;
 	struct msg **hash;
 	size_t hmask;
+	struct wstat *wtab[WSTAT_BUCKETS], *wlist, **wtail;
+	unsigned long nwstat;
 	struct msg *free;
 	long npending, max_pending;
 	double token_ttl, deadline, ack_timeout, drain_timeout;
@@ -117,7 +132,7 @@ static struct {
 	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
 		n_tokens_expired, n_bids, n_bids_ignored, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
-		n_reawards, n_forged, n_bad_records, n_gone;
+		n_reawards, n_forged, n_bad_records, n_gone, n_untracked;
 } S;
 
 static void opt(int c, const char *arg)
@@ -427,6 +442,46 @@ static void drop_expired(struct msg *m)
 	drop_waiting(m, "expired");
 }
 
+/* --- per-worker figures ------------------------------------------------- */
+
+static size_t wstat_hash(const struct group *g, const char *wid)
+{
+	size_t h = (size_t)g * 31;
+
+	while (*wid)
+		h = (h ^ (unsigned char)*wid++) * 16777619u;
+	return h % WSTAT_BUCKETS;
+}
+
+/* The figures of wid in g, made at its first award; NULL past WSTAT_MAX
+ * workers (forged wids must not grow memory without end). */
+static struct wstat *wstat_of(struct group *g, const char *wid)
+{
+	size_t h = wstat_hash(g, wid);
+	struct wstat *w;
+
+	for (w = S.wtab[h]; w; w = w->next)
+		if (w->g == g && !strcmp(w->wid, wid))
+			return w;
+	if (S.nwstat >= WSTAT_MAX) {
+		S.n_untracked++;
+		return NULL;
+	}
+	w = calloc(1, sizeof *w);
+	if (!w)
+		die(EXIT_SYSERR, "out of memory");
+	w->g = g;
+	snprintf(w->wid, sizeof w->wid, "%s", wid);
+	w->next = S.wtab[h];
+	S.wtab[h] = w;
+	if (!S.wtail)
+		S.wtail = &S.wlist;
+	*S.wtail = w;
+	S.wtail = &w->lnext;
+	S.nwstat++;
+	return w;
+}
+
 static void award(struct job *j, const char *wid)
 {
 	if (expired(j->m)) {
@@ -438,6 +493,8 @@ static void award(struct job *j, const char *wid)
 	snprintf(j->wid, sizeof j->wid, "%s", wid);
 	j->st = J_AWARDED;
 	j->t = ev_now(S.loop);
+	if ((j->ws = wstat_of(j->g, wid)))
+		j->ws->awarded++;
 	j->attempts++;
 	emit_assign(j);
 	S.n_awarded++;
@@ -920,10 +977,16 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		}
 	} else if (j && !strcmp(payload, "ok")) {
 		S.n_done_ok++;
+		if (j->ws) {
+			j->ws->ok++;
+			hist_add(&j->ws->lat, ev_now(S.loop) - j->t);
+		}
 		emit_done(j, payload, n);
 		job_finish(j);
 	} else if (j && !strncmp(payload, "fail", 4)) {
 		S.n_done_fail++;
+		if (j->ws)
+			j->ws->fail++;
 		emit_done(j, payload, n);
 		if (!strcmp(payload, "fail busy")) {
 			j->attempts--; /* refused, not tried: no attempt spent */
@@ -1178,6 +1241,29 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	maybe_resume();
 }
 
+/* "worker.GROUP/WID.FIELD" per worker ever awarded a job: the kind.key.field
+ * form mqlb-stat turns into a labelled Prometheus metric. */
+static void worker_stats(struct out *o)
+{
+	char name[2 * MAX_LEVEL + 32];
+
+	for (struct wstat *w = S.wlist; w; w = w->lnext) {
+		unsigned long inflight = 0;
+
+		for (struct job *j = w->g->awarded.head; j; j = j->next)
+			inflight += j->ws == w;
+#define WSTAT(field, v) \
+	(snprintf(name, sizeof name, "worker.%s/%s." field, w->g->name, w->wid), out_stat(o, name, v))
+		WSTAT("inflight", inflight);
+		WSTAT("awarded", w->awarded);
+		WSTAT("done_ok", w->ok);
+		WSTAT("done_fail", w->fail);
+		WSTAT("us_p50", hist_quantile_us(&w->lat, 0.5));
+		WSTAT("us_p99", hist_quantile_us(&w->lat, 0.99));
+#undef WSTAT
+	}
+}
+
 static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 {
 	unsigned long tokens = 0, waiting = 0, awarded = 0;
@@ -1219,7 +1305,9 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("done_late", S.n_done_late);
 	STAT("bad_records", S.n_bad_records);
 	STAT("connected", S.mq.connected);
+	STAT("workers_untracked", S.n_untracked);
 #undef STAT
+	worker_stats(&c->out);
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
 }
