@@ -1,0 +1,43 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 710-bench-netns-smoke: contrib/bench/netns-lb.sh still runs: its smoke
+# mode wires mqlb-xdp, nftables and HAProxy in turn on one namespace
+# topology and measures connections and messages through each. No figure
+# is asserted beyond "some got through": timing belongs to the benchmark.
+
+load helpers/common.bash
+load helpers/netns.bash
+
+setup() { mqlb_setup; }
+teardown() { mqlb_teardown; }
+
+netns_lb() { bash "$MQLB_SRCDIR/contrib/bench/netns-lb.sh" "$@"; }
+
+@test "bad arguments are usage errors" {
+	run netns_lb --modes
+	[ "$status" -eq 2 ]
+	run netns_lb --bogus
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'unknown option --bogus'* ]]
+	[[ "$output" == *'usage: contrib/bench/netns-lb.sh'* ]]
+	run netns_lb --nat-return nope
+	[ "$status" -eq 2 ]
+}
+
+@test "smoke mode measures all three modes and leaves no namespace behind" {
+	require_root
+	for c in nft haproxy; do
+		command -v "$c" >/dev/null || { echo "$c missing (contrib/deps)" >&2; return 1; }
+	done
+	netns_lb --smoke "$MQLB_BUILDDIR" >"$T/out" 2>"$T/err" || { cat "$T/out" "$T/err"; return 1; }
+	cat "$T/out"
+	for m in xdp nft haproxy; do
+		# | mode | conn/s | range | p50 | p99 | errors | msg/s | range | deliv/s |
+		awk -F'|' -v m="$m" '$2 ~ "^ *" m " *$" { f = 1; if (!($3 > 0 && $8 > 0 && $10 > 0)) exit 1 } END { exit !f }' "$T/out"
+	done
+	# mqlb-xdp really carried the first mode's flows.
+	grep -Eq '^# xdp: native mode, [1-9][0-9]* new flows in XDP' "$T/out"
+	run=$(sed -n 's/.*namespaces \(nlb-[0-9a-f]*\)-\*.*/\1/p' "$T/out")
+	[ -n "$run" ]
+	! ip netns list | grep -q "^$run-"
+}
