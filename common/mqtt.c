@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,10 @@
 
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+
+/* The last OpenSSL error libmosquitto logged: the reason a handshake failed
+ * ("certificate verify failed"), which its return code does not carry. */
+static char tls_error[200];
 
 static void update_io(struct mq *mq)
 {
@@ -43,40 +48,69 @@ static void schedule_retry(struct mq *mq)
 	mq->backoff = mq->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : mq->backoff * 2;
 }
 
-static void failed_attempt(struct mq *mq, const char *why)
+/* What a libmosquitto error code means here, for one diagnostic line. */
+static const char *why(int rc)
+{
+	static char buf[sizeof tls_error + 8];
+
+	if (rc == MOSQ_ERR_TLS && *tls_error) {
+		snprintf(buf, sizeof buf, "TLS: %s", tls_error);
+		return buf;
+	}
+	return rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc);
+}
+
+static void failed_attempt(struct mq *mq, const char *reason)
 {
 	mq->fails++;
 	if (mq->o->retries > 0 && mq->fails > mq->o->retries)
 		die(EXIT_UNREACH, "%s %s:%d unreachable after %d attempts: %s", mq->name,
-		    mq->o->host, mq->o->port, mq->fails, why);
+		    mq->o->host, mq->o->port, mq->fails, reason);
 	/* Say it once, then only now and then, so a long outage stays readable. */
 	if (mq->fails == 1 || mq->fails % 20 == 0)
-		warnl("%s %s:%d: %s; retrying", mq->name, mq->o->host, mq->o->port, why);
+		warnl("%s %s:%d: %s; retrying", mq->name, mq->o->host, mq->o->port, reason);
 	schedule_retry(mq);
+}
+
+/* libmosquitto 2.0 hands a failed TLS handshake back from loop_read or
+ * loop_write with the socket closed and no disconnect callback: without
+ * this, a wrong CA left the command silent and never retrying. */
+static void lost_quietly(struct mq *mq, int rc)
+{
+	if (rc == MOSQ_ERR_SUCCESS || mq->stopping || mq->connected ||
+	    mosquitto_socket(mq->m) >= 0 || ev_is_active(&mq->retry))
+		return;
+	failed_attempt(mq, why(rc));
 }
 
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mq *mq = w->data;
+	int rc = MOSQ_ERR_SUCCESS;
 
 	mq->in_lib++;
+	*tls_error = '\0';
 	if (revents & EV_READ)
-		mosquitto_loop_read(mq->m, 64);
-	if ((revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
-		mosquitto_loop_write(mq->m, 64);
+		rc = mosquitto_loop_read(mq->m, 64);
+	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
+		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
+	lost_quietly(mq, rc);
 	update_io(mq);
 }
 
 static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct mq *mq = w->data;
+	int rc = MOSQ_ERR_SUCCESS;
 
 	/* Publishes queued inside callbacks go out before the loop blocks. */
 	mq->in_lib++;
+	*tls_error = '\0';
 	if (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
-		mosquitto_loop_write(mq->m, 64);
+		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
+	lost_quietly(mq, rc);
 	update_io(mq);
 }
 
@@ -96,6 +130,7 @@ static void attempt(struct mq *mq)
 {
 	int rc;
 
+	*tls_error = '\0';
 	if (!mq->o->clean && mq->o->version == MQTT_PROTOCOL_V5 && !mq->ever_connected) {
 		/* An MQTT 5 session ends at disconnect unless CONNECT gives it an
 		 * expiry; only the _v5 call takes properties, and it waits for the
@@ -112,7 +147,7 @@ static void attempt(struct mq *mq)
 	else
 		rc = mosquitto_connect_async(mq->m, mq->o->host, mq->o->port, mq->o->keepalive);
 	if (rc != MOSQ_ERR_SUCCESS) {
-		failed_attempt(mq, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		failed_attempt(mq, why(rc));
 		return;
 	}
 	update_io(mq);
@@ -126,12 +161,16 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const 
 	int first = !mq->ever_connected;
 
 	if (rc != 0) {
+		/* MQTT 3.1.1 CONNACK codes are below 0x80, MQTT 5 reasons above:
+		 * reason_string calls the 3.1.1 ones "Unknown reason". */
+		const char *r = rc < 0x80 ? mosquitto_connack_string(rc) : mosquitto_reason_string(rc);
+
 		/* Refused by the broker (auth, id): not a network hiccup. */
 		if (rc == MQTT_RC_NOT_AUTHORIZED || rc == MQTT_RC_BAD_USERNAME_OR_PASSWORD ||
 		    rc == CONNACK_REFUSED_NOT_AUTHORIZED || rc == CONNACK_REFUSED_BAD_USERNAME_PASSWORD)
 			die(EXIT_UNREACH, "%s %s:%d refused the connection: %s", mq->name, mq->o->host,
-			    mq->o->port, mosquitto_reason_string(rc));
-		failed_attempt(mq, mosquitto_reason_string(rc));
+			    mq->o->port, r);
+		failed_attempt(mq, r);
 		return;
 	}
 	if (mq->fails > 0 || mq->ever_connected)
@@ -160,7 +199,7 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 			mq->cb->disconnected(mq, mq->arg);
 		schedule_retry(mq);
 	} else {
-		failed_attempt(mq, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		failed_attempt(mq, why(rc));
 	}
 }
 
@@ -193,6 +232,11 @@ static void on_publish(struct mosquitto *m, void *arg, int mid, int reason, cons
 static void on_log(struct mosquitto *m, void *arg, int level, const char *s)
 {
 	/* libmosquitto is chatty: its notices are our debug lines. */
+	if ((level & MOSQ_LOG_ERR) && !strncmp(s, "OpenSSL Error", 13)) {
+		const char *r = strstr(s, "::");
+
+		snprintf(tls_error, sizeof tls_error, "%s", r ? r + 2 : s);
+	}
 	if (level & (MOSQ_LOG_ERR))
 		debugl("libmosquitto: %s", s);
 	else if (log_level() >= L_DEBUG && !(level & MOSQ_LOG_DEBUG))
