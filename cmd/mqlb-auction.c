@@ -130,7 +130,7 @@ static struct {
 	char *topicbuf;
 	size_t topiccap;
 	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
-		n_tokens_expired, n_bids, n_bids_ignored, n_drop_nobid, n_drop_nogroup,
+		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked;
 } S;
@@ -232,6 +232,65 @@ static size_t uuid_hash(const char *u)
 	return h;
 }
 
+/* Uuids of messages finished lately, in two generations of RECENT_MAX
+ * each: a bid for one of them is a late bid, a free slot for us; a bid for
+ * a uuid we never had answers another balancer's request (--share: every
+ * instance sees every bid) and is not ours to use. */
+#define RECENT_MAX 32768
+#define RECENT_SLOTS (2 * RECENT_MAX)
+
+static struct {
+	unsigned long long *cur, *old;
+	size_t n;
+} R;
+
+static unsigned long long fingerprint(const char *u)
+{
+	unsigned long long h = uuid_hash(u);
+
+	return h ? h : 1;
+}
+
+static int recent_in(const unsigned long long *t, unsigned long long f)
+{
+	for (size_t i = f & (RECENT_SLOTS - 1); t[i]; i = (i + 1) & (RECENT_SLOTS - 1))
+		if (t[i] == f)
+			return 1;
+	return 0;
+}
+
+static void recent_add(const char *uuid)
+{
+	unsigned long long f = fingerprint(uuid), *t;
+	size_t i;
+
+	if (!R.cur) {
+		R.cur = calloc(RECENT_SLOTS, sizeof *R.cur);
+		R.old = calloc(RECENT_SLOTS, sizeof *R.old);
+		if (!R.cur || !R.old)
+			die(EXIT_SYSERR, "out of memory");
+	}
+	if (R.n == RECENT_MAX) {
+		t = R.old;
+		R.old = R.cur;
+		R.cur = t;
+		memset(R.cur, 0, RECENT_SLOTS * sizeof *R.cur);
+		R.n = 0;
+	}
+	for (i = f & (RECENT_SLOTS - 1); R.cur[i] && R.cur[i] != f; i = (i + 1) & (RECENT_SLOTS - 1))
+		;
+	if (!R.cur[i])
+		R.n++;
+	R.cur[i] = f;
+}
+
+static int recent_has(const char *uuid)
+{
+	unsigned long long f = fingerprint(uuid);
+
+	return R.cur && (recent_in(R.cur, f) || recent_in(R.old, f));
+}
+
 static struct msg *msg_find(const char *uuid)
 {
 	for (struct msg *m = S.hash[uuid_hash(uuid) & S.hmask]; m; m = m->hnext)
@@ -258,6 +317,7 @@ static void msg_free(struct msg *m)
 	ev_timer_stop(S.loop, &m->wait);
 	for (int i = 0; i < m->njobs; i++)
 		jq_remove(&m->jobs[i]);
+	recent_add(m->uuid);
 	msg_unlink(m);
 	m->hnext = S.free;
 	S.free = m;
@@ -1002,6 +1062,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		S.n_forged++;
 		warnl("done for %s from %s/%s: bad result \"%s\"; ignored", uuid, g->name, wid, payload);
 	}
+	/* Slots freed by a job another balancer awarded are that one's. */
+	if (free_slots && !m && !recent_has(uuid)) {
+		S.n_foreign++;
+		free_slots = 0;
+	}
 	while (free_slots--)
 		offer(g, wid, NULL);
 }
@@ -1060,6 +1125,10 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		if (k < 3 || !(g = group_find(lv[0], strlen(lv[0]))) || !g->nfilters || !*lv[1] ||
 		    strlen(lv[1]) > MAX_LEVEL || !is_uuid(lv[2], strlen(lv[2]))) {
 			S.n_bids_ignored++;
+			return;
+		}
+		if (!msg_find(lv[2]) && !recent_has(lv[2])) {
+			S.n_foreign++;
 			return;
 		}
 		offer(g, lv[1], lv[2]);
@@ -1292,6 +1361,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("tokens_expired", S.n_tokens_expired);
 	STAT("bids", S.n_bids);
 	STAT("bids_ignored", S.n_bids_ignored);
+	STAT("foreign", S.n_foreign);
 	STAT("done_ok", S.n_done_ok);
 	STAT("done_fail", S.n_done_fail);
 	STAT("reawards", S.n_reawards);

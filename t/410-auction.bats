@@ -197,6 +197,30 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	kill -0 "$(pidof_bg a)"
 }
 
+@test "bids and free= slots for uuids it never had are another balancer's: no tokens" {
+	broker_start
+	spy
+	auction --ack-timeout 5
+	feed "group g jobs/#"
+	# another instance's request and job (balancers sharing intake)
+	bid g w1 "$U3" jobs/x
+	pub "$PREFIX/done/g/w1/$U3" "ok free=2" -q 1 -V 5
+	wait_for 5 eval '[ "$(stat_of foreign)" = 2 ]'
+	[ "$(stat_of tokens)" = 0 ]
+	# so the next message is asked for, not handed to w1 unasked
+	feed "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	! grep -q "^assign $U1" "$T/a.out"
+	bid g w1 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
+	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5
+	wait_for 5 out_has "done $U1 g w1 ok"
+	# a late bid on a message it finished is still a free slot: a token
+	bid g w2 "$U1" jobs/a
+	wait_for 5 eval '[ "$(stat_of tokens)" = 1 ]'
+	[ "$(stat_of foreign)" = 2 ]
+}
+
 @test "EOF on stdin: finishes what is pending, then exits 0" {
 	broker_start
 	spy

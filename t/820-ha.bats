@@ -73,6 +73,9 @@ auction_stat() { mqlb-stat "$T/run-$1/auction.sock" | awk -v s="$2" '$1 == s { p
 	[ "$(auction_stat a msg)" -gt 0 ]
 	[ "$(auction_stat b msg)" -gt 0 ]
 	[ $(($(auction_stat a msg) + $(auction_stat b msg))) -eq 300 ]
+	# and was awarded once: neither takes the other's bids or free slots
+	[ $(($(auction_stat a awarded) + $(auction_stat b awarded))) -eq 300 ]
+	[ $(($(auction_stat a foreign) + $(auction_stat b foreign))) -gt 0 ]
 }
 
 @test "a killed balancer: the other one serves everything published after" {
