@@ -1,0 +1,269 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 435-kill9: mqlb-sub --spool. Each balancer stage killed (kill -9, and
+# SIGTERM) under load and the pipeline restarted on the same spool: every
+# message published is processed by a worker (duplicates counted, lost 0).
+# Then the spool itself: its records, replay, corrupt lines, giving up.
+load helpers/common.bash
+setup() {
+	mqlb_setup
+	SUBOPTS="-c -i mqlb-sub-k9 --spool $T/spool --listen $T/sub.sock"
+	AUCTIONOPTS="--ack-timeout 5"
+	DISPATCHOPTS="-q 1"
+}
+teardown() {
+	local pid c
+	while read -r pid; do
+		for c in $(cat /proc/"$pid"/task/*/children 2>/dev/null); do
+			kill -KILL "$c" 2>/dev/null || true
+		done
+	done <"$T/pids"
+	mqlb_teardown
+}
+
+sub_stat() { stat_in "$T/sub.sock" "$1"; }
+
+# killed STAGE SIGNAL: under a steady load, with a backlog in the auction
+# (three one-slot workers at 0.1 s a job, 100 messages a second offered),
+# signal STAGE, restart the pipeline, and count.
+killed() {
+	local stage=$1 sig=$2 n=150
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline
+	for w in w1 w2 w3; do worker "$w" 0.1; done
+	wait_balanced
+	bg publisher publish_paced $n 100
+	wait_for 20 eval '[ "$(ended)" -ge 30 ]'
+	# a backlog sits in the pipeline, PUBACKed to the broker long ago
+	[ "$(sub_stat msg)" -ge $(($(ended) + 10)) ]
+	kill "-$sig" "$(cat "$T/$stage.pid")"
+	wait_for 10 exited "$(cat "$T/$stage.pid")"
+	before=$(ended)
+	pipeline_restart
+	wait_for 20 exited "$(cat "$T/publisher.pid")"
+	wait_for 90 settled $n || { account $n; false; }
+	account $n
+	account $n | grep -qx 'lost 0'
+	account $n | grep -qx 'dropped 0'
+	# the new run wrote out again what the old one had not seen done
+	echo "ended before the restart: $before; replayed: $(sub_stat spool_replayed)"
+	for s in sub auction dispatch; do kill -0 "$(cat "$T/$s.pid")"; done
+}
+
+@test "kill -9 of mqlb-auction under load, pipeline restarted on the spool: nothing lost" {
+	killed auction KILL
+	[ "$(sub_stat spool_replayed)" -gt 0 ]
+}
+
+@test "kill -9 of mqlb-sub under load, pipeline restarted on the spool: nothing lost" {
+	# The auction reads little (--max-pending), the pipe is full: records
+	# wait in mqlb-sub's output buffer (2 KB payloads), PUBACKed already.
+	AUCTIONOPTS="--ack-timeout 5 --max-pending 10"
+	PAD=" $(printf '%2000s' '' | tr ' ' x)" killed sub KILL
+	[ "$(sub_stat spool_replayed)" -gt 0 ]
+}
+
+@test "kill -9 of mqlb-dispatch under load, pipeline restarted on the spool: nothing lost" {
+	killed dispatch KILL
+	[ "$(sub_stat spool_replayed)" -gt 0 ]
+}
+
+@test "SIGTERM of each stage in turn under load, pipeline restarted each time: nothing lost" {
+	broker_start
+	touch "$T/log" "$T/records"
+	AUCTIONOPTS="--ack-timeout 5 --drain-timeout 1"
+	pipeline
+	for w in w1 w2 w3; do worker "$w" 0.1; done
+	wait_balanced
+	first=1
+	for stage in sub auction dispatch; do
+		bg publisher publish_paced 60 50 "$first"
+		wait_for 20 eval '[ "$(ended)" -ge $((first + 10)) ]'
+		kill -TERM "$(cat "$T/$stage.pid")"
+		wait_for 30 exited "$(cat "$T/$stage.pid")"
+		pipeline_restart
+		wait_for 20 exited "$(cat "$T/publisher.pid")"
+		first=$((first + 60))
+	done
+	wait_for 90 settled 180 || { account 180; false; }
+	account 180
+	account 180 | grep -qx 'lost 0'
+	account 180 | grep -qx 'dropped 0'
+}
+
+# --- the spool itself -----------------------------------------------------------
+
+# sub NAME [OPTIONS]: mqlb-sub alone on the spool, ready.
+sub() {
+	local name=$1
+	shift
+	rm -f "$T/$name.ready"
+	ready_fifo "$name"
+	bg "$name" ready3 "$T/$name.ready" mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool \
+		--spool "$T/spool" --listen "$T/sub.sock" --ready-fd 3 "$@"
+	wait_ready "$name"
+}
+# announced NAME GROUP: announce until mqlb-sub NAME wrote the group record.
+announced() {
+	wait_for 10 eval "announce $2 'jobs/#'; sleep 0.1; grep -q '^group $2 jobs/# *\$' \"\$T/$1.out\""
+}
+done_ok() { pub "$PREFIX/done/$1/w1/$2" "${3:-ok}" -q 1 -V 5; }
+kill9() {
+	kill -KILL "$(cat "$T/$1.pid")"
+	wait_for 5 exited "$(cat "$T/$1.pid")"
+}
+
+@test "spool records: m before the msg leaves, f on ok from every group; a restart writes out the rest, same uuid, same record" {
+	broker_start
+	sub s1
+	announced s1 g
+	announced s1 h
+	pub jobs/a 'p 1' -q 1
+	pub jobs/b 'p 2' -q 1 -V 5 -D publish user-property k v
+	pub jobs/c 'p 3' -q 1
+	wait_for 5 lines_in "$T/s1.out" 3 '^msg '
+	grep '^msg ' "$T/s1.out" >"$T/msgs1"
+	u1=$(awk '$6 == "jobs/a" { print $2 }' "$T/msgs1")
+	u2=$(awk '$6 == "jobs/b" { print $2 }' "$T/msgs1")
+	u3=$(awk '$6 == "jobs/c" { print $2 }' "$T/msgs1")
+	cat "$T/spool"
+	grep -q "^m $u1 [0-9]* 1 [0-9]* 1 0 jobs/# jobs/a p%201\$" "$T/spool"
+	grep -q "^m $u2 [0-9]* 1 [0-9]* 1 0 jobs/# jobs/b p%202 u.k=v\$" "$T/spool"
+	# u1 done by both groups; u3 by g only (h still owes it); fails finish nothing
+	done_ok g "$u1" "ok free=1"
+	done_ok h "$u1"
+	done_ok g "$u3"
+	done_ok g "$u2" "fail exit 3"
+	wait_for 5 grep -q "^f $u1 ok\$" "$T/spool"
+	wait_for 5 eval '[ "$(sub_stat dones)" = 4 ]'
+	! grep -q "^f $u3" "$T/spool"
+	[ "$(sub_stat spool_live)" = 2 ]
+	kill9 s1
+
+	sub s2
+	# nothing is written out before its filter has a group again
+	sleep 0.3
+	! grep -q '^msg ' "$T/s2.out"
+	announced s2 g
+	wait_for 5 lines_in "$T/s2.out" 2 '^msg '
+	cat "$T/s2.out"
+	# the same records, for the groups that have not said ok
+	grep -qxF "$(grep " $u2 " "$T/msgs1")" "$T/s2.out"
+	grep -qxF "$(grep " $u3 " "$T/msgs1")" "$T/s2.out"
+	! grep -q " $u1 " "$T/s2.out"
+	[ "$(sub_stat spool_replayed)" = 2 ]
+	# compacted at the start: u1 is gone from the file
+	! grep -q "$u1" "$T/spool"
+	grep -qx "r $u2" "$T/spool"
+	done_ok g "$u2"
+	wait_for 5 grep -q "^f $u2 ok\$" "$T/spool"
+	# written out again to the groups on jobs/# now: g (which had said ok
+	# for it in the last run: that is not kept, a duplicate), not h
+	done_ok h "$u3"
+	sleep 0.3
+	! grep -q "^f $u3" "$T/spool"
+	done_ok g "$u3"
+	wait_for 5 grep -q "^f $u3 ok\$" "$T/spool"
+	[ "$(sub_stat spool_live)" = 0 ]
+	[ "$(sub_stat spool_finished)" = 2 ]
+}
+
+@test "spool: a message held for a filter nobody announced yet is spooled as it arrives and survives kill -9" {
+	broker_start
+	sub s1
+	announced s1 g
+	kill -TERM "$(cat "$T/s1.pid")"
+	wait_for 5 exited "$(cat "$T/s1.pid")"
+	# waits at the broker for the persistent session
+	pub jobs/a held -q 1
+	sub s2
+	wait_for 5 eval '[ "$(sub_stat held)" = 1 ]'
+	grep -q '^m [0-9a-f-]* [0-9]* 0 [0-9]* 1 0 - jobs/a held$' "$T/spool"
+	kill9 s2
+	sub s3
+	[ "$(sub_stat held)" = 0 ]
+	announced s3 g
+	wait_for 5 grep -q '^msg [0-9a-f-]* 1 0 jobs/# jobs/a held$' "$T/s3.out"
+	[ "$(sub_stat spool_replayed)" = 1 ]
+}
+
+@test "spool: each bad line is one warning naming it, the rest is written out again" {
+	broker_start
+	good() { printf 'm 11111111-2222-4333-8444-55555555555%s 1700000000 1 0 1 0 jobs/# jobs/a %s\n' "$1" "$2"; }
+	{
+		echo '# mqlb-sub spool 1'
+		good 1 first
+		echo 'garbage here'
+		echo 'm not-a-uuid 1700000000 1 0 1 0 jobs/# jobs/a x'
+		echo 'm 11111111-2222-4333-8444-555555555553 1700000000 1 0 7 0 jobs/# jobs/a badqos'
+		good 2 second
+		printf 'r 11111111-2222-4333-8444-555555555551\n'
+		printf 'm 11111111-2222-4333-8444-555555555554 1700000000 1 0 1 0 jobs/# jobs/a cut'
+	} >"$T/spool"
+	sub s1
+	cat "$T/s1.err"
+	[ "$(grep -c 'warning: spool' "$T/s1.err")" -eq 4 ]
+	grep -q "spool $T/spool line 3: unknown line; skipped\$" "$T/s1.err"
+	grep -q "spool $T/spool line 4: bad uuid; skipped\$" "$T/s1.err"
+	grep -q "spool $T/spool line 5: bad qos; skipped\$" "$T/s1.err"
+	grep -q "spool $T/spool line 8: cut short (no end of line); skipped\$" "$T/s1.err"
+	[ "$(sub_stat spool_bad_lines)" = 4 ]
+	announced s1 g
+	wait_for 5 lines_in "$T/s1.out" 2 '^msg '
+	grep -qx "msg ${U1} 1 0 jobs/# jobs/a first" "$T/s1.out"
+	grep -qx "msg ${U2} 1 0 jobs/# jobs/a second" "$T/s1.out"
+	[ "$(grep -c '^msg ' "$T/s1.out")" -eq 2 ]
+	# the bad lines are not kept
+	! grep -q 'garbage\|badqos\|cut' "$T/spool"
+}
+
+@test "spool: entries given up (--spool-replays at the start, --spool-ttl while running) warn, are counted and not written out again" {
+	broker_start
+	{
+		printf 'm %s 1700000000 3 0 1 0 jobs/# jobs/a thrice\n' "$U1"
+		printf 'r %s\n' "$U1"
+		printf 'm %s 1700000000 1 0 1 0 jobs/# jobs/a once\n' "$U2"
+	} >"$T/spool"
+	sub s1 --spool-replays 3 --spool-ttl 1
+	grep -q "warning: spool: gave up on $U1 (topic jobs/a): written out 4 times without a done (--spool-replays 3)" "$T/s1.err"
+	[ "$(sub_stat spool_given_up)" = 1 ]
+	announced s1 g
+	wait_for 5 grep -qx "msg $U2 1 0 jobs/# jobs/a once" "$T/s1.out"
+	! grep -q "$U1" "$T/s1.out"
+	# no done for U2, nor for a new message, within 1 s
+	pub jobs/a new -q 1
+	wait_for 5 eval '[ "$(sub_stat spool_given_up)" = 3 ]'
+	grep -q "warning: spool: gave up on $U2 (topic jobs/a): no done within --spool-ttl 1s" "$T/s1.err"
+	[ "$(grep -c 'gave up on' "$T/s1.err")" -eq 3 ]
+	[ "$(sub_stat spool_live)" = 0 ]
+	kill9 s1
+	sub s2
+	announced s2 g
+	sleep 0.5
+	! grep -q '^msg ' "$T/s2.out"
+}
+
+@test "spool: an entry whose filter nobody announces within --group-ttl becomes drop nogroup" {
+	broker_start
+	printf 'm %s 1700000000 1 0 1 0 jobs/# jobs/a lonely\n' "$U1" >"$T/spool"
+	sub s1 --group-ttl 0.5
+	wait_for 5 grep -qx "drop $U1 nogroup jobs/a lonely" "$T/s1.out"
+	wait_for 5 grep -qx "f $U1 nogroup" "$T/spool"
+}
+
+@test "spool: bad usage, and one mqlb-sub per spool" {
+	run mqlb-sub --spool "$T/s" -t 'a/#'
+	[ "$status" -eq 2 ]
+	[[ "${lines[0]}" == *"--spool: a stand-alone subscriber (-t) has no jobs to spool"* ]]
+	run mqlb-sub --spool-ttl 5
+	[ "$status" -eq 2 ]
+	[[ "${lines[0]}" == *"need --spool"* ]]
+	run mqlb-sub --spool "$T/s" --spool-ttl 0
+	[ "$status" -eq 2 ]
+	broker_start
+	sub s1
+	run mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" --spool "$T/spool"
+	[ "$status" -eq 111 ]
+	[[ "$output" == *"the spool $T/spool: in use by another process"* ]]
+}
