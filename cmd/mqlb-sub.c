@@ -915,6 +915,7 @@ int main(int argc, char **argv)
 		ev_unref(S.loop);
 		ev_set_cb(&S.out.w, out_ready_cb);
 	}
+	ev_now_update(S.loop); /* loading a long spool takes time */
 	S.started = ev_now(S.loop);
 	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
