@@ -169,6 +169,29 @@ kill9() {
 	[ "$(sub_stat spool_finished)" = 2 ]
 }
 
+@test "spool: compacted while running once dead lines dominate; nothing done is written out again" {
+	broker_start
+	sub s1
+	announced s1 g
+	pad=$(printf '%1000s' '' | tr ' ' x)
+	seq 1 100 | sed "s/\$/ $pad/" |
+		mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t jobs/a -l
+	wait_for 10 lines_in "$T/s1.out" 100 '^msg '
+	[ "$(stat -c %s "$T/spool")" -gt 100000 ]
+	for u in $(awk '$1 == "msg" { print $2 }' "$T/s1.out"); do done_ok g "$u"; done
+	wait_for 10 eval '[ "$(sub_stat spool_live)" = 0 ]'
+	[ "$(sub_stat spool_finished)" = 100 ]
+	# one compaction at the start, one since
+	wait_for 5 eval '[ "$(sub_stat spool_compactions)" = 2 ]'
+	[ "$(stat -c %s "$T/spool")" -lt 1000 ]
+	kill9 s1
+	sub s2
+	announced s2 g
+	sleep 0.3
+	! grep -q '^msg ' "$T/s2.out"
+	[ "$(sub_stat spool_replayed)" = 0 ]
+}
+
 @test "spool: a message held for a filter nobody announced yet is spooled as it arrives and survives kill -9" {
 	broker_start
 	sub s1
