@@ -340,6 +340,24 @@ void spool_ok(struct spool *sp, const char *uuid, uint64_t gh)
 		spool_finish(sp, e, "ok");
 }
 
+void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid)
+{
+	struct spool_ent *e, *next;
+
+	for (e = sp->out.head; e; e = next) {
+		next = e->next;
+		if (e->subid != subid)
+			continue;
+		for (int i = 0; i < e->ng; i++)
+			if (e->g[i] == gh) {
+				e->g[i] = e->g[--e->ng];
+				break;
+			}
+		if (!e->ng)
+			spool_finish(sp, e, "nogroup");
+	}
+}
+
 static void give_up(struct spool *sp, struct spool_ent *e, const char *mtopic, const char *why)
 {
 	warnl("spool: gave up on %.36s (topic %s): %s", e->uuid, mtopic, why);

@@ -92,6 +92,9 @@ void spool_out(struct spool *sp, struct spool_ent *e, const uint64_t *g, int ng)
 void spool_finish(struct spool *sp, struct spool_ent *e, const char *why);
 /* Group gh reported "ok" for uuid. */
 void spool_ok(struct spool *sp, const char *uuid, uint64_t gh);
+/* Group gh left the filter of subscription identifier subid (ungroup): no
+ * entry of that filter waits for its done any more. */
+void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid);
 /* Give up on entries written out before now - ttl and still without done;
  * one warning each. */
 void spool_expire(struct spool *sp, ev_tstamp now, double ttl);
