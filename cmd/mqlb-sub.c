@@ -782,6 +782,9 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		*pp = p->next;
 		record2("ungroup", p->group, p->f->topic);
 		p->f->gh_dirty = 1;
+		if (S.spool_path)
+			spool_forget_group(&S.sp, spool_ghash(p->group, strlen(p->group)),
+					   (uint32_t)p->f->subid);
 		S.n_expired++;
 		S.ngroups--;
 		filt_release(p->f);

@@ -275,6 +275,21 @@ kill9() {
 	wait_for 5 grep -qx "f $U1 nogroup" "$T/spool"
 }
 
+@test "spool: a group that expires owes no done any more" {
+	broker_start
+	sub s1 --group-ttl 1
+	announced s1 g
+	announced s1 h
+	pub jobs/a p -q 1
+	wait_for 5 lines_in "$T/s1.out" 1 '^msg '
+	u=$(awk '$1 == "msg" { print $2 }' "$T/s1.out")
+	# h stays, g goes quiet
+	done_ok h "$u"
+	wait_for 10 eval 'announce h "jobs/#"; sleep 0.2; grep -q "^ungroup g jobs/#" "$T/s1.out"'
+	wait_for 5 grep -qx "f $u nogroup" "$T/spool"
+	[ "$(sub_stat spool_live)" = 0 ]
+}
+
 @test "spool: bad usage, and one mqlb-sub per spool" {
 	run mqlb-sub --spool "$T/s" -t 'a/#'
 	[ "$status" -eq 2 ]
