@@ -233,9 +233,10 @@ struct spool_ent *spool_end(struct spool *sp)
 	return e;
 }
 
-void spool_flush(struct spool *sp)
+int spool_flush(struct spool *sp)
 {
 	struct out *o = &sp->ob;
+	int wrote = o->off < o->len;
 
 	while (o->off < o->len) {
 		ssize_t w = write(sp->fd, o->buf + o->off, o->len - o->off);
@@ -243,36 +244,28 @@ void spool_flush(struct spool *sp)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0) {
-			/* The records go out all the same: unprotected, not lost. */
 			sp->n_errors++;
-			if (!sp->failing)
-				errl("cannot write the spool %s: %s; records go out unspooled",
-				     sp->path, strerror(errno));
-			sp->failing = 1;
-			/* Keep the file's lines whole: end a partial one. */
-			if (o->off > 0 && o->buf[o->off - 1] != '\n' && write(sp->fd, "\n", 1) < 0)
-				break;
-			break;
+			errl("cannot write the spool %s: %s", sp->path, strerror(errno));
+			return -1;
 		}
 		o->off += (size_t)w;
-		if (o->off == o->len && sp->failing) {
-			sp->failing = 0;
-			infol("the spool %s is written again", sp->path);
-		}
 	}
 	o->off = o->len = 0;
-	if (sp->sync && fdatasync(sp->fd) < 0 && !sp->failing) {
+	if (wrote && sp->sync && fdatasync(sp->fd) < 0) {
 		sp->n_errors++;
 		errl("cannot sync the spool %s: %s", sp->path, strerror(errno));
+		return -1;
 	}
+	return 0;
 }
 
 int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r)
 {
 	ssize_t n;
 
-	if (e->off + (off_t)e->len > sp->size - (off_t)(sp->ob.len - sp->ob.off))
-		spool_flush(sp);
+	if (e->off + (off_t)e->len > sp->size - (off_t)(sp->ob.len - sp->ob.off) &&
+	    spool_flush(sp) < 0)
+		return -1;
 	if (e->len + 1 > sp->rcap) {
 		sp->rcap = e->len + 1024;
 		sp->rbuf = xalloc(sp->rbuf, sp->rcap);
@@ -503,7 +496,8 @@ static void compact(struct spool *sp)
 	off_t size;
 	int fd;
 
-	spool_flush(sp);
+	if (spool_flush(sp) < 0)
+		die(EXIT_SYSERR, "the spool %s cannot be written", sp->path);
 	snprintf(tmp, sizeof tmp, "%s.tmp", sp->path);
 	fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {

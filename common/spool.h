@@ -55,7 +55,7 @@ struct spool_ent {
 struct spool {
 	const char *path;
 	struct ev_loop *loop;
-	int fd, sync, max_replays, failing;
+	int fd, sync, max_replays;
 	struct out ob; /* lines appended, not yet written */
 	off_t size;    /* of the file, ob included */
 	off_t live;    /* bytes of the "m" lines of live entries */
@@ -100,8 +100,9 @@ void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid);
 void spool_expire(struct spool *sp, ev_tstamp now, double ttl);
 /* The entry's "m" line, split (fields SPF_*); -1 if it cannot be read. */
 int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r);
-/* Write what was appended (before the records it covers leave). */
-void spool_flush(struct spool *sp);
+/* Write what was appended (before the records it covers leave); -1 when
+ * it cannot be (reported on stderr). */
+int spool_flush(struct spool *sp);
 /* Rewrite the live entries when dead lines dominate the file. */
 void spool_maybe_compact(struct spool *sp);
 size_t spool_live(const struct spool *sp);
