@@ -802,8 +802,8 @@ static void shutdown_now(int code)
 			if (f->state == F_ACKED || f->state == F_PENDING)
 				unsubscribe(f);
 	mq_disconnect(&S.mq);
-	if (S.spool_path)
-		spool_flush(&S.sp);
+	if (S.spool_path && spool_flush(&S.sp) < 0)
+		code = EXIT_SYSERR;
 	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
 		code = EXIT_SYSERR;
 	exit(code);
@@ -860,12 +860,16 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
  * output's own flush (priority) and of its write-ready callback. */
 static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
-	spool_flush(&S.sp);
+	/* Unspooled records still go out, then we stop: a supervisor's
+	 * restart finds the spool as it was, the rest waits at the broker. */
+	if (spool_flush(&S.sp) < 0)
+		shutdown_now(EXIT_SYSERR);
 }
 
 static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	spool_flush(&S.sp);
+	if (spool_flush(&S.sp) < 0)
+		shutdown_now(EXIT_SYSERR);
 	out_flush(&S.out);
 }
 
@@ -906,6 +910,8 @@ int main(int argc, char **argv)
 	snprintf(S.done_filter, sizeof S.done_filter, "%s/done/+/+/+", S.cf.prefix);
 
 	signal(SIGPIPE, SIG_IGN);
+	/* A file size limit on the spool is a write error, not a kill. */
+	signal(SIGXFSZ, SIG_IGN);
 	S.loop = EV_DEFAULT;
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_drain = on_drain;

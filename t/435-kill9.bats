@@ -8,7 +8,7 @@ load helpers/common.bash
 setup() {
 	mqlb_setup
 	SUBOPTS="-c -i mqlb-sub-k9 --spool $T/spool --listen $T/sub.sock"
-	AUCTIONOPTS="--ack-timeout 5"
+	AUCTIONOPTS="--ack-timeout 5 --drain-timeout 2"
 	DISPATCHOPTS="-q 1"
 }
 teardown() {
@@ -288,6 +288,24 @@ kill9() {
 	wait_for 10 eval 'announce h "jobs/#"; sleep 0.2; grep -q "^ungroup g jobs/#" "$T/s1.out"'
 	wait_for 5 grep -qx "f $u nogroup" "$T/spool"
 	[ "$(sub_stat spool_live)" = 0 ]
+}
+
+@test "spool: cannot write it (file size limit): one error line, the records read go out, exit 111" {
+	broker_start
+	ready_fifo s1
+	bg s1 sh -c 'f=$1; shift; ulimit -f 8; exec "$@" 3>"$f"' sh "$T/s1.ready" mqlb-sub \
+		-h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool --spool "$T/spool" --ready-fd 3
+	wait_ready s1
+	announced s1 g
+	pad=$(printf '%1000s' '' | tr ' ' x)
+	seq 1 20 | sed "s/\$/ $pad/" | mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t jobs/a -l
+	wait_for 10 exited "$(cat "$T/s1.pid")"
+	run wait "$(cat "$T/s1.pid")"
+	[ "$status" -eq 111 ]
+	cat "$T/s1.err"
+	grep -q "mqlb-sub: error: cannot write the spool $T/spool: File too large" "$T/s1.err"
+	# every message spooled went out
+	[ "$(grep -c '^msg ' "$T/s1.out")" -ge "$(grep -c '^m ' "$T/spool")" ]
 }
 
 @test "spool: bad usage, and one mqlb-sub per spool" {
