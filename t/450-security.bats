@@ -321,6 +321,26 @@ export -f query_stats
 	run query_stats "$SOCKDIR/s2.sock"
 	[[ "$output" == *$'\nok' ]]
 
+	# Socket activation, the socket made 0666 as by SocketMode=0666: the
+	# same refusal.
+	ready_fifo s3
+	bg s3 sh -c 'exec "$@" 4>"$0"' "$T/s3.ready" perl -MIO::Socket::UNIX -MPOSIX -e '
+		my $p = shift;
+		my $s = IO::Socket::UNIX->new(Local => $p, Listen => 5) or die "listen: $!\n";
+		chmod 0666, $p;
+		POSIX::dup2(fileno($s), 3) or die "dup2: $!\n";
+		@ENV{qw(LISTEN_FDS LISTEN_PID)} = (1, $$);
+		exec @ARGV or die "exec: $!\n"' "$SOCKDIR/s3.sock" \
+		mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 4
+	wait_ready s3
+	[ "$(stat -c %a "$SOCKDIR/s3.sock")" = 666 ]
+	run as_nobody bash -c 'query_stats "$1"' - "$SOCKDIR/s3.sock"
+	echo "$output"
+	[[ "$output" != *stat* ]]
+	wait_for 5 lines_in "$T/s3.err" 1 'refused a socket peer of uid 65534'
+	run query_stats "$SOCKDIR/s3.sock"
+	[[ "$output" == *$'\nok' ]]
+
 	# The shipped .socket units ask for 0600 too.
 	for u in "$MQLB_SRCDIR"/contrib/systemd/*.socket*; do
 		grep -q '^SocketMode=0600$' "$u"
