@@ -463,6 +463,8 @@ static void spool_replay(struct filt *f)
 	int ng, nleft;
 	const uint64_t *g = filt_groups(f, &ng);
 
+	if (!ng)
+		return; /* (a reconnect of a filter no group wants any more) */
 	if (ng > cap) {
 		cap = ng;
 		if (!(left = realloc(left, (size_t)cap * sizeof *left)))
