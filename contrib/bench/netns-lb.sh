@@ -247,14 +247,19 @@ haproxy_stop() {
 	wait "$HAP_PID" || true
 }
 
-# Segments the brokers received (Tcp InSegs of their namespaces): per
-# message, it shows how a balancer packs publishes into segments.
+# segs_in NS...: TCP segments received in these namespaces (Tcp InSegs).
+# Per message, at the brokers and at the client, it shows how a balancer
+# packs publishes and acknowledgements into segments.
 segs_in() {
 	local n t=0
-	for n in b1 b2 b3; do
+	for n in "$@"; do
 		t=$((t + $(nsx "$n" awk '$1 == "Tcp:" && $2 ~ /^[0-9]/ { print $11 }' /proc/net/snmp)))
 	done
 	echo "$t"
+}
+# per_msg SEGS LINE: SEGS per acknowledged message of a msg measure.
+per_msg() {
+	awk -v g="$1" -v a="$(field acked_s "$2")" -v d="$dur" 'BEGIN { printf "%.2f", (a > 0 ? g / (a * d) : 0) }'
 }
 
 # field NAME LINE: the value of NAME=... in a mqlb-connbench line.
@@ -277,16 +282,16 @@ for round in $(seq 1 "$rounds"); do
 		c=$(nsx cl "$B/mqlb-connbench" conn -h "$VIP" -p "$PORT" --parallel "$par" --duration "$dur") ||
 			die "$m: mqlb-connbench conn failed"
 		sleep 0.5
-		g=$(segs_in)
+		g=$(segs_in b1 b2 b3) k=$(segs_in cl)
 		s=$(nsx cl "$B/mqlb-connbench" msg -h "$VIP" -p "$PORT" -q 1 --publishers "$npub" --window "$win" \
 			--size "$size" --duration "$dur" --sub "${REALS// /,}" --sub-source "$SUBSRC") ||
 			die "$m: mqlb-connbench msg failed"
-		g=$(($(segs_in) - g))
+		g=$(($(segs_in b1 b2 b3) - g)) k=$(($(segs_in cl) - k))
 		[ "$round" = 1 ] && echo "$m: $("${m}_info")" >>"$T/notes"
 		"${m}_stop"
 		echo "$m $(field conn_s "$c") $(field p50_ms "$c") $(field p99_ms "$c") $(field errors "$c")" \
 			"$(field acked_s "$s") $(field delivered_s "$s") $(field per_sub "$s" | tr , /)" \
-			"$(awk -v g="$g" -v a="$(field acked_s "$s")" -v d="$dur" 'BEGIN { printf "%.2f", (a > 0 ? g / (a * d) : 0) }')" |
+			"$(per_msg "$g" "$s") $(per_msg "$k" "$s")" |
 			tee -a "$T/results" | sed "s/^/# round $round: /"
 		# Let this mode's TIME_WAITs not crowd the next one's ports.
 		sleep 1
@@ -295,15 +300,16 @@ done
 sed 's/^/# /' "$T/notes"
 # Medians over the rounds (the machine may be shared: rounds in turn, so
 # a busy moment hits every mode alike), the range of conn/s and msg/s.
-printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s |\n' mode conn/s "conn/s range" "p50 ms" "p99 ms" errors msg/s "msg/s range" "deliv/s" "segs/msg"
-printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s |\n' --- ---: --- ---: ---: ---: ---: --- ---: ---:
+printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s | %8s |\n' mode conn/s "conn/s range" "p50 ms" "p99 ms" errors msg/s "msg/s range" "deliv/s" "segs/msg b" "segs/msg cl"
+printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s | %8s |\n' --- ---: --- ---: ---: ---: ---: --- ---: ---: ---:
 fail=0
 for m in ${modes//,/ }; do
 	med() { awk -v m="$m" -v k="$1" '$1 == m { print $k }' "$T/results" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 	rng() { awk -v m="$m" -v k="$1" '$1 == m { print $k }' "$T/results" | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%.0f-%.0f", a, b }'; }
 	errs=$(awk -v m="$m" '$1 == m { e += $5 } END { print e + 0 }' "$T/results")
-	printf '| %-7s | %7.0f | %-15s | %7.2f | %7.2f | %6s | %7.0f | %-15s | %8.0f | %8.2f |\n' "$m" "$(med 2)" \
-		"$(rng 2)" "$(med 3)" "$(med 4)" "$errs" "$(med 6)" "$(rng 6)" "$(med 7)" "$(med 9)"
+	printf '| %-7s | %7.0f | %-15s | %7.2f | %7.2f | %6s | %7.0f | %-15s | %8.0f | %8.2f | %8.2f |\n' "$m" \
+		"$(med 2)" "$(rng 2)" "$(med 3)" "$(med 4)" "$errs" "$(med 6)" "$(rng 6)" "$(med 7)" "$(med 9)" \
+		"$(med 10)"
 	awk -v m="$m" '$1 == m && !($2 > 0 && $6 > 0) { bad = 1 } END { exit bad }' "$T/results" || fail=1
 done
 [ "$fail" = 0 ] || { echo "netns-lb.sh: a mode measured no connection or no message" >&2; exit 69; }
