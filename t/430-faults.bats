@@ -98,9 +98,11 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 @test "expired tokens are purged without being taken" {
 	broker_start
 	auction --token-ttl 0.3
-	feed "group g jobs/#"
-	sleep 0.2
-	for w in w1 w2 w3; do bid g "$w" "$U1" jobs/a; done
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 5 eval '[ "$(stat_of asked)" -ge 1 ]'
+	# the first bid wins; the three after it are tokens
+	for w in w1 w2 w3 w4; do bid g "$w" "$U1" jobs/a; done
+	wait_for 5 grep -q "^assign $U1 g w1 " "$T/a.out"
 	wait_for 5 eval '[ "$(stat_of tokens_kept)" = 3 ]'
 	wait_for 5 eval '[ "$(stat_of tokens_expired)" = 3 ]'
 	[ "$(stat_of tokens)" = 0 ]

@@ -68,14 +68,15 @@ broker_start() {
 		return 1
 	fi
 	mkdir -p "$dir"
-	# Run as root, mosquitto drops to its own user: let it write its log.
-	chmod 0777 "$dir"
 	for try in $(seq 1 30); do
 		port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
 		port_open "$port" && continue
 		conf="$dir/mosquitto.conf"
 		{
 			echo "listener $port 127.0.0.1"
+			# Started by root, mosquitto would drop to its own user, which
+			# cannot reach $T (mode 0700): no log, no persistence file.
+			echo "user $(id -un)"
 			echo "allow_anonymous true"
 			echo "persistence false"
 			echo "log_dest file $dir/log"
