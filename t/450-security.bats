@@ -9,9 +9,9 @@ load helpers/common.bash
 
 setup() {
 	mqlb_setup
-	# mosquitto, run as root, drops to its own user before it reads the
-	# password file, and a client run as nobody must reach a socket: a
-	# directory anyone may enter (bats' own is 0700).
+	# A client run as nobody must reach a socket here, and a broker that
+	# drops to its own user must read the password file: a directory
+	# anyone may enter (bats' own is 0700).
 	PRIV=$(mktemp -d /tmp/mqlb-450.XXXXXX)
 	chmod 0755 "$PRIV"
 	AUTH=$PRIV/auth
