@@ -162,55 +162,8 @@ SUBOPTS="-c -i mqlb-sub-fixed"
 AUCTIONOPTS="--ack-timeout 5"
 DISPATCHOPTS="-q 1"
 
-# A job: log its start and end with the worker id and the payload.
-JOB='p=$(cat); echo "start $MQLB_WID $p" >>"$LOG"; sleep "$SVC"; echo "end $MQLB_WID $p" >>"$LOG"'
-
-# worker NAME SECONDS [OPTIONS] [-- COMMAND]: a one-slot worker of group g
-# on jobs/#, running JOB unless a command is given.
-worker() {
-	local name=$1 svc=$2
-	shift 2
-	local cmd=(sh -c "$JOB")
-	local opts=()
-	while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
-	[ "${1:-}" = -- ] && { shift; cmd=("$@"); }
-	rm -f "$T/$name.ready"
-	ready_fifo "$name"
-	LOG="$T/log" SVC=$svc bg "$name" ready3 "$T/$name.ready" mqlb-worker -h 127.0.0.1 \
-		-p "$BROKER_PORT" -V 5 -g g -t 'jobs/#' --wid "$name" --fallback none -k 5 \
-		--ready-fd 3 "${opts[@]}" -- "${cmd[@]}"
-	wait_ready "$name"
-}
-
-# publish N [FIRST]: payloads job-FIRST.. job-(FIRST+N-1) on jobs/a, QoS 1.
-publish() {
-	local n=$1 first=${2:-1}
-	seq "$first" $((first + n - 1)) | sed 's/^/job-/' |
-		mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t jobs/a -l
-}
-
-ended() { grep -c '^end ' "$T/log" 2>/dev/null || echo 0; }
+# JOB, worker, publish, ended, account, settled: t/helpers/common.bash.
 dropped() { grep -c '^drop ' "$T/records" 2>/dev/null || echo 0; }
-# settled N: every one of N jobs ran to its end or was dropped.
-settled() { [ "$(account "$1" | awk '$1 == "lost" { print $2 }')" = 0 ]; }
-
-# account N: published, processed (distinct jobs run to their end),
-# duplicated (runs beyond the first), dropped and lost, one per line.
-account() {
-	awk -v n="$1" '
-		FILENAME ~ /log$/ && $1 == "end" { runs[$3]++ }
-		FILENAME ~ /records[^\/]*$/ && $1 == "drop" { drop[$5]++ }
-		END {
-			for (i = 1; i <= n; i++) {
-				j = "job-" i
-				if (j in runs) { done++; dup += runs[j] - 1 }
-				else if (j in drop) dropped++
-				else { lost++; if (lost <= 10) missing = missing " " j }
-			}
-			printf "published %d\nprocessed %d\nduplicated %d\ndropped %d\nlost %d\n", n, done, dup, dropped, lost
-			if (missing != "") print "missing" missing
-		}' "$T/log" "$T"/records* 2>/dev/null
-}
 
 # busy_worker: the name of a worker that is in the middle of a job.
 busy_worker() {

@@ -224,7 +224,6 @@ pipeline_stop() {
 }
 
 # --- jobs counted on the worker side ----------------------------------------
-# (The same fixtures as t/430-faults.bats, which still has its own copies.)
 # A job: log its start and end with the worker id and the payload.
 JOB='p=$(cat); echo "start $MQLB_WID $p" >>"$LOG"; sleep "$SVC"; echo "end $MQLB_WID $p" >>"$LOG"'
 
