@@ -65,7 +65,7 @@ esc() { printf '%b' "$1" | recodec escape; }
 	recodec escape <"$T/all" >"$T/all.esc"
 	# One line, no byte an awk or cut split would trip on.
 	[ "$(wc -l <"$T/all.esc")" -eq 1 ]
-	! LC_ALL=C grep -q '[[:cntrl:] ]' <(head -c -1 "$T/all.esc")
+	! LC_ALL=C grep -q '[[:cntrl:] ]' <(head -c -1 "$T/all.esc") || false
 	# Every byte 0x00-0x20, % and 0x7F is escaped, nothing else.
 	[ "$(LC_ALL=C grep -o '%[0-9A-F][0-9A-F]' "$T/all.esc" | tr -d '\n')" = \
 		"$(for i in $(seq 0 32) 37 127; do printf '%%%02X' "$i"; done)" ]

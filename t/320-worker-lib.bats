@@ -27,5 +27,5 @@ U1=11111111-2222-4333-8444-555555555551
 	[ -n "$lib" ]
 	nm -D --defined-only "$lib" | awk '$2 ~ /^[TDBR]$/ { print $3 }' >"$T/syms"
 	grep -q '^mqlb_worker_new$' "$T/syms"
-	! grep -v '^mqlb_' "$T/syms"
+	! grep -v '^mqlb_' "$T/syms" || false
 }

@@ -74,7 +74,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	# The losing bid is a token: the next message goes to w2 without asking.
 	feed "msg $U2 1 0 jobs/# jobs/c x"
 	wait_for 5 out_has "assign $U2 g w2 1 jobs/c x"
-	! seen "$PREFIX/req/$U2/jobs/c|"
+	! seen "$PREFIX/req/$U2/jobs/c|" || false
 	[ "$(stat_of tokens_used)" -ge 1 ]
 }
 
@@ -91,7 +91,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	wait_for 5 out_has "assign $U1 g1 w1 2 jobs/a %00%FF rt=reply/x,cd=abc"
 	wait_for 5 out_has "assign $U1 g2 w9 2 jobs/a %00%FF rt=reply/x,cd=abc"
 	sleep 0.3
-	! grep -q "^assign $U1 g3" "$T/a.out"
+	! grep -q "^assign $U1 g3" "$T/a.out" || false
 }
 
 @test "no bid: asked again on the --retry schedule, then drop nobid at --deadline" {
@@ -126,7 +126,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	# free=1 is a token: no request for the next one.
 	feed "msg $U2 1 0 jobs/# jobs/b q"
 	wait_for 5 out_has "assign $U2 g w1 1 jobs/b q"
-	! seen "$PREFIX/req/$U2/jobs/b|"
+	! seen "$PREFIX/req/$U2/jobs/b|" || false
 	# fail busy: not an attempt; the message goes to the next bidder.
 	pub "$PREFIX/done/g/w1/$U2" "fail busy" -q 1 -V 5
 	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
@@ -149,7 +149,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	# one request at a time for the group, for its oldest job; a bid
 	# shows free slots, so the next job is asked for at once
 	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
-	! seen "$PREFIX/req/$U2/jobs/b|"
+	! seen "$PREFIX/req/$U2/jobs/b|" || false
 	bid g w1 "$U1" jobs/a
 	wait_for 5 seen "$PREFIX/req/$U2/jobs/b|"
 	bid g w1 "$U2" jobs/b
@@ -193,7 +193,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5
 	pub "$PREFIX/done/g/w1/not-a-uuid" "ok" -q 1 -V 5
 	sleep 0.5
-	! grep -q '^done' "$T/a.out"
+	! grep -q '^done' "$T/a.out" || false
 	kill -0 "$(pidof_bg a)"
 }
 
@@ -210,7 +210,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	# so the next message is asked for, not handed to w1 unasked
 	feed "msg $U1 1 0 jobs/# jobs/a p"
 	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
-	! grep -q "^assign $U1" "$T/a.out"
+	! grep -q "^assign $U1" "$T/a.out" || false
 	bid g w1 "$U1" jobs/a
 	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
 	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5

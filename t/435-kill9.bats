@@ -137,24 +137,24 @@ kill9() {
 	done_ok g "$u2" "fail exit 3"
 	wait_for 5 grep -q "^f $u1 ok\$" "$T/spool"
 	wait_for 5 eval '[ "$(sub_stat dones)" = 4 ]'
-	! grep -q "^f $u3" "$T/spool"
+	! grep -q "^f $u3" "$T/spool" || false
 	[ "$(sub_stat spool_live)" = 2 ]
 	kill9 s1
 
 	sub s2
 	# nothing is written out before its filter has a group again
 	sleep 0.3
-	! grep -q '^msg ' "$T/s2.out"
+	! grep -q '^msg ' "$T/s2.out" || false
 	announced s2 g
 	wait_for 5 lines_in "$T/s2.out" 2 '^msg '
 	cat "$T/s2.out"
 	# the same records, for the groups that have not said ok
 	grep -qxF "$(grep " $u2 " "$T/msgs1")" "$T/s2.out"
 	grep -qxF "$(grep " $u3 " "$T/msgs1")" "$T/s2.out"
-	! grep -q " $u1 " "$T/s2.out"
+	! grep -q " $u1 " "$T/s2.out" || false
 	[ "$(sub_stat spool_replayed)" = 2 ]
 	# compacted at the start: u1 is gone from the file
-	! grep -q "$u1" "$T/spool"
+	! grep -q "$u1" "$T/spool" || false
 	grep -qx "r $u2" "$T/spool"
 	done_ok g "$u2"
 	wait_for 5 grep -q "^f $u2 ok\$" "$T/spool"
@@ -162,7 +162,7 @@ kill9() {
 	# for it in the last run: that is not kept, a duplicate), not h
 	done_ok h "$u3"
 	sleep 0.3
-	! grep -q "^f $u3" "$T/spool"
+	! grep -q "^f $u3" "$T/spool" || false
 	done_ok g "$u3"
 	wait_for 5 grep -q "^f $u3 ok\$" "$T/spool"
 	[ "$(sub_stat spool_live)" = 0 ]
@@ -188,7 +188,7 @@ kill9() {
 	sub s2
 	announced s2 g
 	sleep 0.3
-	! grep -q '^msg ' "$T/s2.out"
+	! grep -q '^msg ' "$T/s2.out" || false
 	[ "$(sub_stat spool_replayed)" = 0 ]
 }
 
@@ -238,7 +238,7 @@ kill9() {
 	grep -qx "msg ${U2} 1 0 jobs/# jobs/a second" "$T/s1.out"
 	[ "$(grep -c '^msg ' "$T/s1.out")" -eq 2 ]
 	# the bad lines are not kept
-	! grep -q 'garbage\|badqos\|cut' "$T/spool"
+	! grep -q 'garbage\|badqos\|cut' "$T/spool" || false
 }
 
 @test "spool: entries given up (--spool-replays at the start, --spool-ttl while running) warn, are counted and not written out again" {
@@ -253,7 +253,7 @@ kill9() {
 	[ "$(sub_stat spool_given_up)" = 1 ]
 	announced s1 g
 	wait_for 5 grep -qx "msg $U2 1 0 jobs/# jobs/a once" "$T/s1.out"
-	! grep -q "$U1" "$T/s1.out"
+	! grep -q "$U1" "$T/s1.out" || false
 	# no done for U2, nor for a new message, within 1 s
 	pub jobs/a new -q 1
 	wait_for 5 eval '[ "$(sub_stat spool_given_up)" = 3 ]'
@@ -264,7 +264,7 @@ kill9() {
 	sub s2
 	announced s2 g
 	sleep 0.5
-	! grep -q '^msg ' "$T/s2.out"
+	! grep -q '^msg ' "$T/s2.out" || false
 }
 
 @test "spool: an entry whose filter nobody announces within --group-ttl becomes drop nogroup" {

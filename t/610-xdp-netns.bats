@@ -83,7 +83,7 @@ e2e() {
 	cat "$T/owners"
 	# Spread across brokers (24 flows on one broker of three: p = 3^-23).
 	[ "$(awk '{ print $3 }' "$T/owners" | sort -u | grep -vc '^0$')" -ge 2 ]
-	! grep -q ' 0$' "$T/owners"
+	! grep -q ' 0$' "$T/owners" || false
 	[ "$(lb_stat "vip.$TB_VIP:1883.tcp.new_flows")" -ge "$NSUB" ]
 
 	# b3 dies; the health loop (here: us) drains it.

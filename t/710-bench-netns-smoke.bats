@@ -39,5 +39,5 @@ netns_lb() { bash "$MQLB_SRCDIR/contrib/bench/netns-lb.sh" "$@"; }
 	grep -Eq '^# xdp: native mode, [1-9][0-9]* new flows in XDP' "$T/out"
 	run=$(sed -n 's/.*namespaces \(nlb-[0-9a-f]*\)-\*.*/\1/p' "$T/out")
 	[ -n "$run" ]
-	! ip netns list | grep -q "^$run-"
+	! ip netns list | grep -q "^$run-" || false
 }

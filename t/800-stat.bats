@@ -183,7 +183,7 @@ cell() { awk -v s="$1" -v c="$2" '$1 == s { print $(c + 1) }' <<<"$output"; }
 	echo $! >>"$T/pids"
 	wait_for 15 grep -Eq '^msg  +-  +[0-9]+ \(\+[0-9]+\.[0-9]/s\)$' "$T/watch.out"
 	# A figure that did not grow has no rate.
-	! grep -q '^slots .*/s' "$T/watch.out"
+	! grep -q '^slots .*/s' "$T/watch.out" || false
 	kill -INT "$pid"
 	wait_for 5 exited "$pid"
 	run wait "$pid"

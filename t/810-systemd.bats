@@ -45,7 +45,7 @@ units() {
 		f=$B/contrib/systemd/$u
 		[ -f "$f" ] || f=$MQLB_SRCDIR/contrib/systemd/$u
 		[ -f "$f" ]
-		! grep -n '@[a-z]*dir@' "$f"
+		! grep -n '@[a-z]*dir@' "$f" || false
 		head -n3 "$f" | grep -q 'SPDX-License-Identifier: MIT'
 	done
 	grep -q "^ExecStart=/.*/mqlb/balancer %i$" "$B/contrib/systemd/mqlb-balancer@.service"
@@ -148,7 +148,7 @@ balancer() {
 	[ "$(grep -c . "$T/notify.out")" -eq 1 ]
 	# One award went out; its "sent" record is kept out of the journal.
 	[ "$(mqlb-stat "$T/run/dispatch.sock" | awk '$1 == "sent" { print $2 }')" = 1 ]
-	! grep -q '^sent ' "$T/bal.out"
+	! grep -q '^sent ' "$T/bal.out" || false
 	# SIGTERM to every stage: all of them end, the script too, with 0.
 	local pid
 	pid=$(cat "$T/pgid")
@@ -231,7 +231,7 @@ balancer() {
 	bg act ip netns exec "$(ns x)" systemd-socket-activate -l "$T/xdp.sock" \
 		mqlb-xdp -i va --mode generic
 	wait_for 5 test -S "$T/xdp.sock"
-	! pgrep -f "mqlb-xdp -i va --mode generic" -P "$(pidof_bg act)" >/dev/null
+	! pgrep -f "mqlb-xdp -i va --mode generic" -P "$(pidof_bg act)" >/dev/null || false
 	bg health mqlb-health --vip 10.9.0.1:1883 --output "$T/xdp.sock" "b1=127.0.0.1:$BROKER_PORT"
 	wait_for 15 eval 'mqlb-stat "$T/xdp.sock" 2>/dev/null | grep -q "^vip\.10\.9\.0\.1:1883\.tcp\."'
 	run mqlb-stat "$T/xdp.sock"
