@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/random.h>
 #include <uuid/uuid.h>
 
 #include "io.h"
@@ -333,11 +334,33 @@ static void announce(const struct mosquitto_message *m)
 		subscribe(f);
 }
 
+/* A random (version 4) uuid. uuid_generate_random makes six system calls
+ * for each; one getrandom(2) of 4 KiB serves 256 of them here. */
 static void new_uuid(char id[37])
 {
+	static unsigned char pool[4096];
+	static size_t used = sizeof pool;
 	uuid_t u;
 
-	uuid_generate_random(u);
+	if (used == sizeof pool) {
+		size_t got = 0;
+
+		while (got < sizeof pool) {
+			ssize_t n = getrandom(pool + got, sizeof pool - got, 0);
+
+			if (n < 0 && errno != EINTR) {
+				uuid_generate_random(u);
+				uuid_unparse_lower(u, id);
+				return;
+			}
+			got += n > 0 ? (size_t)n : 0;
+		}
+		used = 0;
+	}
+	memcpy(u, pool + used, sizeof u);
+	used += sizeof u;
+	u[6] = (unsigned char)((u[6] & 0x0f) | 0x40); /* version 4 */
+	u[8] = (unsigned char)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 	uuid_unparse_lower(u, id);
 }
 
