@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "mqtt.h"
@@ -114,10 +115,35 @@ static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	update_io(mq);
 }
 
+/* While reading is paused (back-pressure), libmosquitto's keepalive would
+ * send PINGREQ and then close the connection because the PINGRESP sits
+ * unread behind the messages we hold off: a pause longer than the
+ * keepalive lost the session. Instead the broker gets a bare PINGREQ now
+ * and then, which is all it needs to keep us; its PINGRESPs are read, and
+ * ignored, after the pause. On TLS the stream is libmosquitto's alone: the
+ * broker's own keepalive (1.5 times ours) then ends a pause that long. */
+static void ping_while_paused(struct mq *mq)
+{
+	static const unsigned char pingreq[2] = { 0xc0, 0x00 };
+	int fd = mosquitto_socket(mq->m);
+	ev_tstamp now = ev_now(mq->loop);
+
+	if (fd < 0 || !mq->connected || mq->o->cafile || mq->o->capath ||
+	    now - mq->paused_ping < mq->o->keepalive / 2.0 || mosquitto_want_write(mq->m))
+		return;
+	/* Whole or not at all: two bytes into an idle socket's send buffer. */
+	if (write(fd, pingreq, sizeof pingreq) == (ssize_t)sizeof pingreq)
+		mq->paused_ping = now;
+}
+
 static void misc_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct mq *mq = w->data;
 
+	if (mq->read_paused) {
+		ping_while_paused(mq);
+		return;
+	}
 	if (mosquitto_socket(mq->m) >= 0) {
 		mq->in_lib++;
 		mosquitto_loop_misc(mq->m);
@@ -304,6 +330,8 @@ void mq_start(struct mq *mq)
 
 void mq_pause_read(struct mq *mq, int paused)
 {
+	if (paused && !mq->read_paused)
+		mq->paused_ping = ev_now(mq->loop);
 	mq->read_paused = paused;
 	update_io(mq);
 	/* Messages libmosquitto already holds in its buffer still arrive. */

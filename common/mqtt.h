@@ -50,6 +50,7 @@ struct mq {
 	const char *name; /* for diagnostics: "broker", "output"... */
 	int connected, ever_connected, fails, stopping, read_paused;
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
+	ev_tstamp paused_ping; /* our last PINGREQ while reading is paused */
 	double backoff;
 };
 
