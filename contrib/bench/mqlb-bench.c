@@ -32,7 +32,8 @@ static const char usage[] =
 	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke] [--mqlb | --share]\n"
 	"                  [--workers n] [--slots n] [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
-	"                  [--grace seconds] [--window n] [--size bytes] [--bindir dir]\n"
+	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
+	"                  [--bindir dir]\n"
 	"                  [--broker path] [--csv] [--plot file.png] [--keep] [--label text]\n";
 
 #define MAXW 64
@@ -46,7 +47,7 @@ static struct {
 	double service[MAXW];
 	int nservice;
 	double rate, load; /* jobs/s; or a fraction of capacity; both 0: max */
-	double duration, grace;
+	double duration, grace, drain;
 	long window;
 	long size;
 	int modes; /* 1 mqlb, 2 share */
@@ -113,7 +114,8 @@ static struct mq pub;
 static struct mq_opts pubo;
 static int pub_connected, interrupted;
 static enum phase phase;
-static int64_t t0, t_stop, t_phase;
+static int64_t t0, t_stop, t_phase, t_progress;
+static unsigned long last_done;
 static unsigned long published, done_unique, pubfail;
 static double rate;
 static ev_timer ctl, tick;
@@ -696,13 +698,21 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 			break;
 		ev_timer_stop(loop, &tick);
 		phase = P_DRAIN;
-		t_stop = now;
+		t_stop = t_progress = now;
+		last_done = done_unique;
 		break;
 	case P_DRAIN:
 		/* a short wait after the last done still catches duplicates and
-	 * the broker's next $SYS figures */
+		 * the broker's next $SYS figures. With --drain, the grace counts
+		 * from the last job done: a backlog that still shrinks is waited
+		 * for, up to --drain seconds after the load stopped. */
+		if (done_unique != last_done) {
+			last_done = done_unique;
+			t_progress = now;
+		}
 		if ((done_unique == published && now - t_stop > 1100000000) ||
-		    now - t_stop > (int64_t)(cf.grace * NS)) {
+		    now - (cf.drain > 0 ? t_progress : t_stop) > (int64_t)(cf.grace * NS) ||
+		    (cf.drain > 0 && now - t_stop > (int64_t)(cf.drain * NS))) {
 			cur->ok = 1;
 			phase = P_END;
 			ev_break(loop, EVBREAK_ALL);
@@ -963,7 +973,11 @@ static void describe(FILE *f)
 		fprintf(f, "max rate (window %ld)", cf.window);
 	if (isfinite(capacity()))
 		fprintf(f, " (capacity %.0f)", capacity());
-	fprintf(f, ", %g s + %g s grace, QoS 1\n", cf.duration, cf.grace);
+	if (cf.drain > 0)
+		fprintf(f, ", %g s + drain (at most %g s, until %g s without a done), QoS 1\n",
+			cf.duration, cf.drain, cf.grace);
+	else
+		fprintf(f, ", %g s + %g s grace, QoS 1\n", cf.duration, cf.grace);
 }
 
 static void per_worker(const struct result *r, char *buf, size_t len)
@@ -1093,7 +1107,7 @@ static void plot(struct result *rs, int n)
 
 enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
-	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
+	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
 	O_PLOT, O_KEEP, O_LABEL,
 };
 
@@ -1110,6 +1124,7 @@ static const struct option longopts[] = {
 	{ "max", no_argument, NULL, O_MAX },
 	{ "duration", required_argument, NULL, O_DURATION },
 	{ "grace", required_argument, NULL, O_GRACE },
+	{ "drain", required_argument, NULL, O_DRAIN },
 	{ "window", required_argument, NULL, O_WINDOW },
 	{ "size", required_argument, NULL, O_SIZE },
 	{ "bindir", required_argument, NULL, O_BINDIR },
@@ -1156,6 +1171,8 @@ static void scenario(int n)
 		cf.service[0] = 0.010;
 		cf.load = 2;
 		cf.duration = 60;
+		/* "every message is processed once the load falls" */
+		cf.drain = 120;
 		break;
 	}
 }
@@ -1202,6 +1219,7 @@ static void opt(int c, const char *arg)
 	case O_MAX: cf.rate = cf.load = 0; break;
 	case O_DURATION: cf.duration = opt_secs("--duration", arg, 0.1, 86400); break;
 	case O_GRACE: cf.grace = opt_secs("--grace", arg, 0, 3600); break;
+	case O_DRAIN: cf.drain = opt_secs("--drain", arg, 0, 3600); break;
 	case O_WINDOW: cf.window = opt_long("--window", arg, 1, 1000000); break;
 	case O_SIZE: cf.size = opt_long("--size", arg, 0, 10000000); break;
 	case O_BINDIR: cf.bindir = arg; break;
@@ -1230,6 +1248,7 @@ int main(int argc, char **argv)
 		/* CI checks that it runs: two modes in about 10 s, no figures */
 		cf.duration = cf.duration < 2 ? cf.duration : 2;
 		cf.grace = cf.grace < 1 ? cf.grace : 1;
+		cf.drain = 0;
 		if (cf.rate <= 0 || cf.rate > 200)
 			cf.rate = 200;
 	}
