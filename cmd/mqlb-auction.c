@@ -822,6 +822,10 @@ static void rec_msg(struct rec *r)
 		return bad("msg record: bad retain flag");
 	if (rec_unescape(r, 4) < 0 || !r->len[4])
 		return bad("msg record: bad filter");
+	/* mtopic and payload are copied out as they came: they must be
+	 * escaped right, or the assign record would be malformed. */
+	if (!rec_field_ok(r, 5) || !rec_field_ok(r, 6))
+		return bad("msg record: bad escape in mtopic or payload");
 	if (msg_find(r->f[1])) {
 		S.n_bad_records++;
 		warnl("line %lu: msg %.36s seen before; skipped", S.in.lineno, r->f[1]);

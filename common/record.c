@@ -49,6 +49,23 @@ int rec_split(char *line, size_t n, struct rec *r)
 	return 0;
 }
 
+int rec_field_ok(const struct rec *r, int i)
+{
+	const unsigned char *p = (const unsigned char *)r->f[i];
+	size_t n = r->len[i];
+
+	for (size_t k = 0; k < n; k++) {
+		if (p[k] == '%') {
+			if (k + 2 >= n || hexval(p[k + 1]) < 0 || hexval(p[k + 2]) < 0)
+				return 0;
+			k += 2;
+		} else if (rec_must_escape(p[k])) {
+			return 0;
+		}
+	}
+	return n > 0;
+}
+
 static long unescape(char *p, size_t n)
 {
 	size_t i, o = 0;

@@ -28,6 +28,11 @@ static inline int rec_must_escape(unsigned char c)
  * (nothing to do), -1 when the line has more than REC_MAXF fields. */
 int rec_split(char *line, size_t n, struct rec *r);
 
+/* Field i is well-formed escaped text, as a stage that copies it out
+ * without decoding must check: no raw byte that needs escaping, each %
+ * followed by two hex digits. */
+int rec_field_ok(const struct rec *r, int i);
+
 /* Decode field i in place ("-" becomes empty, %XX its byte); the field stays
  * NUL-terminated. Returns the decoded length, or -1 on a bad escape. */
 long rec_unescape(struct rec *r, int i);

@@ -175,6 +175,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	auction
 	feed "msg short" "msg not-a-uuid 1 0 a/# a/b p" "msg $U1 7 0 a/# a/b p" \
 		"group" "group g/x jobs/#" "ungroup" "verb-we-do-not-know a b" \
+		"msg $U2 0 0 none/# none/a $(printf 'raw\tTAB')" "msg $U2 0 0 none/# none/a bad%2" \
 		"msg $U3 0 0 none/# none/a last"
 	wait_for 5 out_has "drop $U3 nogroup none/a last"
 	out_has "verb-we-do-not-know a b"
@@ -184,7 +185,11 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	grep -q "line 4: malformed group record" "$T/a.err"
 	grep -q "line 5: malformed group record" "$T/a.err"
 	grep -q "line 6: malformed ungroup record" "$T/a.err"
-	[ "$(stat_of bad_records)" = 6 ]
+	# copied out as they come, so checked: a raw control byte, a cut escape
+	grep -q "line 8: msg record: bad escape in mtopic or payload" "$T/a.err"
+	grep -q "line 9: msg record: bad escape in mtopic or payload" "$T/a.err"
+	! grep -q "^drop $U2" "$T/a.out" || false
+	[ "$(stat_of bad_records)" = 8 ]
 }
 
 @test "bids for unknown uuids and forged dones are ignored" {
