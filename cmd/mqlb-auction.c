@@ -52,6 +52,7 @@ struct wstat {
 	struct group *g;
 	char wid[MAX_LEVEL + 1];
 	unsigned long awarded, ok, fail;
+	unsigned long inflight; /* counted when the stats are asked for */
 	struct hist lat; /* award to done */
 	struct wstat *next, *lnext; /* hash chain; list in first-award order */
 };
@@ -1320,14 +1321,16 @@ static void worker_stats(struct out *o)
 {
 	char name[2 * MAX_LEVEL + 32];
 
+	for (struct wstat *w = S.wlist; w; w = w->lnext)
+		w->inflight = 0;
+	for (struct group *g = S.groups; g; g = g->next)
+		for (struct job *j = g->awarded.head; j; j = j->next)
+			if (j->ws)
+				j->ws->inflight++;
 	for (struct wstat *w = S.wlist; w; w = w->lnext) {
-		unsigned long inflight = 0;
-
-		for (struct job *j = w->g->awarded.head; j; j = j->next)
-			inflight += j->ws == w;
 #define WSTAT(field, v) \
 	(snprintf(name, sizeof name, "worker.%s/%s." field, w->g->name, w->wid), out_stat(o, name, v))
-		WSTAT("inflight", inflight);
+		WSTAT("inflight", w->inflight);
 		WSTAT("awarded", w->awarded);
 		WSTAT("done_ok", w->ok);
 		WSTAT("done_fail", w->fail);
