@@ -770,23 +770,6 @@ static void rec_ungroup(struct rec *r)
 		g->tlen = 0;
 }
 
-static int is_uuid(const char *s, size_t n)
-{
-	if (n != 36)
-		return 0;
-	for (int i = 0; i < 36; i++) {
-		char c = s[i];
-
-		if (i == 8 || i == 13 || i == 18 || i == 23) {
-			if (c != '-')
-				return 0;
-		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-			return 0;
-		}
-	}
-	return 1;
-}
-
 static struct msg *msg_new(void)
 {
 	struct msg *m = S.free;
@@ -815,7 +798,7 @@ static void rec_msg(struct rec *r)
 	/* msg <uuid> <qos> <retain> <filter> <mtopic> <payload> [<props>] */
 	if (r->nf != 7 && r->nf != 8)
 		return bad("msg record needs 7 or 8 fields");
-	if (!is_uuid(r->f[1], r->len[1]))
+	if (!rec_uuid_ok(r->f[1], r->len[1]))
 		return bad("msg record: bad uuid");
 	if (rec_ulong(r, 2, 2, &qos) < 0)
 		return bad("msg record: bad qos");
@@ -1128,7 +1111,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		S.n_bids++;
 		k = levels(t + 4, lv, 3, &rest);
 		if (k < 3 || !(g = group_find(lv[0], strlen(lv[0]))) || !g->nfilters || !*lv[1] ||
-		    strlen(lv[1]) > MAX_LEVEL || !is_uuid(lv[2], strlen(lv[2]))) {
+		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
 			S.n_bids_ignored++;
 			return;
 		}
@@ -1142,7 +1125,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 	} else if (!strncmp(t, "done/", 5)) {
 		k = levels(t + 5, lv, 3, &rest);
 		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
-		    strlen(lv[1]) > MAX_LEVEL || !is_uuid(lv[2], strlen(lv[2]))) {
+		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
 			S.n_forged++;
 			warnl("bad done topic %s; ignored", msg->topic);
 			return;

@@ -150,7 +150,7 @@ static void rec_assign(struct rec *r)
 	/* assign <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
 	if (r->nf != 7 && r->nf != 8)
 		return bad("assign record needs 7 or 8 fields");
-	if (r->len[1] != 36)
+	if (!rec_uuid_ok(r->f[1], r->len[1]))
 		return bad("assign record: bad uuid");
 	if (rec_ulong(r, 4, 2, &qos) < 0)
 		return bad("assign record: bad qos");

@@ -140,6 +140,7 @@ static void read_options_file(const char *path, int *argc, char ***argv, int at)
 	char **words = NULL;
 	int n = 0, cap = 0, lineno = 0;
 	static int nfiles;
+	static char **spliced;
 
 	/* A file that names itself (or two that name each other) would splice
 	 * words in forever. */
@@ -196,6 +197,10 @@ static void read_options_file(const char *path, int *argc, char ***argv, int at)
 	memcpy(nv + at, words, (size_t)n * sizeof *nv);
 	memcpy(nv + at + n, *argv + at, (size_t)(*argc - at + 1) * sizeof *nv);
 	free(words);
+	/* The argv an earlier file made is ours to free; main's is not. */
+	if (*argv == spliced)
+		free(spliced);
+	spliced = nv;
 	*argc += n;
 	*argv = nv;
 }

@@ -49,6 +49,23 @@ int rec_split(char *line, size_t n, struct rec *r)
 	return 0;
 }
 
+int rec_uuid_ok(const char *s, size_t n)
+{
+	if (n != 36)
+		return 0;
+	for (size_t i = 0; i < 36; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (c != '-')
+				return 0;
+		} else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
 int rec_field_ok(const struct rec *r, int i)
 {
 	const unsigned char *p = (const unsigned char *)r->f[i];
@@ -191,7 +208,8 @@ int props_next(char **cursor, char **name, size_t *nlen, char **value, size_t *v
 	if (!eq || eq == p)
 		return -1;
 	*eq = '\0';
-	if ((n = unescape(p, (size_t)(eq - p))) < 0)
+	/* A NUL in a name would make "rt%00x" read as "rt". */
+	if ((n = unescape(p, (size_t)(eq - p))) <= 0 || strlen(p) != (size_t)n)
 		return -1;
 	*name = p;
 	*nlen = (size_t)n;

@@ -28,6 +28,10 @@ static inline int rec_must_escape(unsigned char c)
  * (nothing to do), -1 when the line has more than REC_MAXF fields. */
 int rec_split(char *line, size_t n, struct rec *r);
 
+/* s[0..n) is a uuid as mqlb writes them: 36 bytes, lower-case hex and
+ * dashes at 8, 13, 18 and 23. */
+int rec_uuid_ok(const char *s, size_t n);
+
 /* Field i is well-formed escaped text, as a stage that copies it out
  * without decoding must check: no raw byte that needs escaping, each %
  * followed by two hex digits. */

@@ -168,18 +168,6 @@ static void late_bid(struct mqlb_worker *w)
 	w->late_mtopic = NULL;
 }
 
-/* A lower-case libuuid uuid at s (not NUL-terminated there). */
-static int is_uuid(const char *s)
-{
-	for (int i = 0; i < UUID_LEN; i++) {
-		int dash = i == 8 || i == 13 || i == 18 || i == 23;
-
-		if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-			return 0;
-	}
-	return 1;
-}
-
 static void request(struct mqlb_worker *w, const char *topic)
 {
 	const char *uuid = topic + w->l_req, *mtopic = uuid + UUID_LEN + 1;
@@ -187,7 +175,7 @@ static void request(struct mqlb_worker *w, const char *topic)
 
 	if (strlen(uuid) < UUID_LEN + 2 || uuid[UUID_LEN] != '/')
 		return;
-	if (!is_uuid(uuid))
+	if (!rec_uuid_ok(uuid, UUID_LEN))
 		return;
 	w->st.requests++;
 	if (w->draining)
@@ -284,7 +272,8 @@ static void job_props(struct job *j, const mosquitto_property *props)
 			if (!mosquitto_property_read_string_pair(p, id, &name, &val, false))
 				break;
 			/* mqlb-id is the job's id, not one of its properties. */
-			if (!strcmp(name, "mqlb-id") && !j->id && strlen(val) == UUID_LEN) {
+			if (!strcmp(name, "mqlb-id") && !j->id && strlen(val) == UUID_LEN &&
+			    rec_uuid_ok(val, UUID_LEN)) {
 				j->id = val;
 				val = NULL;
 			} else {
