@@ -26,6 +26,9 @@ row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 	run bench --service 0 --load 0.5
 	[ "$status" -eq 2 ]
 	[[ "$output" == *'--load needs service times above 0'* ]]
+	run bench --drain -1
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--drain: bad duration "-1"'* ]]
 	run bench --help
 	[ "$status" -eq 0 ]
 	[[ "$output" == 'usage: mqlb-bench'* ]]
