@@ -58,3 +58,46 @@ row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 	[ "$(wc -l <"$T/csv")" -eq 2 ]
 	grep -q '^,share,1,4,1,' "$T/csv"
 }
+
+@test "--parallel runs both sides at once, each on its own broker" {
+	bench --smoke --parallel -v >"$T/table" 2>"$T/err" &
+	pid=$!
+	# Both sides' brokers run at the same time, one of them under the
+	# forked child: count the mosquittos among the bench's descendants.
+	most=0
+	while kill -0 "$pid" 2>/dev/null; do
+		n=0 todo=("$pid")
+		while [ "${#todo[@]}" -gt 0 ]; do
+			p=${todo[0]} todo=("${todo[@]:1}")
+			[[ "$(cat /proc/$p/comm 2>/dev/null)" == mosquitto ]] && n=$((n + 1))
+			todo+=($(pgrep -P "$p" || true))
+		done
+		[ "$n" -gt "$most" ] && most=$n
+		sleep 0.1
+	done
+	wait "$pid"
+	echo "brokers at once: $most"
+	[ "$most" -eq 2 ]
+	grep -q 'both sides at once' "$T/table"
+	[ "$(grep -c 'broker on 127.0.0.1' "$T/err")" -eq 2 ]
+	for m in mqlb share; do
+		read -r published done < <(row_counts "$m")
+		echo "$m: published=$published done=$done"
+		[ "$published" -gt 0 ]
+		[ "$done" -gt 0 ]
+	done
+	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
+	# --serial after --scenario undoes the scenario's --parallel.
+	bench --scenario 1 --smoke --serial >"$T/table" 2>"$T/err"
+	! grep -q 'both sides at once' "$T/table" || false
+	read -r published done < <(row_counts share)
+	[ "$done" -gt 0 ]
+}
+
+@test "--parallel: a side that cannot run fails the run with its reason" {
+	run bench --smoke --parallel --broker /nonexistent/mosquitto
+	echo "$output"
+	[ "$status" -ne 0 ]
+	[[ "$output" == *'cannot start /nonexistent/mosquitto'* ]]
+	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
+}

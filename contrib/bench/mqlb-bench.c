@@ -30,6 +30,7 @@
 
 static const char usage[] =
 	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke] [--mqlb | --share]\n"
+	"                  [--parallel | --serial]\n"
 	"                  [--workers n] [--slots n] [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
 	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
@@ -52,6 +53,7 @@ static struct {
 	long size;
 	int modes; /* 1 mqlb, 2 share */
 	int csv, keep, smoke, scenario;
+	int parallel; /* both sides at once, $share in a forked child */
 	const char *bindir, *broker, *plot, *label;
 } cf = {
 	.workers = 4, .slots = 1, .service = { 0.005 }, .nservice = 1, .rate = 100,
@@ -723,9 +725,13 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 	}
 }
 
+static pid_t side_pid; /* --parallel: the child running the $share side */
+
 static void sig_cb(struct ev_loop *l, ev_signal *s, int revents)
 {
 	interrupted = 1;
+	if (side_pid > 0)
+		kill(side_pid, SIGTERM);
 	ev_break(loop, EVBREAK_ALL);
 }
 
@@ -941,6 +947,82 @@ out:
 	}
 }
 
+/* ---- --parallel: the $share side in a child --------------------------------- */
+
+static int xfer(int fd, void *p, size_t n, int out)
+{
+	char *c = p;
+
+	while (n) {
+		ssize_t k = out ? write(fd, c, n) : read(fd, c, n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return -1;
+		c += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* The child runs the $share side and sends its result, latencies included,
+ * down a pipe; the parent runs the mqlb side meanwhile. */
+static int side_fork(void)
+{
+	int p[2];
+
+	if (pipe2(p, O_CLOEXEC) < 0 || (side_pid = fork()) < 0)
+		die(EXIT_SYSERR, "--parallel: %s", strerror(errno));
+	if (side_pid == 0) {
+		struct result r;
+
+		close(p[0]);
+		ev_loop_fork(loop);
+		run_mode(&r, 1);
+		if (xfer(p[1], &r, sizeof r, 1) < 0 ||
+		    xfer(p[1], r.lat, r.nlat * sizeof *r.lat, 1) < 0 ||
+		    xfer(p[1], r.slat, r.nslat * sizeof *r.slat, 1) < 0)
+			_exit(EXIT_SYSERR);
+		_exit(interrupted ? EXIT_SYSERR : EXIT_OK);
+	}
+	close(p[1]);
+	return p[0];
+}
+
+static void side_collect(int fd, struct result *r)
+{
+	int st = 0, got = 0;
+	pid_t w;
+
+	if (xfer(fd, r, sizeof *r, 0) == 0) {
+		r->lat = xrealloc(NULL, (r->nlat + 1) * sizeof *r->lat);
+		r->slat = xrealloc(NULL, (r->nslat + 1) * sizeof *r->slat);
+		got = xfer(fd, r->lat, r->nlat * sizeof *r->lat, 0) == 0 &&
+		      xfer(fd, r->slat, r->nslat * sizeof *r->slat, 0) == 0;
+		if (!got) {
+			free(r->lat);
+			free(r->slat);
+		}
+	}
+	close(fd);
+	while ((w = waitpid(side_pid, &st, 0)) < 0 && errno == EINTR)
+		;
+	side_pid = 0;
+	if (!got) {
+		memset(r, 0, sizeof *r);
+		snprintf(r->why, sizeof r->why, "the $share side's process ended without a result");
+		if (w > 0 && WIFEXITED(st))
+			snprintf(r->why + strlen(r->why), sizeof r->why - strlen(r->why),
+				 " (status %d)", WEXITSTATUS(st));
+		else if (w > 0 && WIFSIGNALED(st))
+			snprintf(r->why + strlen(r->why), sizeof r->why - strlen(r->why),
+				 " (signal %d)", WTERMSIG(st));
+		warnl("share: %s", r->why);
+	}
+	r->mode = "share";
+}
+
 /* ---- output --------------------------------------------------------------- */
 
 static double capacity(void)
@@ -974,10 +1056,11 @@ static void describe(FILE *f)
 	if (isfinite(capacity()))
 		fprintf(f, " (capacity %.0f)", capacity());
 	if (cf.drain > 0)
-		fprintf(f, ", %g s + drain (at most %g s, until %g s without a done), QoS 1\n",
+		fprintf(f, ", %g s + drain (at most %g s, until %g s without a done), QoS 1",
 			cf.duration, cf.drain, cf.grace);
 	else
-		fprintf(f, ", %g s + %g s grace, QoS 1\n", cf.duration, cf.grace);
+		fprintf(f, ", %g s + %g s grace, QoS 1", cf.duration, cf.grace);
+	fprintf(f, "%s\n", cf.parallel && cf.modes == 3 ? ", both sides at once" : "");
 }
 
 static void per_worker(const struct result *r, char *buf, size_t len)
@@ -1108,7 +1191,7 @@ static void plot(struct result *rs, int n)
 enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
 	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
-	O_PLOT, O_KEEP, O_LABEL,
+	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL,
 };
 
 static const struct option longopts[] = {
@@ -1133,6 +1216,8 @@ static const struct option longopts[] = {
 	{ "plot", required_argument, NULL, O_PLOT },
 	{ "keep", no_argument, NULL, O_KEEP },
 	{ "label", required_argument, NULL, O_LABEL },
+	{ "parallel", no_argument, NULL, O_PARALLEL },
+	{ "serial", no_argument, NULL, O_SERIAL },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1146,6 +1231,9 @@ static void scenario(int n)
 	cf.workers = 4;
 	cf.nservice = 1;
 	cf.rate = cf.load = 0;
+	/* Light loads, long runs: both sides at once (README). Scenarios 2
+	 * and 3 measure CPU cost and added latency, so each side runs alone. */
+	cf.parallel = n == 1 || n == 4;
 	switch (n) {
 	case 1: /* uneven workers at 70% of capacity */
 		cf.slots = 1;
@@ -1228,6 +1316,8 @@ static void opt(int c, const char *arg)
 	case O_PLOT: cf.plot = arg; break;
 	case O_KEEP: cf.keep = 1; break;
 	case O_LABEL: cf.label = arg; break;
+	case O_PARALLEL: cf.parallel = 1; break;
+	case O_SERIAL: cf.parallel = 0; break;
 	}
 }
 
@@ -1271,10 +1361,18 @@ int main(int argc, char **argv)
 
 	if (log_level() >= L_INFO)
 		describe(stderr);
-	for (i = 0; i < 2 && !interrupted; i++) {
-		if (!(cf.modes & (1 << i)))
-			continue;
-		run_mode(&rs[n++], i == 1);
+	if (cf.parallel && cf.modes == 3) {
+		int fd = side_fork();
+
+		run_mode(&rs[0], 0);
+		side_collect(fd, &rs[1]);
+		n = 2;
+	} else {
+		for (i = 0; i < 2 && !interrupted; i++) {
+			if (!(cf.modes & (1 << i)))
+				continue;
+			run_mode(&rs[n++], i == 1);
+		}
 	}
 	if (cf.csv)
 		print_csv(rs, n);
