@@ -55,10 +55,39 @@ struct mqlb_flow {
 	__u16 pad;
 };
 
+/* Key of the IPv4 connection table: 16 bytes to hash and compare instead
+ * of mqlb_flow's 40, on the path every packet of an established flow takes. */
+struct mqlb_flow4 {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* The per-CPU flow cache in front of the IPv4 connection table: a
+ * direct-mapped slot per flow hash, a copy of the table's entry. */
+#define MQLB_FCACHE_SLOTS 4096 /* a power of two */
+#define MQLB_FCACHE_MAX_CPUS 4096
+
+/* The VIP slot's generation (vipgen) when the entry was made: an entry of
+ * a VIP since removed, its slot perhaps reused, is never taken. */
 struct mqlb_conn {
 	__u32 real;
 	__u32 vip;
+	__u32 gen;
 };
+
+struct mqlb_fcache {
+	struct mqlb_flow4 key; /* proto 0: empty */
+	struct mqlb_conn conn;
+	__u32 pad;
+};
+
+/* vip_ports: one bit per destination port that some VIP uses, so that the
+ * connection table is looked up only for packets that may be a VIP's. */
+#define MQLB_PORT_WORDS (65536 / 64)
 
 /* Loader-written settings (config array, index 0). */
 struct mqlb_config {
@@ -70,10 +99,10 @@ struct mqlb_config {
 
 /* Per VIP and per real counters (per-CPU arrays, summed by the loader). */
 struct mqlb_vstat {
-	__u64 packets;
+	__u64 packets;    /* sent on to a real */
 	__u64 bytes;
-	__u64 new_flows;
-	__u64 lru_hits;
+	__u64 new_flows;  /* of those packets, the first of a scheduled flow */
+	__u64 lru_hits;   /* not counted by the program: packets - new_flows */
 	__u64 lru_misses;
 };
 
@@ -88,7 +117,7 @@ enum mqlb_stat {
 	MQLB_ST_PASS,          /* not for a VIP: XDP_PASS */
 	MQLB_ST_FWD,           /* forwarded to a real: XDP_TX */
 	MQLB_ST_NEW_FLOWS,     /* flows scheduled from a ring */
-	MQLB_ST_LRU_HIT,
+	MQLB_ST_LRU_HIT,       /* not counted by the program: the VIPs' packets - new_flows */
 	MQLB_ST_LRU_MISS,      /* no entry, ring consulted */
 	MQLB_ST_MISS_NOT_SYN,  /* TCP non-SYN without an entry (LB restart, eviction) */
 	MQLB_ST_DROP_FRAG,     /* IP fragment addressed to a VIP address */

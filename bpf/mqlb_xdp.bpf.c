@@ -51,15 +51,52 @@ struct {
 	__type(value, __u32);
 } members SEC(".maps");
 
-/* Shared entries, per-CPU LRU lists: no global LRU lock on the fast path,
- * and a flow whose packets change CPU still finds its entry. */
+/* The IPv4 flow cache: the connection table's lookup is a hash of the key,
+ * a bucket walk and a compare, about half of an established packet's cost;
+ * a slot of this per-CPU array is a multiply-and-shift hash and two
+ * compares. Entries are checked like the table's (VIP generation, member).
+ * Writing a table entry empties the flow's slot on every CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MQLB_FCACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct mqlb_fcache);
+} fcache4 SEC(".maps");
+
+/* vipgen[vip]: bumped by the loader each time a VIP takes the slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MQLB_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} vipgen SEC(".maps");
+
+/* A bit per destination port of some VIP (MQLB_PORT_WORDS words). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MQLB_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} vip_ports SEC(".maps");
+
+/* The connection tables, IPv4 (compact key) and IPv6. Shared entries,
+ * per-CPU LRU lists: no global LRU lock on the fast path, and a flow whose
+ * packets change CPU still finds its entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, MQLB_CONNS_MAX);
+	__type(key, struct mqlb_flow4);
+	__type(value, struct mqlb_conn);
+} conns4 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, MQLB_CONNS_MAX);
 	__type(key, struct mqlb_flow);
 	__type(value, struct mqlb_conn);
-} conns SEC(".maps");
+} conns6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -127,6 +164,114 @@ static __always_inline int member(__u32 vip, __u32 real)
 		return 0;
 	m = bpf_map_lookup_elem(&members, &i);
 	return m && *m;
+}
+
+static __always_inline int vip_port(__u16 port_be)
+{
+	__u32 p = bpf_ntohs(port_be), w = p / 64;
+	__u64 *bits = bpf_map_lookup_elem(&vip_ports, &w);
+
+	return bits && (*bits >> (p % 64)) & 1;
+}
+
+static __always_inline struct mqlb_flow4 flow4(const struct mqlb_flow *f)
+{
+	struct mqlb_flow4 k = {};
+
+	k.src = f->src[0];
+	k.dst = f->dst[0];
+	k.sport = f->sport;
+	k.dport = f->dport;
+	k.proto = f->proto;
+	return k;
+}
+
+static __always_inline __u32 fcache_slot(const struct mqlb_flow4 *k)
+{
+	/* Multiply-shift: the top bits of a 64-bit product mix every input bit. */
+	__u64 x = ((__u64)k->src << 32 | k->dst) ^ ((__u64)k->sport << 48 | (__u64)k->dport << 32 | k->proto);
+
+	x *= 0x9e3779b97f4a7c15ull;
+	x ^= x >> 29;
+	x *= 0xbf58476d1ce4e5b9ull;
+	return (__u32)(x >> 52) & (MQLB_FCACHE_SLOTS - 1);
+}
+
+static __always_inline int flow4_eq(const struct mqlb_flow4 *a, const struct mqlb_flow4 *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+struct fc_inval {
+	__u32 slot;
+};
+
+static long fcache_inval_cpu(__u32 cpu, void *arg)
+{
+	struct fc_inval *a = arg;
+	struct mqlb_fcache *e = bpf_map_lookup_percpu_elem(&fcache4, &a->slot, cpu);
+
+	if (!e)
+		return 1; /* past the last CPU */
+	e->key.proto = 0;
+	return 0;
+}
+
+/* A table entry was written: no CPU may keep an older copy. */
+static __always_inline void fcache_put(const struct mqlb_flow4 *k, const struct mqlb_conn *c)
+{
+	struct fc_inval a = { .slot = fcache_slot(k) };
+	struct mqlb_fcache *e;
+
+	bpf_loop(MQLB_FCACHE_MAX_CPUS, fcache_inval_cpu, &a, 0);
+	e = bpf_map_lookup_elem(&fcache4, &a.slot);
+	if (e) {
+		e->key = *k;
+		e->conn = *c;
+	}
+}
+
+/* The real of an established flow, or 0: the entry's VIP slot still holds
+ * the VIP it was made for, and the real still serves it. */
+static __always_inline __u32 established(const struct mqlb_flow *f, __u32 *vnum)
+{
+	struct mqlb_flow4 k4;
+	struct mqlb_fcache *e;
+	struct mqlb_conn *c;
+	__u32 *gen, vn, slot;
+
+	/* The barrier keeps clang from merging the two calls into one with
+	 * a map pointer in a register, which the verifier cannot inline. */
+	if (f->family == 4) {
+		k4 = flow4(f);
+		slot = fcache_slot(&k4);
+		e = bpf_map_lookup_elem(&fcache4, &slot);
+		if (e && flow4_eq(&e->key, &k4)) {
+			c = &e->conn;
+		} else {
+			c = bpf_map_lookup_elem(&conns4, &k4);
+			asm volatile("" : "+r"(c));
+			if (c && e) {
+				e->key = k4;
+				e->conn = *c;
+			}
+		}
+	} else {
+		c = bpf_map_lookup_elem(&conns6, f);
+	}
+
+	if (!c)
+		return 0;
+	vn = c->vip;
+	if (vn >= MQLB_MAX_VIPS)
+		return 0;
+	gen = bpf_map_lookup_elem(&vipgen, &vn);
+	if (!gen || *gen != c->gen || !member(vn, c->real))
+		return 0;
+	*vnum = vn;
+	return c->real;
 }
 
 static __always_inline int encap4(struct xdp_md *ctx, const struct mqlb_real *r,
@@ -227,9 +372,9 @@ int mqlb_xdp(struct xdp_md *ctx)
 	struct mqlb_config *cfg;
 	struct mqlb_vstat *vs;
 	struct mqlb_rstat *rs;
-	struct mqlb_conn *c, nc = {};
+	struct mqlb_conn nc = {};
 	void *l4;
-	__u32 real = 0, zero = 0, len = (__u32)(end - data);
+	__u32 real = 0, vnum = 0, zero = 0, len = (__u32)(end - data);
 	int syn = 0;
 
 	if ((void *)(eth + 1) > end)
@@ -286,53 +431,61 @@ int mqlb_xdp(struct xdp_md *ctx)
 		return count(MQLB_ST_PASS, XDP_PASS);
 	}
 
-	__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
-	vk.port = f.dport;
-	vk.proto = f.proto;
-	vk.family = f.family;
-	vip = bpf_map_lookup_elem(&vips, &vk);
-	if (!vip || (vip->flags & MQLB_VIP_ADDR) || vip->num >= MQLB_MAX_VIPS)
+	if (!vip_port(f.dport))
 		return count(MQLB_ST_PASS, XDP_PASS);
-	vs = bpf_map_lookup_elem(&vip_stats, &vip->num);
+	/* The fast path: an established flow needs no VIP lookup. A SYN is a
+	 * new connection, whatever an old entry says: that is how a drained
+	 * real stops getting new flows with reused ports. */
+	if (!syn)
+		real = established(&f, &vnum);
+	if (!real) {
+		__u32 slot, *rp, *gen;
 
-	/* A SYN is a new connection, whatever an old entry says: that is how
-	 * a drained real stops getting new flows with reused ports. */
-	if (!syn) {
-		c = bpf_map_lookup_elem(&conns, &f);
-		if (c && c->vip == vip->num && member(vip->num, c->real))
-			real = c->real;
-	}
-	if (real) {
-		count(MQLB_ST_LRU_HIT, 0);
-		if (vs)
-			vs->lru_hits++;
-	} else {
-		__u32 slot = vip->num * ring_size +
-			     mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH) % ring_size;
-		__u32 *rp = bpf_map_lookup_elem(&ring, &slot);
-
+		__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
+		vk.port = f.dport;
+		vk.proto = f.proto;
+		vk.family = f.family;
+		vip = bpf_map_lookup_elem(&vips, &vk);
+		if (!vip || (vip->flags & MQLB_VIP_ADDR) || vip->num >= MQLB_MAX_VIPS)
+			return count(MQLB_ST_PASS, XDP_PASS);
+		vnum = vip->num;
+		vs = bpf_map_lookup_elem(&vip_stats, &vnum);
+		gen = bpf_map_lookup_elem(&vipgen, &vnum);
+		slot = vnum * ring_size + mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH) % ring_size;
+		rp = bpf_map_lookup_elem(&ring, &slot);
 		count(MQLB_ST_LRU_MISS, 0);
 		if (!syn && f.proto == IPPROTO_TCP)
 			count(MQLB_ST_MISS_NOT_SYN, 0);
 		if (vs)
 			vs->lru_misses++;
-		if (!rp || !*rp || *rp >= MQLB_MAX_REALS)
+		if (!rp || !*rp || *rp >= MQLB_MAX_REALS || !gen)
 			return count(MQLB_ST_DROP_NO_REAL, XDP_DROP);
 		real = *rp;
 		nc.real = real;
-		nc.vip = vip->num;
-		bpf_map_update_elem(&conns, &f, &nc, BPF_ANY);
+		nc.vip = vnum;
+		nc.gen = *gen;
+		if (f.family == 4) {
+			struct mqlb_flow4 k4 = flow4(&f);
+
+			bpf_map_update_elem(&conns4, &k4, &nc, BPF_ANY);
+			fcache_put(&k4, &nc);
+		} else {
+			bpf_map_update_elem(&conns6, &f, &nc, BPF_ANY);
+		}
 		count(MQLB_ST_NEW_FLOWS, 0);
-		if (vs)
-			vs->new_flows++;
 	}
 	r = bpf_map_lookup_elem(&reals, &real);
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!r || !(r->flags & MQLB_REAL_VALID) || !cfg)
 		return count(MQLB_ST_DROP_NO_REAL, XDP_DROP);
+	/* An established flow's packet is counted once, here: the loader
+	 * makes lru_hits of packets - new_flows. */
+	vs = bpf_map_lookup_elem(&vip_stats, &vnum);
 	if (vs) {
 		vs->packets++;
 		vs->bytes += len;
+		if (nc.real)
+			vs->new_flows++;
 	}
 	rs = bpf_map_lookup_elem(&real_stats, &real);
 	if (rs) {

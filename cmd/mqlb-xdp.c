@@ -86,7 +86,9 @@ static struct {
 	struct mqlb_decap_bpf *dskel;
 	int link_fd;
 	int fd_vips, fd_reals, fd_ring, fd_members, fd_config, fd_stats, fd_vstats, fd_rstats;
+	int fd_vipgen, fd_ports;
 	struct vip vips[MQLB_MAX_VIPS];
+	__u32 vipgen[MQLB_MAX_VIPS]; /* what the vipgen map holds */
 	struct real reals[MQLB_MAX_REALS];
 	__u32 *scratch;
 	unsigned long n_records, n_bad, n_slots;
@@ -459,6 +461,32 @@ static void vip_addr_entry(const struct mqlb_vip_key *k)
 		bpf_map_delete_elem(S.fd_vips, &ak);
 }
 
+/* A new generation for VIP slot vn, on add and on del: connection entries
+ * made for the slot's previous VIP are never taken again. */
+static void vip_newgen(int vn)
+{
+	__u32 k = (__u32)vn, g = ++S.vipgen[vn];
+
+	if (bpf_map_update_elem(S.fd_vipgen, &k, &g, BPF_ANY) < 0)
+		die(EXIT_SYSERR, "cannot update the vipgen map: %s", strerror(errno));
+}
+
+/* The vip_ports word of port (host order): a bit per port some VIP has. */
+static void vip_ports_sync(unsigned port)
+{
+	__u32 w = port / 64;
+	__u64 bits = 0;
+
+	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
+		unsigned p = ntohs(S.vips[vn].key.port);
+
+		if (S.vips[vn].used && p / 64 == w)
+			bits |= 1ull << (p % 64);
+	}
+	if (bpf_map_update_elem(S.fd_ports, &w, &bits, BPF_ANY) < 0)
+		die(EXIT_SYSERR, "cannot update the vip_ports map: %s", strerror(errno));
+}
+
 static const char *vip_add(const struct mqlb_vip_key *k)
 {
 	struct mqlb_vip bv = { 0 };
@@ -479,9 +507,11 @@ static const char *vip_add(const struct mqlb_vip_key *k)
 		v->weight[ri] = -1;
 	bv.num = (__u32)vn;
 	bv.flags = v->flags;
+	vip_newgen(vn);
 	if (bpf_map_update_elem(S.fd_vips, k, &bv, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the vips map: %s", strerror(errno));
 	vip_addr_entry(k);
+	vip_ports_sync(ntohs(k->port));
 	return NULL;
 }
 
@@ -497,7 +527,9 @@ static void vip_del(int vn)
 
 	bpf_map_delete_elem(S.fd_vips, &v->key);
 	v->used = 0;
+	vip_newgen(vn);
 	vip_addr_entry(&v->key);
+	vip_ports_sync(ntohs(v->key.port));
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
 		if (v->weight[ri] >= 0) {
 			v->weight[ri] = -1;
@@ -710,16 +742,23 @@ static const char *const rstat_names[] = { "packets", "bytes", "new_flows" };
 static void write_stats(struct out *o)
 {
 	static void *vals;
-	__u64 sum[5];
+	__u64 sum[5], hits = 0;
 	char name[200], vb[80], ab[INET6_ADDRSTRLEN];
 	int fd = S.decap ? bpf_map__fd(S.dskel->maps.stats) : S.fd_stats;
 
 	/* Room for the largest per-CPU value, struct mqlb_vstat. */
 	if (!vals && !(vals = calloc((size_t)libbpf_num_possible_cpus(), sizeof(struct mqlb_vstat))))
 		die(EXIT_SYSERR, "out of memory");
+	/* The program leaves lru_hits to us: every VIP slot's packets less its
+	 * new flows, summed over all slots so that the counter never goes
+	 * back when a VIP is removed. */
+	for (int vn = 0; !S.decap && vn < MQLB_MAX_VIPS; vn++) {
+		sum_percpu(S.fd_vstats, (__u32)vn, vals, sizeof(struct mqlb_vstat), sum, 5);
+		hits += sum[0] - sum[2];
+	}
 	for (__u32 i = 0; i < MQLB_ST_MAX; i++) {
 		sum_percpu(fd, i, vals, sizeof(__u64), sum, 1);
-		out_stat(o, stat_names[i], sum[0]);
+		out_stat(o, stat_names[i], i == MQLB_ST_LRU_HIT && !S.decap ? hits : sum[0]);
 	}
 	if (S.decap)
 		return;
@@ -733,6 +772,7 @@ static void write_stats(struct out *o)
 			continue;
 		fmt_vip(&v->key, vb, sizeof vb);
 		sum_percpu(S.fd_vstats, (__u32)vn, vals, sizeof(struct mqlb_vstat), sum, 5);
+		sum[3] = sum[0] - sum[2];
 		for (int i = 0; i < 5; i++) {
 			snprintf(name, sizeof name, "vip.%s.%s.%s", vb,
 				 v->key.proto == IPPROTO_UDP ? "udp" : "tcp", vstat_names[i]);
@@ -934,6 +974,14 @@ static void recover(void)
 		S.vips[bv.num].flags = bv.flags;
 		n++;
 	}
+	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
+		__u32 key = (__u32)vn;
+
+		if (bpf_map_lookup_elem(S.fd_vipgen, &key, &S.vipgen[vn]) < 0)
+			S.vipgen[vn] = 0;
+		if (S.vips[vn].used)
+			vip_ports_sync(ntohs(S.vips[vn].key.port));
+	}
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
 		struct mqlb_real br;
 		__u32 key = (__u32)ri;
@@ -1064,14 +1112,18 @@ static void load_lb(void)
 	sk->rodata->ring_size = (__u32)S.ring_size;
 	sk->rodata->encap = (__u32)S.encap;
 	bpf_map__set_max_entries(sk->maps.ring, (__u32)(MQLB_MAX_VIPS * S.ring_size));
-	bpf_map__set_max_entries(sk->maps.conns, (__u32)S.max_conns);
+	bpf_map__set_max_entries(sk->maps.conns4, (__u32)S.max_conns);
+	bpf_map__set_max_entries(sk->maps.conns6, (__u32)S.max_conns);
 	if (S.pin) {
 		pin_dir();
 		set_pin(sk->maps.vips);
 		set_pin(sk->maps.reals);
 		set_pin(sk->maps.ring);
 		set_pin(sk->maps.members);
-		set_pin(sk->maps.conns);
+		set_pin(sk->maps.vipgen);
+		set_pin(sk->maps.vip_ports);
+		set_pin(sk->maps.conns4);
+		set_pin(sk->maps.conns6);
 		set_pin(sk->maps.config);
 		set_pin(sk->maps.stats);
 		set_pin(sk->maps.vip_stats);
@@ -1088,6 +1140,8 @@ static void load_lb(void)
 	S.fd_reals = bpf_map__fd(sk->maps.reals);
 	S.fd_ring = bpf_map__fd(sk->maps.ring);
 	S.fd_members = bpf_map__fd(sk->maps.members);
+	S.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
+	S.fd_ports = bpf_map__fd(sk->maps.vip_ports);
 	S.fd_config = bpf_map__fd(sk->maps.config);
 	S.fd_stats = bpf_map__fd(sk->maps.stats);
 	S.fd_vstats = bpf_map__fd(sk->maps.vip_stats);

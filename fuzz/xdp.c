@@ -13,7 +13,7 @@
 #include "mqlb_kern_user.h"
 
 #define FUZZ_RING 61
-enum { FD_VIPS = 1001, FD_REALS, FD_RING, FD_MEMBERS };
+enum { FD_VIPS = 1001, FD_REALS, FD_RING, FD_MEMBERS, FD_VIPGEN, FD_PORTS };
 
 static void fuzz_map_key(int fd, const void *key)
 {
@@ -25,7 +25,9 @@ static void fuzz_map_key(int fd, const void *key)
 	if ((fd == FD_REALS && k >= MQLB_MAX_REALS) ||
 	    (fd == FD_RING && k >= MQLB_MAX_VIPS * FUZZ_RING) ||
 	    (fd == FD_MEMBERS && k >= MQLB_MAX_VIPS * MQLB_MAX_REALS) ||
-	    (fd != FD_REALS && fd != FD_RING && fd != FD_MEMBERS))
+	    (fd == FD_VIPGEN && k >= MQLB_MAX_VIPS) ||
+	    (fd == FD_PORTS && k >= MQLB_PORT_WORDS) ||
+	    (fd < FD_REALS || fd > FD_PORTS))
 		abort();
 }
 
@@ -66,6 +68,8 @@ static void setup(void)
 	S.fd_reals = FD_REALS;
 	S.fd_ring = FD_RING;
 	S.fd_members = FD_MEMBERS;
+	S.fd_vipgen = FD_VIPGEN;
+	S.fd_ports = FD_PORTS;
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
 		if (!(S.vips[vn].ring = calloc(S.ring_size, sizeof(__u32))))
 			abort();

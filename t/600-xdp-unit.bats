@@ -104,6 +104,22 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "reuse: a removed VIP's flows do not ride their entries into the slot's next VIP" {
+	require_root
+	run xdptest reuse
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "fcache: a SYN reusing a 5-tuple leaves no stale flow-cache copy on another CPU" {
+	require_root
+	[ "$(nproc)" -ge 2 ] || skip "needs two CPUs"
+	run xdptest fcache
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *'flow cache: '* ]]
+}
+
 @test "weights: 10k flows within 5% of weights 100:200:300" {
 	require_root
 	run xdptest weights
@@ -220,7 +236,7 @@ veth_ns() {
 	wait_for 5 eval "! kill -0 $(pidof_bg a) 2>/dev/null"
 	# Pinned: the program stays attached while nobody runs.
 	ip -n "$(ns x)" link show veth0 | grep -q xdp
-	[ -e "$pin/link" ] && [ -e "$pin/conns" ] && [ -e "$pin/ring" ]
+	[ -e "$pin/link" ] && [ -e "$pin/conns4" ] && [ -e "$pin/conns6" ] && [ -e "$pin/vipgen" ] && [ -e "$pin/ring" ]
 	bg b ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
 		--pin "$pin" --listen "$T/sock2" -v
 	wait_for 5 show_has "$T/sock2" "^ok"

@@ -85,6 +85,16 @@ e2e() {
 	[ "$(awk '{ print $3 }' "$T/owners" | sort -u | grep -vc '^0$')" -ge 2 ]
 	! grep -q ' 0$' "$T/owners" || false
 	[ "$(lb_stat "vip.$TB_VIP:1883.tcp.new_flows")" -ge "$NSUB" ]
+	# Established packets (most of them served from the flow cache) are
+	# lru_hits: the VIP's packets less its new flows, summed in the total.
+	# One snapshot, as keepalives may arrive between two queries.
+	xdp_query "$T/lb.sock" stats >"$T/stats"
+	snap() { awk -v n="$1" '$1 == "stat" && $2 == n { print $3 }' "$T/stats"; }
+	v=vip.$TB_VIP:1883.tcp
+	hits=$(snap "$v.lru_hits") pk=$(snap "$v.packets") nf=$(snap "$v.new_flows")
+	echo "packets $pk new_flows $nf lru_hits $hits"
+	[ "$hits" -gt "$NSUB" ] && [ "$hits" -eq $((pk - nf)) ]
+	[ "$(snap lru_hits)" -ge "$hits" ]
 
 	# b3 dies; the health loop (here: us) drains it.
 	kill -TERM "$(pidof_bg b3)"
@@ -103,7 +113,7 @@ e2e() {
 
 	# A new mqlb-xdp takes over the pinned program and connection table
 	# (sent its state again, as a producer does); nobody notices.
-	conns=$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')
+	conns=$(bpftool map dump pinned "$PIN/conns4" | grep -c '"key"')
 	kill -TERM "$(pidof_bg lb)"
 	wait_for 5 eval "! kill -0 $(pidof_bg lb) 2>/dev/null"
 	# The producer's whole state now: b3 drained.
@@ -113,7 +123,7 @@ e2e() {
 	wait_for 5 grep -q "took over" "$T/lb2.err"
 	wait_for 5 eval "[ \"\$(lb_stat records 2>/dev/null)\" = 4 ]"
 	[ "$(lb_stat ring_slots_written)" = 0 ]
-	[ "$(bpftool map dump pinned "$PIN/conns" | grep -c '"key"')" -ge "$conns" ]
+	[ "$(bpftool map dump pinned "$PIN/conns4" | grep -c '"key"')" -ge "$conns" ]
 	survivors_get three
 }
 

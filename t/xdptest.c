@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -180,6 +181,7 @@ struct tvip {
 };
 
 static struct tvip tv[4];
+static __u32 vgen[4]; /* what the vipgen map holds */
 static __u32 scratch[RING];
 static long slots_written;
 
@@ -194,7 +196,8 @@ static void lb_open(int encap)
 		exit(111);
 	}
 	sk->rodata->encap = (__u32)encap;
-	bpf_map__set_max_entries(sk->maps.conns, 65536);
+	bpf_map__set_max_entries(sk->maps.conns4, 65536);
+	bpf_map__set_max_entries(sk->maps.conns6, 65536);
 	if (mqlb_xdp_bpf__load(sk) < 0) {
 		fprintf(stderr, "cannot load mqlb_xdp (root needed)\n");
 		exit(111);
@@ -203,12 +206,32 @@ static void lb_open(int encap)
 	inet_pton(AF_INET6, "2001:db8::1", cfg.src6);
 	memcpy(cfg.gw_mac, GW_MAC, 6);
 	bpf_map_update_elem(bpf_map__fd(sk->maps.config), &zero, &cfg, BPF_ANY);
+	memset(tv, 0, sizeof tv);
+	memset(vgen, 0, sizeof vgen);
 	for (int i = 0; i < 4; i++)
 		for (int r = 0; r < MQLB_MAX_REALS; r++)
 			tv[i].weight[r] = -1;
 }
 
 static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
+
+/* As the loader: a new generation for the slot, and the port bits. */
+static void vip_slot(int n)
+{
+	__u32 k = (__u32)n, g = ++vgen[n];
+	static __u64 bits[MQLB_PORT_WORDS];
+
+	bpf_map_update_elem(bpf_map__fd(sk->maps.vipgen), &k, &g, BPF_ANY);
+	memset(bits, 0, sizeof bits);
+	for (int i = 0; i < 4; i++)
+		if (tv[i].key.family) {
+			unsigned p = ntohs(tv[i].key.port);
+
+			bits[p / 64] |= 1ull << (p % 64);
+		}
+	for (__u32 w = 0; w < MQLB_PORT_WORDS; w++)
+		bpf_map_update_elem(bpf_map__fd(sk->maps.vip_ports), &w, &bits[w], BPF_ANY);
+}
 
 static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
 {
@@ -222,6 +245,7 @@ static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
 	t->key.port = htons(port);
 	t->key.proto = (__u8)proto;
 	t->num = (__u32)n;
+	vip_slot(n);
 	bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &t->key, &v, BPF_ANY);
 	{
 		struct mqlb_vip_key ak = { .family = t->key.family };
@@ -229,6 +253,25 @@ static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
 		memcpy(ak.addr, t->key.addr, 16);
 		bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &ak, &a, BPF_ANY);
 	}
+}
+
+/* As the loader's del: the entry and the members go, the slot's generation
+ * moves on (the address-only entry stays, as another VIP may use it). */
+static void del_vip(int n)
+{
+	struct tvip *t = &tv[n];
+	__u32 zero = 0;
+
+	bpf_map_delete_elem(bpf_map__fd(sk->maps.vips), &t->key);
+	for (int r = 1; r < MQLB_MAX_REALS; r++)
+		if (t->weight[r] >= 0) {
+			__u32 k = (__u32)(n * MQLB_MAX_REALS + r);
+
+			t->weight[r] = -1;
+			bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &zero, BPF_ANY);
+		}
+	memset(&t->key, 0, sizeof t->key);
+	vip_slot(n);
 }
 
 /* Real i: address "10.0.0.<10+i>" (or fd00::<10+i>), MAC 02:00:00:00:01:<i>. */
@@ -301,6 +344,16 @@ static __u64 ctr(enum mqlb_stat s)
 	__u64 v[ncpu], sum = 0;
 	__u32 k = s;
 
+	if (s == MQLB_ST_LRU_HIT) {
+		/* as mqlb-xdp reports it: the VIPs' packets less their new flows */
+		struct mqlb_vstat vv[ncpu];
+
+		for (k = 0; k < MQLB_MAX_VIPS; k++)
+			if (bpf_map_lookup_elem(bpf_map__fd(sk->maps.vip_stats), &k, vv) == 0)
+				for (int i = 0; i < ncpu; i++)
+					sum += vv[i].packets - vv[i].new_flows;
+		return sum;
+	}
 	if (bpf_map_lookup_elem(bpf_map__fd(sk->maps.stats), &k, v) < 0)
 		return 0;
 	for (int i = 0; i < ncpu; i++)
@@ -607,6 +660,99 @@ static void t_drain(void)
 	CHECK(kept == 0, "%d flows still on a removed real", kept);
 }
 
+/* A VIP removed and its slot taken by another VIP (same port, same real):
+ * the old VIP's established flows must not ride their old entries. */
+static void t_reuse(void)
+{
+	struct flowspec syn = flow4(40011, 1), est = flow4(40011, 0), nv = flow4(40011, 0);
+	struct pkt in, out;
+	int v;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established flow not forwarded");
+	del_vip(0);
+	build(&in, &est);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_PASS_, "removed VIP: verdict %d, want XDP_PASS", v);
+	add_vip(0, "10.0.0.200", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++)
+		set_weight(0, i, 100);
+	build(&in, &est);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_PASS_, "slot reused: the old VIP's flow got verdict %d, want XDP_PASS", v);
+	CHECK(out.len == in.len && !memcmp(out.b, in.b, in.len), "the old VIP's packet changed");
+	/* The new VIP works, and so do its established flows. */
+	nv.dst = "10.0.0.200";
+	nv.syn = 1;
+	nv.ack = 0;
+	build(&in, &nv);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "new VIP: SYN not forwarded");
+	nv.syn = 0;
+	nv.ack = 1;
+	build(&in, &nv);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "new VIP: established flow not forwarded");
+	CHECK(ctr(MQLB_ST_LRU_HIT) == 2, "lru hits %llu, want 2", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
+}
+
+static void on_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof set, &set) < 0) {
+		perror("sched_setaffinity");
+		exit(111);
+	}
+}
+
+/* The flow cache (IPv4) is per CPU: a SYN that reuses a 5-tuple on one CPU
+ * and is scheduled elsewhere must not leave another CPU's copy behind. */
+static void t_fcache(void)
+{
+	struct flowspec syn = flow4(40021, 1), est = flow4(40021, 0);
+	struct pkt in, out;
+	int a, b;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+		printf("skip: one CPU\n");
+		return;
+	}
+	setup3(MQLB_ENCAP_L2, 4);
+	on_cpu(0);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	a = real_of(&out);
+	build(&in, &est);
+	run(prog(), &in, &out, NULL);
+	CHECK(real_of(&out) == a, "CPU 0: established on %d, want %d", real_of(&out), a);
+	on_cpu(1);
+	run(prog(), &in, &out, NULL);
+	CHECK(real_of(&out) == a, "CPU 1: established on %d, want %d", real_of(&out), a);
+	/* Drained, a keeps its flows (both CPUs hold a copy) but a reused
+	 * 5-tuple's SYN goes elsewhere. */
+	set_weight(0, a, 0);
+	build(&in, &syn);
+	run(prog(), &in, &out, NULL);
+	b = real_of(&out);
+	CHECK(b != a, "the SYN went to the drained real %d", a);
+	build(&in, &est);
+	run(prog(), &in, &out, NULL);
+	CHECK(real_of(&out) == b, "CPU 1: the new connection's packet went to %d, want %d", real_of(&out), b);
+	on_cpu(0);
+	run(prog(), &in, &out, NULL);
+	CHECK(real_of(&out) == b, "CPU 0: the new connection's packet went to %d, want %d (a stale copy)",
+	      real_of(&out), b);
+	/* Other flows still ride their copies; a removed real's do not. */
+	set_weight(0, b, -1);
+	run(prog(), &in, &out, NULL);
+	CHECK(real_of(&out) != b && real_of(&out) != 0, "a removed real's flow went to %d", real_of(&out));
+	printf("flow cache: %d -> %d on both CPUs\n", a, b);
+}
+
 static __u32 rnd_state = 12345;
 static __u32 rnd(void)
 {
@@ -824,6 +970,10 @@ int main(int argc, char **argv)
 		t_srchash();
 	else if (!strcmp(t, "drain"))
 		t_drain();
+	else if (!strcmp(t, "reuse"))
+		t_reuse();
+	else if (!strcmp(t, "fcache"))
+		t_fcache();
 	else if (!strcmp(t, "weights"))
 		t_weights();
 	else if (!strcmp(t, "moves"))
@@ -833,7 +983,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|fcache|weights|moves|decap|"
 				"bench [n]|query socket\n");
 		return 2;
 	}
