@@ -353,7 +353,7 @@ int main(int argc, char **argv)
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
 	S.drain_timeout = 10;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	S.fl = calloc(65536, sizeof *S.fl);

@@ -913,7 +913,7 @@ int main(int argc, char **argv)
 	S.max_groups = 100000;
 	S.orphans_tail = &S.orphans;
 	S.spool_replays = -1;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	/* opt_parse() turns a session without an id back to clean: ask first. */

@@ -426,7 +426,7 @@ int main(int argc, char **argv)
 	S.cf.mq.qos = 1;
 	S.reply = 1;
 	S.drain_timeout = 30;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "g:t:j:", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "g:t:j:", longopts, opt, usage, &S.cf);
 	if (!S.wo.group)
 		opt_usage_error("-g group is required");
 	if (!S.wo.topic)

@@ -30,7 +30,7 @@ static const struct shared shared[] = {
 	{ { "username", required_argument, NULL, 'u' }, OPT_MQTT },
 	{ { "pw", required_argument, NULL, 'P' }, OPT_MQTT },
 	{ { "id", required_argument, NULL, 'i' }, OPT_MQTT },
-	{ { "qos", required_argument, NULL, 'q' }, OPT_MQTT },
+	{ { "qos", required_argument, NULL, 'q' }, OPT_QOS },
 	{ { "protocol-version", required_argument, NULL, 'V' }, OPT_MQTT },
 	{ { "keepalive", required_argument, NULL, 'k' }, OPT_MQTT },
 	{ { "cafile", required_argument, NULL, O_CAFILE }, OPT_MQTT },
@@ -240,8 +240,8 @@ int opt_parse(int *argcp, char ***argvp, unsigned groups, const char *shortopts,
 	for (; longopts && longopts->name; longopts++)
 		all[n++] = *longopts;
 	memset(&all[n], 0, sizeof all[n]);
-	snprintf(sopts, sizeof sopts, ":%s%so:v", groups & OPT_MQTT ? "h:p:u:P:i:q:V:k:" : "",
-		 shortopts ? shortopts : "");
+	snprintf(sopts, sizeof sopts, ":%s%s%so:v", groups & OPT_MQTT ? "h:p:u:P:i:V:k:" : "",
+		 groups & OPT_QOS ? "q:" : "", shortopts ? shortopts : "");
 	cf->ready_fd = 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, sopts, all, NULL)) != -1) {

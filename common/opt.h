@@ -11,10 +11,11 @@
 
 /* Which groups of shared options a command takes. */
 enum {
-	OPT_MQTT = 1 << 0,   /* -h -p -u -P -i -q -V -k TLS --prefix */
+	OPT_MQTT = 1 << 0,   /* -h -p -u -P -i -V -k TLS --prefix */
 	OPT_LISTEN = 1 << 1, /* --listen --socket-mode */
 	OPT_OUTPUT = 1 << 2, /* --output */
 	OPT_READY = 1 << 3,  /* --ready-fd */
+	OPT_QOS = 1 << 4,    /* -q: where a QoS is the user's to choose */
 };
 
 struct conf {

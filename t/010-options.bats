@@ -64,6 +64,13 @@ usage_error() {
 		usage_error "$c" -Z
 		[ "$err" = "$c: error: unknown option -Z" ]
 	done
+	# -q (QoS) only where a QoS is the user's to choose.
+	for c in mqlb-auction mqlb-health mqlb-stat; do
+		usage_error "$c" -q 1
+		[ "$err" = "$c: error: unknown option -q" ]
+		usage_error "$c" --qos 1
+		[ "$err" = "$c: error: unknown option --qos" ]
+	done
 }
 
 @test "a missing value or a stray argument is a usage error" {
