@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "log.h"
 
@@ -13,13 +14,26 @@ static const char *prog = "mqlb";
 static int threshold = L_WARN;
 static int journal;
 
+/* Only prefix priorities when stderr really is the journal stream:
+ * JOURNAL_STREAM is "device:inode" of it, and a child whose stderr was
+ * redirected inherits the variable all the same. */
+static int stderr_is_journal(void)
+{
+	const char *v = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	char end;
+
+	return v && sscanf(v, "%llu:%llu%c", &dev, &ino, &end) == 2 && fstat(2, &st) == 0 &&
+	       (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 void log_init(const char *progname)
 {
 	const char *slash = strrchr(progname, '/');
 
 	prog = slash ? slash + 1 : progname;
-	/* Only prefix priorities when stderr really is the journal stream. */
-	journal = getenv("JOURNAL_STREAM") != NULL;
+	journal = stderr_is_journal();
 }
 
 const char *log_progname(void) { return prog; }

@@ -156,9 +156,16 @@ usage_error() {
 }
 
 @test "under systemd the error line carries the priority prefix" {
-	JOURNAL_STREAM=8:1234 run --separate-stderr mqlb-sub --bogus
+	: >"$T/err"
+	id=$(stat -L -c '%d:%i' "$T/err")
+	JOURNAL_STREAM=$id mqlb-sub --bogus 2>"$T/err" || status=$?
 	[ "$status" -eq 2 ]
-	[ "${stderr%%$'\n'*}" = '<3>mqlb-sub: error: unknown option --bogus' ]
+	[ "$(head -n1 "$T/err")" = '<3>mqlb-sub: error: unknown option --bogus' ]
+	# Inherited by a process whose stderr is elsewhere: no prefix.
+	for js in 8:1234 "$id:x" garbage; do
+		JOURNAL_STREAM=$js mqlb-sub --bogus 2>"$T/err" || true
+		[ "$(head -n1 "$T/err")" = 'mqlb-sub: error: unknown option --bogus' ]
+	done
 }
 
 @test "-o reads one option per line, with comments and blank lines" {
