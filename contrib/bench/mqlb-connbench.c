@@ -635,7 +635,7 @@ int main(int argc, char **argv)
 	int i;
 
 	log_init("mqlb-connbench");
-	i = opt_parse(&argc, &argv, OPT_MQTT, NULL, longopts, opt, usage, &c);
+	i = opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS, NULL, longopts, opt, usage, &c);
 	if (argc - i != 1 || (strcmp(argv[i], "conn") && strcmp(argv[i], "msg")))
 		opt_usage_error("expected one operand, conn or msg");
 	port = c.mq.port;
