@@ -275,3 +275,14 @@ veth_ns() {
 	run xdp_query "$T/sa.sock" stats
 	[[ "$output" == *"stat records 2"* ]]
 }
+
+@test "xdp-testrun.sh (the bench's scenario 5 figures) still runs and prints every case" {
+	require_root
+	run sh "$MQLB_SRCDIR/contrib/bench/xdp-testrun.sh" "$MQLB_BUILDDIR" 2000
+	echo "$output"
+	[ "$status" -eq 0 ]
+	for c in established new-flow non-vip-pass floor-macswap-tx established-alone \
+		non-vip-pass-alone floor-macswap-tx-alone; do
+		grep -Eq "^$c [0-9]+\.[0-9] ns/packet$" <<<"$output"
+	done
+}
