@@ -64,7 +64,7 @@ struct mqlb_flow4 {
 	__u16 dport;
 	__u8 proto;
 	__u8 pad[3];
-};
+} __attribute__((aligned(8))); /* compared as two __u64 */
 
 /* The per-CPU flow cache in front of the IPv4 connection table: a
  * direct-mapped slot per flow hash, a copy of the table's entry. */
