@@ -966,6 +966,15 @@ static int xfer(int fd, void *p, size_t n, int out)
 	return 0;
 }
 
+/* An exit before side_collect() (die(), say) must not leave it running. */
+static void kill_side(void)
+{
+	if (side_pid > 0) {
+		kill(side_pid, SIGTERM);
+		waitpid(side_pid, NULL, 0);
+	}
+}
+
 /* The child runs the $share side and sends its result, latencies included,
  * down a pipe; the parent runs the mqlb side meanwhile. */
 static int side_fork(void)
@@ -987,6 +996,7 @@ static int side_fork(void)
 		_exit(interrupted ? EXIT_SYSERR : EXIT_OK);
 	}
 	close(p[1]);
+	atexit(kill_side);
 	return p[0];
 }
 
