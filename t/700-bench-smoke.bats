@@ -18,6 +18,16 @@ bench() {
 # The published and done columns of a table row.
 row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 
+# Each side of $T/table published and finished jobs.
+both_sides_ran() {
+	local m published done
+	for m in mqlb share; do
+		read -r published done < <(row_counts "$m")
+		echo "$m: published=$published done=$done"
+		[ "$published" -gt 0 ] && [ "$done" -gt 0 ] || return 1
+	done
+}
+
 @test "bad arguments are usage errors" {
 	run bench --scenario 9
 	[ "$status" -eq 2 ]
@@ -39,12 +49,7 @@ row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 	command -v gnuplot >/dev/null && plot=(--plot "$T/cdf.png")
 	bench --smoke "${plot[@]}" >"$T/table" 2>"$T/err"
 	grep -q '^mode  *jobs/s' "$T/table"
-	for m in mqlb share; do
-		read -r published done < <(row_counts "$m")
-		echo "$m: published=$published done=$done"
-		[ "$published" -gt 0 ]
-		[ "$done" -gt 0 ]
-	done
+	both_sides_ran
 	if [ "${#plot[@]}" -gt 0 ]; then
 		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
 	fi
@@ -80,12 +85,7 @@ row_counts() { awk -v m="$1" '$1 == m { print $5, $6 }' "$T/table"; }
 	[ "$most" -eq 2 ]
 	grep -q 'both sides at once' "$T/table"
 	[ "$(grep -c 'broker on 127.0.0.1' "$T/err")" -eq 2 ]
-	for m in mqlb share; do
-		read -r published done < <(row_counts "$m")
-		echo "$m: published=$published done=$done"
-		[ "$published" -gt 0 ]
-		[ "$done" -gt 0 ]
-	done
+	both_sides_ran
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
 	# --serial after --scenario undoes the scenario's --parallel.
 	bench --scenario 1 --smoke --serial >"$T/table" 2>"$T/err"
