@@ -186,7 +186,7 @@ announce_ok() {
 
 @test "a group not announced for --group-ttl expires; its topic is unsubscribed" {
 	spy
-	sub s --group-ttl 1
+	sub s --group-ttl 3
 	announce_ok s g1 'jobs/#'
 	wait_for 10 has s 'ungroup g1 jobs/#'
 	stat_is s groups 0

@@ -57,7 +57,8 @@ JOB='f="$JOBDIR/$MQLB_ID"; { echo "id=$MQLB_ID topic=$MQLB_TOPIC group=$MQLB_GRO
 @test "after a suback it bids on a request on the exact topic, with free=" {
 	broker_start
 	spy
-	worker --fallback none -j 3 -- true
+	# reservations held for the whole test, however slow it runs
+	worker --fallback none -j 3 --reserve-timeout 60 -- true
 	pub lb/suback/g1 'jobs/#' -q 1
 	pub "lb/req/$U1/jobs/a/b" ""
 	wait_for 5 seen "lb/rsp/g1/w1/$U1/jobs/a/b|free=3"
@@ -122,7 +123,7 @@ hello world" ]
 	broker_start
 	spy
 	export JOBDIR=$T
-	worker --fallback none -j 1 -- sh -c "$JOB"
+	worker --fallback none -j 1 --reserve-timeout 60 -- sh -c "$JOB"
 	pub lb/suback/g1 'jobs/#' -q 1
 	award "$U1" jobs/x0 'busy'
 	wait_for 5 test -e "$T/$U1"

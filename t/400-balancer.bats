@@ -16,15 +16,25 @@ subacks() {
 # A job: log its start and end with the worker id, sleep $SVC.
 JOB='echo "start $MQLB_WID $(cat)" >>"$LOG"; sleep "$SVC"; echo "end $MQLB_WID" >>"$LOG"'
 
-# worker NAME GROUP TOPIC SECONDS [OPTIONS]: a one-slot worker running JOB.
+# worker NAME GROUP TOPIC SECONDS [OPTIONS]: a one-slot worker running JOB,
+# its stats on $T/NAME.sock.
 worker() {
 	local name=$1 group=$2 topic=$3 svc=$4
 	shift 4
 	ready_fifo "$name"
 	LOG="$T/log" SVC=$svc bg "$name" ready3 "$T/$name.ready" mqlb-worker -h 127.0.0.1 \
-		-p "$BROKER_PORT" -g "$group" -t "$topic" --wid "$name" --ready-fd 3 "$@" \
-		-- sh -c "$JOB"
+		-p "$BROKER_PORT" -g "$group" -t "$topic" --wid "$name" --ready-fd 3 \
+		--listen "$T/$name.sock" "$@" -- sh -c "$JOB"
 	wait_ready "$name"
+}
+wstat() { stat_in "$T/$1.sock" "$2"; }
+# balanced NAME...: each worker has seen a suback for its group, so mqlb-sub
+# has subscribed its topic: a message published now reaches the balancer
+# (a worker is ready as soon as its own subscriptions are, which can be
+# before that).
+balanced() {
+	local n
+	for n in "$@"; do wait_for 15 eval "[ \"\$(wstat $n subacks)\" -ge 1 ]"; done
 }
 
 # publish N TOPIC [FIRST]: messages job-FIRST.. job-(FIRST+N-1), QoS 1.
@@ -68,6 +78,7 @@ each_once() {
 	worker w1 g 'jobs/#' 0.1 --fallback none
 	worker w2 g 'jobs/#' 0.1 --fallback none
 	worker w3 g 'jobs/#' 0.1 --fallback none
+	balanced w1 w2 w3
 	publish 30 jobs/a
 	wait_for 30 runs_at_least 30
 	wait_for 10 lines_in "$T/records" 30 '^done '
@@ -91,6 +102,7 @@ each_once() {
 	worker a1 ga 'jobs/#' 0.02 --fallback none
 	worker a2 ga 'jobs/#' 0.02 --fallback none
 	worker b1 gb 'jobs/+' 0.02 --fallback none
+	balanced a1 a2 b1
 	publish 20 jobs/x
 	wait_for 30 runs_at_least 40
 	sleep 0.5
@@ -112,6 +124,7 @@ each_once() {
 	worker slow g 'jobs/#' 1.5 --fallback none
 	worker f1 g 'jobs/#' 0.05 --fallback none
 	worker f2 g 'jobs/#' 0.05 --fallback none
+	balanced slow f1 f2
 	SECONDS=0
 	publish 60 jobs/a
 	wait_for 60 runs_at_least 60
@@ -146,6 +159,7 @@ each_once() {
 	broker_start
 	pipeline --deadline 1 --retry 0.1
 	worker w1 g 'jobs/#' 4 --fallback none
+	balanced w1
 	publish 2 jobs/a
 	wait_for 10 lines_in "$T/records" 1 '^drop .* nobid jobs/a job-2$'
 	[ "$(started)" -eq 1 ]
@@ -157,7 +171,8 @@ each_once() {
 	worker w1 g 'jobs/#' 0.02 --suback-timeout 0.5 -k 5
 	worker w2 g 'jobs/#' 0.02 --suback-timeout 0.5 -k 5
 	# wait for the fallback subscriptions
-	sleep 1.5
+	for w in w1 w2; do wait_for 10 eval "[ \"\$(wstat $w fallback)\" = 1 ]"; done
+	sleep 0.2
 	publish 20 jobs/a
 	wait_for 20 runs_at_least 20
 	sleep 0.5
@@ -169,7 +184,9 @@ each_once() {
 	# The next announce (every keepalive) meets the balancer: its suback
 	# undoes the fallback, and work comes through awards from then on.
 	wait_for 15 grep -q "^$PREFIX/suback/g " "$T/subacks.out"
-	sleep 0.5
+	# each worker saw it, and so has left its \$share subscription
+	balanced w1 w2
+	sleep 0.2
 	publish 20 jobs/a 21
 	wait_for 20 runs_at_least 40
 	sleep 0.5
@@ -184,6 +201,7 @@ each_once() {
 	pipeline
 	worker w1 g 'jobs/#' 0.02 --fallback none -k 5
 	worker w2 g 'jobs/#' 0.02 --fallback none -k 5
+	balanced w1 w2
 	publish 10 jobs/a
 	wait_for 20 runs_at_least 10
 	broker_restart
@@ -207,6 +225,7 @@ each_once() {
 	broker_start
 	pipeline
 	worker w1 g 'jobs/#' 0.01 --fallback none
+	balanced w1
 	publish 5 jobs/a
 	wait_for 20 lines_in "$T/records" 5 '^done '
 	kill -TERM "$(cat "$T/sub.pid")"

@@ -63,7 +63,8 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 @test "msg: asks on P/req/{uuid}/{mtopic}; the first bid wins, the record is an assign" {
 	broker_start
 	spy
-	auction
+	# tokens outlive the test, however slow it runs (430 tests expiry)
+	auction --token-ttl 30
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a/b hello%20world"
 	wait_for 5 seen "$PREFIX/req/$U1/jobs/a/b|"
 	bid g w1 "$U1" jobs/a/b
@@ -116,7 +117,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 @test "done records, free=n tokens, fail busy re-awarded, fail re-auctioned then drop failed" {
 	broker_start
 	spy
-	auction --max-attempts 2 --retry 0.1 --deadline 5
+	auction --max-attempts 2 --retry 0.1 --deadline 5 --token-ttl 30
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
 	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
 	bid g w1 "$U1" jobs/a
@@ -205,7 +206,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 @test "bids and free= slots for uuids it never had are another balancer's: no tokens" {
 	broker_start
 	spy
-	auction --ack-timeout 5
+	auction --ack-timeout 5 --token-ttl 30
 	feed "group g jobs/#"
 	# another instance's request and job (balancers sharing intake)
 	bid g w1 "$U3" jobs/x

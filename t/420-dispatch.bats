@@ -15,11 +15,13 @@ dispatch() {
 }
 out_has() { grep -qxF -- "$1" "$T/d.out"; }
 
-# work: a subscriber to P/work/# printing topic|qos|user properties|payload.
+# work [-F FORMAT]: a subscriber to P/work/# printing, by default,
+# topic|qos|user properties|payload; subscribed when it returns (a marker it
+# printed proves it).
 work() {
 	bg work mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 2 -t "$PREFIX/work/#" \
 		-F '%t|%q|%P|%p' "$@"
-	sleep 0.3
+	wait_for 10 eval 'pub "$PREFIX/work/mark" m; sleep 0.1; grep -q "^$PREFIX/work/mark|" "$T/work.out"'
 }
 got() { grep -qxF -- "$1" "$T/work.out"; }
 
@@ -59,18 +61,12 @@ got() { grep -qxF -- "$1" "$T/work.out"; }
 
 @test "a binary payload and MQTT 5 properties reach the worker intact" {
 	broker_start
-	bg raw mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t "$PREFIX/work/#" -N \
-		-F '%p' -C 1
-	bg props mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t "$PREFIX/work/#" \
-		-F '%R|%D' -C 1
-	sleep 0.3
+	# topic|response topic|correlation data|payload in hex
+	work -F '%t|%R|%D|%x'
 	dispatch
 	feed "assign $U1 g w1 1 t/a %00%01%FF%25%0A- rt=reply/t,cd=abc"
 	wait_for 5 out_has "sent $U1 g w1"
-	wait_for 5 lines_in "$T/props.out" 1
-	[ "$(cat "$T/props.out")" = "reply/t|abc" ]
-	wait_for 5 exited "$(pidof_bg raw)"
-	[ "$(od -An -tx1 "$T/raw.out" | tr -d ' \n')" = "0001ff250a2d" ]
+	wait_for 5 got "$PREFIX/work/g/w1/t/a|reply/t|abc|0001ff250a2d"
 }
 
 @test "MQTT 3.1.1: published without properties" {
@@ -142,8 +138,10 @@ got() { grep -qxF -- "$1" "$T/work.out"; }
 
 @test "SIGTERM with the broker gone: gives up after --drain-timeout, names what was unacknowledged" {
 	broker_start
-	dispatch --drain-timeout 0.5
-	sleep 0.5
+	ready_fifo d
+	dispatch --drain-timeout 0.5 --ready-fd 3
+	# connected: the award goes into the socket of a broker that is stopped
+	wait_ready d
 	kill -STOP "$(cat "$T/broker-b/pid")"
 	feed "assign $U1 g w1 1 t/a p"
 	sleep 0.3

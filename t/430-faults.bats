@@ -70,7 +70,8 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	broker_start
 	auction --retry 0.1
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
-	sleep 0.3
+	# a bid for a message it has not read yet would be another balancer's
+	wait_for 5 eval '[ "$(stat_of asked)" -ge 1 ]'
 	bid g w1 "$U1" jobs/a
 	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
 	pub "$PREFIX/gone/g/w1" "" -q 1
@@ -88,6 +89,7 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	[ "$(stat_of pending)" = 0 ]
 	# a worker that never held it is still a forger
 	feed "msg $U2 1 0 jobs/# jobs/b q"
+	wait_for 5 eval '[ "$(stat_of pending)" = 1 ]'
 	bid g w3 "$U2" jobs/b
 	wait_for 5 out_has "assign $U2 g w3 1 jobs/b q"
 	pub "$PREFIX/done/g/w9/$U2" "ok" -q 1 -V 5
@@ -142,11 +144,13 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	# broker away: awards are held unread, then handed back at the timeout
 	exec 5<>"$T/din"
 	mqlb-dispatch -h 127.0.0.1 -p "$BROKER_PORT" -V 5 --drain-timeout 1 <"$T/din" \
-		>"$T/d2.out" 2>"$T/d2.err" 5>&- &
+		>"$T/d2.out" 2>"$T/d2.err" 5>&- --listen "$T/d2.sock" &
 	echo $! | tee "$T/d2.pid" >>"$T/pids"
 	feed "assign $U1 g w1 1 jobs/a p1"
 	wait_for 5 grep -q "^sent $U1 g w1\$" "$T/d2.out"
 	broker_stop
+	# it knows: the next awards are not written into a dead socket
+	wait_for 10 eval '[ "$(stat_in "$T/d2.sock" connected)" = 0 ]'
 	for i in 1 2 3 4 5; do feed "assign $(uuid "$i") g w1 1 jobs/c q$i"; done
 	sleep 0.5
 	kill -TERM "$(cat "$T/d2.pid")"

@@ -176,25 +176,25 @@ kill9() {
 	pad=$(printf '%1000s' '' | tr ' ' x)
 	seq 1 100 | sed "s/\$/ $pad/" |
 		mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t jobs/a -l
-	wait_for 10 lines_in "$T/s1.out" 100 '^msg '
-	[ "$(stat -c %s "$T/spool")" -gt 100000 ]
-	awk '$1 == "msg" { print $2 }' "$T/s1.out" >"$T/uuids"
-	# The check runs once a second. mqlb-sub is stopped while a batch of
-	# dones is published, so that a batch is read between two checks.
-	dones() {
-		kill -STOP "$(cat "$T/s1.pid")"
-		for u in $(sed -n "$1" "$T/uuids"); do done_ok g "$u"; done
-		kill -CONT "$(cat "$T/s1.pid")"
-	}
-	# 70 of 100 done: dead lines do not dominate (70 KB against 3 x 30 KB)
-	dones 1,70p
-	wait_for 10 eval '[ "$(sub_stat spool_finished)" = 70 ]'
+	# and one of 300 KB, finished last: the only done that can tip the
+	# balance, whenever the once-a-second check runs
+	head -c 300000 /dev/zero | tr '\0' y >"$T/big"
+	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -q 1 -t jobs/a -f "$T/big"
+	wait_for 10 lines_in "$T/s1.out" 101 '^msg '
+	big=$(awk '$1 == "msg" && length($7) == 300000 { print $2 }' "$T/s1.out")
+	[ -n "$big" ]
+	[ "$(stat -c %s "$T/spool")" -gt 400000 ]
+	for u in $(awk -v big="$big" '$1 == "msg" && $2 != big { print $2 }' "$T/s1.out"); do
+		done_ok g "$u"
+	done
+	wait_for 10 eval '[ "$(sub_stat spool_finished)" = 100 ]'
+	# 100 KB dead against 300 KB live: not yet
 	sleep 1.5
 	[ "$(sub_stat spool_compactions)" = 1 ]
-	[ "$(stat -c %s "$T/spool")" -gt 100000 ]
-	dones 71,100p
+	[ "$(stat -c %s "$T/spool")" -gt 400000 ]
+	done_ok g "$big"
 	wait_for 10 eval '[ "$(sub_stat spool_live)" = 0 ]'
-	[ "$(sub_stat spool_finished)" = 100 ]
+	[ "$(sub_stat spool_finished)" = 101 ]
 	# one compaction at the start, one since
 	wait_for 5 eval '[ "$(sub_stat spool_compactions)" = 2 ]'
 	[ "$(stat -c %s "$T/spool")" -lt 1000 ]
@@ -291,7 +291,7 @@ kill9() {
 
 @test "spool: a group that expires owes no done any more" {
 	broker_start
-	sub s1 --group-ttl 1
+	sub s1 --group-ttl 3
 	announced s1 g
 	announced s1 h
 	pub jobs/a p -q 1
