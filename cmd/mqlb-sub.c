@@ -59,7 +59,7 @@ struct orphan {
 	struct mosquitto_message m;
 	mosquitto_property *props;
 	uint32_t subid; /* 0: none (MQTT 3.1.1), matched by topic */
-	ev_tstamp since;
+	ev_tstamp since; /* heard() */
 	struct spool_ent *e; /* with --spool */
 	struct orphan *next;
 };
@@ -69,7 +69,7 @@ struct orphan {
 struct pair {
 	char *group;
 	struct filt *f;
-	ev_tstamp seen;
+	ev_tstamp seen; /* heard() */
 	struct pair *next;
 };
 
@@ -98,11 +98,37 @@ static struct {
 	double spool_ttl;
 	long spool_replays;
 	int spool_sync;
-	ev_tstamp started;
+	ev_tstamp started; /* heard() */
+	ev_tstamp deaf, deaf_since; /* see heard() */
 	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired,
 		n_held, n_replayed, n_drop_nogroup, n_dones;
 	int done_mid;
 } S;
+
+/* A clock that stands still while intake is paused because standard output
+ * is full: announces sit unread at the broker then, so a pause must not age
+ * groups (nor messages held for them) towards --group-ttl. A pause longer
+ * than that used to forget every group and unsubscribe its filter, and what
+ * was published then reached nobody. */
+static ev_tstamp heard(void)
+{
+	ev_tstamp now = ev_now(S.loop);
+
+	return now - S.deaf - (S.deaf_since ? now - S.deaf_since : 0);
+}
+
+static void intake_pause(int on)
+{
+	ev_tstamp now = ev_now(S.loop);
+
+	if (on && !S.deaf_since) {
+		S.deaf_since = now;
+	} else if (!on && S.deaf_since) {
+		S.deaf += now - S.deaf_since;
+		S.deaf_since = 0;
+	}
+	mq_pause_read(&S.mq, on);
+}
 
 static void opt(int c, const char *arg)
 {
@@ -296,7 +322,7 @@ static void announce(const struct mosquitto_message *m)
 		if (!strcmp(p->group, group) && !strcmp(p->f->topic, topic))
 			break;
 	if (p) {
-		p->seen = ev_now(S.loop);
+		p->seen = heard();
 		if (p->f->state == F_ACKED)
 			suback(p);
 		else if (p->f->state == F_REFUSED || p->f->state == F_NONE)
@@ -322,7 +348,7 @@ static void announce(const struct mosquitto_message *m)
 	f->refs++;
 	f->gh_dirty = 1;
 	p->f = f;
-	p->seen = ev_now(S.loop);
+	p->seen = heard();
 	p->next = S.pairs;
 	S.pairs = p;
 	S.ngroups++;
@@ -586,7 +612,7 @@ static void hold(const struct mosquitto_message *m, const mosquitto_property *pr
 	    (props && mosquitto_property_copy_all(&o->props, props) != MOSQ_ERR_SUCCESS))
 		die(EXIT_SYSERR, "out of memory");
 	o->subid = subid;
-	o->since = ev_now(S.loop);
+	o->since = heard();
 	if (S.spool_path) {
 		/* PUBACKed already: kept in the spool until written out and done. */
 		char id[37];
@@ -707,7 +733,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		}
 	}
 	if (out_full(&S.out))
-		mq_pause_read(&S.mq, 1);
+		intake_pause(1);
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -789,12 +815,13 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 
 static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	ev_tstamp now = ev_now(loop);
+	ev_tstamp now = heard();
 
 	expire_orphans(now);
 	if (S.spool_path) {
 		spool_expire_loaded(now);
-		spool_expire(&S.sp, now, S.spool_ttl);
+		/* what was written out waits for a done: wall-clock time */
+		spool_expire(&S.sp, ev_now(loop), S.spool_ttl);
 		spool_maybe_compact(&S.sp);
 	}
 	for (struct pair **pp = &S.pairs; *pp;) {
@@ -818,7 +845,7 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
-static void on_drain(struct out *o, void *arg) { mq_pause_read(&S.mq, 0); }
+static void on_drain(struct out *o, void *arg) { intake_pause(0); }
 
 static void shutdown_now(int code)
 {
@@ -950,7 +977,7 @@ int main(int argc, char **argv)
 		ev_set_cb(&S.out.w, out_ready_cb);
 	}
 	ev_now_update(S.loop); /* loading a long spool takes time */
-	S.started = ev_now(S.loop);
+	S.started = heard();
 	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);

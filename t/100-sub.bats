@@ -422,14 +422,16 @@ announce_ok() {
 
 # gated_sub N: mqlb-sub writing into a pipe whose reader reads nothing
 # until `echo go >"$T/gate"` (records then in $T/r.out), announced on
-# jobs/#, and N records of about 1 KiB published to it.
+# jobs/#, and N records of about 1 KiB published to it. KEEPALIVE and
+# GROUP_TTL set those options.
 gated_sub() {
 	spy
 	mkfifo "$T/out.fifo" "$T/gate"
 	bg r sh -c 'exec <"$2"; read -r _ <"$1"; exec cat' sh "$T/gate" "$T/out.fifo"
 	ready_fifo s
 	ready3 "$T/s.ready" mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" --listen "$T/s.sock" \
-		--ready-fd 3 -k "${KEEPALIVE:-60}" >"$T/out.fifo" 2>"$T/s.err" &
+		--ready-fd 3 -k "${KEEPALIVE:-60}" ${GROUP_TTL:+--group-ttl "$GROUP_TTL"} \
+		>"$T/out.fifo" 2>"$T/s.err" &
 	echo $! >"$T/s.pid"
 	echo $! >>"$T/pids"
 	wait_ready s
@@ -472,6 +474,23 @@ gated_sub() {
 	[ "$(awk '$1 == "msg" { print $7 + 0 }' "$T/r.out" | sort -n | uniq | wc -l)" -eq 3000 ]
 	! grep -q 'connection lost' "$T/s.err" || false
 	stat_is s connected 1
+}
+
+@test "a pause longer than --group-ttl forgets no group: what is published meanwhile is taken too" {
+	GROUP_TTL=2 gated_sub 3000
+	# The worker goes on announcing; its announces wait, unread, behind
+	# the messages held off.
+	bg announcer sh -c 'while :; do mosquitto_pub -p "$1" -h 127.0.0.1 -q 1 -t "$2/sub/g1" \
+		-m "jobs/#"; sleep 0.5; done' sh "$BROKER_PORT" "$PREFIX"
+	sleep 5
+	stat_is s groups 1
+	stat_is s groups_expired 0
+	seq 3001 3010 | mosquitto_pub -p "$BROKER_PORT" -h 127.0.0.1 -t jobs/n -q 1 -l
+	echo go >"$T/gate"
+	wait_for 30 eval '[ "$(grep -c "^msg " "$T/r.out")" -ge 3010 ]'
+	[ "$(awk '$1 == "msg" { print $7 + 0 }' "$T/r.out" | sort -n | uniq | wc -l)" -eq 3010 ]
+	! grep -q '^ungroup ' "$T/r.out" || false
+	stat_is s groups_expired 0
 }
 
 @test "SIGTERM while stdout is full: every record taken is written, exit 0" {
