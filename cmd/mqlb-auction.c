@@ -64,6 +64,7 @@ struct job {
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
+	ev_tstamp heard_t; /* mq_heard() then, for --ack-timeout */
 	char wid[MAX_LEVEL + 1];
 	/* Workers it was taken back from (will, ack timeout): a job may still
 	 * finish there, and that worker's done is news, not a forgery. */
@@ -102,7 +103,7 @@ struct msg {
 	size_t mtopic_cap;
 	struct job *jobs;
 	int njobs, jcap, open; /* open: jobs not finished */
-	ev_tstamp born; /* start of its wait for bids, for --deadline */
+	ev_tstamp born; /* mq_heard() at the start of its wait for bids, for --deadline */
 	ev_tstamp expires; /* MQTT 5 message expiry, counted from reading; 0: none */
 	ev_timer wait;  /* its deadline or expiry, while a job of it waits */
 	struct msg *hnext; /* hash chain, or free list */
@@ -554,6 +555,7 @@ static void award(struct job *j, const char *wid)
 	snprintf(j->wid, sizeof j->wid, "%s", wid);
 	j->st = J_AWARDED;
 	j->t = ev_now(S.loop);
+	j->heard_t = mq_heard(&S.mq);
 	if ((j->ws = wstat_of(j->g, wid)))
 		j->ws->awarded++;
 	j->attempts++;
@@ -598,7 +600,7 @@ static void reaward(struct job *j)
 	jq_push(&j->g->waiting, j, 1);
 	if (!ev_is_active(&j->m->wait)) {
 		/* A new wait for bids, with a deadline of its own. */
-		j->m->born = ev_now(S.loop);
+		j->m->born = mq_heard(&S.mq);
 		msg_arm(j->m);
 	}
 	group_kick(j->g, 1);
@@ -674,15 +676,17 @@ static void group_kick(struct group *g, int now)
 	}
 }
 
-/* A message waits for bids until --deadline, or its expiry if sooner. */
+/* A message waits for bids until --deadline, or its expiry if sooner.
+ * The deadline runs on mq_heard(): bids sit unread while reading is paused
+ * (our output is full), and a worker we could not hear is not missing. */
 static void msg_arm(struct msg *m)
 {
-	ev_tstamp now = ev_now(S.loop), at = m->born + S.deadline;
+	ev_tstamp left = m->born + S.deadline - mq_heard(&S.mq);
 
-	if (m->expires && m->expires < at)
-		at = m->expires;
+	if (m->expires && m->expires - ev_now(S.loop) < left)
+		left = m->expires - ev_now(S.loop);
 	ev_timer_stop(S.loop, &m->wait);
-	ev_timer_set(&m->wait, at > now ? at - now : 0, 0);
+	ev_timer_set(&m->wait, left > 0 ? left : 0, 0);
 	ev_timer_start(S.loop, &m->wait);
 }
 
@@ -694,7 +698,7 @@ static void wait_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		return;
 	if (expired(m))
 		return drop_expired(m);
-	if (ev_now(loop) - m->born >= S.deadline) {
+	if (mq_heard(&S.mq) - m->born >= S.deadline) {
 		/* Nobody could take it in time: a dead letter, never a silent loss. */
 		S.n_drop_nobid++;
 		return drop_waiting(m, "nobid");
@@ -891,7 +895,7 @@ static void rec_msg(struct rec *r)
 		m->njobs++;
 	}
 	S.n_msg++;
-	m->born = ev_now(S.loop);
+	m->born = mq_heard(&S.mq);
 	S.npending++;
 	m->hnext = S.hash[uuid_hash(m->uuid) & S.hmask];
 	S.hash[uuid_hash(m->uuid) & S.hmask] = m;
@@ -1140,12 +1144,13 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		mq_pause_read(&S.mq, 1);
 }
 
+/* On mq_heard() too: a done we did not read is not a missing done. */
 static void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	ev_tstamp now = ev_now(loop);
+	ev_tstamp now = mq_heard(&S.mq);
 
 	for (struct group *g = S.groups; g; g = g->next)
-		while (g->awarded.head && now - g->awarded.head->t >= S.ack_timeout) {
+		while (g->awarded.head && now - g->awarded.head->heard_t >= S.ack_timeout) {
 			struct job *j = g->awarded.head;
 
 			warnl("no done for %s from %s/%s in %gs", j->m->uuid, g->name, j->wid, S.ack_timeout);
@@ -1365,6 +1370,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("done_late", S.n_done_late);
 	STAT("bad_records", S.n_bad_records);
 	STAT("connected", S.mq.connected);
+	STAT("paused", S.mq.read_paused);
 	STAT("workers_untracked", S.n_untracked);
 #undef STAT
 	worker_stats(&c->out);

@@ -99,36 +99,15 @@ static struct {
 	long spool_replays;
 	int spool_sync;
 	ev_tstamp started; /* heard() */
-	ev_tstamp deaf, deaf_since; /* see heard() */
 	unsigned long n_msg, n_retained, n_loop, n_bad_announce, n_groups_seen, n_expired,
 		n_held, n_replayed, n_drop_nogroup, n_dones;
 	int done_mid;
 } S;
 
-/* A clock that stands still while intake is paused because standard output
- * is full: announces sit unread at the broker then, so a pause must not age
- * groups (nor messages held for them) towards --group-ttl. A pause longer
- * than that used to forget every group and unsubscribe its filter, and what
- * was published then reached nobody. */
-static ev_tstamp heard(void)
-{
-	ev_tstamp now = ev_now(S.loop);
-
-	return now - S.deaf - (S.deaf_since ? now - S.deaf_since : 0);
-}
-
-static void intake_pause(int on)
-{
-	ev_tstamp now = ev_now(S.loop);
-
-	if (on && !S.deaf_since) {
-		S.deaf_since = now;
-	} else if (!on && S.deaf_since) {
-		S.deaf += now - S.deaf_since;
-		S.deaf_since = 0;
-	}
-	mq_pause_read(&S.mq, on);
-}
+/* Groups and held messages are timed on mq_heard(): a pause (standard
+ * output full) longer than --group-ttl used to forget every group and
+ * unsubscribe its filter, and what was published then reached nobody. */
+static ev_tstamp heard(void) { return mq_heard(&S.mq); }
 
 static void opt(int c, const char *arg)
 {
@@ -733,7 +712,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		}
 	}
 	if (out_full(&S.out))
-		intake_pause(1);
+		mq_pause_read(&S.mq, 1);
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -845,7 +824,7 @@ static void expire_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 }
 
-static void on_drain(struct out *o, void *arg) { intake_pause(0); }
+static void on_drain(struct out *o, void *arg) { mq_pause_read(&S.mq, 0); }
 
 static void shutdown_now(int code)
 {
@@ -892,6 +871,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "replayed", S.n_replayed);
 	out_stat(&c->out, "drop_nogroup", S.n_drop_nogroup);
 	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
+	out_stat(&c->out, "paused", (unsigned long)S.mq.read_paused);
 	if (S.spool_path) {
 		out_stat(&c->out, "spooled", S.sp.n_spooled);
 		out_stat(&c->out, "spool_finished", S.sp.n_finished);
@@ -977,7 +957,6 @@ int main(int argc, char **argv)
 		ev_set_cb(&S.out.w, out_ready_cb);
 	}
 	ev_now_update(S.loop); /* loading a long spool takes time */
-	S.started = heard();
 	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
 	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
@@ -988,6 +967,7 @@ int main(int argc, char **argv)
 		ev_timer_start(S.loop, &S.expiry);
 
 	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
+	S.started = heard();
 	mq_start(&S.mq);
 	ev_run(S.loop, 0);
 	return EXIT_OK;

@@ -330,11 +330,22 @@ void mq_start(struct mq *mq)
 
 void mq_pause_read(struct mq *mq, int paused)
 {
+	ev_tstamp now = ev_now(mq->loop);
+
 	if (paused && !mq->read_paused)
-		mq->paused_ping = ev_now(mq->loop);
+		mq->paused_ping = mq->paused_at = now;
+	else if (!paused && mq->read_paused)
+		mq->paused_total += now - mq->paused_at;
 	mq->read_paused = paused;
 	update_io(mq);
 	/* Messages libmosquitto already holds in its buffer still arrive. */
+}
+
+ev_tstamp mq_heard(const struct mq *mq)
+{
+	ev_tstamp now = ev_now(mq->loop);
+
+	return now - mq->paused_total - (mq->read_paused ? now - mq->paused_at : 0);
 }
 
 int mq_v5(const struct mq *mq) { return mq->o->version == MQTT_PROTOCOL_V5; }

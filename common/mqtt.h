@@ -51,6 +51,7 @@ struct mq {
 	int connected, ever_connected, fails, stopping, read_paused;
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	ev_tstamp paused_ping; /* our last PINGREQ while reading is paused */
+	ev_tstamp paused_at, paused_total; /* see mq_heard() */
 	double backoff;
 };
 
@@ -59,6 +60,10 @@ void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 void mq_start(struct mq *mq);
 /* Stop reading from the broker (the consumer is full) or resume. */
 void mq_pause_read(struct mq *mq, int paused);
+/* ev_now() less the time reading was paused: while we do not read, what
+ * peers say (announces, bids, dones) waits unread at the broker, so their
+ * silence must not count towards a timeout. */
+ev_tstamp mq_heard(const struct mq *mq);
 int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
 	       int qos, int retain, const mosquitto_property *props);
 /* Subscribe one filter; subid > 0 sets an MQTT 5 subscription identifier. */

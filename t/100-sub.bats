@@ -483,6 +483,7 @@ gated_sub() {
 	bg announcer sh -c 'while :; do mosquitto_pub -p "$1" -h 127.0.0.1 -q 1 -t "$2/sub/g1" \
 		-m "jobs/#"; sleep 0.5; done' sh "$BROKER_PORT" "$PREFIX"
 	sleep 5
+	stat_is s paused 1
 	stat_is s groups 1
 	stat_is s groups_expired 0
 	seq 3001 3010 | mosquitto_pub -p "$BROKER_PORT" -h 127.0.0.1 -t jobs/n -q 1 -l
@@ -491,6 +492,7 @@ gated_sub() {
 	[ "$(awk '$1 == "msg" { print $7 + 0 }' "$T/r.out" | sort -n | uniq | wc -l)" -eq 3010 ]
 	! grep -q '^ungroup ' "$T/r.out" || false
 	stat_is s groups_expired 0
+	stat_is s paused 0
 }
 
 @test "SIGTERM while stdout is full: every record taken is written, exit 0" {

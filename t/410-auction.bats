@@ -268,3 +268,44 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	bid g w1 "$U1" jobs/a
 	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p"
 }
+
+@test "standard output behind: bids and dones wait at the broker, and that time counts towards neither --deadline nor --ack-timeout" {
+	broker_start
+	# stdout into a pipe that is not read until `echo go >"$T/gate"`
+	mkfifo "$T/a.fifo" "$T/gate" "$T/a.in"
+	bg r sh -c 'exec <"$2"; read -r _ <"$1"; exec cat' sh "$T/gate" "$T/a.fifo"
+	ready_fifo a
+	exec 5<>"$T/a.in"
+	mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" \
+		--deadline 5 --ack-timeout 8 <"$T/a.in" >"$T/a.fifo" 2>"$T/a.err" 3>"$T/a.ready" 5>&- &
+	echo $! | tee "$T/a.pid" >>"$T/pids"
+	wait_ready a
+	# 1210 messages of 1 KB; 1200 bids award more than 1 MiB of records
+	pay=$(head -c 1000 /dev/zero | tr '\0' x)
+	feed "group g jobs/#"
+	for i in $(seq 1 1210); do
+		printf 'msg 11111111-2222-4333-8444-%012d 1 0 jobs/# jobs/a %s\n' "$i" "$pay"
+	done >&5
+	wait_for 10 eval '[ "$(stat_of pending)" = 1210 ]'
+	bids() {
+		for i in $(seq 1 "$1"); do echo free=1; done |
+			mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -l \
+				-t "$PREFIX/rsp/g/w1/11111111-2222-4333-8444-000000000001/jobs/a"
+	}
+	bids 1200
+	wait_for 10 eval '[ "$(stat_of paused)" = 1 ]'
+	# paused past both timeouts; the last bids come meanwhile
+	sleep 9
+	bids 10
+	[ "$(stat_of paused)" = 1 ]
+	[ "$(stat_of drop_nobid)" = 0 ]
+	[ "$(stat_of reawards)" = 0 ]
+	[ "$(stat_of awarded)" -lt 1200 ]
+	echo go >"$T/gate"
+	wait_for 10 eval '[ "$(stat_of awarded)" = 1210 ]'
+	[ "$(stat_of drop_nobid)" = 0 ]
+	[ "$(stat_of reawards)" = 0 ]
+	[ "$(stat_of paused)" = 0 ]
+	wait_for 10 eval '[ "$(grep -c "^assign " "$T/r.out")" = 1210 ]'
+	! grep -q '^drop ' "$T/r.out" || false
+}
