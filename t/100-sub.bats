@@ -562,12 +562,14 @@ gated_sub() {
 		stat replayed
 		stat drop_nogroup
 		stat connected
+		stat paused
 		ok
 		error unknown-query
 	EOF
 	diff -u "$T/want" "$T/names"
 	grep -qx 'stat groups 1' "$T/stats"
 	grep -qx 'stat connected 1' "$T/stats"
+	grep -qx 'stat paused 0' "$T/stats"
 }
 
 @test "messages for a filter nobody announced (yet) are held, then replayed, or dropped as nogroup after --group-ttl" {
