@@ -683,6 +683,10 @@ static void msg_arm(struct msg *m)
 {
 	ev_tstamp left = m->born + S.deadline - mq_heard(&S.mq);
 
+	/* Paused, the deadline stands still: look again now and then rather
+	 * than in a loop of timers due at once. */
+	if (S.mq.read_paused && left < 1)
+		left = 1;
 	if (m->expires && m->expires - ev_now(S.loop) < left)
 		left = m->expires - ev_now(S.loop);
 	ev_timer_stop(S.loop, &m->wait);
