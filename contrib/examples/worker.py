@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+# worker.py: a complete mqlb credit-flow worker (mqlb-protocol(7)) on paho-mqtt 1.6: runs a
+# shell command per job with the payload on stdin (or sleeps --sleep MS), one line per job.
+import argparse, os, re, signal, subprocess, sys, threading, time, queue
+import paho.mqtt.client as mqtt
+
+def level(s):
+    if not s or re.search("[/+#]", s): raise argparse.ArgumentTypeError(f"not one topic level: {s!r}")
+    return s
+def number(lo, hi):
+    def n(s):
+        if not re.fullmatch("[0-9]+", s) or not lo <= int(s) <= hi:
+            raise argparse.ArgumentTypeError(f"not a number from {lo} to {hi}: {s!r}")
+        return int(s)
+    return n
+ap = argparse.ArgumentParser(description="An mqlb worker: credit flow, one done per job.")
+for name, kind in (("host", str), ("port", number(1, 65535)), ("group", level), ("filter", str),
+                   ("wid", level), ("slots", number(1, 10000))): ap.add_argument(name, type=kind)
+ap.add_argument("command", nargs="?", help="shell command run per job, the payload on its stdin")
+ap.add_argument("--sleep", type=number(0, 3600000), metavar="MS", help="sleep MS ms per job instead")
+ap.add_argument("-V", dest="version", choices=("311", "5"), default="311", help="MQTT version")
+ap.add_argument("-k", dest="keepalive", type=number(5, 3600), default=10, help="keepalive (s)")
+ap.add_argument("--prefix", type=level, default="lb", help="the protocol's topic prefix")
+ap.add_argument("--stamp", action="store_true", help="end each line with the finish time and payload")
+a = ap.parse_args()
+if (a.command is None) == (a.sleep is None): ap.error("give either a command or --sleep MS")
+
+me = f"{a.group}/{a.wid}"
+c = mqtt.Client(protocol=mqtt.MQTTv5 if a.version == "5" else mqtt.MQTTv311)
+c.will_set(f"{a.prefix}/gone/{me}", b"", 1)
+c.max_inflight_messages_set(0)  # no queue of ours: the dones leave in the order they were made
+lock = threading.Condition()  # held and every publish: a credit never lists a job already done
+held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event(), threading.Event(), False
+
+def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
+    with lock:
+        c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
+        c.publish(f"{a.prefix}/credit/{me}", " ".join([str(a.slots)] + sorted(held)), 1)
+def on_connect(cl, ud, flags, rc, props=None):
+    if rc == 0: c.subscribe(f"{a.prefix}/job/{me}/#", 1)
+def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()
+def on_disconnect(cl, ud, rc, props=None): subscribed.clear()
+def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
+    uuid, mtopic = m.topic[len(f"{a.prefix}/job/{me}/"):][:36], m.topic[len(f"{a.prefix}/job/{me}/") + 37:]
+    if not re.fullmatch("[0-9a-f-]{36}", uuid): return
+    with lock:
+        if uuid in held: return  # a second copy of a job running here
+        if len(held) >= a.slots or stopping: c.publish(f"{a.prefix}/done/{me}/{uuid}", "fail busy", 1); return
+        held.add(uuid)
+    jobs.put((uuid, mtopic, m.payload))
+def run():  # one thread per slot: paho's network thread never waits for a job
+    while True:
+        uuid, mtopic, payload = jobs.get()
+        if a.sleep is not None: time.sleep(a.sleep / 1000); result = "ok"
+        else:
+            env = dict(os.environ, MQLB_ID=uuid, MQLB_TOPIC=mtopic, MQLB_GROUP=a.group, MQLB_WID=a.wid)
+            rc = subprocess.run(a.command, shell=True, input=payload, stdout=sys.stderr, env=env).returncode
+            result = "ok" if rc == 0 else "fail exit"
+        stamp = f" {time.time():.6f} {payload.decode(errors='replace').splitlines()[0]}" if a.stamp and payload else ""
+        with lock:
+            held.discard(uuid)
+            c.publish(f"{a.prefix}/done/{me}/{uuid}", result, 1)
+            print(a.wid, uuid, mtopic, result + stamp, flush=True)
+            lock.notify_all()
+
+c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message = on_connect, on_subscribe, on_disconnect, on_message
+for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, lambda *_: stop.set())
+try: c.connect(a.host, a.port, a.keepalive)
+except OSError as e: print(f"worker.py: cannot connect to {a.host}:{a.port}: {e}", file=sys.stderr); sys.exit(69)
+for _ in range(a.slots): threading.Thread(target=run, daemon=True).start()
+c.loop_start()
+while not stop.wait(a.keepalive):
+    if subscribed.is_set(): credit()
+with lock:  # finish the jobs held (a new one is answered "fail busy"), then say gone
+    stopping = True
+    while not lock.wait_for(lambda: not held, a.keepalive):
+        if subscribed.is_set(): credit()
+    gone = c.publish(f"{a.prefix}/gone/{me}", b"", 1)
+gone.wait_for_publish(5)
+c.disconnect()
+c.loop_stop()
