@@ -7,6 +7,10 @@ mqlb_setup() {
 	T=${BATS_TEST_TMPDIR:?}
 	: >"$T/pids"
 	PREFIX=lb
+	# mqlb-sub spools by default under $STATE_DIRECTORY or
+	# $XDG_STATE_HOME/mqlb: the test's own, never the real home's.
+	export XDG_STATE_HOME="$T/state"
+	unset STATE_DIRECTORY
 }
 
 mqlb_teardown() {
