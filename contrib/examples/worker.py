@@ -21,6 +21,7 @@ ap.add_argument("command", nargs="?", help="shell command run per job, the paylo
 ap.add_argument("--sleep", type=number(0, 3600000), metavar="MS", help="sleep MS ms per job instead")
 ap.add_argument("-V", dest="version", choices=("311", "5"), default="311", help="MQTT version")
 ap.add_argument("-k", dest="keepalive", type=number(5, 3600), default=10, help="keepalive (s)")
+ap.add_argument("--job-qos", type=int, choices=(0, 1), default=0, help="QoS of the job subscription")
 ap.add_argument("--prefix", type=level, default="lb", help="the protocol's topic prefix")
 ap.add_argument("--stamp", action="store_true", help="end each line with the finish time and payload")
 a = ap.parse_args()
@@ -37,8 +38,11 @@ def credit():  # the announce and the credit with the jobs held: after SUBACK, e
     with lock:
         c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
         c.publish(f"{a.prefix}/credit/{me}", " ".join([str(a.slots)] + sorted(held)), 1)
+# Jobs at QoS 0 by default: the done is the one packet a job costs, with no PUBACK ahead of it to
+# wait out Nagle. A clean session loses what was in flight at a disconnect at either QoS; the
+# balancer takes back after --ack-timeout what no credit lists as held.
 def on_connect(cl, ud, flags, rc, props=None):
-    if rc == 0: c.subscribe(f"{a.prefix}/job/{me}/#", 1)
+    if rc == 0: c.subscribe(f"{a.prefix}/job/{me}/#", a.job_qos)
 def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()
 def on_disconnect(cl, ud, rc, props=None): subscribed.clear()
 def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
