@@ -27,6 +27,7 @@ worker_opts=
 python=
 keep=false
 grace=10 # seconds without a job done before a run's wait ends
+drain=60 # seconds at most after the last publish
 while [ $# -gt 0 ]; do
 	case $1 in
 	--bindir) bindir=${2:?}; shift ;;
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
 	--worker-opts) worker_opts=${2?}; shift ;;
 	--python) python=${2:?}; shift ;;
 	--keep) keep=true ;;
-	--smoke) duration=3; grace=5 ;;
+	--smoke) duration=3; grace=5; drain=15 ;;
 	--help) usage; exit 0 ;;
 	*) die_usage "unknown option \"$1\"" ;;
 	esac
@@ -134,10 +135,10 @@ EOF
 # rate SERVICES: jobs/s at --load of the workers' capacity (one slot each).
 rate() { awk -v s="$1" -v l="$load" 'BEGIN { n = split(s, a, ","); for (i = 1; i <= n; i++) c += 1000 / a[i]; printf "%.1f", c * l }'; }
 done_lines() { cat "$run"/w*.out 2>/dev/null | wc -l; }
-# finish PUBLISHED: wait until every job is done, or none for $grace s.
+# finish PUBLISHED: wait until every job is done, none for $grace s, or $drain s passed.
 finish() {
-	local n last=-1 idle=0
-	while n=$(done_lines) && [ "$n" -lt "$1" ] && [ $idle -lt $((grace * 10)) ]; do
+	local n last=-1 idle=0 end=$((SECONDS + drain))
+	while n=$(done_lines) && [ "$n" -lt "$1" ] && [ $idle -lt $((grace * 10)) ] && [ $SECONDS -lt $end ]; do
 		if [ "$n" = "$last" ]; then idle=$((idle + 1)); else idle=0; last=$n; fi
 		sleep 0.1
 	done
@@ -289,7 +290,8 @@ echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -sr), mqlb $com
 	"rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')"
 echo "# 1-slot workers (worker.py: credit flow; worker-pika.py: prefetch 1, manual acks), load $load," \
 	"$duration s, jobs over MQTT 3.1.1 QoS 1; mosquitto set_tcp_nodelay $nodelay${auction_opts:+; mqlb-auction $auction_opts}${worker_opts:+; worker.py $worker_opts}"
-echo "# publish -> done latency in ms; lost = published, not done $grace s after the last done"
+echo "# publish -> done latency in ms over the jobs done; lost = published, not done $grace s after the last done" \
+	"or $drain s after the last publish"
 printf '%-9s %-13s %8s %8s %6s %5s %4s  %s\n' side service_ms p50 p99 jobs lost dup per-worker
 cat "$D/table"
 while read -r s d; do [ "$d" = 0 ] || echo "# mqlb $s: $d dead letters (drop records)"; done <"$D/drops"
