@@ -2,8 +2,9 @@
 /* mqlb-sub: the balancer's intake. Learns which groups want which topics
  * from worker announces, subscribes those topics, and writes group, ungroup
  * and msg records (PROTOCOL.md). With -t it is a plain record-writing
- * subscriber. With --spool, every msg record is kept in a file until its
- * jobs are done, and written again by the next run (common/spool.h). */
+ * subscriber. Unless told --no-spool, every msg record is kept in a file
+ * until its jobs are done, and written again by the next run
+ * (common/spool.h). */
 #include "config.h"
 
 #include <errno.h>
@@ -30,12 +31,15 @@ static const char usage[] =
 	"                [--capath dir] [--cert file] [--key file] [--insecure]\n"
 	"                [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
 	"                [--socket-mode mode] [--share name] [--group-ttl seconds]\n"
-	"                [--max-groups n] [--retained] [--spool file] [--spool-sync]\n"
-	"                [--spool-ttl seconds] [--spool-replays n] [-t filter ...]\n";
+	"                [--max-groups n] [--retained] [--spool file | --no-spool]\n"
+	"                [--spool-sync] [--spool-ttl seconds] [--spool-replays n]\n"
+	"                [-t filter ...]\n";
 
 /* Subscription identifier of the announce subscription P/sub/+. */
 #define SUBID_ANNOUNCE 1
 #define MAX_TOPIC 4096
+/* Spools of instances without -i: mqlb-sub.spool, mqlb-sub.2.spool... */
+#define MAX_ANON_SPOOLS 64
 
 enum fstate { F_NONE, F_PENDING, F_ACKED, F_REFUSED };
 
@@ -92,7 +96,8 @@ static struct {
 	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
 	char announce_filter[300], done_filter[300];
-	const char *spool_path;
+	const char *spool_path; /* NULL: no spool */
+	int no_spool;
 	struct spool sp;
 	ev_prepare spool_flusher;
 	double spool_ttl;
@@ -133,6 +138,7 @@ static void opt(int c, const char *arg)
 	case 6: S.spool_sync = 1; break;
 	case 7: S.spool_ttl = opt_secs("--spool-ttl", arg, 0.1, 86400 * 30); break;
 	case 8: S.spool_replays = opt_long("--spool-replays", arg, 0, 1000); break;
+	case 9: S.no_spool = 1; break;
 	}
 }
 
@@ -147,6 +153,7 @@ static const struct option longopts[] = {
 	{ "spool-sync", no_argument, NULL, 6 },
 	{ "spool-ttl", required_argument, NULL, 7 },
 	{ "spool-replays", required_argument, NULL, 8 },
+	{ "no-spool", no_argument, NULL, 9 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -905,6 +912,43 @@ static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
 	out_flush(&S.out);
 }
 
+/* The spool named by --spool, else the default one: named after the client
+ * id, or without -i the first of mqlb-sub.spool, mqlb-sub.2.spool... that no
+ * other mqlb-sub holds (instances without -i are alike: clean sessions on
+ * the same broker, as a rule). */
+static void open_spool(void)
+{
+	char *dir, *path, base[32];
+	int sync = S.spool_sync, replays = (int)S.spool_replays;
+
+	if (S.spool_path) {
+		if (spool_open(&S.sp, S.loop, S.spool_path, sync, replays) < 0)
+			die(EXIT_SYSERR, "spool %s is in use by another mqlb-sub", S.spool_path);
+		return;
+	}
+	dir = spool_default_dir();
+	if (S.cf.mq.id) {
+		path = spool_name(dir, S.cf.mq.id);
+		if (spool_open(&S.sp, S.loop, path, sync, replays) < 0)
+			die(EXIT_SYSERR, "spool %s is in use by another mqlb-sub", path);
+		S.spool_path = path;
+		free(dir);
+		return;
+	}
+	for (int i = 1; i <= MAX_ANON_SPOOLS; i++) {
+		snprintf(base, sizeof base, i == 1 ? "mqlb-sub" : "mqlb-sub.%d", i);
+		path = spool_name(dir, base);
+		if (spool_open(&S.sp, S.loop, path, sync, replays) == 0) {
+			S.spool_path = path;
+			free(dir);
+			return;
+		}
+		free(path);
+	}
+	die(EXIT_SYSERR, "spools %s/mqlb-sub.spool to mqlb-sub.%d.spool are all in use; give -i",
+	    dir, MAX_ANON_SPOOLS);
+}
+
 static const struct mq_cb callbacks = {
 	.connected = on_connected,
 	.disconnected = on_disconnected,
@@ -928,10 +972,13 @@ int main(int argc, char **argv)
 		opt_usage_error("-c needs a client id (-i)");
 	S.plen = strlen(S.cf.prefix);
 	S.standalone = S.filts != NULL;
+	if (S.spool_path && S.no_spool)
+		opt_usage_error("--spool and --no-spool: choose one");
 	if (S.spool_path && S.standalone)
 		opt_usage_error("--spool: a stand-alone subscriber (-t) has no jobs to spool");
-	if (!S.spool_path && (S.spool_sync || S.spool_ttl > 0 || S.spool_replays >= 0))
-		opt_usage_error("--spool-sync, --spool-ttl and --spool-replays need --spool");
+	if ((S.no_spool || S.standalone) && (S.spool_sync || S.spool_ttl > 0 || S.spool_replays >= 0))
+		opt_usage_error("--spool-sync, --spool-ttl and --spool-replays need a spool "
+				"(not with --no-spool or -t)");
 	if (S.spool_ttl == 0)
 		S.spool_ttl = 3600;
 	if (S.spool_replays < 0)
@@ -948,8 +995,8 @@ int main(int argc, char **argv)
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_drain = on_drain;
 	S.out.on_error = on_out_error;
-	if (S.spool_path) {
-		spool_open(&S.sp, S.loop, S.spool_path, S.spool_sync, (int)S.spool_replays);
+	if (!S.no_spool && !S.standalone) {
+		open_spool();
 		ev_prepare_init(&S.spool_flusher, spool_prepare_cb);
 		ev_set_priority(&S.spool_flusher, EV_MAXPRI);
 		ev_prepare_start(S.loop, &S.spool_flusher);

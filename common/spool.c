@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -379,6 +380,112 @@ size_t spool_live(const struct spool *sp)
 	return sp->n;
 }
 
+/* --- where a spool lives by default --------------------------------------- */
+
+/* The XDG base directory specification ignores relative paths. */
+static const char *absolute(const char *v)
+{
+	return v && v[0] == '/' ? v : NULL;
+}
+
+static char *xasprintf(const char *fmt, const char *a, const char *b)
+{
+	char *s;
+
+	if (asprintf(&s, fmt, a, b) < 0)
+		die(EXIT_SYSERR, "out of memory");
+	return s;
+}
+
+/* Make dir and its missing parents, mode 0700 (XDG's choice); -1 with
+ * errno when a part cannot be made or is not a directory. */
+static int mkdirs(char *dir)
+{
+	struct stat st;
+
+	for (char *p = dir + 1;; p++) {
+		char c = *p;
+		int rc;
+
+		if (c && c != '/')
+			continue;
+		*p = '\0';
+		rc = mkdir(dir, 0700);
+		*p = c;
+		if (rc < 0 && errno != EEXIST)
+			return -1;
+		if (!c)
+			break;
+	}
+	if (stat(dir, &st) < 0)
+		return -1;
+	if (!S_ISDIR(st.st_mode)) {
+		errno = ENOTDIR;
+		return -1;
+	}
+	return 0;
+}
+
+char *spool_default_dir(void)
+{
+	const char *sd = absolute(getenv("STATE_DIRECTORY"));
+	const char *xdg = absolute(getenv("XDG_STATE_HOME"));
+	const char *home = absolute(getenv("HOME"));
+	char *dir;
+
+	if (sd) {
+		/* Several StateDirectory= come as a list: the first. */
+		if (!(dir = strndup(sd, strcspn(sd, ":"))))
+			die(EXIT_SYSERR, "out of memory");
+	} else if (xdg) {
+		dir = xasprintf("%s/%s", xdg, "mqlb");
+	} else if (home) {
+		dir = xasprintf("%s/%s", home, ".local/state/mqlb");
+	} else {
+		die(EXIT_SYSERR, "no place for the spool: set STATE_DIRECTORY, XDG_STATE_HOME or HOME, "
+				 "or give --spool FILE or --no-spool");
+	}
+	if (mkdirs(dir) < 0)
+		die(EXIT_SYSERR, "cannot make the spool directory %s: %s", dir, strerror(errno));
+	return dir;
+}
+
+char *spool_name(const char *dir, const char *id)
+{
+	static const char hex[] = "0123456789abcdef";
+	/* NAME_MAX less ".spool", and room for "~" and a 64-bit hash */
+	enum { MAX_NAME = 255 - 6, CUT = MAX_NAME - 17 };
+	size_t n = strlen(id), k = 0;
+	char *name = malloc(3 * n + 1), *path;
+
+	if (!name)
+		die(EXIT_SYSERR, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)id[i];
+
+		if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '_' || (c == '.' && i > 0)) {
+			name[k++] = (char)c;
+		} else {
+			name[k++] = '%';
+			name[k++] = hex[c >> 4];
+			name[k++] = hex[c & 15];
+		}
+	}
+	name[k] = '\0';
+	if (k > MAX_NAME) {
+		/* Cut where no %XX is split, and tell long ids apart by a hash. */
+		k = CUT;
+		while (k > 0 && (name[k - 1] == '%' || (k > 1 && name[k - 2] == '%')))
+			k--;
+		snprintf(name + k, 3 * n + 1 - k, "~%016llx",
+			 (unsigned long long)spool_ghash(id, n));
+	}
+	path = xasprintf("%s/%s.spool", dir, name);
+	free(name);
+	return path;
+}
+
 /* --- loading and compaction ---------------------------------------------- */
 
 static void bad_line(struct spool *sp, unsigned long lineno, const char *why)
@@ -558,11 +665,21 @@ void spool_maybe_compact(struct spool *sp)
 		compact(sp);
 }
 
-void spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sync, int max_replays)
+int spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sync, int max_replays)
 {
 	struct spool_ent *e, *next;
+	int fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 
+	if (fd < 0)
+		die(EXIT_SYSERR, "cannot open the spool %s: %s", path, strerror(errno));
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno != EWOULDBLOCK)
+			die(EXIT_SYSERR, "cannot lock the spool %s: %s", path, strerror(errno));
+		close(fd);
+		return -1;
+	}
 	memset(sp, 0, sizeof *sp);
+	sp->fd = fd;
 	sp->path = path;
 	sp->loop = loop;
 	sp->sync = sync;
@@ -575,12 +692,6 @@ void spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sy
 	out_init(&sp->ob, loop, -1, (size_t)-1);
 	ev_ref(loop);
 	ev_prepare_stop(loop, &sp->ob.flusher);
-	sp->fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-	if (sp->fd < 0)
-		die(EXIT_SYSERR, "cannot open the spool %s: %s", path, strerror(errno));
-	if (flock(sp->fd, LOCK_EX | LOCK_NB) < 0)
-		die(EXIT_SYSERR, "the spool %s: %s", path,
-		    errno == EWOULDBLOCK ? "in use by another process" : strerror(errno));
 	load(sp);
 	for (e = sp->loaded.head; e; e = next) {
 		char why[128];
@@ -596,5 +707,8 @@ void spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sy
 	}
 	if (sp->n)
 		infol("spool %s: %zu entries to write out again", path, sp->n);
+	else
+		infol("spool %s", path);
 	compact(sp);
+	return 0;
 }

@@ -75,9 +75,19 @@ struct spool {
 
 /* Open (create) the spool at path, lock it, load what an earlier run left,
  * give up on entries written out more than max_replays + 1 times, and
- * compact. Fatal (exit 111) when it cannot be opened or locked. */
-void spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sync,
-		int max_replays);
+ * compact. -1 (and nothing done) when another process holds its lock;
+ * fatal (exit 111) when it cannot be opened or locked. */
+int spool_open(struct spool *sp, struct ev_loop *loop, const char *path, int sync,
+	       int max_replays);
+
+/* The directory of a spool not named on the command line: the first of
+ * $STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/mqlb, else
+ * $HOME/.local/state/mqlb, made with its missing parents (mode 0700).
+ * Fatal (exit 111, one error line) when there is none or it cannot be made. */
+char *spool_default_dir(void);
+/* dir/ID.spool, the bytes of id outside [A-Za-z0-9._-] (and a leading
+ * '.') as %XX; a name too long for a file is cut and ends in a hash. */
+char *spool_name(const char *dir, const char *id);
 
 /* A new entry: spool_begin() writes the line's head and returns the buffer
  * for the msg fields from qos on (out_* calls); spool_end() ends the line.

@@ -537,7 +537,7 @@ gated_sub() {
 	[ "$(cat "$T/h.out")" = 'group g1 jobs/#' ]
 }
 
-@test "stats: the counters, then ok; other queries are errors; socket mode 0600" {
+@test "stats: the counters (the spool's too, by default), then ok; other queries are errors; socket mode 0600" {
 	spy
 	sub s
 	[ "$(stat -c %a "$T/s.sock")" = 600 ]
@@ -563,6 +563,16 @@ gated_sub() {
 		stat drop_nogroup
 		stat connected
 		stat paused
+		stat spooled
+		stat spool_finished
+		stat spool_replayed
+		stat spool_given_up
+		stat spool_live
+		stat spool_bad_lines
+		stat spool_errors
+		stat spool_compactions
+		stat spool_bytes
+		stat dones
 		ok
 		error unknown-query
 	EOF

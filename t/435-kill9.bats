@@ -326,14 +326,14 @@ kill9() {
 	run mqlb-sub --spool "$T/s" -t 'a/#'
 	[ "$status" -eq 2 ]
 	[[ "${lines[0]}" == *"--spool: a stand-alone subscriber (-t) has no jobs to spool"* ]]
-	run mqlb-sub --spool-ttl 5
+	run mqlb-sub --no-spool --spool-ttl 5
 	[ "$status" -eq 2 ]
-	[[ "${lines[0]}" == *"need --spool"* ]]
+	[[ "${lines[0]}" == *"need a spool"* ]]
 	run mqlb-sub --spool "$T/s" --spool-ttl 0
 	[ "$status" -eq 2 ]
 	broker_start
 	sub s1
 	run mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" --spool "$T/spool"
 	[ "$status" -eq 111 ]
-	[[ "$output" == *"the spool $T/spool: in use by another process"* ]]
+	[ "$output" = "mqlb-sub: error: spool $T/spool is in use by another mqlb-sub" ]
 }
