@@ -1,8 +1,9 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # 700-bench-smoke: mqlb-bench still runs: the 10-second smoke mode drives
-# the real pipeline and $share and prints its table, CSV and plot. No
-# figure is asserted: timing belongs to the benchmark, not to tests.
+# the real pipeline, $share and a private RabbitMQ, and prints its table,
+# CSV and plot. No figure is asserted: timing belongs to the benchmark, not
+# to tests.
 load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
@@ -28,6 +29,20 @@ both_sides_ran() {
 	done
 }
 
+# The RabbitMQ side needs librabbitmq at build time and rabbitmq-server
+# (Debian's, run as root; anyone else runs the scripts it wraps).
+# MQLB_REQUIRE_RABBITMQ=1 makes a missing one a failure instead of a skip.
+require_rabbitmq() {
+	local why=
+	grep -q '^#define HAVE_LIBRABBITMQ 1' "$MQLB_BUILDDIR/config.h" ||
+		why="mqlb-bench built without librabbitmq"
+	command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] ||
+		why="no rabbitmq-server"
+	[ -z "$why" ] && return 0
+	[ "${MQLB_REQUIRE_RABBITMQ:-0}" = 1 ] && { echo "$why" >&2; return 1; }
+	skip "$why (set MQLB_REQUIRE_RABBITMQ=1 to make this a failure)"
+}
+
 @test "bad arguments are usage errors" {
 	run bench --scenario 9
 	[ "$status" -eq 2 ]
@@ -39,6 +54,9 @@ both_sides_ran() {
 	run bench --drain -1
 	[ "$status" -eq 2 ]
 	[[ "$output" == *'--drain: bad duration "-1"'* ]]
+	run bench --sides mqlb,kafka
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--sides: bad side "kafka" (mqlb, share or rabbit)'* ]]
 	run bench --help
 	[ "$status" -eq 0 ]
 	[[ "$output" == 'usage: mqlb-bench'* ]]
@@ -47,7 +65,7 @@ both_sides_ran() {
 @test "smoke mode runs both sides and prints the table (and a plot)" {
 	plot=()
 	command -v gnuplot >/dev/null && plot=(--plot "$T/cdf.png")
-	bench --smoke "${plot[@]}" >"$T/table" 2>"$T/err"
+	bench --smoke --sides mqlb,share "${plot[@]}" >"$T/table" 2>"$T/err"
 	grep -q '^mode  *jobs/s' "$T/table"
 	both_sides_ran
 	if [ "${#plot[@]}" -gt 0 ]; then
@@ -65,7 +83,7 @@ both_sides_ran() {
 }
 
 @test "--parallel runs both sides at once, each on its own broker" {
-	bench --smoke --parallel -v >"$T/table" 2>"$T/err" &
+	bench --smoke --sides mqlb,share --parallel -v >"$T/table" 2>"$T/err" &
 	pid=$!
 	# Both sides' brokers run at the same time, one of them under the
 	# forked child: count the mosquittos among the bench's descendants.
@@ -88,16 +106,72 @@ both_sides_ran() {
 	both_sides_ran
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
 	# --serial after --scenario undoes the scenario's --parallel.
-	bench --scenario 1 --smoke --serial >"$T/table" 2>"$T/err"
+	bench --scenario 1 --smoke --serial --sides share,mqlb >"$T/table" 2>"$T/err"
 	! grep -q 'both sides at once' "$T/table" || false
 	read -r published done < <(row_counts share)
 	[ "$done" -gt 0 ]
 }
 
 @test "--parallel: a side that cannot run fails the run with its reason" {
-	run bench --smoke --parallel --broker /nonexistent/mosquitto
+	run bench --smoke --sides mqlb,share --parallel --broker /nonexistent/mosquitto
 	echo "$output"
 	[ "$status" -ne 0 ]
 	[[ "$output" == *'cannot start /nonexistent/mosquitto'* ]]
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
+}
+
+@test "the RabbitMQ side: all three sides at once, nothing lost, the node stopped" {
+	require_rabbitmq
+	plot=()
+	command -v gnuplot >/dev/null && plot=(--plot "$T/cdf.png")
+	# About 20 s: RabbitMQ takes about 10 s to accept connections.
+	bench --smoke --parallel -v "${plot[@]}" >"$T/table" 2>"$T/err"
+	cat "$T/table"
+	grep -q 'all three sides at once' "$T/table"
+	for m in mqlb share rabbit; do
+		read -r published done lost < <(awk -v m="$m" '$1 == m { print $5, $6, $7 }' "$T/table")
+		echo "$m: published=$published done=$done lost=$lost"
+		[ "$published" -gt 0 ]
+		[ "$done" -gt 0 ]
+		[ "$lost" -eq 0 ]
+	done
+	grep -q '^# mqlb vs rabbit: ' "$T/table"
+	if [ "${#plot[@]}" -gt 0 ]; then
+		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
+	fi
+	# The node was stopped and its directory removed.
+	node=$(sed -n 's/.*rabbit: starting node \([^ ]*\) .*logs in \(.*\)$/\1/p' "$T/err")
+	dir=$(sed -n 's/.*rabbit: starting node .*logs in \(.*\)$/\1/p' "$T/err")
+	[ -n "$node" ]
+	[ -n "$dir" ]
+	! pgrep -f -- "$node" >/dev/null || false
+	[ ! -e "$dir" ]
+	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
+}
+
+@test "the RabbitMQ side: a missing or failing rabbitmq-server is exit 69" {
+	if ! grep -q '^#define HAVE_LIBRABBITMQ 1' "$MQLB_BUILDDIR/config.h"; then
+		run bench --smoke --rabbit
+		[ "$status" -eq 69 ]
+		[[ "$output" == *'built without librabbitmq'* ]]
+		return
+	fi
+	run bench --smoke --rabbit --rabbitmq-server /nonexistent/rabbitmq-server
+	echo "$output"
+	[ "$status" -eq 69 ]
+	[[ "$output" == *'the RabbitMQ side: /nonexistent/rabbitmq-server not found'* ]]
+	# One that ends before it accepts connections: the others still run,
+	# the table says why, the node's logs are kept.
+	mkdir -p "$T/fake"
+	printf '#!/bin/sh\necho "no broker today"\nexit 3\n' >"$T/fake/rabbitmq-server"
+	chmod +x "$T/fake/rabbitmq-server"
+	run bench --smoke --sides share,rabbit --rabbitmq-server "$T/fake/rabbitmq-server"
+	echo "$output"
+	[ "$status" -eq 69 ]
+	[[ "$output" == *'rabbit failed: '*'rabbitmq-server exited with status 3 before it accepted connections: "no broker today"'* ]]
+	dir=$(echo "$output" | sed -n 's/^rabbit failed: .*(logs in \(.*\))$/\1/p')
+	[ -d "$dir" ]
+	rm -rf "$dir"
+	read -r published done < <(echo "$output" | awk '$1 == "share" { print $5, $6 }')
+	[ "$done" -gt 0 ]
 }

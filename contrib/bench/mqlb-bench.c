@@ -1,27 +1,45 @@
 /* SPDX-License-Identifier: MIT */
 /* mqlb-bench: load generator and meter. Publishes timestamped jobs to a
- * private mosquitto and runs simulated workers in-process, fed once through
- * the mqlb pipeline (mqlb-sub | mqlb-auction | mqlb-dispatch, libmqlb
- * workers) and once through a plain $share subscription; prints latency,
- * throughput, jobs per worker, lost and duplicated side by side. */
+ * private broker and runs simulated workers in-process, fed through the mqlb
+ * pipeline (mqlb-sub | mqlb-auction | mqlb-dispatch, libmqlb workers), a
+ * plain $share subscription and a private RabbitMQ (AMQP workers, prefetch =
+ * slots); prints latency, throughput, jobs per worker, lost and duplicated
+ * side by side. */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <ev.h>
+#ifdef HAVE_LIBRABBITMQ
+#ifdef __has_include
+#if __has_include(<rabbitmq-c/amqp.h>)
+#define RABBITMQ_C_DIR 1 /* librabbitmq 0.12 moved its headers */
+#endif
+#endif
+#ifdef RABBITMQ_C_DIR
+#include <rabbitmq-c/amqp.h>
+#include <rabbitmq-c/tcp_socket.h>
+#else
+#include <amqp.h>
+#include <amqp_tcp_socket.h>
+#endif
+#endif
 
 #include "log.h"
 #include "mqlb.h"
@@ -29,8 +47,9 @@
 #include "opt.h"
 
 static const char usage[] =
-	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke] [--mqlb | --share]\n"
-	"                  [--parallel | --serial]\n"
+	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke]\n"
+	"                  [--sides mqlb,share,rabbit | --mqlb | --share | --rabbit]\n"
+	"                  [--parallel | --serial] [--rabbitmq-server path]\n"
 	"                  [--workers n] [--slots n] [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
 	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
@@ -41,6 +60,18 @@ static const char usage[] =
 #define TOPIC "bench/jobs"
 #define GROUP "bench"
 #define NS 1000000000.0
+/* RabbitMQ's MQTT plugin publishes TOPIC to amq.topic with '/' as '.' */
+#define RABBIT_KEY "bench.jobs"
+#define RABBIT_QUEUE "mqlb-bench"
+#define RABBIT_UP_SECS 60 /* about 10 s here, 23 s on a cold first boot */
+
+enum side { S_MQLB, S_SHARE, S_RABBIT, NSIDES };
+static const char *const side_name[NSIDES] = { "mqlb", "share", "rabbit" };
+#ifdef HAVE_LIBRABBITMQ
+#define ALL_SIDES 7
+#else
+#define ALL_SIDES 3
+#endif
 
 /* What one run asks for; --scenario fills it, later options override. */
 static struct {
@@ -51,14 +82,14 @@ static struct {
 	double duration, grace, drain;
 	long window;
 	long size;
-	int modes; /* 1 mqlb, 2 share */
+	int modes; /* a bit per enum side */
 	int csv, keep, smoke, scenario;
-	int parallel; /* both sides at once, $share in a forked child */
-	const char *bindir, *broker, *plot, *label;
+	int parallel; /* all sides at once, each but the first in a forked child */
+	const char *bindir, *broker, *plot, *label, *rabbitmq_server;
 } cf = {
 	.workers = 4, .slots = 1, .service = { 0.005 }, .nservice = 1, .rate = 100,
-	.duration = 10, .grace = 5, .window = 1000, .size = 0, .modes = 3,
-	.broker = "mosquitto",
+	.duration = 10, .grace = 5, .window = 1000, .size = 0, .modes = ALL_SIDES,
+	.broker = "mosquitto", .rabbitmq_server = "rabbitmq-server",
 };
 
 /* One published job, indexed by its sequence number. */
@@ -71,8 +102,8 @@ struct job {
 /* The results of one mode. */
 struct result {
 	const char *mode;
-	int ok, child_died;
-	char why[256];
+	int ok, child_died, broken; /* broken: a worker's AMQP connection failed */
+	char why[512];
 	unsigned long published, pubfail, done, lost, dup, dropped;
 	unsigned long bdropped; /* the broker's $SYS/broker/publish/messages/dropped */
 	char dropwhy[128];
@@ -85,8 +116,10 @@ struct result {
 
 struct task;
 
-/* A simulated worker: a libmqlb worker, or a plain $share subscriber. */
+/* A simulated worker: a libmqlb worker, a plain $share subscriber, or an
+ * AMQP consumer. */
 struct wsim {
+	enum side side;
 	int idx, slots, running, ready;
 	double service;
 	struct mqlb_worker *mw;
@@ -96,12 +129,17 @@ struct wsim {
 	uint32_t *q; /* $share: jobs read while all slots were busy, FIFO */
 	size_t qh, qt, qcap;
 	int paused;
+#ifdef HAVE_LIBRABBITMQ
+	amqp_connection_state_t ac; /* RabbitMQ: channel 1 consumes, prefetch = slots */
+	ev_io aio;
+#endif
 };
 
 struct task {
 	ev_timer t;
 	struct wsim *w;
 	const char *id; /* libmqlb's job id, valid until done */
+	uint64_t tag;   /* AMQP delivery tag */
 	uint32_t seq;
 	struct task *prev, *next; /* running tasks, so teardown can stop them */
 };
@@ -491,7 +529,7 @@ static void job_finish(ev_timer *t);
 
 static void task_cb(struct ev_loop *l, ev_timer *t, int revents) { job_finish(t); }
 
-static void job_begin(struct wsim *w, uint32_t seq, const char *id)
+static struct task *job_begin(struct wsim *w, uint32_t seq, const char *id)
 {
 	struct task *k = xrealloc(NULL, sizeof *k);
 	struct job *j = &jobs[seq];
@@ -511,9 +549,11 @@ static void job_begin(struct wsim *w, uint32_t seq, const char *id)
 	tasks = k;
 	ev_timer_init(&k->t, task_cb, w->service, 0);
 	ev_timer_start(loop, &k->t);
+	return k;
 }
 
 static void share_next(struct wsim *w);
+static void rabbit_ack(struct wsim *w, uint64_t tag);
 
 static void task_unlink(struct task *k)
 {
@@ -538,10 +578,12 @@ static void job_finish(ev_timer *t)
 		cur->per_worker[w->idx]++;
 	}
 	w->running--;
-	if (w->mw)
+	if (w->side == S_MQLB)
 		mqlb_worker_done(w->mw, k->id, 1, NULL, NULL, 0);
+	else if (w->side == S_RABBIT)
+		rabbit_ack(w, k->tag);
 	free(k);
-	if (!w->mw)
+	if (w->side == S_SHARE)
 		share_next(w);
 	top_up();
 }
@@ -627,13 +669,492 @@ static const struct mq_cb share_cb = {
 	.subscribed = share_subscribed,
 };
 
+/* ---- RabbitMQ: a private node and AMQP workers --------------------------- */
+
+/* The node, started once by the process that owns it (the parent under
+ * --parallel) and stopped with rabbitmqctl on every way out. */
+static struct {
+	pid_t pid, owner;
+	int amqp, mqtt, dist, exited, status, keep;
+	char dir[64], node[64], server[512], ctl[512];
+	ev_child cw;
+} rmq;
+
+/* Where rabbitmq-server is: as given, else on PATH or in the sbin dirs a
+ * user's PATH may lack. Debian's /usr/sbin one only lets root (who becomes
+ * rabbitmq) run it; anyone else runs the scripts it wraps, as themselves.
+ * rabbitmqctl is taken from the same directory. */
+static void rabbit_find(void)
+{
+	const char *name = cf.rabbitmq_server, *path = getenv("PATH");
+	char dirs[4096], *save = NULL, *d, *slash;
+
+	if (strchr(name, '/')) {
+		snprintf(rmq.server, sizeof rmq.server, "%s", name);
+	} else {
+		snprintf(dirs, sizeof dirs, "%s%s:/usr/sbin:/sbin",
+			 geteuid() ? "/usr/lib/rabbitmq/bin:" : "", path ? path : "/usr/bin:/bin");
+		rmq.server[0] = 0;
+		for (d = strtok_r(dirs, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+			snprintf(rmq.server, sizeof rmq.server, "%s/%s", *d ? d : ".", name);
+			if (access(rmq.server, X_OK) == 0)
+				break;
+			rmq.server[0] = 0;
+		}
+	}
+	if (!rmq.server[0] || access(rmq.server, X_OK) != 0)
+		die(EXIT_UNREACH,
+		    "the RabbitMQ side: %s not found (apt-get install rabbitmq-server, "
+		    "--rabbitmq-server path, or --sides mqlb,share)",
+		    rmq.server[0] ? rmq.server : name);
+	snprintf(rmq.ctl, sizeof rmq.ctl, "%s", rmq.server);
+	slash = strrchr(rmq.ctl, '/');
+	snprintf(slash + 1, sizeof rmq.ctl - (size_t)(slash + 1 - rmq.ctl), "rabbitmqctl");
+}
+
+/* Run a RabbitMQ script in the node's environment, in a process group of its
+ * own (^C is ours to handle), output to the node's log dir. */
+static pid_t rabbit_exec(char *const argv[], const char *log)
+{
+	char v[9][640];
+	int fd = open_log(rmq.dir, log);
+	pid_t pid = fork();
+
+	if (pid < 0)
+		die(EXIT_SYSERR, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int nul = open("/dev/null", O_RDONLY);
+
+		setpgid(0, 0);
+		if (nul >= 0)
+			dup2(nul, 0);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		if (chdir(rmq.dir) < 0)
+			_exit(127);
+		snprintf(v[0], sizeof v[0], "%s", rmq.dir);
+		snprintf(v[1], sizeof v[1], "%s", rmq.node);
+		snprintf(v[2], sizeof v[2], "%s/mnesia", rmq.dir);
+		snprintf(v[3], sizeof v[3], "%s/log", rmq.dir);
+		snprintf(v[4], sizeof v[4], "%s/pid", rmq.dir);
+		snprintf(v[5], sizeof v[5], "%s/feature_flags", rmq.dir);
+		snprintf(v[6], sizeof v[6], "%s/enabled_plugins", rmq.dir);
+		snprintf(v[7], sizeof v[7], "%s/rabbitmq", rmq.dir); /* + .conf */
+		/* Debian's wrapper su's to rabbitmq as root and sets HOME; run as
+		 * another user, the node and rabbitmqctl share this cookie dir */
+		setenv("HOME", v[0], 1);
+		setenv("RABBITMQ_NODENAME", v[1], 1);
+		setenv("RABBITMQ_MNESIA_BASE", v[2], 1);
+		setenv("RABBITMQ_LOG_BASE", v[3], 1);
+		setenv("RABBITMQ_PID_FILE", v[4], 1);
+		setenv("RABBITMQ_FEATURE_FLAGS_FILE", v[5], 1);
+		setenv("RABBITMQ_ENABLED_PLUGINS_FILE", v[6], 1);
+		setenv("RABBITMQ_CONFIG_FILE", v[7], 1);
+		/* if this node starts epmd, it listens on loopback only */
+		setenv("ERL_EPMD_ADDRESS", "127.0.0.1", 1);
+		execv(argv[0], argv);
+		fprintf(stderr, "mqlb-bench: cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(fd);
+	return pid;
+}
+
+static void rabbit_child_cb(struct ev_loop *l, ev_child *w, int revents)
+{
+	size_t n;
+
+	ev_child_stop(l, w);
+	rmq.exited = 1;
+	rmq.status = w->rstatus;
+	if (!cur || strcmp(cur->mode, "rabbit"))
+		return;
+	n = strlen(cur->why);
+	snprintf(cur->why + n, sizeof cur->why - n, "%srabbitmq-server ended", n ? "; " : "during the run: ");
+	cur->child_died = 1;
+}
+
+/* Has the server process ended? It is reaped here, or by libev's SIGCHLD
+ * handling (rabbit_child_cb) while a loop runs. */
+static int rabbit_gone(void)
+{
+	int st;
+
+	if (!rmq.exited && rmq.pid > 0 && waitpid(rmq.pid, &st, WNOHANG) == rmq.pid) {
+		rmq.exited = 1;
+		rmq.status = st;
+	}
+	return rmq.exited;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+	return remove(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* rabbitmqctl stop, then the server's process group if it lingers; the
+ * node's dir goes unless asked to keep it or a side failed. */
+static void rabbit_stop(void)
+{
+	int64_t end;
+
+	if (rmq.owner != getpid() || !rmq.pid)
+		return;
+	ev_child_stop(loop, &rmq.cw);
+	if (!rabbit_gone()) {
+		char *argv[] = { rmq.ctl, "-n", rmq.node, "stop", NULL };
+		pid_t c = rabbit_exec(argv, "rabbitmqctl.log");
+
+		for (end = now_ns() + 30 * (int64_t)1000000000; now_ns() < end; usleep(50000))
+			if (reaped(c, NULL)) {
+				c = 0;
+				break;
+			}
+		if (c) {
+			kill(-c, SIGKILL);
+			waitpid(c, NULL, 0);
+		}
+		for (end = now_ns() + 15 * (int64_t)1000000000; now_ns() < end; usleep(50000))
+			if (rabbit_gone())
+				break;
+	}
+	/* what the server left (beam runs as the rabbitmq user, same group;
+	 * epmd, if the node started it, is a daemon of its own and stays) */
+	for (end = now_ns() + 2 * (int64_t)1000000000; now_ns() < end; usleep(50000))
+		if (kill(-rmq.pid, 0) < 0 && errno == ESRCH)
+			break;
+	if (kill(-rmq.pid, SIGKILL) == 0)
+		warnl("rabbit: node %s did not stop, killed", rmq.node);
+	if (!rabbit_gone())
+		waitpid(rmq.pid, NULL, 0);
+	rmq.pid = 0;
+	if (rmq.keep || cf.keep)
+		infol("rabbit: kept %s", rmq.dir);
+	else
+		nftw(rmq.dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+#ifdef HAVE_LIBRABBITMQ
+/* A failed AMQP call, in words. */
+static void rpc_why(amqp_rpc_reply_t r, const char *what, char *why, size_t whylen)
+{
+	switch (r.reply_type) {
+	case AMQP_RESPONSE_NORMAL: snprintf(why, whylen, "%s: ok", what); break;
+	case AMQP_RESPONSE_NONE: snprintf(why, whylen, "%s: no reply", what); break;
+	case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+		snprintf(why, whylen, "%s: %s", what, amqp_error_string2(r.library_error));
+		break;
+	case AMQP_RESPONSE_SERVER_EXCEPTION: {
+		const amqp_bytes_t *t = NULL;
+
+		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD)
+			t = &((amqp_connection_close_t *)r.reply.decoded)->reply_text;
+		else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD)
+			t = &((amqp_channel_close_t *)r.reply.decoded)->reply_text;
+		snprintf(why, whylen, "%s: server closed: %.*s", what, t ? (int)t->len : 7,
+			 t ? (const char *)t->bytes : "unknown");
+		break;
+	}
+	}
+}
+
+/* An AMQP connection with channel 1 open, as guest (loopback only). */
+static amqp_connection_state_t amqp_open(int port, char *why, size_t whylen)
+{
+	amqp_connection_state_t c = amqp_new_connection();
+	amqp_socket_t *s = c ? amqp_tcp_socket_new(c) : NULL;
+	amqp_rpc_reply_t r;
+	int rc;
+
+	if (!s)
+		die(EXIT_SYSERR, "librabbitmq: out of memory");
+	if ((rc = amqp_socket_open(s, "127.0.0.1", port)) != AMQP_STATUS_OK) {
+		snprintf(why, whylen, "AMQP connect to 127.0.0.1:%d: %s", port, amqp_error_string2(rc));
+		goto fail;
+	}
+	r = amqp_login(c, "/", 0, AMQP_DEFAULT_FRAME_SIZE, 0, AMQP_SASL_METHOD_PLAIN, "guest", "guest");
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		rpc_why(r, "AMQP login", why, whylen);
+		goto fail;
+	}
+	amqp_channel_open(c, 1);
+	if ((r = amqp_get_rpc_reply(c)).reply_type != AMQP_RESPONSE_NORMAL) {
+		rpc_why(r, "AMQP channel.open", why, whylen);
+		goto fail;
+	}
+	return c;
+fail:
+	amqp_destroy_connection(c);
+	return NULL;
+}
+
+static void amqp_close(amqp_connection_state_t c)
+{
+	amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+	amqp_destroy_connection(c);
+}
+
+/* The queue the jobs go to: durable, bound to amq.topic with the MQTT
+ * topic's routing key, so that nothing published is dropped. */
+static int rabbit_queue(char *why, size_t whylen)
+{
+	amqp_connection_state_t c = amqp_open(rmq.amqp, why, whylen);
+	amqp_rpc_reply_t r;
+
+	if (!c)
+		return -1;
+	amqp_queue_declare(c, 1, amqp_cstring_bytes(RABBIT_QUEUE), 0, 1, 0, 0, amqp_empty_table);
+	if ((r = amqp_get_rpc_reply(c)).reply_type == AMQP_RESPONSE_NORMAL) {
+		amqp_queue_bind(c, 1, amqp_cstring_bytes(RABBIT_QUEUE), amqp_cstring_bytes("amq.topic"),
+				amqp_cstring_bytes(RABBIT_KEY), amqp_empty_table);
+		if ((r = amqp_get_rpc_reply(c)).reply_type != AMQP_RESPONSE_NORMAL)
+			rpc_why(r, "queue.bind", why, whylen);
+	} else {
+		rpc_why(r, "queue.declare", why, whylen);
+	}
+	amqp_close(c);
+	return r.reply_type == AMQP_RESPONSE_NORMAL ? 0 : -1;
+}
+
+/* A worker whose connection failed stops reading; its run fails. */
+static void rabbit_broken(struct wsim *w, const char *why)
+{
+	size_t n = strlen(cur->why);
+
+	if (!w->ac)
+		return;
+	ev_io_stop(loop, &w->aio);
+	snprintf(cur->why + n, sizeof cur->why - n, "%sworker %d: %s", n ? "; " : "", w->idx, why);
+	cur->broken = 1;
+}
+
+static void rabbit_ack(struct wsim *w, uint64_t tag)
+{
+	int rc;
+
+	if (!ev_is_active(&w->aio))
+		return;
+	if ((rc = amqp_basic_ack(w->ac, 1, tag, 0)) != AMQP_STATUS_OK) {
+		char why[128];
+
+		snprintf(why, sizeof why, "basic.ack: %s", amqp_error_string2(rc));
+		rabbit_broken(w, why);
+	}
+}
+
+/* Every delivery librabbitmq has read or can read now, without blocking:
+ * with prefetch = slots the broker never sends more than a free slot. */
+static void rabbit_read(struct ev_loop *l, ev_io *io, int revents)
+{
+	struct wsim *w = io->data;
+
+	while (ev_is_active(&w->aio)) {
+		struct timeval zero = { 0, 0 };
+		amqp_envelope_t env;
+		amqp_rpc_reply_t r;
+		uint32_t seq;
+		int64_t ts;
+
+		amqp_maybe_release_buffers(w->ac);
+		r = amqp_consume_message(w->ac, &env, &zero, 0);
+		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && r.library_error == AMQP_STATUS_TIMEOUT)
+			return;
+		if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+			char why[200];
+
+			/* UNEXPECTED_STATE: a frame other than a delivery, which
+			 * here means the channel or the connection is closing */
+			rpc_why(r, "consume", why, sizeof why);
+			rabbit_broken(w, why);
+			return;
+		}
+		if (parse_job(env.message.body.bytes, env.message.body.len, &seq, &ts) < 0) {
+			warnl("worker %d: a delivery that is not ours", w->idx);
+			rabbit_ack(w, env.delivery_tag);
+		} else {
+			job_begin(w, seq, NULL)->tag = env.delivery_tag;
+		}
+		amqp_destroy_envelope(&env);
+	}
+}
+
+/* Connect, basic.qos(prefetch = slots), basic.consume with manual acks. */
+static void rabbit_worker_start(struct wsim *w)
+{
+	char why[200];
+	amqp_rpc_reply_t r;
+
+	if (!(w->ac = amqp_open(rmq.amqp, why, sizeof why))) {
+		rabbit_broken(w, why);
+		return;
+	}
+	ev_io_init(&w->aio, rabbit_read, amqp_get_sockfd(w->ac), EV_READ);
+	w->aio.data = w;
+	ev_io_start(loop, &w->aio);
+	amqp_basic_qos(w->ac, 1, 0, (uint16_t)w->slots, 0);
+	if ((r = amqp_get_rpc_reply(w->ac)).reply_type != AMQP_RESPONSE_NORMAL) {
+		rpc_why(r, "basic.qos", why, sizeof why);
+		rabbit_broken(w, why);
+		return;
+	}
+	amqp_basic_consume(w->ac, 1, amqp_cstring_bytes(RABBIT_QUEUE), amqp_empty_bytes, 0, 0, 0,
+			   amqp_empty_table);
+	if ((r = amqp_get_rpc_reply(w->ac)).reply_type != AMQP_RESPONSE_NORMAL) {
+		rpc_why(r, "basic.consume", why, sizeof why);
+		rabbit_broken(w, why);
+		return;
+	}
+	w->ready = 1;
+	/* deliveries read along with the consume-ok wait in librabbitmq */
+	rabbit_read(loop, &w->aio, EV_READ);
+}
+
+static void rabbit_worker_free(struct wsim *w)
+{
+	if (!w->ac)
+		return;
+	ev_io_stop(loop, &w->aio);
+	amqp_close(w->ac);
+	w->ac = NULL;
+}
+#else
+static int rabbit_queue(char *why, size_t whylen) { return -1; }
+static void rabbit_ack(struct wsim *w, uint64_t tag) {}
+static void rabbit_worker_start(struct wsim *w) {}
+static void rabbit_worker_free(struct wsim *w) {}
+#endif
+
+/* Three distinct free loopback ports. */
+static void rabbit_ports(void)
+{
+	do {
+		rmq.amqp = free_port();
+		rmq.mqtt = free_port();
+		rmq.dist = free_port();
+		if (rmq.amqp < 0 || rmq.mqtt < 0 || rmq.dist < 0)
+			die(EXIT_SYSERR, "no free port: %s", strerror(errno));
+	} while (rmq.amqp == rmq.mqtt || rmq.amqp == rmq.dist || rmq.mqtt == rmq.dist);
+}
+
+static void rabbit_file(const char *name, const char *text, uid_t uid, gid_t gid)
+{
+	char path[128];
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/%s", rmq.dir, name);
+	if (text) {
+		if (!(f = fopen(path, "w")) || fputs(text, f) < 0 || fclose(f) != 0)
+			die(EXIT_SYSERR, "%s: %s", path, strerror(errno));
+	} else if (mkdir(path, 0755) < 0) {
+		die(EXIT_SYSERR, "%s: %s", path, strerror(errno));
+	}
+	if (uid != (uid_t)-1 && chown(path, uid, gid) < 0)
+		die(EXIT_SYSERR, "chown %s: %s", path, strerror(errno));
+}
+
+/* The last line rabbitmq-server printed, for the error message. */
+static const char *rabbit_last_words(void)
+{
+	static char last[200];
+	char path[128], line[200];
+	FILE *f;
+
+	last[0] = 0;
+	snprintf(path, sizeof path, "%s/rabbitmq-server.log", rmq.dir);
+	if ((f = fopen(path, "r"))) {
+		while (fgets(line, sizeof line, f)) {
+			line[strcspn(line, "\n")] = 0;
+			if (line[strspn(line, " \t")])
+				snprintf(last, sizeof last, "%s", line + strspn(line, " \t"));
+		}
+		fclose(f);
+	}
+	return last;
+}
+
+/* A private node: its own dir, free ports for AMQP, MQTT and the Erlang
+ * distribution, a unique name, the MQTT plugin on. Returns 0 once it accepts
+ * AMQP and MQTT and the queue is bound; -1 and why if it does not come up. */
+static int rabbit_start(char *why, size_t whylen)
+{
+	char conf[512], amqp_why[200] = "";
+	struct passwd *pw = NULL;
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1;
+	int64_t end;
+
+	snprintf(rmq.dir, sizeof rmq.dir, "/tmp/mqlb-bench-rabbit.XXXXXX");
+	if (!mkdtemp(rmq.dir))
+		die(EXIT_SYSERR, "mkdtemp: %s", strerror(errno));
+	/* as root, Debian's rabbitmq-server runs the node as rabbitmq */
+	if (geteuid() == 0) {
+		if (!(pw = getpwnam("rabbitmq")))
+			die(EXIT_UNREACH, "the RabbitMQ side: no user rabbitmq (is rabbitmq-server installed?)");
+		uid = pw->pw_uid;
+		gid = pw->pw_gid;
+		if (chown(rmq.dir, uid, gid) < 0)
+			die(EXIT_SYSERR, "chown %s: %s", rmq.dir, strerror(errno));
+	}
+	rabbit_ports();
+	snprintf(rmq.node, sizeof rmq.node, "mqlb-bench-%ld@localhost", (long)getpid());
+	snprintf(conf, sizeof conf,
+		 "listeners.tcp.default = 127.0.0.1:%d\n"
+		 "mqtt.listeners.tcp.default = 127.0.0.1:%d\n"
+		 "mqtt.allow_anonymous = true\n"
+		 "loopback_users = none\n"
+		 "distribution.listener.port_range.min = %d\n"
+		 "distribution.listener.port_range.max = %d\n",
+		 rmq.amqp, rmq.mqtt, rmq.dist, rmq.dist);
+	rabbit_file("mnesia", NULL, uid, gid);
+	rabbit_file("log", NULL, uid, gid);
+	rabbit_file("enabled_plugins", "[rabbitmq_mqtt].\n", uid, gid);
+	rabbit_file("rabbitmq.conf", conf, uid, gid);
+	{
+		char *argv[] = { rmq.server, NULL };
+
+		rmq.exited = 0;
+		rmq.owner = getpid();
+		rmq.pid = rabbit_exec(argv, "rabbitmq-server.log");
+		atexit(rabbit_stop);
+		ev_child_init(&rmq.cw, rabbit_child_cb, rmq.pid, 0);
+		ev_child_start(loop, &rmq.cw);
+	}
+	infol("rabbit: starting node %s (AMQP 127.0.0.1:%d, MQTT 127.0.0.1:%d), logs in %s", rmq.node,
+	      rmq.amqp, rmq.mqtt, rmq.dir);
+	for (end = now_ns() + RABBIT_UP_SECS * (int64_t)1000000000; now_ns() < end; usleep(100000)) {
+		ev_run(loop, EVRUN_NOWAIT); /* signals, and the server's exit */
+		if (interrupted)
+			die(EXIT_SYSERR, "interrupted while RabbitMQ started");
+		if (rabbit_gone())
+			break;
+		/* its MQTT listener starts just before the AMQP one */
+		if (rabbit_queue(amqp_why, sizeof amqp_why) == 0 && port_open(rmq.mqtt)) {
+			infol("rabbit: node %s up", rmq.node);
+			return 0;
+		}
+	}
+	rmq.keep = 1;
+	if (rabbit_gone())
+		snprintf(why, whylen, "%.100s %s %d before it accepted connections: \"%.100s\" (logs in %s)",
+			 rmq.server, WIFSIGNALED(rmq.status) ? "was killed by signal" : "exited with status",
+			 WIFSIGNALED(rmq.status) ? WTERMSIG(rmq.status) : WEXITSTATUS(rmq.status),
+			 rabbit_last_words(), rmq.dir);
+	else
+		snprintf(why, whylen, "node %s not up after %d s%s%s (logs in %s)", rmq.node,
+			 RABBIT_UP_SECS, amqp_why[0] ? ": " : "", amqp_why, rmq.dir);
+	rabbit_stop();
+	return -1;
+}
+
 /* ---- publisher and control ------------------------------------------------ */
 
 #define SYS_DROPPED "$SYS/broker/publish/messages/dropped"
 
 static void pub_conn(struct mq *mq, int first, void *arg)
 {
-	mq_subscribe(mq, NULL, SYS_DROPPED, 0, 0);
+	/* RabbitMQ has no $SYS topics (its queue here has no length limit) */
+	if (strcmp(cur->mode, "rabbit"))
+		mq_subscribe(mq, NULL, SYS_DROPPED, 0, 0);
 	pub_connected = 1;
 }
 
@@ -669,12 +1190,14 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 	int64_t now = now_ns();
 	int i, ready = 0;
 
-
 	switch (phase) {
 	case P_WAIT:
 		for (i = 0; i < cf.workers; i++)
 			ready += ws[i].ready;
-		if (ready == cf.workers && pub_connected) {
+		if (cur->broken) {
+			phase = P_END; /* a worker could not connect: why says */
+			ev_break(loop, EVBREAK_ALL);
+		} else if (ready == cf.workers && pub_connected) {
 			phase = P_SETTLE;
 			t_phase = now;
 		} else if (now - t_phase > 20 * (int64_t)1000000000) {
@@ -725,13 +1248,14 @@ static void ctl_cb(struct ev_loop *l, ev_timer *t, int revents)
 	}
 }
 
-static pid_t side_pid; /* --parallel: the child running the $share side */
+static pid_t side_pid[NSIDES]; /* --parallel: the children running a side */
 
 static void sig_cb(struct ev_loop *l, ev_signal *s, int revents)
 {
 	interrupted = 1;
-	if (side_pid > 0)
-		kill(side_pid, SIGTERM);
+	for (int i = 0; i < NSIDES; i++)
+		if (side_pid[i] > 0)
+			kill(side_pid[i], SIGTERM);
 	ev_break(loop, EVBREAK_ALL);
 }
 
@@ -823,33 +1347,44 @@ static void collect(struct result *r)
 	r->jobs_s = t_stop > t0 ? (double)in_time / ((double)(t_stop - t0) / NS) : 0;
 }
 
-static void run_mode(struct result *r, int share)
+/* One side: its broker (a mosquitto of its own, or the RabbitMQ node
+ * started before), the workers, the publisher, the run. */
+static void run_mode(struct result *r, enum side side)
 {
-	char dir[] = "/tmp/mqlb-bench.XXXXXX";
+	char dir[64] = "/tmp/mqlb-bench.XXXXXX";
 	int port, i;
 
 	memset(r, 0, sizeof *r);
-	r->mode = share ? "share" : "mqlb";
+	r->mode = side_name[side];
 	cur = r;
 	published = done_unique = pubfail = 0;
 	if (capjobs)
 		memset(jobs, 0, capjobs * sizeof *jobs);
-	if (!mkdtemp(dir))
-		die(EXIT_SYSERR, "mkdtemp: %s", strerror(errno));
-	port = broker_start(dir);
-	infol("%s: broker on 127.0.0.1:%d, logs in %s", r->mode, port, dir);
-	if (!share && pipeline_start(dir, port, r->why, sizeof r->why) < 0)
+	if (side == S_RABBIT) {
+		/* its logs are the node's */
+		snprintf(dir, sizeof dir, "%s", rmq.dir);
+		port = rmq.mqtt;
+	} else {
+		if (!mkdtemp(dir))
+			die(EXIT_SYSERR, "mkdtemp: %s", strerror(errno));
+		port = broker_start(dir);
+		infol("%s: broker on 127.0.0.1:%d, logs in %s", r->mode, port, dir);
+	}
+	if (side == S_MQLB && pipeline_start(dir, port, r->why, sizeof r->why) < 0)
 		goto out;
 
 	for (i = 0; i < cf.workers; i++) {
 		struct wsim *w = &ws[i];
 
 		memset(w, 0, sizeof *w);
+		w->side = side;
 		w->idx = i;
 		w->slots = cf.slots;
 		w->service = cf.service[i < cf.nservice ? i : cf.nservice - 1];
 		snprintf(w->cid, sizeof w->cid, "w%d", i);
-		if (!share) {
+		if (side == S_RABBIT) {
+			rabbit_worker_start(w);
+		} else if (side == S_MQLB) {
 			struct mqlb_worker_opts o = { 0 };
 			struct mqlb_worker_cb cb = { .job = mqlb_job, .ready = mqlb_ready };
 
@@ -882,7 +1417,8 @@ static void run_mode(struct result *r, int share)
 	pubo.port = port;
 	pubo.id = "bench-pub";
 	pubo.clean = 1;
-	pubo.version = MQTT_PROTOCOL_V5;
+	/* RabbitMQ's MQTT plugin (3.10) speaks 3.1.1 only */
+	pubo.version = side == S_RABBIT ? MQTT_PROTOCOL_V311 : MQTT_PROTOCOL_V5;
 	pubo.keepalive = 10;
 	pubo.qos = 1;
 	pub_connected = 0;
@@ -902,7 +1438,7 @@ static void run_mode(struct result *r, int share)
 	if (!t_stop)
 		t_stop = now_ns();
 	collect(r);
-	if (r->child_died)
+	if (r->child_died || r->broken)
 		r->ok = 0;
 	if (!r->ok && !r->why[0])
 		snprintf(r->why, sizeof r->why, "interrupted");
@@ -915,8 +1451,10 @@ static void run_mode(struct result *r, int share)
 	}
 
 	for (i = 0; i < cf.workers; i++) {
-		if (ws[i].mw) {
+		if (side == S_MQLB) {
 			mqlb_worker_free(ws[i].mw);
+		} else if (side == S_RABBIT) {
+			rabbit_worker_free(&ws[i]);
 		} else {
 			mq_disconnect(&ws[i].mq);
 			mq_destroy(&ws[i].mq);
@@ -926,14 +1464,16 @@ static void run_mode(struct result *r, int share)
 	mq_disconnect(&pub);
 	mq_destroy(&pub);
 out:
-	if (!share)
+	if (side == S_MQLB)
 		pipeline_stop();
 	kill_kids();
-	if (!share)
+	if (side == S_MQLB)
 		r->dropped = count_drops(dir, r->dropwhy, sizeof r->dropwhy);
 	if (!r->ok)
 		warnl("%s: %s (logs kept in %s)", r->mode, r->why, dir);
-	if (r->ok && !cf.keep) {
+	if (side == S_RABBIT) {
+		rmq.keep |= !r->ok; /* rabbit_stop() removes the node's dir */
+	} else if (r->ok && !cf.keep) {
 		const char *f[] = { "mosquitto.conf", "mosquitto.log", "records", "pipeline.log" };
 		char p[600];
 
@@ -947,7 +1487,7 @@ out:
 	}
 }
 
-/* ---- --parallel: the $share side in a child --------------------------------- */
+/* ---- --parallel: the other sides in children ------------------------------ */
 
 static int xfer(int fd, void *p, size_t n, int out)
 {
@@ -966,29 +1506,38 @@ static int xfer(int fd, void *p, size_t n, int out)
 	return 0;
 }
 
-/* An exit before side_collect() (die(), say) must not leave it running. */
+/* An exit before side_collect() (die(), say) must not leave them running. */
 static void kill_side(void)
 {
-	if (side_pid > 0) {
-		kill(side_pid, SIGTERM);
-		waitpid(side_pid, NULL, 0);
-	}
+	int i;
+
+	for (i = 0; i < NSIDES; i++)
+		if (side_pid[i] > 0)
+			kill(side_pid[i], SIGTERM);
+	for (i = 0; i < NSIDES; i++)
+		if (side_pid[i] > 0) {
+			waitpid(side_pid[i], NULL, 0);
+			side_pid[i] = 0;
+		}
 }
 
-/* The child runs the $share side and sends its result, latencies included,
- * down a pipe; the parent runs the mqlb side meanwhile. */
-static int side_fork(void)
+/* A child runs one side and sends its result, latencies included, down a
+ * pipe; the parent runs the first side meanwhile. */
+static int side_fork(enum side side)
 {
+	static int once;
 	int p[2];
 
-	if (pipe2(p, O_CLOEXEC) < 0 || (side_pid = fork()) < 0)
+	if (pipe2(p, O_CLOEXEC) < 0 || (side_pid[side] = fork()) < 0)
 		die(EXIT_SYSERR, "--parallel: %s", strerror(errno));
-	if (side_pid == 0) {
+	if (side_pid[side] == 0) {
 		struct result r;
 
+		/* its siblings are the parent's to stop */
+		memset(side_pid, 0, sizeof side_pid);
 		close(p[0]);
 		ev_loop_fork(loop);
-		run_mode(&r, 1);
+		run_mode(&r, side);
 		if (xfer(p[1], &r, sizeof r, 1) < 0 ||
 		    xfer(p[1], r.lat, r.nlat * sizeof *r.lat, 1) < 0 ||
 		    xfer(p[1], r.slat, r.nslat * sizeof *r.slat, 1) < 0)
@@ -996,11 +1545,12 @@ static int side_fork(void)
 		_exit(interrupted ? EXIT_SYSERR : EXIT_OK);
 	}
 	close(p[1]);
-	atexit(kill_side);
+	if (!once++)
+		atexit(kill_side);
 	return p[0];
 }
 
-static void side_collect(int fd, struct result *r)
+static void side_collect(enum side side, int fd, struct result *r)
 {
 	int st = 0, got = 0;
 	pid_t w;
@@ -1016,21 +1566,22 @@ static void side_collect(int fd, struct result *r)
 		}
 	}
 	close(fd);
-	while ((w = waitpid(side_pid, &st, 0)) < 0 && errno == EINTR)
+	while ((w = waitpid(side_pid[side], &st, 0)) < 0 && errno == EINTR)
 		;
-	side_pid = 0;
+	side_pid[side] = 0;
 	if (!got) {
 		memset(r, 0, sizeof *r);
-		snprintf(r->why, sizeof r->why, "the $share side's process ended without a result");
+		snprintf(r->why, sizeof r->why, "the %s side's process ended without a result",
+			 side_name[side]);
 		if (w > 0 && WIFEXITED(st))
 			snprintf(r->why + strlen(r->why), sizeof r->why - strlen(r->why),
 				 " (status %d)", WEXITSTATUS(st));
 		else if (w > 0 && WIFSIGNALED(st))
 			snprintf(r->why + strlen(r->why), sizeof r->why - strlen(r->why),
 				 " (signal %d)", WTERMSIG(st));
-		warnl("share: %s", r->why);
+		warnl("%s: %s", side_name[side], r->why);
 	}
-	r->mode = "share";
+	r->mode = side_name[side];
 }
 
 /* ---- output --------------------------------------------------------------- */
@@ -1049,6 +1600,8 @@ static double capacity(void)
 	}
 	return c;
 }
+
+static int nsides(void) { return __builtin_popcount((unsigned)cf.modes); }
 
 static void describe(FILE *f)
 {
@@ -1070,7 +1623,9 @@ static void describe(FILE *f)
 			cf.duration, cf.drain, cf.grace);
 	else
 		fprintf(f, ", %g s + %g s grace, QoS 1", cf.duration, cf.grace);
-	fprintf(f, "%s\n", cf.parallel && cf.modes == 3 ? ", both sides at once" : "");
+	fprintf(f, "%s\n", !cf.parallel || nsides() < 2 ? ""
+			   : nsides() == 2   ? ", both sides at once"
+					     : ", all three sides at once");
 }
 
 static void per_worker(const struct result *r, char *buf, size_t len)
@@ -1094,7 +1649,7 @@ static void print_table(struct result *rs, int n)
 	       "drop", "brkdrop", "jobs per worker");
 	for (i = 0; i < n; i++) {
 		struct result *r = &rs[i];
-		char a[64], b[64], d[32];
+		char a[64], b[64], d[32], bd[32];
 
 		if (!r->ok && !r->published) {
 			printf("%-6s failed: %s\n", r->mode, r->why);
@@ -1103,19 +1658,24 @@ static void print_table(struct result *rs, int n)
 		snprintf(a, sizeof a, "%.2f/%.2f/%.2f", r->start[0], r->start[1], r->start[2]);
 		snprintf(b, sizeof b, "%.2f/%.2f/%.2f", r->fin[0], r->fin[1], r->fin[2]);
 		per_worker(r, pw, sizeof pw);
-		printf("%-6s %9.1f  %-24s %-24s %9lu %9lu %7lu %5lu %6s %7lu  %s%s%s\n", r->mode,
+		snprintf(d, sizeof d, "%lu", r->dropped);
+		snprintf(bd, sizeof bd, "%lu", r->bdropped);
+		printf("%-6s %9.1f  %-24s %-24s %9lu %9lu %7lu %5lu %6s %7s  %s%s%s\n", r->mode,
 		       r->jobs_s, a, b, r->published, r->done, r->lost, r->dup,
-		       strcmp(r->mode, "mqlb") ? "-" : (snprintf(d, sizeof d, "%lu", r->dropped), d),
-		       r->bdropped, pw, r->ok ? "" : "  FAILED: ", r->ok ? "" : r->why);
+		       strcmp(r->mode, "mqlb") ? "-" : d, strcmp(r->mode, "rabbit") ? bd : "-", pw,
+		       r->ok ? "" : "  FAILED: ", r->ok ? "" : r->why);
 	}
 	for (i = 0; i < n; i++)
 		if (rs[i].dropwhy[0])
 			printf("# %s drop records: %s\n", rs[i].mode, rs[i].dropwhy);
-	if (n == 2 && rs[0].ok && rs[1].ok && rs[1].jobs_s > 0)
-		printf("# mqlb vs share: jobs/s x%.2f; added latency to done p50 %+.2f ms, p99 %+.2f ms;"
-		       " to start p50 %+.2f ms, p99 %+.2f ms\n",
-		       rs[0].jobs_s / rs[1].jobs_s, rs[0].fin[0] - rs[1].fin[0], rs[0].fin[1] - rs[1].fin[1],
-		       rs[0].start[0] - rs[1].start[0], rs[0].start[1] - rs[1].start[1]);
+	/* mqlb is always the first side when it runs */
+	for (i = 1; i < n && !strcmp(rs[0].mode, "mqlb"); i++)
+		if (rs[0].ok && rs[i].ok && rs[i].jobs_s > 0)
+			printf("# mqlb vs %s: jobs/s x%.2f; added latency to done p50 %+.2f ms, p99 %+.2f ms;"
+			       " to start p50 %+.2f ms, p99 %+.2f ms\n",
+			       rs[i].mode, rs[0].jobs_s / rs[i].jobs_s, rs[0].fin[0] - rs[i].fin[0],
+			       rs[0].fin[1] - rs[i].fin[1], rs[0].start[0] - rs[i].start[0],
+			       rs[0].start[1] - rs[i].start[1]);
 	fflush(stdout);
 }
 
@@ -1201,7 +1761,7 @@ static void plot(struct result *rs, int n)
 enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
 	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
-	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL,
+	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL, O_SIDES, O_RABBIT, O_RABBITMQ_SERVER,
 };
 
 static const struct option longopts[] = {
@@ -1209,6 +1769,9 @@ static const struct option longopts[] = {
 	{ "smoke", no_argument, NULL, O_SMOKE },
 	{ "mqlb", no_argument, NULL, O_MQLB },
 	{ "share", no_argument, NULL, O_SHARE },
+	{ "rabbit", no_argument, NULL, O_RABBIT },
+	{ "sides", required_argument, NULL, O_SIDES },
+	{ "rabbitmq-server", required_argument, NULL, O_RABBITMQ_SERVER },
 	{ "workers", required_argument, NULL, O_WORKERS },
 	{ "slots", required_argument, NULL, O_SLOTS },
 	{ "service", required_argument, NULL, O_SERVICE },
@@ -1275,13 +1838,37 @@ static void scenario(int n)
 	}
 }
 
+/* --sides mqlb,share,rabbit: which, in this order whatever the list's. */
+static void sides(const char *arg)
+{
+	char buf[64], *save = NULL, *tok;
+	int i;
+
+	if (strlen(arg) >= sizeof buf)
+		opt_usage_error("--sides: list too long");
+	strcpy(buf, arg);
+	cf.modes = 0;
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		for (i = 0; i < NSIDES && strcmp(tok, side_name[i]); i++)
+			;
+		if (i == NSIDES)
+			opt_usage_error("--sides: bad side \"%s\" (mqlb, share or rabbit)", tok);
+		cf.modes |= 1 << i;
+	}
+	if (!cf.modes)
+		opt_usage_error("--sides: empty list");
+}
+
 static void opt(int c, const char *arg)
 {
 	switch (c) {
 	case O_SCENARIO: scenario((int)opt_long("--scenario", arg, 1, 4)); break;
 	case O_SMOKE: cf.smoke = 1; break;
-	case O_MQLB: cf.modes = 1; break;
-	case O_SHARE: cf.modes = 2; break;
+	case O_MQLB: cf.modes = 1 << S_MQLB; break;
+	case O_SHARE: cf.modes = 1 << S_SHARE; break;
+	case O_RABBIT: cf.modes = 1 << S_RABBIT; break;
+	case O_SIDES: sides(arg); break;
+	case O_RABBITMQ_SERVER: cf.rabbitmq_server = arg; break;
 	case O_WORKERS: cf.workers = (int)opt_long("--workers", arg, 1, MAXW); break;
 	case O_SLOTS: cf.slots = (int)opt_long("--slots", arg, 1, 1000); break;
 	case O_SERVICE: {
@@ -1334,18 +1921,22 @@ static void opt(int c, const char *arg)
 int main(int argc, char **argv)
 {
 	struct conf c = { 0 };
-	struct result rs[2];
-	int i, n = 0;
+	struct result rs[NSIDES];
+	int i, n = 0, fds[NSIDES], first = -1;
 
+	memset(rs, 0, sizeof rs);
 	if (opt_parse(&argc, &argv, 0, NULL, longopts, opt, usage, &c) != argc)
 		opt_usage_error("no operands expected");
+	if ((cf.modes & 1 << S_RABBIT) && !(ALL_SIDES & 1 << S_RABBIT))
+		die(EXIT_UNREACH, "the RabbitMQ side: this mqlb-bench was built without librabbitmq "
+				  "(install librabbitmq-dev and run configure again)");
 	if (cf.load > 0) {
 		if (!isfinite(capacity()))
 			opt_usage_error("--load needs service times above 0 (use --rate)");
 		cf.rate = cf.load * capacity();
 	}
 	if (cf.smoke) {
-		/* CI checks that it runs: two modes in about 10 s, no figures */
+		/* CI checks that it runs: a few seconds a side, no figures */
 		cf.duration = cf.duration < 2 ? cf.duration : 2;
 		cf.grace = cf.grace < 1 ? cf.grace : 1;
 		cf.drain = 0;
@@ -1353,7 +1944,6 @@ int main(int argc, char **argv)
 			cf.rate = 200;
 	}
 	rate = cf.rate;
-	if (rate > 0)
 	payload_len = (size_t)cf.size;
 	payload = xrealloc(NULL, payload_len + 64);
 
@@ -1369,21 +1959,43 @@ int main(int argc, char **argv)
 	ev_unref(loop);
 	ev_unref(loop);
 
+	if (cf.modes & 1 << S_RABBIT)
+		rabbit_find(); /* before a run that would need it */
 	if (log_level() >= L_INFO)
 		describe(stderr);
-	if (cf.parallel && cf.modes == 3) {
-		int fd = side_fork();
-
-		run_mode(&rs[0], 0);
-		side_collect(fd, &rs[1]);
-		n = 2;
-	} else {
-		for (i = 0; i < 2 && !interrupted; i++) {
-			if (!(cf.modes & (1 << i)))
+	if (cf.parallel && nsides() > 1) {
+		/* the node is up before any side starts measuring */
+		if ((cf.modes & 1 << S_RABBIT) && rabbit_start(rs[0].why, sizeof rs[0].why) < 0)
+			die(EXIT_UNREACH, "the RabbitMQ side: %s", rs[0].why);
+		for (i = 0; i < NSIDES; i++) {
+			if (!(cf.modes & 1 << i))
 				continue;
-			run_mode(&rs[n++], i == 1);
+			if (first < 0)
+				first = i;
+			else
+				fds[i] = side_fork(i);
+		}
+		run_mode(&rs[n++], first);
+		for (i = first + 1; i < NSIDES; i++)
+			if (cf.modes & 1 << i)
+				side_collect(i, fds[i], &rs[n++]);
+	} else {
+		for (i = 0; i < NSIDES && !interrupted; i++) {
+			if (!(cf.modes & 1 << i))
+				continue;
+			/* alone: no idle node beside the other sides */
+			if (i == S_RABBIT && rabbit_start(rs[n].why, sizeof rs[n].why) < 0) {
+				warnl("rabbit: %s", rs[n].why);
+				rs[n++].mode = side_name[i];
+				continue;
+			}
+			run_mode(&rs[n++], i);
 		}
 	}
+	for (i = 0; i < n; i++)
+		if (!strcmp(rs[i].mode, "rabbit") && !rs[i].ok)
+			rmq.keep = 1;
+	rabbit_stop();
 	if (cf.csv)
 		print_csv(rs, n);
 	else
