@@ -28,7 +28,8 @@ static const char usage[] =
 	"                    [--ready-fd n] [--listen path] [--socket-mode mode]\n"
 	"                    [--token-ttl seconds] [--retry seconds,...] [--deadline seconds]\n"
 	"                    [--max-pending n] [--ack-timeout seconds] [--max-attempts n]\n"
-	"                    [--drain-timeout seconds]\n";
+	"                    [--drain-timeout seconds] [--scheme soonest|least|first]\n"
+	"                    [--credit-ttl seconds]\n";
 
 #define MAX_LEVEL 256 /* group and wid: one topic level */
 #define MAX_RETRY 16
@@ -37,6 +38,9 @@ static const char usage[] =
 #define MAX_PREV 4 /* earlier holders of a job whose late done still counts */
 
 enum jstate { J_WAIT, J_AWARDED, J_FINISHED };
+enum scheme { SCHEME_SOONEST, SCHEME_LEAST, SCHEME_FIRST };
+#define EWMA 0.25 /* weight of the newest award-to-done time */
+#define PLACE_SCAN 1024 /* waiting jobs looked at per placement, at most */
 
 struct job;
 struct group;
@@ -47,20 +51,29 @@ struct jq {
 	struct job *head, *tail;
 };
 
-/* What one worker of a group got and how it went, for the stats. */
+/* One worker of a group: what it got and how it went (the stats), its
+ * credit if it announced one, and its service time for --scheme soonest. */
 struct wstat {
 	struct group *g;
 	char wid[MAX_LEVEL + 1];
 	unsigned long awarded, ok, fail;
-	unsigned long inflight; /* counted when the stats are asked for */
-	struct hist lat; /* award to done */
-	struct wstat *next, *lnext; /* hash chain; list in first-award order */
+	unsigned long inflight; /* jobs awarded here and tracked, no done yet */
+	unsigned slots;         /* credit: announced slots; 0: a bidding worker */
+	int blocked;            /* credit: said "fail busy"; none until its next done */
+	ev_tstamp credit_t;     /* mq_heard() at its last credit message */
+	ev_tstamp last_award;
+	double svc;             /* award to done, moving average; < 0: none yet */
+	struct hist lat;        /* award to done */
+	struct job *jobs;       /* its tracked jobs */
+	struct wstat *next, *lnext, *gnext; /* hash chain; all, in first-seen order; the group's */
 };
 
 struct job {
 	struct msg *m;
 	struct group *g;
 	struct wstat *ws; /* of the worker it is awarded to */
+	struct job *wprev, *wnext; /* on ws->jobs while tracked */
+	int tracked;      /* counted in ws->inflight, waits for its done */
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
@@ -77,6 +90,7 @@ struct job {
 struct token {
 	char wid[MAX_LEVEL + 1];
 	ev_tstamp expires;
+	int fresh; /* a bid being placed now: kept (a token) only if it stays */
 };
 
 struct group {
@@ -88,6 +102,8 @@ struct group {
 	unsigned thead, tlen, tcap;
 	ev_timer ask; /* the group's round of requests, while jobs wait */
 	int ask_idx;  /* requests in this round so far */
+	ev_timer replace; /* --scheme soonest: look again when holding stops paying */
+	struct wstat *workers;
 	struct group *next;
 };
 
@@ -122,10 +138,13 @@ static struct {
 	struct msg **hash;
 	size_t hmask;
 	struct wstat *wtab[WSTAT_BUCKETS], *wlist, **wtail;
-	unsigned long nwstat;
+	unsigned long nwstat, ngroups;
 	struct msg *free;
 	long npending, max_pending;
-	double token_ttl, deadline, ack_timeout, drain_timeout;
+	double token_ttl, deadline, ack_timeout, drain_timeout, credit_ttl;
+	enum scheme scheme;
+	struct cand *cands;
+	size_t ncands, ccap;
 	double retry[MAX_RETRY];
 	int nretry, max_attempts, ready, subs_left, stopping, input_done, finishing, draining;
 	size_t plen;
@@ -134,7 +153,8 @@ static struct {
 	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
-		n_reawards, n_forged, n_bad_records, n_gone, n_untracked;
+		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
+		n_busy, n_held, n_progress;
 } S;
 
 static void opt(int c, const char *arg)
@@ -147,6 +167,17 @@ static void opt(int c, const char *arg)
 	case 5: S.ack_timeout = opt_secs("--ack-timeout", arg, 0, 86400 * 7); break;
 	case 6: S.max_attempts = (int)opt_long("--max-attempts", arg, 1, 1000); break;
 	case 7: S.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400); break;
+	case 8:
+		if (!strcmp(arg, "soonest"))
+			S.scheme = SCHEME_SOONEST;
+		else if (!strcmp(arg, "least"))
+			S.scheme = SCHEME_LEAST;
+		else if (!strcmp(arg, "first"))
+			S.scheme = SCHEME_FIRST;
+		else
+			opt_usage_error("--scheme: \"%s\" is not soonest, least or first", arg);
+		break;
+	case 9: S.credit_ttl = opt_secs("--credit-ttl", arg, 0.001, 86400); break;
 	}
 }
 
@@ -158,6 +189,8 @@ static const struct option longopts[] = {
 	{ "ack-timeout", required_argument, NULL, 5 },
 	{ "max-attempts", required_argument, NULL, 6 },
 	{ "drain-timeout", required_argument, NULL, 7 },
+	{ "scheme", required_argument, NULL, 8 },
+	{ "credit-ttl", required_argument, NULL, 9 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -379,9 +412,14 @@ static void out_props_exp(const struct msg *m)
 	free(b);
 }
 
+/* A credit worker takes its jobs on P/job/group/wid/uuid/mtopic (the
+ * award record); a bidding worker on P/work/group/wid/mtopic (assign). */
 static void emit_assign(const struct job *j)
 {
-	out_raw(&S.out, "assign", 6);
+	if (j->ws && j->ws->slots)
+		out_raw(&S.out, "award", 5);
+	else
+		out_raw(&S.out, "assign", 6);
 	out_raw(&S.out, j->m->uuid, 36);
 	out_str(&S.out, j->g->name);
 	out_str(&S.out, j->wid);
@@ -411,7 +449,7 @@ static void purge_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		tokens_purge(g, ev_now(loop));
 }
 
-static void token_add(struct group *g, const char *wid)
+static void token_put(struct group *g, const char *wid, int fresh)
 {
 	struct token *t;
 
@@ -430,25 +468,12 @@ static void token_add(struct group *g, const char *wid)
 	t = &g->tokens[(g->thead + g->tlen++) % g->tcap];
 	snprintf(t->wid, sizeof t->wid, "%s", wid);
 	t->expires = ev_now(S.loop) + S.token_ttl;
-	S.n_tokens_kept++;
+	t->fresh = fresh;
+	if (!fresh)
+		S.n_tokens_kept++;
 }
 
-/* Take the oldest live token; expired ones are thrown away on the way. */
-static const struct token *token_take(struct group *g)
-{
-	ev_tstamp now = ev_now(S.loop);
-
-	while (g->tlen) {
-		const struct token *t = &g->tokens[g->thead];
-
-		g->thead = (g->thead + 1) % g->tcap;
-		g->tlen--;
-		if (t->expires > now)
-			return t;
-		S.n_tokens_expired++;
-	}
-	return NULL;
-}
+static void token_add(struct group *g, const char *wid) { token_put(g, wid, 0); }
 
 static void tokens_drop_wid(struct group *g, const char *wid)
 {
@@ -472,8 +497,40 @@ static void job_forget_prev(struct job *j)
 	j->nprev = 0;
 }
 
+/* The job no longer waits for a done from its worker: its slot is free. */
+static void job_untrack(struct job *j)
+{
+	struct wstat *w = j->ws;
+
+	if (!j->tracked)
+		return;
+	j->tracked = 0;
+	if (j->wprev)
+		j->wprev->wnext = j->wnext;
+	else
+		w->jobs = j->wnext;
+	if (j->wnext)
+		j->wnext->wprev = j->wprev;
+	j->wprev = j->wnext = NULL;
+	w->inflight--;
+}
+
+static void job_track(struct job *j)
+{
+	struct wstat *w = j->ws;
+
+	j->tracked = 1;
+	j->wprev = NULL;
+	j->wnext = w->jobs;
+	if (w->jobs)
+		w->jobs->wprev = j;
+	w->jobs = j;
+	w->inflight++;
+}
+
 static void job_finish(struct job *j)
 {
+	job_untrack(j);
 	jq_remove(j);
 	job_forget_prev(j);
 	j->st = J_FINISHED;
@@ -515,16 +572,23 @@ static size_t wstat_hash(const struct group *g, const char *wid)
 	return h % WSTAT_BUCKETS;
 }
 
-/* The figures of wid in g, made at its first award; NULL past WSTAT_MAX
- * workers (forged wids must not grow memory without end). */
+static struct wstat *wstat_find(const struct group *g, const char *wid)
+{
+	for (struct wstat *w = S.wtab[wstat_hash(g, wid)]; w; w = w->next)
+		if (w->g == g && !strcmp(w->wid, wid))
+			return w;
+	return NULL;
+}
+
+/* The figures of wid in g, made at its first award or credit; NULL past
+ * WSTAT_MAX workers (forged wids must not grow memory without end). */
 static struct wstat *wstat_of(struct group *g, const char *wid)
 {
 	size_t h = wstat_hash(g, wid);
-	struct wstat *w;
+	struct wstat *w = wstat_find(g, wid);
 
-	for (w = S.wtab[h]; w; w = w->next)
-		if (w->g == g && !strcmp(w->wid, wid))
-			return w;
+	if (w)
+		return w;
 	if (S.nwstat >= WSTAT_MAX) {
 		S.n_untracked++;
 		return NULL;
@@ -533,7 +597,10 @@ static struct wstat *wstat_of(struct group *g, const char *wid)
 	if (!w)
 		die(EXIT_SYSERR, "out of memory");
 	w->g = g;
+	w->svc = -1;
 	snprintf(w->wid, sizeof w->wid, "%s", wid);
+	w->gnext = g->workers;
+	g->workers = w;
 	w->next = S.wtab[h];
 	S.wtab[h] = w;
 	if (!S.wtail)
@@ -556,28 +623,40 @@ static void award(struct job *j, const char *wid)
 	j->st = J_AWARDED;
 	j->t = ev_now(S.loop);
 	j->heard_t = mq_heard(&S.mq);
-	if ((j->ws = wstat_of(j->g, wid)))
+	if ((j->ws = wstat_of(j->g, wid))) {
 		j->ws->awarded++;
+		j->ws->last_award = j->t;
+	}
 	j->attempts++;
 	emit_assign(j);
 	S.n_awarded++;
-	/* Without acks the award is the end of our part. */
-	if (S.ack_timeout > 0 && mq_v5(&S.mq))
+	/* A credit worker's done gives its slot back, whatever MQTT version
+	 * either side speaks (the uuid is in the award's topic). A bidding
+	 * worker acks only under MQTT 5 (mqlb-id); without acks the award is
+	 * the end of our part. */
+	if (j->ws && j->ws->slots) {
+		job_track(j);
 		jq_push(&j->g->awarded, j, 0);
-	else
+	} else if (S.ack_timeout > 0 && mq_v5(&S.mq)) {
+		if (j->ws)
+			job_track(j);
+		jq_push(&j->g->awarded, j, 0);
+	} else {
 		job_finish(j);
+	}
 }
 
 static void group_kick(struct group *g, int now);
 static void msg_arm(struct msg *m);
+static void place(struct group *g);
 
 /* Put a job back to be awarded again (its worker died, timed out or
- * refused): a token if there is one, else the head of the queue. */
+ * refused): at the head of its group's queue, placed at once if a worker
+ * is free. */
 static void reaward(struct job *j)
 {
-	const struct token *t;
-
 	S.n_reawards++;
+	job_untrack(j);
 	if (j->st == J_AWARDED) {
 		if (j->nprev == MAX_PREV) {
 			free(j->prev_wid[0]);
@@ -591,19 +670,264 @@ static void reaward(struct job *j)
 		drop_expired(j->m);
 		return;
 	}
-	if ((t = token_take(j->g))) {
-		S.n_tokens_used++;
-		jq_remove(j);
-		award(j, t->wid);
-		return;
-	}
 	jq_push(&j->g->waiting, j, 1);
+	place(j->g);
+	if (j->st != J_WAIT)
+		return;
 	if (!ev_is_active(&j->m->wait)) {
 		/* A new wait for bids, with a deadline of its own. */
 		j->m->born = mq_heard(&S.mq);
 		msg_arm(j->m);
 	}
 	group_kick(j->g, 1);
+}
+
+/* --- placement: which free worker gets the next job ---------------------- */
+
+/* A worker that could take the group's next job: free now (free > 0), or
+ * for --scheme soonest a busy credit worker expected free in avail seconds. */
+struct cand {
+	struct wstat *w; /* NULL for a bidder we have no figures for */
+	const char *wid;
+	unsigned free;
+	int token;   /* free slots are tokens (bids), not credit */
+	double avail, svc;
+};
+
+static int credit_live(const struct wstat *w)
+{
+	return w->slots && mq_heard(&S.mq) - w->credit_t < S.credit_ttl;
+}
+
+static int group_live(const struct group *g)
+{
+	for (const struct wstat *w = g->workers; w; w = w->gnext)
+		if (credit_live(w))
+			return 1;
+	return 0;
+}
+
+/* Take one live token of wid (expired ones stay for tokens_purge());
+ * 1 for a kept token, 0 for a fresh bid, -1 for none. */
+static int token_take_wid(struct group *g, const char *wid)
+{
+	ev_tstamp now = ev_now(S.loop);
+
+	for (unsigned i = 0; i < g->tlen; i++) {
+		struct token *t = &g->tokens[(g->thead + i) % g->tcap];
+		int kept = !t->fresh;
+
+		if (t->expires <= now || strcmp(t->wid, wid))
+			continue;
+		for (unsigned k = i; k + 1 < g->tlen; k++)
+			g->tokens[(g->thead + k) % g->tcap] = g->tokens[(g->thead + k + 1) % g->tcap];
+		g->tlen--;
+		return kept;
+	}
+	return -1;
+}
+
+/* The bids placed lately that found no job are tokens now. */
+static void tokens_keep_fresh(struct group *g)
+{
+	for (unsigned i = 0; i < g->tlen; i++) {
+		struct token *t = &g->tokens[(g->thead + i) % g->tcap];
+
+		if (t->fresh) {
+			t->fresh = 0;
+			S.n_tokens_kept++;
+		}
+	}
+}
+
+static struct cand *cand_add(void)
+{
+	if (S.ncands == S.ccap) {
+		S.ccap = S.ccap ? S.ccap * 2 : 64;
+		S.cands = xrealloc(S.cands, S.ccap * sizeof *S.cands);
+	}
+	memset(&S.cands[S.ncands], 0, sizeof *S.cands);
+	return &S.cands[S.ncands++];
+}
+
+/* Expected time until one of w's jobs ends: a job short of the worker's
+ * usual time has what is left of it; one past it is taken to need as long
+ * again as it has overrun, so a stuck worker stops being waited for. */
+static double next_end(const struct wstat *w, double svc, ev_tstamp now)
+{
+	double best = -1;
+
+	for (const struct job *j = w->jobs; j; j = j->wnext) {
+		double r = svc - (now - j->t);
+
+		if (r < 0)
+			r = -r;
+		if (best < 0 || r < best)
+			best = r;
+	}
+	return best < 0 ? svc : best;
+}
+
+/* The candidates of g: credit workers with free slots (and, for soonest,
+ * the busy ones), and bidders holding live tokens. */
+static void cands_build(struct group *g)
+{
+	ev_tstamp now = ev_now(S.loop);
+	double known = -1;
+
+	S.ncands = 0;
+	for (struct wstat *w = g->workers; w; w = w->gnext)
+		if (w->svc >= 0 && (known < 0 || w->svc < known))
+			known = w->svc;
+	if (known < 0)
+		known = 0; /* nothing measured yet: every worker looks fast */
+	for (struct wstat *w = g->workers; w; w = w->gnext) {
+		struct cand *c;
+		unsigned f;
+
+		if (!credit_live(w) || w->blocked)
+			continue;
+		f = w->slots > w->inflight ? w->slots - (unsigned)w->inflight : 0;
+		if (!f && S.scheme != SCHEME_SOONEST)
+			continue;
+		c = cand_add();
+		c->w = w;
+		c->wid = w->wid;
+		c->free = f;
+		c->svc = w->svc >= 0 ? w->svc : known;
+		if (!f)
+			c->avail = next_end(w, c->svc, now);
+	}
+	tokens_purge(g, now);
+	for (unsigned i = 0; i < g->tlen; i++) {
+		const struct token *t = &g->tokens[(g->thead + i) % g->tcap];
+		struct cand *c = NULL;
+
+		for (size_t k = 0; k < S.ncands; k++)
+			if (S.cands[k].token && !strcmp(S.cands[k].wid, t->wid))
+				c = &S.cands[k];
+		if (!c) {
+			c = cand_add();
+			c->token = 1;
+			c->wid = t->wid;
+			c->w = wstat_find(g, t->wid);
+			c->svc = c->w && c->w->svc >= 0 ? c->w->svc : known;
+		}
+		c->free++;
+	}
+}
+
+static double cost(const struct cand *c) { return c->free ? c->svc : c->avail + c->svc; }
+
+/* Earlier is better between equals: the least recently awarded. */
+static int fresher(const struct cand *a, const struct cand *b)
+{
+	return (a->w ? a->w->last_award : 0) < (b->w ? b->w->last_award : 0);
+}
+
+/* The free candidate the scheme wants, or NULL. */
+static struct cand *cand_pick(void)
+{
+	struct cand *best = NULL;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		struct cand *c = &S.cands[k];
+
+		if (!c->free)
+			continue;
+		if (!best) {
+			best = c;
+		} else if (S.scheme == SCHEME_LEAST) {
+			if (c->free > best->free || (c->free == best->free && fresher(c, best)))
+				best = c;
+		} else if (S.scheme == SCHEME_SOONEST) {
+			if (c->svc < best->svc || (c->svc == best->svc && fresher(c, best)))
+				best = c;
+		} else if (c->token != best->token) {
+			/* first: bids in the order they came (the ring), then credit */
+			if (c->token)
+				best = c;
+		} else if (!c->token && fresher(c, best)) {
+			best = c;
+		}
+	}
+	return best;
+}
+
+/* The busy credit worker whose next job would end soonest, if that beats
+ * free's own time. */
+static struct cand *cand_wait(const struct cand *free)
+{
+	struct cand *best = NULL;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		struct cand *c = &S.cands[k];
+
+		if (!c->free && cost(c) < cost(free) && (!best || cost(c) < cost(best)))
+			best = c;
+	}
+	return best;
+}
+
+static void give(struct cand *c, struct job *j)
+{
+	if (c->token && token_take_wid(j->g, c->wid) == 1)
+		S.n_tokens_used++;
+	c->free--;
+	jq_remove(j);
+	award(j, c->wid);
+	if (c->free)
+		return;
+	if (c->token || !c->w || !c->w->slots)
+		c->avail = 1e9; /* a bidder with no token left is no one to wait for */
+	else
+		c->avail = next_end(c->w, c->svc, ev_now(S.loop));
+}
+
+/* Give g's waiting jobs, oldest first, to free workers as the scheme says.
+ * soonest: a job goes to a free worker unless waiting for a busy one
+ * (its expected end plus its own time) would finish it sooner; such a job
+ * stays at the head, and a timer looks again when waiting stops paying. */
+static void place(struct group *g)
+{
+	struct job *j, *next;
+	double flip = -1;
+	int scanned = 0;
+
+	if (!g->waiting.head)
+		return;
+	cands_build(g);
+	for (j = g->waiting.head; j && scanned < PLACE_SCAN; j = next, scanned++) {
+		struct cand *c = cand_pick(), *w;
+
+		next = j->next;
+		if (!c)
+			break;
+		if (S.scheme == SCHEME_SOONEST && (w = cand_wait(c))) {
+			double d = cost(c) - cost(w);
+
+			if (flip < 0 || d < flip)
+				flip = d;
+			w->avail += w->svc / (w->w && w->w->slots ? w->w->slots : 1);
+			S.n_held++;
+			continue;
+		}
+		give(c, j);
+	}
+	if (flip >= 0 && g->waiting.head) {
+		ev_timer_stop(S.loop, &g->replace);
+		ev_timer_set(&g->replace, flip > 0.001 ? flip : 0.001, 0);
+		ev_timer_start(S.loop, &g->replace);
+	}
+}
+
+static void replace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct group *g = w->data;
+
+	place(g);
+	if (g->waiting.head)
+		group_kick(g, 0);
 }
 
 /* --- requests and retries ------------------------------------------------- */
@@ -702,6 +1026,13 @@ static void wait_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		return;
 	if (expired(m))
 		return drop_expired(m);
+	for (int i = 0; i < m->njobs; i++)
+		if (m->jobs[i].st == J_WAIT && group_live(m->jobs[i].g)) {
+			/* Queued for a live credit worker's slot: someone will
+			 * take it; the deadline counts from when none is left. */
+			m->born = mq_heard(&S.mq);
+			return msg_arm(m);
+		}
 	if (mq_heard(&S.mq) - m->born >= S.deadline) {
 		/* Nobody could take it in time: a dead letter, never a silent loss. */
 		S.n_drop_nobid++;
@@ -718,6 +1049,23 @@ static struct group *group_find(const char *name, size_t n)
 		if (strlen(g->name) == n && !memcmp(g->name, name, n))
 			return g;
 	return NULL;
+}
+
+static struct group *group_new(const char *name)
+{
+	struct group *g = calloc(1, sizeof *g);
+
+	if (!g)
+		die(EXIT_SYSERR, "out of memory");
+	g->name = xstrdup(name);
+	ev_timer_init(&g->ask, ask_cb, 0, 0);
+	g->ask.data = g;
+	ev_timer_init(&g->replace, replace_cb, 0, 0);
+	g->replace.data = g;
+	g->next = S.groups;
+	S.groups = g;
+	S.ngroups++;
+	return g;
 }
 
 static int group_has(const struct group *g, const char *filter)
@@ -743,16 +1091,8 @@ static void rec_group(struct rec *r)
 	    strpbrk(r->f[1], "/+#") || r->len[1] > MAX_LEVEL)
 		return bad("malformed group record");
 	g = group_find(r->f[1], r->len[1]);
-	if (!g) {
-		g = calloc(1, sizeof *g);
-		if (!g)
-			die(EXIT_SYSERR, "out of memory");
-		g->name = xstrdup(r->f[1]);
-		ev_timer_init(&g->ask, ask_cb, 0, 0);
-		g->ask.data = g;
-		g->next = S.groups;
-		S.groups = g;
-	}
+	if (!g)
+		g = group_new(r->f[1]);
 	if (group_has(g, r->f[2]))
 		return;
 	g->filters = xrealloc(g->filters, (size_t)(g->nfilters + 1) * sizeof *g->filters);
@@ -910,21 +1250,21 @@ static void rec_msg(struct rec *r)
 		return;
 	}
 	m->open = m->njobs;
-	for (int i = 0; i < m->njobs; i++)
+	for (int i = 0; i < m->njobs; i++) {
 		m->jobs[i].st = J_WAIT;
-	/* Token holders get it at once; the rest wait for bids. Only the last
-	 * award can free m, and only when nothing is left waiting. */
+		jq_push(&m->jobs[i].g->waiting, &m->jobs[i], 0);
+	}
+	/* Free workers get it at once; the rest wait for bids or for a slot.
+	 * Only the last award can free m, and only when nothing is left
+	 * waiting; a freed m stays readable (it is on the free list). */
 	int waiting = 0;
 
 	for (int i = 0; i < m->njobs; i++) {
 		struct job *j = &m->jobs[i];
-		const struct token *t = token_take(j->g);
 
-		if (t) {
-			S.n_tokens_used++;
-			award(j, t->wid);
-		} else {
-			jq_push(&j->g->waiting, j, 0);
+		if (j->st == J_WAIT)
+			place(j->g);
+		if (j->st == J_WAIT) {
 			group_kick(j->g, 0);
 			waiting++;
 		}
@@ -949,6 +1289,13 @@ static void offer(struct group *g, const char *wid, const char *uuid)
 {
 	struct job *j = uuid ? job_of(msg_find(uuid), g, J_WAIT) : NULL;
 
+	if (S.scheme != SCHEME_FIRST) {
+		/* The slot joins the others; the scheme picks among them. */
+		token_put(g, wid, 1);
+		place(g);
+		tokens_keep_fresh(g);
+		return;
+	}
 	if (!j)
 		j = g->waiting.head;
 	if (j) {
@@ -988,6 +1335,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 {
 	struct msg *m = msg_find(uuid);
 	struct job *j = NULL, *late;
+	struct wstat *w;
 	unsigned long free_slots = 0;
 	char *fs;
 
@@ -1034,8 +1382,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	} else if (j && !strcmp(payload, "ok")) {
 		S.n_done_ok++;
 		if (j->ws) {
+			double t = ev_now(S.loop) - j->t;
+
 			j->ws->ok++;
-			hist_add(&j->ws->lat, ev_now(S.loop) - j->t);
+			hist_add(&j->ws->lat, t);
+			j->ws->svc = j->ws->svc < 0 ? t : j->ws->svc + EWMA * (t - j->ws->svc);
 		}
 		emit_done(j, payload, n);
 		job_finish(j);
@@ -1045,6 +1396,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			j->ws->fail++;
 		emit_done(j, payload, n);
 		if (!strcmp(payload, "fail busy")) {
+			/* Its slots are taken by another balancer's jobs: none from
+			 * us until it says it has one again (a done or credit). */
+			S.n_busy++;
+			if (j->ws && j->ws->slots)
+				j->ws->blocked = 1;
 			j->attempts--; /* refused, not tried: no attempt spent */
 			reaward(j);
 		} else if (j->attempts >= S.max_attempts) {
@@ -1065,14 +1421,63 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	}
 	while (free_slots--)
 		offer(g, wid, NULL);
+	if ((w = wstat_find(g, wid)) && w->slots) {
+		/* A credit worker's done, ours or another balancer's, frees a
+		 * slot there; with a refusal it is busy elsewhere. */
+		if (strcmp(payload, "fail busy"))
+			w->blocked = 0;
+		place(g);
+	} else if (g->waiting.head) {
+		/* A bidder that finished may be free: ask now rather than after
+		 * the retry back-off. */
+		group_kick(g, 1);
+	}
+}
+
+/* P/credit/group/wid: "slots [uuid ...]", the slots of a credit worker and
+ * the jobs it holds. The jobs named are in progress: their --ack-timeout
+ * starts again, so a long job is not taken back from a live worker. */
+static void on_credit(struct group *g, const char *wid, char *payload)
+{
+	struct wstat *w;
+	unsigned long slots;
+	char *end, *u;
+
+	slots = strtoul(payload, &end, 10);
+	if (end == payload || (*end && *end != ' ') || slots > 65535 || *payload == '-' ||
+	    *payload == '+') {
+		S.n_credit_bad++;
+		warnl("credit from %s/%s: bad payload \"%.40s\"; ignored", g->name, wid, payload);
+		return;
+	}
+	if (!(w = wstat_of(g, wid)))
+		return;
+	S.n_credit++;
+	w->slots = (unsigned)slots;
+	w->credit_t = mq_heard(&S.mq);
+	w->blocked = 0;
+	while ((u = strtok_r(end, " ", &end)))
+		for (struct job *j = w->jobs; j; j = j->wnext)
+			if (strlen(u) == 36 && !memcmp(j->m->uuid, u, 36)) {
+				S.n_progress++;
+				j->heard_t = mq_heard(&S.mq);
+				jq_push(&g->awarded, j, 0);
+				break;
+			}
+	place(g);
 }
 
 static void on_gone(struct group *g, const char *wid)
 {
 	struct job *j, *next;
+	struct wstat *w;
 
 	S.n_gone++;
 	tokens_drop_wid(g, wid);
+	if ((w = wstat_find(g, wid))) {
+		w->slots = 0; /* no credit: no more jobs until it announces again */
+		w->blocked = 0;
+	}
 	/* From the newest: each goes back to the front of the queue, so the
 	 * oldest ends up first again. */
 	for (j = g->awarded.tail; j; j = next) {
@@ -1139,6 +1544,23 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 			return;
 		}
 		on_done(g, lv[1], lv[2], msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
+	} else if (!strncmp(t, "credit/", 7)) {
+		k = levels(t + 7, lv, 2, &rest);
+		if (k != 2 || rest || !*lv[0] || !*lv[1] || strlen(lv[0]) > MAX_LEVEL ||
+		    strlen(lv[1]) > MAX_LEVEL || strpbrk(lv[0], "+#") || strpbrk(lv[1], "+#")) {
+			S.n_credit_bad++;
+			warnl("bad credit topic %s; ignored", msg->topic);
+			return;
+		}
+		/* The credit may come before mqlb-sub's group record does. */
+		if (!(g = group_find(lv[0], strlen(lv[0])))) {
+			if (S.ngroups >= WSTAT_MAX) {
+				S.n_credit_bad++;
+				return;
+			}
+			g = group_new(lv[0]);
+		}
+		on_credit(g, lv[1], msg->payload ? msg->payload : "");
 	} else if (!strncmp(t, "gone/", 5)) {
 		k = levels(t + 5, lv, 2, &rest);
 		if (k == 2 && !rest && (g = group_find(lv[0], strlen(lv[0]))))
@@ -1313,16 +1735,12 @@ static void worker_stats(struct out *o)
 {
 	char name[2 * MAX_LEVEL + 32];
 
-	for (struct wstat *w = S.wlist; w; w = w->lnext)
-		w->inflight = 0;
-	for (struct group *g = S.groups; g; g = g->next)
-		for (struct job *j = g->awarded.head; j; j = j->next)
-			if (j->ws)
-				j->ws->inflight++;
 	for (struct wstat *w = S.wlist; w; w = w->lnext) {
 #define WSTAT(field, v) \
 	(snprintf(name, sizeof name, "worker.%s/%s." field, w->g->name, w->wid), out_stat(o, name, v))
 		WSTAT("inflight", w->inflight);
+		WSTAT("slots", credit_live(w) ? w->slots : 0);
+		WSTAT("svc_us", w->svc < 0 ? 0 : (unsigned long)(w->svc * 1e6));
 		WSTAT("awarded", w->awarded);
 		WSTAT("done_ok", w->ok);
 		WSTAT("done_fail", w->fail);
@@ -1376,6 +1794,11 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("connected", S.mq.connected);
 	STAT("paused", S.mq.read_paused);
 	STAT("workers_untracked", S.n_untracked);
+	STAT("credit", S.n_credit);
+	STAT("credit_bad", S.n_credit_bad);
+	STAT("busy", S.n_busy);
+	STAT("held", S.n_held);
+	STAT("progress", S.n_progress);
 #undef STAT
 	worker_stats(&c->out);
 	out_raw(&c->out, "ok", 2);
@@ -1384,10 +1807,10 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 
 static void on_connected(struct mq *mq, int first, void *arg)
 {
-	static const char *subs[] = { "rsp/#", "done/#", "gone/#" };
+	static const char *subs[] = { "rsp/#", "done/#", "gone/#", "credit/#" };
 
-	S.subs_left = 3;
-	for (int i = 0; i < 3; i++) {
+	S.subs_left = 4;
+	for (int i = 0; i < 4; i++) {
 		char t[300];
 
 		snprintf(t, sizeof t, "%s/%s", S.cf.prefix, subs[i]);
@@ -1422,6 +1845,7 @@ int main(int argc, char **argv)
 	S.ack_timeout = 60;
 	S.max_attempts = 3;
 	S.drain_timeout = 10;
+	S.credit_ttl = 30;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);

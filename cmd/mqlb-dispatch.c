@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* mqlb-dispatch: publishes each assign record's payload to the chosen
- * worker's P/work topic and writes a sent record once the broker has it;
- * every other record passes through. */
+/* mqlb-dispatch: publishes each assign (award) record's payload to the
+ * chosen worker's P/work (P/job) topic and writes a sent record once the
+ * broker has it; every other record passes through. */
 #include "config.h"
 
 #include <errno.h>
@@ -139,7 +139,18 @@ static void emit_sent(const char *uuid, const char *group, const char *wid)
 	out_end(&S.out);
 }
 
-static void rec_assign(struct rec *r)
+/* One line about a bad assign or award record. */
+static void bad_award(int credit, const char *what)
+{
+	S.n_bad++;
+	warnl("line %lu: %s record%s %s; skipped", S.in.lineno, credit ? "award" : "assign",
+	      strncmp(what, "needs", 5) ? ":" : "", what);
+}
+
+/* assign: to a bidding worker, on P/work/group/wid/mtopic, the uuid in the
+ * mqlb-id property (MQTT 5); award: to a credit worker, on
+ * P/job/group/wid/uuid/mtopic, which any MQTT version can read. */
+static void rec_assign(struct rec *r, int credit)
 {
 	mosquitto_property *props = NULL;
 	unsigned long qos;
@@ -147,38 +158,42 @@ static void rec_assign(struct rec *r)
 	size_t need;
 	int mid = 0, rc;
 
-	/* assign <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
+	/* assign|award <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
 	if (r->nf != 7 && r->nf != 8)
-		return bad("assign record needs 7 or 8 fields");
+		return bad_award(credit, "needs 7 or 8 fields");
 	if (!rec_uuid_ok(r->f[1], r->len[1]))
-		return bad("assign record: bad uuid");
+		return bad_award(credit, "bad uuid");
 	if (rec_ulong(r, 4, 2, &qos) < 0)
-		return bad("assign record: bad qos");
+		return bad_award(credit, "bad qos");
 	if (rec_unescape(r, 2) <= 0 || rec_unescape(r, 3) <= 0 || strpbrk(r->f[2], "/+#") ||
 	    strpbrk(r->f[3], "/+#") || strlen(r->f[2]) != r->len[2] ||
 	    strlen(r->f[3]) != r->len[3])
-		return bad("assign record: bad group or worker id");
+		return bad_award(credit, "bad group or worker id");
 	if (rec_unescape(r, 5) <= 0 || strlen(r->f[5]) != r->len[5])
-		return bad("assign record: bad mtopic");
+		return bad_award(credit, "bad mtopic");
 	if (rec_unescape(r, 6) < 0)
-		return bad("assign record: bad payload escape");
+		return bad_award(credit, "bad payload escape");
 	if (r->nf == 8 && props_parse(r->f[7], &props, &why) < 0)
-		return bad(why);
-	if (mq_v5(&S.mq)) {
+		return bad_award(credit, why);
+	if (mq_v5(&S.mq) && !credit) {
 		char id[37];
 
 		memcpy(id, r->f[1], 36);
 		id[36] = '\0';
 		mosquitto_property_add_string_pair(&props, MQTT_PROP_USER_PROPERTY, "mqlb-id", id);
 	}
-	need = strlen(S.cf.prefix) + r->len[2] + r->len[3] + r->len[5] + 16;
+	need = strlen(S.cf.prefix) + r->len[2] + r->len[3] + r->len[5] + 64;
 	if (need > S.topiccap) {
 		S.topiccap = need * 2;
 		S.topic = realloc(S.topic, S.topiccap);
 		if (!S.topic)
 			die(EXIT_SYSERR, "out of memory");
 	}
-	snprintf(S.topic, S.topiccap, "%s/work/%s/%s/%s", S.cf.prefix, r->f[2], r->f[3], r->f[5]);
+	if (credit)
+		snprintf(S.topic, S.topiccap, "%s/job/%s/%s/%.36s/%s", S.cf.prefix, r->f[2], r->f[3],
+			 r->f[1], r->f[5]);
+	else
+		snprintf(S.topic, S.topiccap, "%s/work/%s/%s/%s", S.cf.prefix, r->f[2], r->f[3], r->f[5]);
 	if (qos > (unsigned long)S.cf.mq.qos)
 		qos = (unsigned long)S.cf.mq.qos;
 	S.n_assign++;
@@ -215,7 +230,7 @@ static void rec_assign(struct rec *r)
 static void on_line(struct in *in, char *line, size_t n, void *arg)
 {
 	struct rec r;
-	int rc;
+	int rc, credit;
 
 	/* Hold awards while the broker is away: the line is read again later. */
 	if (!S.mq.connected && !S.draining) {
@@ -228,14 +243,15 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 		return;
 	if (rc < 0)
 		return bad("too many fields");
-	if (rec_is(&r, 0, "assign") && S.draining) {
+	credit = rec_is(&r, 0, "award");
+	if ((credit || rec_is(&r, 0, "assign")) && S.draining) {
 		/* Read at the drain deadline: handed back, not lost. */
 		if (r.nf < 7 || rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
-			return bad("assign record: malformed");
+			return bad_award(credit, "malformed");
 		S.n_shutdown++;
 		drop(&r, "shutdown");
-	} else if (rec_is(&r, 0, "assign"))
-		rec_assign(&r);
+	} else if (credit || rec_is(&r, 0, "assign"))
+		rec_assign(&r, credit);
 	else {
 		S.n_passed++;
 		out_rec(&S.out, &r);

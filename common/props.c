@@ -81,7 +81,9 @@ int props_write(struct out *o, const mosquitto_property *p)
 			break;
 		case MQTT_PROP_USER_PROPERTY:
 			if (mosquitto_property_read_string_pair(p, id, &name, &val, false)) {
-				pair(&b, "u.", name, strlen(name), val, strlen(val));
+				/* mqlb-* are ours to set: a publisher's would be a spoof */
+				if (strncmp(name, "mqlb-", 5))
+					pair(&b, "u.", name, strlen(name), val, strlen(val));
 				free(name);
 				free(val);
 			}
@@ -123,7 +125,9 @@ int props_parse(char *field, mosquitto_property **out, const char **why)
 				bad = 1;
 			else
 				bad = mosquitto_property_add_int32(out, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, (uint32_t)e);
-		} else if (!strncmp(name, "u.", 2) && name[2])
+		} else if (!strncmp(name, "u.mqlb-", 7))
+			continue; /* ours to set: a publisher's would be a spoof */
+		else if (!strncmp(name, "u.", 2) && name[2])
 			bad = mosquitto_property_add_string_pair(out, MQTT_PROP_USER_PROPERTY, name + 2, val);
 		else {
 			*why = "unknown property";

@@ -39,9 +39,10 @@ static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n,
 #include "../cmd/mqlb-auction.c"
 #undef main
 
-static const char *const out_verbs[] = { "assign", "drop", "done", "sent", NULL };
+static const char *const out_verbs[] = { "assign", "award", "drop", "done", "sent", NULL };
 static const struct fuzz_shape shapes[] = {
 	{ "assign", 7, 8, 1, 5 },
+	{ "award", 7, 8, 1, 5 },
 	{ "drop", 5, 5, 1, 3 },
 	{ "done", 5, 5, 1, 5 },
 	{ NULL, 0, 0, 0, 0 },
@@ -63,6 +64,7 @@ static void setup(void)
 	S.ack_timeout = 1;
 	S.max_attempts = 3;
 	S.drain_timeout = 1;
+	S.credit_ttl = 2;
 	memcpy(S.retry, retry, sizeof retry);
 	S.nretry = 5;
 	S.hash = calloc(1024, sizeof *S.hash);
@@ -101,6 +103,7 @@ static void reset(void)
 	for (struct group *g = S.groups, *next; g; g = next) {
 		next = g->next;
 		ev_timer_stop(S.loop, &g->ask);
+		ev_timer_stop(S.loop, &g->replace);
 		for (int i = 0; i < g->nfilters; i++)
 			free(g->filters[i]);
 		free(g->filters);
@@ -109,6 +112,7 @@ static void reset(void)
 		free(g);
 	}
 	S.groups = NULL;
+	S.ngroups = 0;
 	for (struct wstat *w = S.wlist, *next; w; w = next) {
 		next = w->lnext;
 		free(w);
@@ -165,6 +169,11 @@ static void tick(void)
 		if (ev_is_active(&g->ask)) {
 			ev_timer_stop(S.loop, &g->ask);
 			ask_cb(S.loop, &g->ask, 0);
+		}
+	for (struct group *g = S.groups; g; g = g->next)
+		if (ev_is_active(&g->replace)) {
+			ev_timer_stop(S.loop, &g->replace);
+			replace_cb(S.loop, &g->replace, 0);
 		}
 	for (size_t i = 0; i <= S.hmask; i++)
 		for (struct msg *m = S.hash[i], *next; m; m = next) {
