@@ -21,7 +21,7 @@
 
 static const char usage[] =
 	"usage: mqlb-worker -g group -t topic [-v] [--quiet] [-o file] [-j slots]\n"
-	"                   [--wid id] [--reserve-timeout seconds]\n"
+	"                   [--wid id] [--bid] [--reserve-timeout seconds]\n"
 	"                   [--suback-timeout seconds] [--fallback share|direct|none]\n"
 	"                   [--queue n] [--drain-timeout seconds] [--reply | --no-reply]\n"
 	"                   [-h host] [-p port] [-u user] [-P password] [-i id] [-q qos]\n"
@@ -94,6 +94,7 @@ static void opt(int c, const char *arg)
 	case 6: S.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400); break;
 	case 7: S.reply = 1; break;
 	case 8: S.reply = 0; break;
+	case 9: S.wo.bid = 1; break;
 	}
 }
 
@@ -109,6 +110,7 @@ static const struct option longopts[] = {
 	{ "drain-timeout", required_argument, NULL, 6 },
 	{ "reply", no_argument, NULL, 7 },
 	{ "no-reply", no_argument, NULL, 8 },
+	{ "bid", no_argument, NULL, 9 },
 	{ NULL, 0, NULL, 0 },
 };
 

@@ -45,6 +45,7 @@ struct mqlb_worker_opts {
 	int fallback;          /* enum mqlb_fallback */
 	int queue;             /* jobs waiting for a slot (over-awards, fallback); 100 */
 	int no_reply;          /* never publish replies to a Response Topic */
+	int bid;               /* the bid protocol (requests, bids) instead of credit */
 };
 
 struct mqlb_worker_cb {

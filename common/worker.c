@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* worker.c: the worker side of PROTOCOL.md behind libmqlb's API (mqlb.h):
- * announce, bid with free slots, reservations, awards, fallback, done. */
+/* worker.c: the worker side of mqlb-protocol(7) behind libmqlb's API
+ * (mqlb.h): announce, credit (or bids and reservations), awards, fallback,
+ * done. */
 #include "config.h"
 
 #include <errno.h>
@@ -41,11 +42,11 @@ struct mqlb_worker {
 	struct mqlb_worker_cb cb;
 	void *arg;
 	char *prefix, *group, *topic, *wid;
-	int slots, qmax, fallback, no_reply, qos;
+	int slots, qmax, fallback, no_reply, qos, bidding;
 	double reserve_timeout, suback_timeout, keepalive;
 	/* topics and filters, built once */
-	char *t_announce, *t_suback, *t_will, *f_req, *f_work, *f_fallback;
-	char *p_req, *p_work; /* "P/req/", "P/work/{group}/{wid}/" */
+	char *t_announce, *t_suback, *t_will, *t_credit, *f_req, *f_work, *f_fallback;
+	char *p_req, *p_work; /* "P/req/", "P/work/{group}/{wid}/" (credit: "P/job/...") */
 	size_t l_req, l_work, l_prefix;
 	/* reservations: expiry times, oldest first */
 	double *resv;
@@ -286,19 +287,23 @@ static void job_props(struct job *j, const mosquitto_property *props)
 	}
 }
 
+/* uuid: from the award's topic (credit), else from its mqlb-id. */
 static struct job *job_new(struct mqlb_worker *w, const struct mosquitto_message *m,
-			   const char *mtopic, const mosquitto_property *props, int award)
+			   const char *mtopic, const mosquitto_property *props, int award,
+			   const char *uuid)
 {
 	struct job *j = calloc(1, sizeof *j);
 
 	if (!j)
 		die(EXIT_SYSERR, "out of memory");
 	job_props(j, props);
-	if (!award && j->id) {
+	if ((!award || uuid) && j->id) {
 		/* A mqlb-id on a fallback delivery was not meant for us. */
 		free(j->id);
 		j->id = NULL;
 	}
+	if (uuid)
+		j->id = xprintf("%.36s", uuid);
 	j->remote = j->id != NULL;
 	if (!j->id)
 		j->id = xprintf("local-%lu", ++w->local_seq);
@@ -375,11 +380,42 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
 	free(pl);
 }
 
+/* The credit message: our slots, then the uuids of the jobs we hold, so the
+ * balancer sees them in progress (mqlb-protocol(7)). */
+static void credit(struct mqlb_worker *w)
+{
+	size_t cap = 16 + (size_t)(w->running + w->nqueue) * (UUID_LEN + 1), len;
+	char *pl;
+
+	if (w->bidding || !w->mq.connected || !(w->acked & 1 << SUB_WORK))
+		return;
+	if (!(pl = malloc(cap)))
+		die(EXIT_SYSERR, "out of memory");
+	len = (size_t)snprintf(pl, cap, "%d", w->draining ? 0 : w->slots);
+	for (int q = 0; q < 2; q++)
+		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
+			if (j->remote && len + UUID_LEN + 2 <= cap)
+				len += (size_t)snprintf(pl + len, cap - len, " %s", j->id);
+	mq_publish(&w->mq, NULL, w->t_credit, len, pl, 1, 0, NULL);
+	free(pl);
+}
+
 static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
 		  const mosquitto_property *props)
 {
-	struct job *j = job_new(w, m, m->topic + w->l_work, props, 1);
+	const char *rest = m->topic + w->l_work, *uuid = NULL;
+	struct job *j;
 
+	if (!w->bidding) {
+		/* P/job/group/wid/uuid/mtopic */
+		if (strlen(rest) < UUID_LEN + 2 || rest[UUID_LEN] != '/' || !rec_uuid_ok(rest, UUID_LEN)) {
+			warnl("award on %s: no uuid in the topic; ignored", m->topic);
+			return;
+		}
+		uuid = rest;
+		rest += UUID_LEN + 1;
+	}
+	j = job_new(w, m, rest, props, 1, uuid);
 	w->st.awards++;
 	if (w->nresv > 0) {
 		/* An award consumes one reservation, whatever uuid it was for. */
@@ -387,7 +423,7 @@ static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
 		start(w, j);
 	} else if (free_slots(w) > 0 && !w->queue) {
 		start(w, j);
-	} else if (j->remote && v5(w)) {
+	} else if (j->remote && (v5(w) || !w->bidding)) {
 		/* The balancer can give it to someone free right away. */
 		w->st.over_awards++;
 		w->st.busy++;
@@ -407,7 +443,7 @@ static void fallback_delivery(struct mqlb_worker *w, const struct mosquitto_mess
 	/* Retained messages are state, not work (PROTOCOL.md). */
 	if (m->retain)
 		return;
-	j = job_new(w, m, m->topic, props, 0);
+	j = job_new(w, m, m->topic, props, 0, NULL);
 	w->st.fallback_deliveries++;
 	if (free_slots(w) > 0 && !w->queue)
 		start(w, j);
@@ -443,11 +479,12 @@ int mqlb_worker_done(struct mqlb_worker *w, const char *id, int ok, const char *
 		mq_publish(&w->mq, NULL, j->rt, replylen, reply, w->qos, 0, p);
 		mosquitto_property_free_all(&p);
 	}
-	if (j->remote && v5(w)) {
-		/* The slot just freed goes back to the balancer as a token,
-		 * unless queued work takes it or we are leaving. */
-		nfree = 0;
-		if (!w->draining && !w->queue && w->mq.connected) {
+	if (j->remote && (v5(w) || !w->bidding)) {
+		/* The slot just freed goes back to the balancer: by the done
+		 * itself (credit), or as tokens, unless queued work takes it
+		 * or we are leaving. */
+		nfree = w->bidding ? 0 : -1;
+		if (w->bidding && !w->draining && !w->queue && w->mq.connected) {
 			nfree = free_slots(w);
 			reserve(w, nfree);
 		}
@@ -501,7 +538,7 @@ static void suback(struct mqlb_worker *w, const struct mosquitto_message *m)
 	ev_timer_stop(w->loop, &w->suback_t);
 	fallback_set(w, 0);
 	/* Subscribed at connect already; again only if the broker said no. */
-	if (!(w->acked & 1 << SUB_REQ) && !w->draining)
+	if (w->bidding && !(w->acked & 1 << SUB_REQ) && !w->draining)
 		mq_subscribe(&w->mq, &w->mids[SUB_REQ], w->f_req, 0, SUB_REQ);
 	if (!(w->acked & 1 << SUB_WORK))
 		mq_subscribe(&w->mq, &w->mids[SUB_WORK], w->f_work, w->qos, SUB_WORK);
@@ -514,6 +551,7 @@ static void announce(struct mqlb_worker *w)
 	if (!w->mq.connected || w->draining)
 		return;
 	mq_publish(&w->mq, NULL, w->t_announce, strlen(w->topic), w->topic, 1, 0, NULL);
+	credit(w);
 	/* Armed by the first announce that is not yet confirmed: a suback
 	 * for any announce inside the window stops it. */
 	if (!ev_is_active(&w->suback_t)) {
@@ -549,7 +587,7 @@ static void on_connected(struct mq *mq, int first, void *arg)
 	w->acked = 0;
 	/* Subscribed before the announce, so the suback cannot pass us by. */
 	mq_subscribe(mq, &w->mids[SUB_SUBACK], w->t_suback, 1, SUB_SUBACK);
-	if (!w->draining)
+	if (!w->draining && w->bidding)
 		mq_subscribe(mq, &w->mids[SUB_REQ], w->f_req, 0, SUB_REQ);
 	mq_subscribe(mq, &w->mids[SUB_WORK], w->f_work, w->qos, SUB_WORK);
 	if (w->fallback_on && !w->draining)
@@ -580,11 +618,16 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 		if (n < 1 || granted[0] >= 0x80)
 			warnl("the broker refused a subscription of group %s (reason %d)", w->group,
 			      n > 0 ? granted[0] : -1);
-		else if (i != SUB_FALLBACK)
+		else if (i != SUB_FALLBACK && !(w->acked & 1 << i)) {
 			w->acked |= 1 << i;
+			/* Jobs can reach us now: offer our slots. */
+			if (i == SUB_WORK)
+				credit(w);
+		}
 	}
-	if (!w->ready && (w->acked & (1 << SUB_SUBACK | 1 << SUB_REQ | 1 << SUB_WORK)) ==
-				 (1 << SUB_SUBACK | 1 << SUB_REQ | 1 << SUB_WORK)) {
+	int need = 1 << SUB_SUBACK | 1 << SUB_WORK | (w->bidding ? 1 << SUB_REQ : 0);
+
+	if (!w->ready && (w->acked & need) == need) {
 		w->ready = 1;
 		if (w->cb.ready)
 			w->cb.ready(w, w->arg);
@@ -676,7 +719,7 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 		return;
 	w->drained = 1;
 	/* Hand back what we cannot finish, so the balancer awards it again. */
-	if (v5(w)) {
+	if (v5(w) || !w->bidding) {
 		for (struct job *j = w->run; j; j = j->next)
 			if (j->remote)
 				publish_done(w, j, "fail drain-timeout", 0);
@@ -686,6 +729,9 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 	if (left)
 		warnl("drain timeout: %d job%s not finished", left, left == 1 ? "" : "s");
+	/* Gone, as the will would say: our credit ends here. */
+	if (!w->bidding && w->mq.connected)
+		mq_publish(&w->mq, NULL, w->t_will, 0, NULL, 1, 0, NULL);
 	if (w->cb.drained)
 		w->cb.drained(w, left, w->arg);
 }
@@ -699,12 +745,14 @@ void mqlb_worker_drain(struct mqlb_worker *w, double timeout)
 		return;
 	}
 	w->draining = 1;
+	credit(w); /* 0: no more jobs, please */
 	ev_timer_stop(w->loop, &w->announce_t);
 	ev_timer_stop(w->loop, &w->suback_t);
 	free(w->late_mtopic);
 	w->late_mtopic = NULL;
 	if (w->mq.connected) {
-		mq_unsubscribe(&w->mq, w->f_req);
+		if (w->bidding)
+			mq_unsubscribe(&w->mq, w->f_req);
 		if (w->fallback_on && w->f_fallback)
 			mq_unsubscribe(&w->mq, w->f_fallback);
 	}
@@ -756,6 +804,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->qos = o->qos > 0 && o->qos <= 2 ? o->qos : 1;
 	w->fallback = o->fallback;
 	w->no_reply = o->no_reply;
+	w->bidding = o->bid;
 	w->keepalive = o->keepalive > 0 ? o->keepalive : 10;
 	w->reserve_timeout = o->reserve_timeout > 0 ? o->reserve_timeout : 1;
 	w->suback_timeout = o->suback_timeout > 0 ? o->suback_timeout : 2 * w->keepalive;
@@ -763,10 +812,16 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->t_announce = xprintf("%s/sub/%s", w->prefix, w->group);
 	w->t_suback = xprintf("%s/suback/%s", w->prefix, w->group);
 	w->t_will = xprintf("%s/gone/%s/%s", w->prefix, w->group, w->wid);
+	w->t_credit = xprintf("%s/credit/%s/%s", w->prefix, w->group, w->wid);
 	w->f_req = xprintf("%s/req/+/%s", w->prefix, w->topic);
-	w->f_work = xprintf("%s/work/%s/%s/%s", w->prefix, w->group, w->wid, w->topic);
 	w->p_req = xprintf("%s/req/", w->prefix);
-	w->p_work = xprintf("%s/work/%s/%s/", w->prefix, w->group, w->wid);
+	if (w->bidding) {
+		w->f_work = xprintf("%s/work/%s/%s/%s", w->prefix, w->group, w->wid, w->topic);
+		w->p_work = xprintf("%s/work/%s/%s/", w->prefix, w->group, w->wid);
+	} else {
+		w->f_work = xprintf("%s/job/%s/%s/#", w->prefix, w->group, w->wid);
+		w->p_work = xprintf("%s/job/%s/%s/", w->prefix, w->group, w->wid);
+	}
 	w->l_req = strlen(w->p_req);
 	w->l_work = strlen(w->p_work);
 	w->l_prefix = strlen(w->prefix);
@@ -791,7 +846,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->mo.cert = o->certfile;
 	w->mo.key = o->keyfile;
 	w->mo.insecure = o->tls_insecure;
-	if (w->mo.version == MQTT_PROTOCOL_V5) {
+	if (w->mo.version == MQTT_PROTOCOL_V5 || !w->bidding) {
 		/* The balancer re-awards our jobs when the broker says we died. */
 		w->mo.will_topic = w->t_will;
 		w->mo.will_qos = 1;
@@ -812,6 +867,7 @@ void mqlb_worker_start(struct mqlb_worker *w) { mq_start(&w->mq); }
 void mqlb_worker_set_slots(struct mqlb_worker *w, int slots)
 {
 	w->slots = slots > 0 ? slots : 1;
+	credit(w);
 	pump(w);
 }
 
@@ -856,6 +912,7 @@ void mqlb_worker_free(struct mqlb_worker *w)
 	free(w->t_announce);
 	free(w->t_suback);
 	free(w->t_will);
+	free(w->t_credit);
 	free(w->f_req);
 	free(w->f_work);
 	free(w->f_fallback);

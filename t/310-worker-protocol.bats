@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
-# 310-worker-protocol: mqlb-worker's side of PROTOCOL.md seen from outside,
-# with mosquitto_pub/mosquitto_sub playing the balancer on a real broker.
+# 310-worker-protocol: mqlb-worker --bid, the bid protocol of mqlb-protocol(7)
+# seen from outside, with mosquitto_pub/mosquitto_sub playing the balancer
+# on a real broker.
 load helpers/common.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
@@ -34,7 +35,7 @@ stat_is() { [ "$(stats "$1")" = "$2" ]; }
 # worker [OPTIONS] [-- COMMAND]: start mqlb-worker w1 of group g1 on jobs/#.
 worker() {
 	ready_fifo w
-	bg w ready3 "$T/w.ready" mqlb-worker -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t 'jobs/#' \
+	bg w ready3 "$T/w.ready" mqlb-worker --bid -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t 'jobs/#' \
 		--wid w1 --listen "$T/w.sock" --ready-fd 3 "$@"
 	wait_ready w
 }
@@ -77,7 +78,7 @@ JOB='f="$JOBDIR/$MQLB_ID"; { echo "id=$MQLB_ID topic=$MQLB_TOPIC group=$MQLB_GRO
 	broker_start
 	spy
 	ready_fifo w
-	bg w ready3 "$T/w.ready" mqlb-worker -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t '#' \
+	bg w ready3 "$T/w.ready" mqlb-worker --bid -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t '#' \
 		--wid w1 --listen "$T/w.sock" --ready-fd 3 -j 3 --fallback direct --suback-timeout 0.2 -- true
 	wait_ready w
 	wait_for 5 stat_is fallback 1
@@ -104,7 +105,8 @@ JOB='f="$JOBDIR/$MQLB_ID"; { echo "id=$MQLB_ID topic=$MQLB_TOPIC group=$MQLB_GRO
 hello world" ]
 	award "$U2" jobs/x3 'failing'
 	wait_for 5 seen "lb/done/g1/w1/$U2|fail exit=3 free=1"
-	[ "$(stats done_ok)" = 1 ] && [ "$(stats done_fail)" = 1 ]
+	[ "$(stats done_ok)" = 1 ]
+	[ "$(stats done_fail)" = 1 ]
 }
 
 @test "a large binary payload reaches the command's stdin byte for byte" {
@@ -230,7 +232,7 @@ hello world" ]
 	broker_start
 	export JOBDIR=$T
 	ready_fifo w
-	bg w ready3 "$T/w.ready" mqlb-worker -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t '#' --wid w1 \
+	bg w ready3 "$T/w.ready" mqlb-worker --bid -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t '#' --wid w1 \
 		--listen "$T/w.sock" --ready-fd 3 --fallback direct --suback-timeout 0.2 -- sh -c "$JOB"
 	wait_ready w
 	touch "$T/go-x0"
@@ -267,7 +269,7 @@ hello world" ]
 	spy
 	mkfifo "$T/in"
 	ready_fifo w
-	bg w sh -c 'exec mqlb-worker -p "$1" -h 127.0.0.1 -g g1 -t "jobs/#" --wid w1 -j 2 \
+	bg w sh -c 'exec mqlb-worker --bid -p "$1" -h 127.0.0.1 -g g1 -t "jobs/#" --wid w1 -j 2 \
 		--fallback none --listen "$2/w.sock" --ready-fd 3 <"$2/in" 3>"$2/w.ready"' sh "$BROKER_PORT" "$T"
 	exec 4>"$T/in"
 	wait_ready w
@@ -294,7 +296,7 @@ hello world" ]
 	broker_start
 	mkfifo "$T/in"
 	ready_fifo w
-	bg w sh -c 'exec mqlb-worker -V 311 -p "$1" -h 127.0.0.1 -g g1 -t "jobs/#" --wid w1 \
+	bg w sh -c 'exec mqlb-worker --bid -V 311 -p "$1" -h 127.0.0.1 -g g1 -t "jobs/#" --wid w1 \
 		--fallback none --listen "$2/w.sock" --ready-fd 3 <"$2/in" 3>"$2/w.ready"' sh "$BROKER_PORT" "$T"
 	exec 4>"$T/in"
 	wait_ready w

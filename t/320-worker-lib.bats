@@ -17,9 +17,11 @@ U1=11111111-2222-4333-8444-555555555551
 	wait_for 5 grep -q "^lb/sub/cg|jobs/#$" "$T/spy.out"
 	# The wid is hostname-pid by default.
 	wid="$(hostname)-$(pidof_bg ex)"
-	pub "lb/work/cg/$wid/jobs/a" 'hello' -q 1 -V 5 -D publish user-property mqlb-id "$U1"
+	# It offers its two slots (credit) once it can take jobs.
+	wait_for 5 grep -qxF "lb/credit/cg/$wid|2" "$T/spy.out"
+	pub "lb/job/cg/$wid/$U1/jobs/a" 'hello' -q 1
 	wait_for 5 grep -qxF "job $U1 jobs/a hello" "$T/ex.out"
-	wait_for 5 grep -qxF "lb/done/cg/$wid/$U1|ok free=2" "$T/spy.out"
+	wait_for 5 grep -qxF "lb/done/cg/$wid/$U1|ok" "$T/spy.out"
 }
 
 @test "libmqlb exports only mqlb_* symbols" {

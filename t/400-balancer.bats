@@ -158,7 +158,7 @@ each_once() {
 @test "workers that never bid before the deadline: drop nobid" {
 	broker_start
 	pipeline --deadline 1 --retry 0.1
-	worker w1 g 'jobs/#' 4 --fallback none
+	worker w1 g 'jobs/#' 4 --fallback none --bid
 	balanced w1
 	publish 2 jobs/a
 	wait_for 10 lines_in "$T/records" 1 '^drop .* nobid jobs/a job-2$'

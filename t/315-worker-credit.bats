@@ -1,0 +1,150 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 315-worker-credit: mqlb-worker's default protocol, credit flow
+# (mqlb-protocol(7)), seen from outside, with mosquitto_pub/mosquitto_sub
+# playing the balancer on a real broker, under MQTT 5 and 3.1.1.
+load helpers/common.bash
+setup() { mqlb_setup; }
+teardown() { mqlb_teardown; }
+
+U1=11111111-2222-4333-8444-555555555551
+U2=11111111-2222-4333-8444-555555555552
+U3=11111111-2222-4333-8444-555555555553
+
+# spy: every protocol message as "topic|payload" in $T/spy.out, running
+# before the function returns (a marker it saw proves the subscription).
+spy() {
+	bg spy mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t "$PREFIX/#" -F '%t|%p'
+	wait_for 5 eval "pub $PREFIX/mark m; grep -q '^$PREFIX/mark|' '$T/spy.out'"
+}
+seen() { grep -qxF -- "$1" "$T/spy.out"; }
+stats() {
+	perl -MIO::Socket::UNIX -e '
+		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
+		print $s "stats\n";
+		while (<$s>) { last if /^ok/; print }' "$T/w.sock" | awk -v n="$1" '$2 == n { print $3 }'
+}
+stat_is() { [ "$(stats "$1")" = "$2" ]; }
+# worker [OPTIONS] [-- COMMAND]: start mqlb-worker w1 of group g1 on jobs/#.
+worker() {
+	ready_fifo w
+	bg w ready3 "$T/w.ready" mqlb-worker -p "$BROKER_PORT" -h 127.0.0.1 -g g1 -t 'jobs/#' \
+		--wid w1 --listen "$T/w.sock" --ready-fd 3 --fallback none "$@"
+	wait_ready w
+}
+# job UUID MTOPIC PAYLOAD: an award as mqlb-dispatch publishes it to a
+# credit worker, at QoS 1, with no properties (MQTT 3.1.1 can read it).
+job() { pub "$PREFIX/job/g1/w1/$1/$2" "$3" -q 1; }
+# A job that writes what it got and waits for $T/go-<last level of its topic>.
+JOB='f="$JOBDIR/$MQLB_ID"; { echo "id=$MQLB_ID topic=$MQLB_TOPIC"; cat; } >"$f.tmp"; mv "$f.tmp" "$f"; while [ ! -e "$JOBDIR/go-${MQLB_TOPIC##*/}" ]; do sleep 0.05; done'
+
+@test "announces, then offers its slots on P/credit once it can take jobs; no bids, no requests" {
+	broker_start
+	spy
+	worker -j 3 -- true
+	wait_for 5 seen "lb/sub/g1|jobs/#"
+	wait_for 5 seen "lb/credit/g1/w1|3"
+	# the credit worker never subscribes to requests: a request draws nothing
+	pub "lb/req/$U1/jobs/a" ""
+	pub lb/mark2 m
+	wait_for 5 grep -q '^lb/mark2|' "$T/spy.out"
+	! grep -q '^lb/rsp/' "$T/spy.out" || false
+	[ "$(stats requests)" = 0 ]
+}
+
+# one_job V: under MQTT V, a job on P/job/group/wid/uuid/mtopic runs once
+# and is acked with one done, its uuid taken from the topic.
+one_job() {
+	local v=$1
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -V "$v" -j 1 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	job "$U1" jobs/a/b 'hello world'
+	wait_for 5 test -e "$T/jobs/$U1"
+	[ "$(head -n1 "$T/jobs/$U1")" = "id=$U1 topic=jobs/a/b" ]
+	[ "$(tail -n1 "$T/jobs/$U1")" = "hello world" ]
+	touch "$T/jobs/go-b"
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
+	wait_for 5 stat_is done_ok 1
+	# exactly one done, no free= (the done is the credit)
+	[ "$(grep -c "^lb/done/" "$T/spy.out")" = 1 ]
+}
+
+@test "MQTT 5: a job on P/job/... runs once and is acked with one done, its uuid from the topic" {
+	one_job 5
+}
+
+@test "MQTT 3.1.1: a job on P/job/... runs once and is acked with one done, its uuid from the topic" {
+	one_job 311
+}
+@test "a failing job is acked fail exit=N; a job beyond its slots is refused fail busy at once" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -V 311 -j 1 -- sh -c "$JOB"' ; exit 3'
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	job "$U1" jobs/a one
+	wait_for 5 test -e "$T/jobs/$U1"
+	job "$U2" jobs/b two
+	wait_for 5 seen "lb/done/g1/w1/$U2|fail busy"
+	[ ! -e "$T/jobs/$U2" ]
+	[ "$(stats busy)" = 1 ]
+	touch "$T/jobs/go-a"
+	wait_for 5 seen "lb/done/g1/w1/$U1|fail exit=3"
+}
+
+@test "the credit message repeats every keepalive with the jobs it holds (in progress)" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -k 5 -j 2 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|2"
+	job "$U1" jobs/a one
+	job "$U2" jobs/b two
+	wait_for 5 test -e "$T/jobs/$U1"
+	wait_for 5 test -e "$T/jobs/$U2"
+	wait_for 12 eval "grep -qxE 'lb/credit/g1/w1\|2 ($U1 $U2|$U2 $U1)' '$T/spy.out'"
+	touch "$T/jobs/go-a" "$T/jobs/go-b"
+	wait_for 5 stat_is done_ok 2
+	n=$(wc -l <"$T/spy.out")
+	wait_for 12 eval "tail -n +$((n + 1)) '$T/spy.out' | grep -qxF 'lb/credit/g1/w1|2'"
+}
+
+@test "a will on P/gone/group/wid under MQTT 3.1.1 too: kill -9 makes the broker say it" {
+	broker_start
+	spy
+	worker -V 311 -k 5 -- true
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	kill -KILL "$(pidof_bg w)"
+	wait_for 10 seen "lb/gone/g1/w1|"
+}
+
+@test "SIGTERM: credit 0, the running job finishes and is acked, then gone; exit 0" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -j 1 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	job "$U3" jobs/c three
+	wait_for 5 test -e "$T/jobs/$U3"
+	kill -TERM "$(pidof_bg w)"
+	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+	touch "$T/jobs/go-c"
+	wait_for 5 seen "lb/done/g1/w1/$U3|ok"
+	wait_for 5 seen "lb/gone/g1/w1|"
+	wait_for 5 exited "$(pidof_bg w)"
+	wait "$(pidof_bg w)"
+}
+
+@test "an award topic without a uuid: one warning, ignored; the worker goes on" {
+	broker_start
+	spy
+	worker -- true
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	pub "lb/job/g1/w1/not-a-uuid/jobs/a" x -q 1
+	wait_for 5 grep -q "mqlb-worker: warning: award on lb/job/g1/w1/not-a-uuid/jobs/a: no uuid in the topic; ignored" "$T/w.err"
+	job "$U1" jobs/a ok
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
+}
