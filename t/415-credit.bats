@@ -1,0 +1,126 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 415-credit: the balancer with credit workers (mqlb-worker's default) on a
+# real broker: queued jobs outlive --deadline, the schemes, MQTT 3.1.1
+# workers under an MQTT 5 pipeline, long jobs, spoofed properties.
+load helpers/common.bash
+setup() { mqlb_setup; }
+teardown() { mqlb_teardown; }
+
+# ran_on NAME: the jobs worker NAME started.
+ran_on() { grep -c "^start $1 " "$T/log" 2>/dev/null || echo 0; }
+# once N: each of job-1..job-N started exactly once.
+once() {
+	awk -v n="$1" '$1 == "start" { c[$3]++ }
+		END { for (i = 1; i <= n; i++) if (c["job-" i] != 1) { print "job-" i " ran " c["job-" i] + 0 " times"; bad = 1 }
+		      exit bad }' "$T/log"
+}
+astat() { stat_in "$T/a.sock" "$1"; }
+# started, ended: jobs started, ended so far.
+count() { local n; n=$(grep -c "$1" "$T/log" 2>/dev/null); echo "${n:-0}"; }
+started() { count '^start '; }
+ended() { count '^end '; }
+no_drops() { ! grep '^drop ' "$T/records" || false; }
+
+@test "--scheme: a bad name is a usage error" {
+	run mqlb-auction --scheme fastest
+	[ "$status" -eq 2 ]
+	[ "${lines[0]}" = 'mqlb-auction: error: --scheme: "fastest" is not soonest, least or first' ]
+	run mqlb-auction --credit-ttl 0
+	[ "$status" -eq 2 ]
+}
+
+@test "jobs queued for a busy credit worker outlive --deadline: all run, none dropped" {
+	broker_start
+	pipeline --deadline 1 --retry 0.1
+	worker w1 0.6
+	wait_balanced
+	publish 4
+	wait_for 15 eval '[ "$(ended)" -ge 4 ]'
+	once 4
+	no_drops
+}
+
+@test "--scheme soonest: a 10x slower worker gets a job only when waiting for a fast one would take longer" {
+	broker_start
+	AUCTIONOPTS="--listen $T/a.sock" pipeline
+	worker slow 1.5
+	worker f1 0.05
+	worker f2 0.05
+	wait_balanced
+	# one job each first, so that every worker's time is known
+	publish 3
+	wait_for 10 eval '[ "$(ended)" -ge 3 ]'
+	[ "$(ran_on slow)" = 1 ]
+	# 12 jobs at once: the fast two clear them in less than one job's
+	# time on the slow one (0.35 s of sleep; more with the round trips)
+	publish 12 4
+	wait_for 20 eval '[ "$(ended)" -ge 15 ]'
+	once 15
+	[ "$(ran_on slow)" = 1 ]
+	[ "$(astat held)" -ge 1 ]
+	# a backlog longer than the slow one's time: then it takes work too
+	publish 60 16
+	wait_for 30 eval '[ "$(ended)" -ge 75 ]'
+	once 75
+	[ "$(ran_on slow)" -ge 2 ]
+	no_drops
+}
+
+@test "--scheme least: the worker with most free slots first" {
+	broker_start
+	pipeline --scheme least
+	worker a 3
+	worker b 3 -j 3
+	wait_balanced
+	publish 1
+	wait_for 5 grep -q '^start b job-1$' "$T/log"
+	publish 1 2
+	wait_for 5 grep -q '^start b job-2$' "$T/log"
+	# now one free slot each: the one least recently awarded
+	publish 1 3
+	wait_for 5 grep -q '^start a job-3$' "$T/log"
+}
+
+@test "an MQTT 3.1.1 worker under an MQTT 5 pipeline: each job once, acked, no dead letter" {
+	broker_start
+	pipeline --ack-timeout 2
+	worker w1 0.02 -V 311
+	wait_balanced
+	publish 20
+	wait_for 15 eval '[ "$(grep -c "^done .* ok$" "$T/records")" -ge 20 ]'
+	once 20
+	no_drops
+	! grep -q 'no done for' "$T/auction.err" || false
+}
+
+@test "a job well past --ack-timeout runs once on a live worker (in-progress reports)" {
+	broker_start
+	# the workers report what they hold every keepalive (-k 5)
+	AUCTIONOPTS="--listen $T/a.sock" pipeline --ack-timeout 6
+	worker w1 16
+	worker w2 16
+	wait_balanced
+	publish 1
+	wait_for 5 eval '[ "$(started)" -ge 1 ]'
+	wait_for 25 eval '[ "$(ended)" -ge 1 ]'
+	[ "$(started)" = 1 ]
+	[ "$(astat reawards)" = 0 ]
+	[ "$(astat progress)" -ge 1 ]
+	wait_for 5 grep -q '^done .* ok$' "$T/records"
+}
+
+@test "a publisher's own mqlb-id is not ours: the job runs once (bidding worker)" {
+	broker_start
+	pipeline --ack-timeout 2
+	worker w1 0.02 --bid
+	wait_balanced
+	mosquitto_pub -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -q 1 -t jobs/a -m job-1 \
+		-D publish user-property mqlb-id 11111111-2222-4333-8444-555555555555
+	wait_for 5 grep -q '^done .* ok$' "$T/records"
+	wait_for 5 eval '[ "$(ended)" -ge 1 ]'
+	once 1
+	! grep -q 'mqlb-id' "$T/records" || false
+	no_drops
+}
+
