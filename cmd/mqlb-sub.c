@@ -718,6 +718,12 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 				hold(m, props, 0);
 		}
 	}
+	/* libmosquitto 2.0 has sent the PUBACK already: the spool line goes
+	 * to the file now, not at the end of the loop turn, so that a kill
+	 * can fall between the two only for this message. An error is
+	 * reported by the flush before the record leaves. */
+	if (S.spool_path)
+		spool_write(&S.sp);
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
 }

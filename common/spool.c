@@ -234,29 +234,37 @@ struct spool_ent *spool_end(struct spool *sp)
 	return e;
 }
 
-int spool_flush(struct spool *sp)
+int spool_write(struct spool *sp)
 {
 	struct out *o = &sp->ob;
-	int wrote = o->off < o->len;
 
 	while (o->off < o->len) {
 		ssize_t w = write(sp->fd, o->buf + o->off, o->len - o->off);
 
 		if (w < 0 && errno == EINTR)
 			continue;
-		if (w < 0) {
-			sp->n_errors++;
-			errl("cannot write the spool %s: %s", sp->path, strerror(errno));
+		if (w < 0)
 			return -1;
-		}
 		o->off += (size_t)w;
+		sp->unsynced = 1;
 	}
 	o->off = o->len = 0;
-	if (wrote && sp->sync && fdatasync(sp->fd) < 0) {
+	return 0;
+}
+
+int spool_flush(struct spool *sp)
+{
+	if (spool_write(sp) < 0) {
+		sp->n_errors++;
+		errl("cannot write the spool %s: %s", sp->path, strerror(errno));
+		return -1;
+	}
+	if (sp->unsynced && sp->sync && fdatasync(sp->fd) < 0) {
 		sp->n_errors++;
 		errl("cannot sync the spool %s: %s", sp->path, strerror(errno));
 		return -1;
 	}
+	sp->unsynced = 0;
 	return 0;
 }
 

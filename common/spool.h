@@ -56,6 +56,7 @@ struct spool {
 	const char *path;
 	struct ev_loop *loop;
 	int fd, sync, max_replays;
+	int unsynced; /* written since the last fdatasync */
 	struct out ob; /* lines appended, not yet written */
 	off_t size;    /* of the file, ob included */
 	off_t live;    /* bytes of the "m" lines of live entries */
@@ -110,8 +111,12 @@ void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid);
 void spool_expire(struct spool *sp, ev_tstamp now, double ttl);
 /* The entry's "m" line, split (fields SPF_*); -1 if it cannot be read. */
 int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r);
-/* Write what was appended (before the records it covers leave); -1 when
- * it cannot be (reported on stderr). */
+/* Write what was appended to the file, where a killed process cannot lose
+ * it; -1 with errno, not reported: spool_flush() tries again and says so. */
+int spool_write(struct spool *sp);
+/* spool_write(), then with sync fdatasync(2) what was written since the
+ * last flush: before the records it covers leave. -1 when it cannot be
+ * (reported on stderr). */
 int spool_flush(struct spool *sp);
 /* Rewrite the live entries when dead lines dominate the file. */
 void spool_maybe_compact(struct spool *sp);
