@@ -176,7 +176,10 @@ mqlb_run() {
 	wait_until 10 port_open "$port" || fail "mosquitto did not start"
 	local m=(-h 127.0.0.1 -p "$port")
 	mkfifo "$run/msgs" "$run/awards" "$run/sub.ready" "$run/auction.ready"
-	"${bindir}mqlb-sub" "${m[@]}" --ready-fd 3 >"$run/msgs" 2>"$run/sub.err" 3>"$run/sub.ready" &
+	# A spool of this run's own: the default one is the user's, and another run's backlog left
+	# there would be published again here.
+	"${bindir}mqlb-sub" "${m[@]}" --spool "$run/sub.spool" --ready-fd 3 >"$run/msgs" 2>"$run/sub.err" \
+		3>"$run/sub.ready" &
 	pids+=($!)
 	# shellcheck disable=SC2086
 	"${bindir}mqlb-auction" "${m[@]}" --ready-fd 3 $auction_opts <"$run/msgs" >"$run/awards" \
