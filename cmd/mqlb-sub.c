@@ -38,6 +38,9 @@ static const char usage[] =
 /* Subscription identifier of the announce subscription P/sub/+. */
 #define SUBID_ANNOUNCE 1
 #define MAX_TOPIC 4096
+/* A topic level: --prefix and --share (opt_level()), and a group name,
+ * which mqlb-auction and mqlb-worker -g refuse beyond this too. */
+#define MAX_LEVEL 256
 /* Spools of instances without -i: mqlb-sub.spool, mqlb-sub.2.spool... */
 #define MAX_ANON_SPOOLS 64
 
@@ -95,7 +98,8 @@ static struct {
 	long max_groups, ngroups;
 	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
-	char announce_filter[300], done_filter[300];
+	char announce_filter[MAX_LEVEL + sizeof "/sub/+"];
+	char done_filter[MAX_LEVEL + sizeof "/done/+/+/+"];
 	const char *spool_path; /* NULL: no spool */
 	int no_spool;
 	struct spool sp;
@@ -123,6 +127,8 @@ static void opt(int c, const char *arg)
 
 		if (mosquitto_sub_topic_check(arg) != MOSQ_ERR_SUCCESS || !*arg)
 			opt_usage_error("-t: \"%s\" is not a valid topic filter", arg);
+		if (strlen(arg) > MAX_TOPIC)
+			opt_usage_error("-t: a topic filter is at most %d bytes", MAX_TOPIC);
 		if (!f || !(f->topic = strdup(arg)))
 			die(EXIT_SYSERR, "out of memory");
 		f->fixed = 1;
@@ -188,9 +194,12 @@ static int subid_for(const char *topic)
 	return (int)h;
 }
 
+/* "$share/" name "/" filter */
+#define SHARED_MAX (sizeof "$share//" + MAX_LEVEL + MAX_TOPIC)
+
 static void subscribe(struct filt *f)
 {
-	char buf[MAX_TOPIC + 300];
+	char buf[SHARED_MAX];
 	const char *t = f->topic;
 	int rc;
 
@@ -213,7 +222,7 @@ static void subscribe(struct filt *f)
 
 static void unsubscribe(struct filt *f)
 {
-	char buf[MAX_TOPIC + 300];
+	char buf[SHARED_MAX];
 
 	if (S.share) {
 		snprintf(buf, sizeof buf, "$share/%s/%s", S.share, f->topic);
@@ -225,7 +234,8 @@ static void unsubscribe(struct filt *f)
 
 static void suback(const struct pair *p)
 {
-	char topic[512];
+	/* prefix and group are topic levels (opt_level(), announce()) */
+	char topic[MAX_LEVEL + sizeof "/suback/" + MAX_LEVEL];
 
 	snprintf(topic, sizeof topic, "%s/suback/%s", S.cf.prefix, p->group);
 	mq_publish(&S.mq, NULL, topic, strlen(p->f->topic), p->f->topic, 1, 0, NULL);
@@ -297,6 +307,13 @@ static void announce(const struct mosquitto_message *m)
 	if (!*group) {
 		S.n_bad_announce++;
 		warnl("announce with an empty group; ignored");
+		return;
+	}
+	if (strlen(group) > MAX_LEVEL) {
+		/* The auction would refuse its group record: no stage takes it. */
+		S.n_bad_announce++;
+		warnl("group %.32s...: a name of %zu bytes, over %d; ignored", group, strlen(group),
+		      MAX_LEVEL);
 		return;
 	}
 	if ((why = bad_filter(topic, m->payloadlen))) {

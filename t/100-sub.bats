@@ -604,3 +604,47 @@ gated_sub() {
 	wait_for 10 lines_in "$T/s3.out" 1 ' nogroup jobs/b nobody-wants-me$'
 	grep -q '^drop [0-9a-f-]\{36\} nogroup jobs/b nobody-wants-me$' "$T/s3.out"
 }
+
+@test "group names up to 256 bytes, as in every stage: the suback topic whole, even under a 256-byte --prefix; 257 bytes refused with one warning" {
+	local g256 h257 p256
+	g256=$(printf '%256s' '' | tr ' ' g)
+	h257=$(printf '%257s' '' | tr ' ' h)
+	p256=$(printf '%256s' '' | tr ' ' p)
+	spy
+	sub s
+	announce_ok s "$g256" 'jobs/#'
+	announce "$h257" 'jobs/#'
+	wait_for 10 stat_is s bad_announces 1
+	cat "$T/s.err"
+	grep -qx "mqlb-sub: warning: group ${h257:0:32}...: a name of 257 bytes, over 256; ignored" "$T/s.err"
+	[ "$(wc -l <"$T/s.err")" -eq 1 ]
+	stat_is s groups 1
+	# a suback for it would have gone out before the next one for g256
+	announce_ok s "$g256" 'jobs/#'
+	[ "$(grep -c "^$PREFIX/suback/h" "$T/spy.out")" -eq 0 ]
+	[ "$(count s '^group ')" -eq 1 ]
+	# prefix and group at their longest: a suback topic of 520 bytes
+	bg spy2 mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -t "$p256/suback/#" -F '%t|%p'
+	sub s2 --prefix "$p256"
+	wait_for 10 eval "PREFIX=$p256 announce $g256 'jobs/#'; sleep 0.2; grep -q . \"\$T/spy2.out\""
+	head -n1 "$T/spy2.out" | cut -c1-600
+	[ "$(head -n1 "$T/spy2.out")" = "$p256/suback/$g256|jobs/#" ]
+}
+
+@test "a 256-byte group end to end: mqlb-sub | mqlb-auction | mqlb-dispatch to its worker" {
+	local g256
+	g256=$(printf '%256s' '' | tr ' ' g)
+	touch "$T/log" "$T/records"
+	pipeline
+	ready_fifo w1
+	LOG="$T/log" SVC=0 bg w1 ready3 "$T/w1.ready" mqlb-worker -h 127.0.0.1 -p "$BROKER_PORT" \
+		-g "$g256" -t 'jobs/#' --wid w1 --fallback none --listen "$T/w1.sock" --ready-fd 3 \
+		-- sh -c "$JOB"
+	wait_ready w1
+	wait_for 15 eval '[ "$(stat_in "$T/w1.sock" subacks)" -ge 1 ]'
+	publish 3
+	wait_for 15 settled 3 || { account 3; false; }
+	account 3 | grep -qx 'processed 3'
+	! grep -q '^drop ' "$T/records" || false
+	! grep -q 'warning' "$T/auction.err" "$T/sub.err" || false
+}
