@@ -114,7 +114,7 @@ w1 $U2 jobs/x3 fail exit
 w1 $U3 jobs/x0 ok" ]
 }
 
-@test "beyond its slots: fail busy; the keepalive credit lists the jobs held; SIGTERM: its jobs, then gone, exit 0" {
+@test "beyond its slots: fail busy; the keepalive credit lists the jobs held; SIGTERM: credit 0, its jobs, gone, exit 0" {
 	broker_start
 	spy
 	export GO=$T/go
@@ -122,12 +122,13 @@ w1 $U3 jobs/x0 ok" ]
 	pub "lb/job/g/w1/$U1/jobs/a" 'long' -q 1
 	pub "lb/job/g/w1/$U2/jobs/b" 'beyond' -q 1
 	wait_for 5 seen "lb/done/g/w1/$U2|fail busy"
-	kill -TERM "$(pidof_bg w1)"
-	# a keepalive later (5 s), still holding: credit with the job's uuid, no gone
+	# a keepalive later (5 s): credit with the uuid of the job held
 	wait_for 10 seen "lb/credit/g/w1|1 $U1"
+	kill -TERM "$(pidof_bg w1)"
+	wait_for 5 seen "lb/credit/g/w1|0 $U1"
 	! grep -q '^lb/gone/' "$T/spy.out" || false
 	! exited "$(pidof_bg w1)" || false
-	# while stopping, a new job is turned away
+	# while leaving, a new job is turned away
 	pub "lb/job/g/w1/$U3/jobs/c" 'late' -q 1
 	wait_for 5 seen "lb/done/g/w1/$U3|fail busy"
 	touch "$GO"

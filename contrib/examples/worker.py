@@ -35,9 +35,9 @@ lock = threading.Condition()  # held and every publish: a credit never lists a j
 held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event(), threading.Event(), False
 
 def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
-    with lock:
+    with lock:  # (and 0 slots once leaving)
         c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
-        c.publish(f"{a.prefix}/credit/{me}", " ".join([str(a.slots)] + sorted(held)), 1)
+        c.publish(f"{a.prefix}/credit/{me}", " ".join([str(0 if stopping else a.slots)] + sorted(held)), 1)
 # Jobs at QoS 0 by default: the done is the one packet a job costs, with no PUBACK ahead of it to
 # wait out Nagle. A clean session loses what was in flight at a disconnect at either QoS; the
 # balancer takes back after --ack-timeout what no credit lists as held.
@@ -76,8 +76,9 @@ for _ in range(a.slots): threading.Thread(target=run, daemon=True).start()
 c.loop_start()
 while not stop.wait(a.keepalive):
     if subscribed.is_set(): credit()
-with lock:  # finish the jobs held (a new one is answered "fail busy"), then say gone
+with lock:  # credit 0, finish the jobs held (a new one is answered "fail busy"), then say gone
     stopping = True
+    if subscribed.is_set(): credit()
     while not lock.wait_for(lambda: not held, a.keepalive):
         if subscribed.is_set(): credit()
     gone = c.publish(f"{a.prefix}/gone/{me}", b"", 1)
