@@ -61,6 +61,7 @@ struct wstat {
 	unsigned slots;         /* credit: announced slots; 0: a bidding worker */
 	int blocked;            /* credit: said "fail busy"; none until its next done */
 	ev_tstamp credit_t;     /* mq_heard() at its last credit message */
+	ev_tstamp credit_at;    /* ev_now() then, for lost awards */
 	ev_tstamp last_award;
 	double svc;             /* award to done, moving average; < 0: none yet */
 	struct hist lat;        /* award to done */
@@ -74,6 +75,7 @@ struct job {
 	struct wstat *ws; /* of the worker it is awarded to */
 	struct job *wprev, *wnext; /* on ws->jobs while tracked */
 	int tracked;      /* counted in ws->inflight, waits for its done */
+	int listed;       /* named by the credit message being read */
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
@@ -154,7 +156,7 @@ static struct {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_progress;
+		n_busy, n_held, n_progress, n_lost;
 } S;
 
 static void opt(int c, const char *arg)
@@ -1456,14 +1458,30 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 	w->slots = (unsigned)slots;
 	w->credit_t = mq_heard(&S.mq);
 	w->blocked = 0;
+	for (struct job *j = w->jobs; j; j = j->wnext)
+		j->listed = 0;
 	while ((u = strtok_r(end, " ", &end)))
 		for (struct job *j = w->jobs; j; j = j->wnext)
 			if (strlen(u) == 36 && !memcmp(j->m->uuid, u, 36)) {
 				S.n_progress++;
+				j->listed = 1;
 				j->heard_t = mq_heard(&S.mq);
 				jq_push(&g->awarded, j, 0);
 				break;
 			}
+	/* A job awarded before the last credit message came had reached the
+	 * worker by the time it wrote this one, or was lost on the way (an
+	 * award at QoS 0 the broker dropped): not named, it is not there. */
+	for (struct job *j = w->jobs, *next; j; j = next) {
+		next = j->wnext;
+		if (!j->listed && w->credit_at && j->t < w->credit_at) {
+			S.n_lost++;
+			warnl("job %s is not with %s/%s, which had it awarded: awarded again", j->m->uuid,
+			      g->name, wid);
+			reaward(j);
+		}
+	}
+	w->credit_at = ev_now(S.loop);
 	place(g);
 }
 
@@ -1477,6 +1495,7 @@ static void on_gone(struct group *g, const char *wid)
 	if ((w = wstat_find(g, wid))) {
 		w->slots = 0; /* no credit: no more jobs until it announces again */
 		w->blocked = 0;
+		w->credit_at = 0;
 	}
 	/* From the newest: each goes back to the front of the queue, so the
 	 * oldest ends up first again. */
@@ -1799,6 +1818,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("busy", S.n_busy);
 	STAT("held", S.n_held);
 	STAT("progress", S.n_progress);
+	STAT("lost", S.n_lost);
 #undef STAT
 	worker_stats(&c->out);
 	out_raw(&c->out, "ok", 2);

@@ -722,10 +722,10 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	if (v5(w) || !w->bidding) {
 		for (struct job *j = w->run; j; j = j->next)
 			if (j->remote)
-				publish_done(w, j, "fail drain-timeout", 0);
+				publish_done(w, j, "fail drain-timeout", w->bidding ? 0 : -1);
 		for (struct job *j = w->queue; j; j = j->next)
 			if (j->remote)
-				publish_done(w, j, "fail drain-timeout", 0);
+				publish_done(w, j, "fail drain-timeout", w->bidding ? 0 : -1);
 	}
 	if (left)
 		warnl("drain timeout: %d job%s not finished", left, left == 1 ? "" : "s");
