@@ -124,3 +124,112 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	no_drops
 }
 
+
+# --- mqlb-auction alone: the test plays mqlb-sub (records) and the workers
+
+# auc [OPTIONS]: mqlb-auction reading records written with feed.
+auc() {
+	ready_fifo a
+	fed a mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" --ready-fd 3 --listen "$T/a.sock" "$@"
+	wait_ready a
+}
+out_has() { grep -qxF -- "$1" "$T/a.out"; }
+awards_of() { grep -c "^award $1 " "$T/a.out" || true; }
+credit() { pub "$PREFIX/credit/$1/$2" "$3" -q 1; }
+done_() { pub "$PREFIX/done/$1/$2/$3" "$4" -q 1; }
+U1=11111111-2222-4333-8444-555555555551
+U2=11111111-2222-4333-8444-555555555552
+U3=11111111-2222-4333-8444-555555555553
+
+@test "auction: credit gives award records without asking; a done gives the slot back" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 0 0 jobs/# jobs/b p2"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	! grep -q "^award $U2 " "$T/a.out" || false
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "done $U1 g w1 ok"
+	wait_for 5 out_has "award $U2 g w1 0 jobs/b p2"
+	[ "$(astat awarded)" = 2 ]
+}
+
+@test "auction: fail busy blocks a credit worker until its next done; the job goes elsewhere" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	# busy with another balancer's job: refused, not an attempt
+	done_ g w1 "$U1" "fail busy"
+	wait_for 5 eval '[ "$(astat busy)" = 1 ]'
+	credit g w2 1
+	wait_for 5 out_has "award $U1 g w2 1 jobs/a p1"
+	feed "msg $U2 1 0 jobs/# jobs/b p2"
+	# w1 is blocked and w2 full: U2 waits, until a done from w1 (for a job
+	# this balancer never had) shows w1 free again
+	done_ g w1 "$U3" ok
+	wait_for 5 out_has "award $U2 g w1 1 jobs/b p2"
+	[ "$(awards_of "$U1")" = 2 ]
+	! grep -q '^drop ' "$T/a.out" || false
+}
+
+@test "auction: an award its worker does not name two credit messages on is lost: awarded again" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	# the award may still be on its way when the next credit is written
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat credit)" = 2 ]'
+	[ "$(astat lost)" = 0 ]
+	# but not by the one after
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat lost)" = 1 ]'
+	wait_for 5 eval '[ "$(awards_of "$U1")" = 2 ]'
+	grep -q "job $U1 is not with g/w1, which had it awarded: awarded again" "$T/a.err"
+	# named, it stays
+	credit g w1 "1 $U1"
+	credit g w1 "1 $U1"
+	wait_for 5 eval '[ "$(astat credit)" = 5 ]'
+	[ "$(astat lost)" = 1 ]
+	[ "$(astat progress)" = 2 ]
+}
+
+@test "auction: bad credit: one warning line each, counted; the stage goes on" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 x
+	credit g w1 -1
+	credit g w1 70000
+	pub "$PREFIX/credit/g" 1 -q 1
+	wait_for 5 eval '[ "$(astat credit_bad)" = 4 ]'
+	grep -qF 'credit from g/w1: bad payload "x"; ignored' "$T/a.err"
+	grep -qF 'credit from g/w1: bad payload "70000"; ignored' "$T/a.err"
+	grep -qF "bad credit topic $PREFIX/credit/g; ignored" "$T/a.err"
+	credit g w1 1
+	feed "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+}
+
+@test "auction: a done from a bidding worker while jobs wait asks at once, not after the back-off" {
+	broker_start
+	auc --retry 30 --ack-timeout 60
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat asked)" = 1 ]'
+	pub "$PREFIX/rsp/g/w1/$U1/jobs/a" "" -V 5
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p1"
+	# the bid started a round for U2 at once; the next is 30 s away
+	wait_for 5 eval '[ "$(astat asked)" = 2 ]'
+	pub "$PREFIX/done/g/w1/$U1" ok -q 1 -V 5
+	wait_for 5 out_has "done $U1 g w1 ok"
+	wait_for 5 eval '[ "$(astat asked)" = 3 ]'
+}
