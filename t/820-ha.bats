@@ -32,9 +32,10 @@ balancer() {
 
 JOB='echo "start $MQLB_WID $(cat)" >>"$LOG"; sleep 0.05'
 
+# worker NAME [OPTIONS]: a two-slot worker (credit flow unless --bid).
 worker() {
 	LOG="$T/log" bg "$1" mqlb-worker -h 127.0.0.1 -p "$BROKER_PORT" -g g -t 'jobs/#' -j 2 \
-		--wid "$1" --listen "$T/$1.sock" -- sh -c "$JOB"
+		--wid "$1" --listen "$T/$1.sock" "${@:2}" -- sh -c "$JOB"
 }
 
 publish() {
@@ -60,13 +61,16 @@ groups_on() { [ "$(mqlb-stat "$T/run-$1/sub.sock" | awk '$1 == "groups" { print 
 # auction_stat NAME STAT: one figure of that instance's mqlb-auction.
 auction_stat() { mqlb-stat "$T/run-$1/auction.sock" | awk -v s="$2" '$1 == s { print $2 }'; }
 
-@test "two balancers sharing intake: every message runs once, both take part" {
+# shared_intake [WORKER-OPTIONS]: two balancers, three workers, 300 jobs:
+# each runs once, each message reached one auction only, and both had a
+# share.
+shared_intake() {
 	broker_start
 	balancer a
 	balancer b
-	worker w1
-	worker w2
-	worker w3
+	worker w1 "$@"
+	worker w2 "$@"
+	worker w3 "$@"
 	wait_for 15 groups_on a
 	wait_for 15 groups_on b
 	publish 300 1
@@ -79,7 +83,22 @@ auction_stat() { mqlb-stat "$T/run-$1/auction.sock" | awk -v s="$2" '$1 == s { p
 	[ "$(auction_stat a msg)" -gt 0 ]
 	[ "$(auction_stat b msg)" -gt 0 ]
 	[ $(($(auction_stat a msg) + $(auction_stat b msg))) -eq 300 ]
-	# and was awarded once: neither takes the other's bids or free slots
+}
+
+@test "two balancers sharing intake, credit workers: every message runs once, both take part" {
+	shared_intake
+	# Each balancer sees a worker's whole credit; the worker refuses (fail
+	# busy) a job it has no slot for, and that balancer places it again:
+	# every award but the refused ones is a job run.
+	[ "$(auction_stat a credit)" -gt 0 ]
+	[ "$(auction_stat b credit)" -gt 0 ]
+	[ $(($(auction_stat a awarded) + $(auction_stat b awarded) - $(auction_stat a busy) - $(auction_stat b busy))) -eq 300 ]
+	[ $(($(auction_stat a drop_failed) + $(auction_stat b drop_failed))) -eq 0 ]
+}
+
+@test "two balancers sharing intake, bidding workers: every message runs once, awarded once" {
+	shared_intake --bid
+	# neither takes the other's bids or free slots
 	[ $(($(auction_stat a awarded) + $(auction_stat b awarded))) -eq 300 ]
 	[ $(($(auction_stat a foreign) + $(auction_stat b foreign))) -gt 0 ]
 }
