@@ -405,12 +405,13 @@ static char *bin(const char *name)
 static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
 {
 	const char *names[3] = { "mqlb-sub", "mqlb-auction", "mqlb-dispatch" };
-	char portbuf[16];
+	char portbuf[16], spool[4096];
 	int p1[2], p2[2], rdy[3][2], out, err, i, got = 0;
 	struct pollfd pfd[3];
 	int64_t deadline;
 
 	snprintf(portbuf, sizeof portbuf, "%d", port);
+	snprintf(spool, sizeof spool, "%s/sub.spool", dir);
 	if (pipe2(p1, O_CLOEXEC) || pipe2(p2, O_CLOEXEC))
 		die(EXIT_SYSERR, "pipe: %s", strerror(errno));
 	out = open_log(dir, "records");
@@ -418,8 +419,11 @@ static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
 	for (i = 0; i < 3; i++) {
 		/* at the end, the auction hands back what still waits as drop
 		 * records within a second */
+		/* mqlb-sub spools as it does by default, in the run's own
+		 * directory (never a leftover of an earlier run in $HOME) */
 		char *argv[] = { bin(names[i]), "-h", "127.0.0.1", "-p", portbuf, "--ready-fd", "3",
-				 i == 1 ? "--drain-timeout" : NULL, "1", NULL };
+				 i == 1 ? "--drain-timeout" : i == 0 ? "--spool" : NULL,
+				 i == 1 ? "1" : spool, NULL };
 
 		if (pipe2(rdy[i], O_CLOEXEC))
 			die(EXIT_SYSERR, "pipe: %s", strerror(errno));
