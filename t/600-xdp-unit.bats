@@ -236,7 +236,9 @@ veth_ns() {
 	wait_for 5 eval "! kill -0 $(pidof_bg a) 2>/dev/null"
 	# Pinned: the program stays attached while nobody runs.
 	ip -n "$(ns x)" link show veth0 | grep -q xdp
-	[ -e "$pin/link" ] && [ -e "$pin/conns4" ] && [ -e "$pin/conns6" ] && [ -e "$pin/vipgen" ] && [ -e "$pin/ring" ]
+	for f in link conns4 conns6 vipgen ring; do
+		[ -e "$pin/$f" ] || { echo "not pinned: $pin/$f"; false; }
+	done
 	bg b ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
 		--pin "$pin" --listen "$T/sock2" -v
 	wait_for 5 show_has "$T/sock2" "^ok"

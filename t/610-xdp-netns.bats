@@ -93,7 +93,8 @@ e2e() {
 	v=vip.$TB_VIP:1883.tcp
 	hits=$(snap "$v.lru_hits") pk=$(snap "$v.packets") nf=$(snap "$v.new_flows")
 	echo "packets $pk new_flows $nf lru_hits $hits"
-	[ "$hits" -gt "$NSUB" ] && [ "$hits" -eq $((pk - nf)) ]
+	[ "$hits" -gt "$NSUB" ]
+	[ "$hits" -eq $((pk - nf)) ]
 	[ "$(snap lru_hits)" -ge "$hits" ]
 
 	# b3 dies; the health loop (here: us) drains it.
