@@ -70,7 +70,8 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	bid g w1 "$U1" jobs/a/b
 	bid g w2 "$U1" jobs/a/b
 	wait_for 5 out_has "assign $U1 g w1 1 jobs/a/b hello%20world"
-	sleep 0.3
+	# w2's bid, read too, is kept: no second assign
+	wait_for 5 eval '[ "$(stat_of tokens_kept)" = 1 ]'
 	[ "$(grep -c '^assign' "$T/a.out")" -eq 1 ]
 	# The losing bid is a token: the next message goes to w2 without asking.
 	feed "msg $U2 1 0 jobs/# jobs/c x"
@@ -91,7 +92,8 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	bid g3 w5 "$U1" jobs/a
 	wait_for 5 out_has "assign $U1 g1 w1 2 jobs/a %00%FF rt=reply/x,cd=abc"
 	wait_for 5 out_has "assign $U1 g2 w9 2 jobs/a %00%FF rt=reply/x,cd=abc"
-	sleep 0.3
+	# g3's bid has been read too: no assign for it
+	wait_for 5 eval '[ "$(stat_of bids)" = 3 ]'
 	! grep -q "^assign $U1 g3" "$T/a.out" || false
 }
 
@@ -196,11 +198,31 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 @test "bids for unknown uuids and forged dones are ignored" {
 	broker_start
 	auction
+	feed "group g jobs/#"
+	# a bid for a message it never had (another balancer's) and one from
+	# a group it does not know
+	bid g w1 "$U1" jobs/a
+	bid nog w1 "$U2" jobs/a
+	wait_for 5 eval '[ "$(stat_of bids)" = 2 ]'
+	[ "$(stat_of foreign)" = 1 ]
+	[ "$(stat_of bids_ignored)" = 1 ]
+	# a done for a uuid it never had; then two with bad topics, which it
+	# counts: once they are, the first one has been read too
 	pub "$PREFIX/done/g/w1/$U1" "ok" -q 1 -V 5
 	pub "$PREFIX/done/g/w1/not-a-uuid" "ok" -q 1 -V 5
-	sleep 0.5
-	! grep -q '^done' "$T/a.out" || false
-	kill -0 "$(pidof_bg a)"
+	pub "$PREFIX/done/nog/w1/$U2" "ok" -q 1 -V 5
+	wait_for 5 eval '[ "$(stat_of forged)" = 2 ]'
+	[ "$(grep -c "bad done topic $PREFIX/done/.*; ignored" "$T/a.err")" -eq 2 ]
+	# nothing awarded or done, and the foreign bid is not a token
+	[ "$(stat_of awarded)" = 0 ]
+	[ "$(stat_of done_ok)" = 0 ]
+	[ "$(stat_of tokens)" = 0 ]
+	! grep -q '^\(assign\|done\) ' "$T/a.out" || false
+	# and it goes on: a message of its own is asked for and awarded
+	feed "msg $U3 1 0 jobs/# jobs/a p"
+	wait_for 5 eval '[ "$(stat_of asked)" -ge 1 ]'
+	bid g w1 "$U3" jobs/a
+	wait_for 5 out_has "assign $U3 g w1 1 jobs/a p"
 }
 
 @test "bids and free= slots for uuids it never had are another balancer's: no tokens" {
@@ -249,7 +271,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	broker_start
 	auction --drain-timeout 0.5
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
-	sleep 0.3
+	wait_for 5 eval '[ "$(stat_of pending)" = 1 ]'
 	kill -TERM "$(pidof_bg a)"
 	wait_for 5 out_has "drop $U1 shutdown jobs/a p"
 	wait "$(pidof_bg a)"
