@@ -4,13 +4,9 @@
  * broker has it; every other record passes through. */
 #include "config.h"
 
-#include <errno.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "io.h"
 #include "log.h"
@@ -19,6 +15,7 @@
 #include "props.h"
 #include "record.h"
 #include "sock.h"
+#include "stage.h"
 
 static const char usage[] =
 	"usage: mqlb-dispatch [-v] [--quiet] [-o file] [-h host] [-p port] [-u user] [-P password]\n"
@@ -41,17 +38,9 @@ struct flight {
 
 static struct {
 	struct conf cf;
-	struct ev_loop *loop;
-	struct mq mq;
-	struct in in;
-	struct out out;
-	struct srv srv;
-	ev_signal sigterm, sigint;
-	ev_timer drain;
+	struct stage st;
 	struct flight *fl; /* indexed by mid: 16 bits */
 	long inflight, max_inflight;
-	int input_done, stopping, finishing, draining;
-	double drain_timeout;
 	char *topic;
 	size_t topiccap;
 	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown;
@@ -62,7 +51,7 @@ static void opt(int c, const char *arg)
 	if (c == 1)
 		S.max_inflight = opt_long("--max-inflight", arg, 1, 65000);
 	else if (c == 2)
-		S.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400);
+		S.st.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400);
 }
 
 static const struct option longopts[] = {
@@ -83,67 +72,55 @@ static void keep(char **dst, size_t *cap, const char *s, size_t n)
 	(*dst)[n] = '\0';
 }
 
-static void finish_cb(int revents, void *arg)
+static void at_exit_warn(void)
 {
 	if (S.inflight)
 		warnl("%ld award%s not acknowledged by the broker at exit", S.inflight,
 		      S.inflight == 1 ? "" : "s");
-	mq_disconnect(&S.mq);
-	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
-		exit(EXIT_SYSERR);
-	exit(EXIT_OK);
-}
-
-/* Exit from the loop, never from inside a libmosquitto callback. */
-static void finish(void)
-{
-	if (!S.finishing)
-		ev_once(S.loop, -1, 0, 0, finish_cb, NULL);
-	S.finishing = 1;
 }
 
 /* Stopping or not, input is read to its end: an award left in the pipe at
  * exit would reach nobody, and nobody would know. */
 static void flow(void)
 {
-	if (S.input_done && S.inflight == 0)
-		finish();
-	if (S.in.paused && !S.draining && S.mq.connected && S.inflight < S.max_inflight &&
-	    !out_full(&S.out))
-		in_resume(&S.in);
+	if (S.st.input_done && S.inflight == 0)
+		stage_finish(&S.st);
+	if (S.st.in.paused && !S.st.draining && S.st.mq.connected && S.inflight < S.max_inflight &&
+	    !out_full(&S.st.out))
+		in_resume(&S.st.in);
 }
 
 static void bad(const char *what)
 {
 	S.n_bad++;
-	warnl("line %lu: %s; skipped", S.in.lineno, what);
+	warnl("line %lu: %s; skipped", S.st.in.lineno, what);
 }
 
 static void drop(struct rec *r, const char *reason)
 {
 	/* drop <uuid> <reason> <mtopic> <payload>: fields 5 and 6 are decoded. */
-	out_raw(&S.out, "drop", 4);
-	out_raw(&S.out, r->f[1], r->len[1]);
-	out_str(&S.out, reason);
-	out_field(&S.out, r->f[5], r->len[5]);
-	out_field(&S.out, r->f[6], r->len[6]);
-	out_end(&S.out);
+	out_raw(&S.st.out, "drop", 4);
+	out_raw(&S.st.out, r->f[1], r->len[1]);
+	out_str(&S.st.out, reason);
+	out_field(&S.st.out, r->f[5], r->len[5]);
+	out_field(&S.st.out, r->f[6], r->len[6]);
+	out_end(&S.st.out);
 }
 
 static void emit_sent(const char *uuid, const char *group, const char *wid)
 {
-	out_raw(&S.out, "sent", 4);
-	out_raw(&S.out, uuid, 36);
-	out_str(&S.out, group);
-	out_str(&S.out, wid);
-	out_end(&S.out);
+	out_raw(&S.st.out, "sent", 4);
+	out_raw(&S.st.out, uuid, 36);
+	out_str(&S.st.out, group);
+	out_str(&S.st.out, wid);
+	out_end(&S.st.out);
 }
 
 /* One line about a bad assign or award record. */
 static void bad_award(int credit, const char *what)
 {
 	S.n_bad++;
-	warnl("line %lu: %s record%s %s; skipped", S.in.lineno, credit ? "award" : "assign",
+	warnl("line %lu: %s record%s %s; skipped", S.st.in.lineno, credit ? "award" : "assign",
 	      strncmp(what, "needs", 5) ? ":" : "", what);
 }
 
@@ -175,7 +152,7 @@ static void rec_assign(struct rec *r, int credit)
 		return bad_award(credit, "bad payload escape");
 	if (r->nf == 8 && props_parse(r->f[7], &props, &why) < 0)
 		return bad_award(credit, why);
-	if (mq_v5(&S.mq) && !credit) {
+	if (mq_v5(&S.st.mq) && !credit) {
 		char id[37];
 
 		memcpy(id, r->f[1], 36);
@@ -197,7 +174,7 @@ static void rec_assign(struct rec *r, int credit)
 	if (qos > (unsigned long)S.cf.mq.qos)
 		qos = (unsigned long)S.cf.mq.qos;
 	S.n_assign++;
-	rc = mq_publish(&S.mq, &mid, S.topic, r->len[6], r->f[6], (int)qos, 0, props);
+	rc = mq_publish(&S.st.mq, &mid, S.topic, r->len[6], r->f[6], (int)qos, 0, props);
 	mosquitto_property_free_all(&props);
 	if (rc != MOSQ_ERR_SUCCESS) {
 		S.n_failed++;
@@ -233,7 +210,7 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 	int rc, credit;
 
 	/* Hold awards while the broker is away: the line is read again later. */
-	if (!S.mq.connected && !S.draining) {
+	if (!S.st.mq.connected && !S.st.draining) {
 		in_unread(in);
 		in_pause(in);
 		return;
@@ -244,7 +221,7 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 	if (rc < 0)
 		return bad("too many fields");
 	credit = rec_is(&r, 0, "award");
-	if ((credit || rec_is(&r, 0, "assign")) && S.draining) {
+	if ((credit || rec_is(&r, 0, "assign")) && S.st.draining) {
 		/* Read at the drain deadline: handed back, not lost. */
 		if (r.nf < 7 || rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
 			return bad_award(credit, "malformed");
@@ -254,9 +231,9 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 		rec_assign(&r, credit);
 	else {
 		S.n_passed++;
-		out_rec(&S.out, &r);
+		out_rec(&S.st.out, &r);
 	}
-	if (!S.draining && (S.inflight >= S.max_inflight || out_full(&S.out)))
+	if (!S.st.draining && (S.inflight >= S.max_inflight || out_full(&S.st.out)))
 		in_pause(in);
 }
 
@@ -264,7 +241,7 @@ static void on_eof(struct in *in, int err, void *arg)
 {
 	if (err)
 		warnl("reading records: %s", strerror(err));
-	S.input_done = 1;
+	S.st.input_done = 1;
 	flow();
 }
 
@@ -279,12 +256,12 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
-		out_raw(&S.out, "drop", 4);
-		out_raw(&S.out, f->uuid, 36);
-		out_str(&S.out, "refused");
-		out_str(&S.out, f->mtopic);
-		out_field(&S.out, f->payload, f->plen);
-		out_end(&S.out);
+		out_raw(&S.st.out, "drop", 4);
+		out_raw(&S.st.out, f->uuid, 36);
+		out_str(&S.st.out, "refused");
+		out_str(&S.st.out, f->mtopic);
+		out_field(&S.st.out, f->payload, f->plen);
+		out_end(&S.st.out);
 	} else {
 		S.n_sent++;
 		emit_sent(f->uuid, f->group, f->wid);
@@ -301,45 +278,21 @@ static void on_connected(struct mq *mq, int first, void *arg)
 
 static void on_drain(struct out *o, void *arg) { flow(); }
 
-static void on_out_error(struct out *o, void *arg)
-{
-	if (o->err != EPIPE)
-		die(EXIT_SYSERR, "cannot write records: %s", strerror(o->err));
-	exit(EXIT_OK);
-}
-
 /* Out of time: every award the input holds right now becomes a drop
  * record (bounded in time, in case the writer keeps writing). */
 static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	struct pollfd p = { .fd = S.in.fd, .events = POLLIN };
-	ev_tstamp until = ev_time() + 2;
-
-	S.draining = 1;
-	if (!S.in.eof && !S.input_done) {
-		S.in.paused = 0;
-		/* in's callback hands out the lines it holds, then reads once */
-		do
-			ev_invoke(S.loop, &S.in.w, EV_READ);
-		while (!S.in.eof && poll(&p, 1, 0) > 0 && ev_time() < until);
-		in_pause(&S.in);
-	}
-	finish();
+	S.st.draining = 1;
+	stage_read_rest(&S.st);
+	stage_finish(&S.st);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	if (S.stopping) {
-		if (!S.draining)
-			drain_cb(loop, &S.drain, 0);
-		return;
-	}
-	S.stopping = 1;
-	/* Publish the rest of the input and wait for the broker's
-	 * acknowledgements, but not forever. */
-	ev_timer_init(&S.drain, drain_cb, S.drain_timeout, 0);
-	ev_timer_start(loop, &S.drain);
-	flow();
+	/* The first: publish the rest of the input and wait for the broker's
+	 * acknowledgements, but not forever. Asked twice: the deadline is now. */
+	if (stage_stop(&S.st))
+		flow();
 }
 
 static void stats_line(struct conn *c, char *line, size_t n, void *arg)
@@ -353,7 +306,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "passed", S.n_passed);
 	out_stat(&c->out, "drop_shutdown", S.n_shutdown);
 	out_stat(&c->out, "bad_records", S.n_bad);
-	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
+	out_stat(&c->out, "connected", (unsigned long)S.st.mq.connected);
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
 }
@@ -368,7 +321,7 @@ int main(int argc, char **argv)
 
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
-	S.drain_timeout = 10;
+	S.st.drain_timeout = 10;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
@@ -376,22 +329,11 @@ int main(int argc, char **argv)
 	if (!S.fl)
 		die(EXIT_SYSERR, "out of memory");
 
-	signal(SIGPIPE, SIG_IGN);
-	S.loop = EV_DEFAULT;
-	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
-	S.out.on_drain = on_drain;
-	S.out.on_error = on_out_error;
-	srv_listen(&S.srv, S.loop, S.cf.listen, S.cf.socket_mode, stats_line);
-	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
-	ev_signal_init(&S.sigint, signal_cb, SIGINT);
-	ev_signal_start(S.loop, &S.sigterm);
-	ev_signal_start(S.loop, &S.sigint);
-
-	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
-	mq_start(&S.mq);
-	in_init(&S.in, S.loop, STDIN_FILENO, 256u << 20, on_line, on_eof, NULL);
+	stage_open(&S.st, &S.cf, on_drain, stats_line, signal_cb, drain_cb);
+	S.st.at_exit = at_exit_warn;
+	stage_start(&S.st, &S.cf, &callbacks, on_line, on_eof);
 	/* Nothing to publish to until the broker answers. */
-	in_pause(&S.in);
-	ev_run(S.loop, 0);
+	in_pause(&S.st.in);
+	ev_run(S.st.loop, 0);
 	return EXIT_OK;
 }

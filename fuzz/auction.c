@@ -2,8 +2,9 @@
 /* fuzz/auction.c: libFuzzer target for mqlb-auction's input: msg, group and
  * ungroup records, and (lines starting '@') the bids, dones and wills it
  * gets from the broker, with a fake clock so timeouts and retries run too.
- * The stage's own file is included, its main() renamed; no broker: publish
- * goes to a fake that checks the topic. Input:
+ * The stage's own files are included, its main() renamed; no broker: publish
+ * goes to a fake that checks the topic; the exit (stage_finish) is a timer
+ * on a loop that never runs. Input:
  *   <record>                     a line on mqlb-auction's stdin
  *   @<topic after P/> <payload>  a message from the broker (rsp/, done/, gone/)
  *   @tick                        0.25 s pass; timers run
@@ -19,7 +20,6 @@
 
 static ev_tstamp fuzz_clock = 1000, fuzz_drain_at;
 static unsigned long fuzz_published;
-static int fuzz_exited;
 
 /* libmosquitto would refuse such a topic; the auction must never make one. */
 static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
@@ -33,11 +33,18 @@ static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n,
 
 #define ev_now(loop) ((void)(loop), fuzz_clock)
 #define mq_publish fuzz_mq_publish
-/* finish() schedules the exit on the loop, which never runs here. */
-#define ev_once(loop, fd, ev, t, cb, arg) (fuzz_exited = 1)
 #define main auction_main_unused
 #include "../cmd/mqlb-auction.c"
 #undef main
+#include "../cmd/auction/jobs.c"
+#include "../cmd/auction/tokens.c"
+#include "../cmd/auction/workers.c"
+#include "../cmd/auction/place.c"
+#include "../cmd/auction/ask.c"
+#include "../cmd/auction/records.c"
+#include "../cmd/auction/broker.c"
+#include "../cmd/auction/flow.c"
+#include "../cmd/auction/stats.c"
 
 static const char *const out_verbs[] = { "assign", "award", "drop", "done", "sent", NULL };
 static const struct fuzz_shape shapes[] = {
@@ -63,23 +70,23 @@ static void setup(void)
 	S.max_pending = 10000;
 	S.ack_timeout = 1;
 	S.max_attempts = 3;
-	S.drain_timeout = 1;
+	S.st.drain_timeout = 1;
 	S.credit_ttl = 2;
 	memcpy(S.retry, retry, sizeof retry);
 	S.nretry = 5;
 	S.hash = calloc(1024, sizeof *S.hash);
 	S.hmask = 1023;
-	S.loop = EV_DEFAULT;
-	out_init(&S.out, S.loop, -1, 1 << 20);
-	S.out.on_drain = on_drain;
+	S.st.loop = EV_DEFAULT;
+	out_init(&S.st.out, S.st.loop, -1, 1 << 20);
+	S.st.out.on_drain = on_drain;
 	/* As main() does, less the broker: the client is never connected. */
-	S.mq.loop = S.loop;
-	S.mq.o = &S.cf.mq;
-	in_init(&S.in, S.loop, devnull, 256u << 20, on_line, on_eof, NULL);
-	S.in.eof = 1; /* the drain deadline reads nothing more */
-	ev_timer_init(&S.drain, drain_cb, 0, 0);
+	S.st.mq.loop = S.st.loop;
+	S.st.mq.o = &S.cf.mq;
+	in_init(&S.st.in, S.st.loop, devnull, 256u << 20, on_line, on_eof, NULL);
+	S.st.in.eof = 1; /* the drain deadline reads nothing more */
+	ev_timer_init(&S.st.drain, drain_cb, 0, 0);
 	ev_timer_init(&S.acks, ack_cb, 0.25, 0.25);
-	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
+	ev_signal_init(&S.st.sigterm, signal_cb, SIGTERM);
 }
 
 /* Back to an empty stage, so inputs do not pile up state. */
@@ -102,8 +109,8 @@ static void reset(void)
 	}
 	for (struct group *g = S.groups, *next; g; g = next) {
 		next = g->next;
-		ev_timer_stop(S.loop, &g->ask);
-		ev_timer_stop(S.loop, &g->replace);
+		ev_timer_stop(S.st.loop, &g->ask);
+		ev_timer_stop(S.st.loop, &g->replace);
 		for (int i = 0; i < g->nfilters; i++)
 			free(g->filters[i]);
 		free(g->filters);
@@ -123,11 +130,12 @@ static void reset(void)
 	S.nwstat = 0;
 	if (S.npending != 0)
 		abort(); /* every pending message was in the table */
-	S.stopping = S.draining = S.finishing = fuzz_exited = 0;
-	ev_timer_stop(S.loop, &S.drain);
-	S.in.lineno = 0;
-	if (S.in.paused)
-		in_resume(&S.in);
+	S.st.stopping = S.st.draining = S.st.finishing = 0;
+	ev_timer_stop(S.st.loop, &S.st.drain);
+	ev_timer_stop(S.st.loop, &S.st.fin);
+	S.st.in.lineno = 0;
+	if (S.st.in.paused)
+		in_resume(&S.st.in);
 }
 
 static void broker_message(char *line, size_t n)
@@ -153,7 +161,7 @@ static void broker_message(char *line, size_t n)
 	msg.payload = payload;
 	msg.payloadlen = (int)pl;
 	msg.qos = 1;
-	on_message(&S.mq, &msg, NULL, NULL);
+	on_message(&S.st.mq, &msg, NULL, NULL);
 	free(topic);
 	free(payload);
 }
@@ -161,31 +169,31 @@ static void broker_message(char *line, size_t n)
 static void tick(void)
 {
 	fuzz_clock += 0.25;
-	purge_cb(S.loop, &S.purge, 0);
-	ack_cb(S.loop, &S.acks, 0);
+	purge_cb(S.st.loop, &S.purge, 0);
+	ack_cb(S.st.loop, &S.acks, 0);
 	/* Every armed timer fires (early is allowed: the callbacks check the
 	 * time themselves). A message's may free only that message. */
 	for (struct group *g = S.groups; g; g = g->next)
 		if (ev_is_active(&g->ask)) {
-			ev_timer_stop(S.loop, &g->ask);
-			ask_cb(S.loop, &g->ask, 0);
+			ev_timer_stop(S.st.loop, &g->ask);
+			ask_cb(S.st.loop, &g->ask, 0);
 		}
 	for (struct group *g = S.groups; g; g = g->next)
 		if (ev_is_active(&g->replace)) {
-			ev_timer_stop(S.loop, &g->replace);
-			replace_cb(S.loop, &g->replace, 0);
+			ev_timer_stop(S.st.loop, &g->replace);
+			replace_cb(S.st.loop, &g->replace, 0);
 		}
 	for (size_t i = 0; i <= S.hmask; i++)
 		for (struct msg *m = S.hash[i], *next; m; m = next) {
 			next = m->hnext;
 			if (ev_is_active(&m->wait)) {
-				ev_timer_stop(S.loop, &m->wait);
-				wait_cb(S.loop, &m->wait, 0);
+				ev_timer_stop(S.st.loop, &m->wait);
+				wait_cb(S.st.loop, &m->wait, 0);
 			}
 		}
-	if (ev_is_active(&S.drain) && fuzz_clock >= fuzz_drain_at) {
-		ev_timer_stop(S.loop, &S.drain);
-		drain_cb(S.loop, &S.drain, 0);
+	if (ev_is_active(&S.st.drain) && fuzz_clock >= fuzz_drain_at) {
+		ev_timer_stop(S.st.loop, &S.st.drain);
+		drain_cb(S.st.loop, &S.st.drain, 0);
 	}
 }
 
@@ -195,19 +203,19 @@ static void one_line(char *line, size_t n)
 		if (n == 5 && !memcmp(line, "@tick", 5))
 			tick();
 		else if (n == 5 && !memcmp(line, "@term", 5)) {
-			signal_cb(S.loop, &S.sigterm, 0);
-			fuzz_drain_at = fuzz_clock + S.drain_timeout;
+			signal_cb(S.st.loop, &S.st.sigterm, 0);
+			fuzz_drain_at = fuzz_clock + S.st.drain_timeout;
 		}
 		else if (n == 6 && !memcmp(line, "@drain", 6)) {
-			if (!S.draining)
-				drain_cb(S.loop, &S.drain, 0);
+			if (!S.st.draining)
+				drain_cb(S.st.loop, &S.st.drain, 0);
 		} else
 			broker_message(line + 1, n - 1);
 	} else if (!fuzz_verb_in(line, n, out_verbs)) {
-		S.in.lineno++;
-		on_line(&S.in, line, n, NULL);
+		S.st.in.lineno++;
+		on_line(&S.st.in, line, n, NULL);
 	}
-	fuzz_check_out(&S.out, shapes);
+	fuzz_check_out(&S.st.out, shapes);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -2,7 +2,8 @@
 /* fuzz/dispatch.c: libFuzzer target for mqlb-dispatch's input: assign
  * records (and what it passes through), with the broker's acknowledgements.
  * The stage's own file is included, its main() renamed; publish goes to a
- * fake that hands out message ids and refuses what libmosquitto would.
+ * fake that hands out message ids and refuses what libmosquitto would; the
+ * exit (stage_finish) is a timer on a loop that never runs.
  * Input:
  *   <record>       a line on mqlb-dispatch's stdin
  *   @ack <mid> <reason>   the broker's PUBACK/PUBCOMP (reason >= 128: refused)
@@ -12,11 +13,12 @@
 
 #include <fcntl.h>
 #include <mosquitto.h>
+#include <signal.h>
 
 #include "fuzz.h"
 #include "mqtt.h"
 
-static int fuzz_mid, fuzz_fail, fuzz_exited;
+static int fuzz_mid, fuzz_fail;
 
 static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
 			   int qos, int retain, const mosquitto_property *props)
@@ -42,8 +44,6 @@ static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n,
 }
 
 #define mq_publish fuzz_mq_publish
-/* finish() schedules the exit on the loop, which never runs here. */
-#define ev_once(loop, fd, ev, t, cb, arg) (fuzz_exited = 1)
 #define main dispatch_main_unused
 #include "../cmd/mqlb-dispatch.c"
 #undef main
@@ -65,18 +65,19 @@ static void setup(void)
 	S.cf.mq.version = MQTT_PROTOCOL_V5;
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
-	S.drain_timeout = 10;
+	S.st.drain_timeout = 10;
 	S.fl = calloc(65536, sizeof *S.fl);
-	S.loop = EV_DEFAULT;
-	out_init(&S.out, S.loop, -1, 1 << 20);
-	S.out.on_drain = on_drain;
+	S.st.loop = EV_DEFAULT;
+	out_init(&S.st.out, S.st.loop, -1, 1 << 20);
+	S.st.out.on_drain = on_drain;
 	/* As main() does, less the broker: connected, but publish is a fake. */
-	S.mq.loop = S.loop;
-	S.mq.o = &S.cf.mq;
-	S.mq.connected = 1;
-	in_init(&S.in, S.loop, devnull, 256u << 20, on_line, on_eof, NULL);
-	S.in.eof = 1; /* the drain deadline reads nothing more */
-	ev_signal_init(&S.sigterm, signal_cb, SIGTERM);
+	S.st.mq.loop = S.st.loop;
+	S.st.mq.o = &S.cf.mq;
+	S.st.mq.connected = 1;
+	in_init(&S.st.in, S.st.loop, devnull, 256u << 20, on_line, on_eof, NULL);
+	S.st.in.eof = 1; /* the drain deadline reads nothing more */
+	ev_timer_init(&S.st.drain, drain_cb, 0, 0);
+	ev_signal_init(&S.st.sigterm, signal_cb, SIGTERM);
 }
 
 static void reset(void)
@@ -86,11 +87,12 @@ static void reset(void)
 	for (int i = 0; i <= fuzz_mid; i++)
 		S.fl[i].used = 0;
 	S.inflight = 0;
-	S.stopping = S.draining = S.finishing = S.input_done = 0;
-	fuzz_mid = fuzz_fail = fuzz_exited = 0;
-	ev_timer_stop(S.loop, &S.drain);
-	S.in.lineno = 0;
-	S.in.paused = 0;
+	S.st.stopping = S.st.draining = S.st.finishing = S.st.input_done = 0;
+	fuzz_mid = fuzz_fail = 0;
+	ev_timer_stop(S.st.loop, &S.st.drain);
+	ev_timer_stop(S.st.loop, &S.st.fin);
+	S.st.in.lineno = 0;
+	S.st.in.paused = 0;
 }
 
 static void one_line(char *line, size_t n)
@@ -102,21 +104,21 @@ static void one_line(char *line, size_t n)
 		line[n] = '\0';
 		mid = strtol(line + 5, &end, 10);
 		reason = strtol(end, NULL, 10);
-		on_published(&S.mq, (int)mid, (int)reason, NULL);
+		on_published(&S.st.mq, (int)mid, (int)reason, NULL);
 	} else if (n == 5 && !memcmp(line, "@fail", 5)) {
 		fuzz_fail = 1;
 	} else if (n == 5 && !memcmp(line, "@term", 5)) {
-		signal_cb(S.loop, &S.sigterm, 0);
+		signal_cb(S.st.loop, &S.st.sigterm, 0);
 	} else if (n == 6 && !memcmp(line, "@drain", 6)) {
-		if (!S.draining)
-			drain_cb(S.loop, &S.drain, 0);
+		if (!S.st.draining)
+			drain_cb(S.st.loop, &S.st.drain, 0);
 	} else if (!fuzz_verb_in(line, n, out_verbs)) {
-		S.in.lineno++;
-		on_line(&S.in, line, n, NULL);
+		S.st.in.lineno++;
+		on_line(&S.st.in, line, n, NULL);
 	}
 	if (S.inflight < 0 || S.inflight > 65535)
 		abort();
-	fuzz_check_out(&S.out, shapes);
+	fuzz_check_out(&S.st.out, shapes);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

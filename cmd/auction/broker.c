@@ -1,0 +1,364 @@
+/* SPDX-License-Identifier: MIT */
+/* broker.c: the messages from the broker: bids, dones, credit and wills, the
+ * ack timeouts, and the subscriptions. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auction.h"
+#include "hist.h"
+#include "log.h"
+#include "record.h"
+
+static struct job *job_of(struct msg *m, const struct group *g, enum jstate st)
+{
+	for (int i = 0; m && i < m->njobs; i++)
+		if (m->jobs[i].g == g && m->jobs[i].st == st)
+			return &m->jobs[i];
+	return NULL;
+}
+
+/* A free slot of worker wid in group g: the bid's own message if it still
+ * waits on g, else the oldest message waiting on g, else a token. */
+static void offer(struct group *g, const char *wid, const char *uuid)
+{
+	struct job *j = uuid ? job_of(msg_find(uuid), g, J_WAIT) : NULL;
+
+	if (S.scheme != SCHEME_FIRST) {
+		/* The slot joins the others; the scheme picks among them. */
+		token_put(g, wid, 1);
+		place(g);
+		tokens_keep_fresh(g);
+		return;
+	}
+	if (!j)
+		j = g->waiting.head;
+	if (j) {
+		jq_remove(j);
+		award(j, wid);
+		return;
+	}
+	token_add(g, wid);
+}
+
+/* The job of m for group g, if wid held it before it was taken back. */
+static struct job *job_late(struct msg *m, const struct group *g, const char *wid)
+{
+	for (int i = 0; m && i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+
+		if (j->g != g || j->st == J_FINISHED)
+			continue;
+		for (int k = 0; k < j->nprev; k++)
+			if (!strcmp(j->prev_wid[k], wid))
+				return j;
+	}
+	return NULL;
+}
+
+static void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
+{
+	struct msg *m = msg_find(uuid);
+	struct job *j = NULL, *late;
+	struct wstat *w;
+	unsigned long free_slots = 0;
+	char *fs;
+
+	/* "ok", "fail <reason>", either optionally followed by " free=<n>" */
+	if ((fs = strstr(payload, " free=")) || !strncmp(payload, "free=", 5)) {
+		char *end, *v = fs ? fs + 6 : payload + 5;
+
+		free_slots = strtoul(v, &end, 10);
+		if (*end || end == v || free_slots > 65535) {
+			S.n_forged++;
+			warnl("done from %s/%s: bad free count \"%s\"; ignored", g->name, wid, v);
+			return;
+		}
+		if (fs)
+			*fs = '\0';
+		else
+			*payload = '\0';
+		n = strlen(payload);
+	}
+	for (int i = 0; m && i < m->njobs; i++)
+		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
+			j = &m->jobs[i];
+	if (!j && n && (late = job_late(m, g, wid))) {
+		/* Taken back from this worker (its will fired, or no done in
+		 * time), yet it finished. An ok means the job ran: done, even if
+		 * it was awarded again meanwhile (that run is the duplicate). A
+		 * late fail changes nothing: the job is already elsewhere. */
+		if (!strcmp(payload, "ok")) {
+			S.n_done_late++;
+			infol("late done for %s from %s/%s, which had lost it: accepted", uuid, g->name, wid);
+			snprintf(late->wid, sizeof late->wid, "%s", wid);
+			emit_done(late, payload, n);
+			job_finish(late);
+		} else {
+			debugl("late \"%s\" for %s from %s/%s: the job is elsewhere", payload, uuid, g->name, wid);
+		}
+	} else if (!j && n) {
+		if (m && job_of(m, g, J_AWARDED)) {
+			S.n_forged++;
+			warnl("done for %s from %s/%s, which was not awarded it; ignored", uuid, g->name, wid);
+		} else {
+			debugl("done for %s from %s/%s: not pending (late or duplicate)", uuid, g->name, wid);
+		}
+	} else if (j && !strcmp(payload, "ok")) {
+		S.n_done_ok++;
+		if (j->ws) {
+			double t = ev_now(S.st.loop) - j->t;
+
+			j->ws->ok++;
+			hist_add(&j->ws->lat, t);
+			j->ws->svc = j->ws->svc < 0 ? t : j->ws->svc + EWMA * (t - j->ws->svc);
+		}
+		emit_done(j, payload, n);
+		job_finish(j);
+	} else if (j && !strncmp(payload, "fail", 4)) {
+		S.n_done_fail++;
+		if (j->ws)
+			j->ws->fail++;
+		emit_done(j, payload, n);
+		if (!strcmp(payload, "fail busy")) {
+			/* Its slots are taken by another balancer's jobs: none from
+			 * us until it says it has one again (a done or credit). */
+			S.n_busy++;
+			if (j->ws && j->ws->slots)
+				j->ws->blocked = 1;
+			j->attempts--; /* refused, not tried: no attempt spent */
+			reaward(j);
+		} else if (j->attempts >= S.max_attempts) {
+			emit_drop(m, "failed");
+			S.n_drop_failed++;
+			job_finish(j);
+		} else {
+			reaward(j);
+		}
+	} else if (j) {
+		S.n_forged++;
+		warnl("done for %s from %s/%s: bad result \"%s\"; ignored", uuid, g->name, wid, payload);
+	}
+	/* Slots freed by a job another balancer awarded are that one's. */
+	if (free_slots && !m && !recent_has(uuid)) {
+		S.n_foreign++;
+		free_slots = 0;
+	}
+	while (free_slots--)
+		offer(g, wid, NULL);
+	if ((w = wstat_find(g, wid)) && w->slots) {
+		/* A credit worker's done, ours or another balancer's, frees a
+		 * slot there; with a refusal it is busy elsewhere. */
+		if (strcmp(payload, "fail busy"))
+			w->blocked = 0;
+		place(g);
+	} else if (g->waiting.head) {
+		/* A bidder that finished may be free: ask now rather than after
+		 * the retry back-off. */
+		group_kick(g, 1);
+	}
+}
+
+/* P/credit/group/wid: "slots [uuid ...]", the slots of a credit worker and
+ * the jobs it holds. The jobs named are in progress: their --ack-timeout
+ * starts again, so a long job is not taken back from a live worker. */
+static void on_credit(struct group *g, const char *wid, char *payload)
+{
+	struct wstat *w;
+	unsigned long slots;
+	char *end, *u;
+
+	slots = strtoul(payload, &end, 10);
+	if (end == payload || (*end && *end != ' ') || slots > 65535 || *payload == '-' ||
+	    *payload == '+') {
+		S.n_credit_bad++;
+		warnl("credit from %s/%s: bad payload \"%.40s\"; ignored", g->name, wid, payload);
+		return;
+	}
+	if (!(w = wstat_of(g, wid)))
+		return;
+	S.n_credit++;
+	w->slots = (unsigned)slots;
+	w->credit_t = mq_heard(&S.st.mq);
+	w->blocked = 0;
+	for (struct job *j = w->jobs; j; j = j->wnext)
+		j->listed = 0;
+	while ((u = strtok_r(end, " ", &end)))
+		for (struct job *j = w->jobs; j; j = j->wnext)
+			if (strlen(u) == 36 && !memcmp(j->m->uuid, u, 36)) {
+				S.n_progress++;
+				j->listed = 1;
+				j->heard_t = mq_heard(&S.st.mq);
+				jq_push(&g->awarded, j, 0);
+				break;
+			}
+	/* A job awarded before the last credit message came had reached the
+	 * worker by the time it wrote this one, or was lost on the way (an
+	 * award at QoS 0 the broker dropped): not named, it is not there. */
+	for (struct job *j = w->jobs, *next; j; j = next) {
+		next = j->wnext;
+		if (!j->listed && w->credit_at && j->t < w->credit_at) {
+			S.n_lost++;
+			warnl("job %s is not with %s/%s, which had it awarded: awarded again", j->m->uuid,
+			      g->name, wid);
+			reaward(j);
+		}
+	}
+	w->credit_at = ev_now(S.st.loop);
+	place(g);
+}
+
+static void on_gone(struct group *g, const char *wid)
+{
+	struct job *j, *next;
+	struct wstat *w;
+
+	S.n_gone++;
+	tokens_drop_wid(g, wid);
+	if ((w = wstat_find(g, wid))) {
+		w->slots = 0; /* no credit: no more jobs until it announces again */
+		w->blocked = 0;
+		w->credit_at = 0;
+	}
+	/* From the newest: each goes back to the front of the queue, so the
+	 * oldest ends up first again. */
+	for (j = g->awarded.tail; j; j = next) {
+		next = j->prev;
+		if (!strcmp(j->wid, wid)) {
+			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
+			reaward(j);
+		}
+	}
+}
+
+/* Split "a/b/rest" after the prefix: up to n levels, the rest in *rest. */
+static int levels(char *t, char **lv, int n, char **rest)
+{
+	int k = 0;
+
+	while (k < n) {
+		char *s = strchr(t, '/');
+
+		lv[k++] = t;
+		if (!s) {
+			*rest = NULL;
+			return k;
+		}
+		*s = '\0';
+		t = s + 1;
+	}
+	*rest = t;
+	return k;
+}
+
+static void on_message(struct mq *mq, const struct mosquitto_message *msg,
+		       const mosquitto_property *props, void *arg)
+{
+	char *t, *lv[4], *rest;
+	struct group *g;
+	int k;
+
+	if (strncmp(msg->topic, S.cf.prefix, S.plen) || msg->topic[S.plen] != '/')
+		return;
+	t = msg->topic + S.plen + 1;
+	if (!strncmp(t, "rsp/", 4)) {
+		/* rsp/{group}/{wid}/{uuid}/{mtopic} */
+		S.n_bids++;
+		k = levels(t + 4, lv, 3, &rest);
+		if (k < 3 || !(g = group_find(lv[0], strlen(lv[0]))) || !g->nfilters || !*lv[1] ||
+		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
+			S.n_bids_ignored++;
+			return;
+		}
+		if (!msg_find(lv[2]) && !recent_has(lv[2])) {
+			S.n_foreign++;
+			return;
+		}
+		offer(g, lv[1], lv[2]);
+		/* A bid shows free slots: more of the queue may find takers. */
+		group_kick(g, 1);
+	} else if (!strncmp(t, "done/", 5)) {
+		k = levels(t + 5, lv, 3, &rest);
+		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
+		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
+			S.n_forged++;
+			warnl("bad done topic %s; ignored", msg->topic);
+			return;
+		}
+		on_done(g, lv[1], lv[2], msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
+	} else if (!strncmp(t, "credit/", 7)) {
+		k = levels(t + 7, lv, 2, &rest);
+		if (k != 2 || rest || !*lv[0] || !*lv[1] || strlen(lv[0]) > MAX_LEVEL ||
+		    strlen(lv[1]) > MAX_LEVEL || strpbrk(lv[0], "+#") || strpbrk(lv[1], "+#")) {
+			S.n_credit_bad++;
+			warnl("bad credit topic %s; ignored", msg->topic);
+			return;
+		}
+		/* The credit may come before mqlb-sub's group record does. */
+		if (!(g = group_find(lv[0], strlen(lv[0])))) {
+			if (S.ngroups >= WSTAT_MAX) {
+				S.n_credit_bad++;
+				return;
+			}
+			g = group_new(lv[0]);
+		}
+		on_credit(g, lv[1], msg->payload ? msg->payload : "");
+	} else if (!strncmp(t, "gone/", 5)) {
+		k = levels(t + 5, lv, 2, &rest);
+		if (k == 2 && !rest && (g = group_find(lv[0], strlen(lv[0]))))
+			on_gone(g, lv[1]);
+	}
+	if (out_full(&S.st.out))
+		mq_pause_read(&S.st.mq, 1);
+}
+
+/* On mq_heard() too: a done we did not read is not a missing done. */
+void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	ev_tstamp now = mq_heard(&S.st.mq);
+
+	for (struct group *g = S.groups; g; g = g->next)
+		while (g->awarded.head && now - g->awarded.head->heard_t >= S.ack_timeout) {
+			struct job *j = g->awarded.head;
+
+			warnl("no done for %s from %s/%s in %gs", j->m->uuid, g->name, j->wid, S.ack_timeout);
+			if (j->attempts >= S.max_attempts) {
+				emit_drop(j->m, "noack");
+				S.n_drop_failed++;
+				job_finish(j);
+			} else {
+				reaward(j);
+			}
+		}
+}
+
+static void on_connected(struct mq *mq, int first, void *arg)
+{
+	static const char *subs[] = { "rsp/#", "done/#", "gone/#", "credit/#" };
+
+	S.subs_left = 4;
+	for (int i = 0; i < 4; i++) {
+		char t[300];
+
+		snprintf(t, sizeof t, "%s/%s", S.cf.prefix, subs[i]);
+		mq_subscribe(mq, NULL, t, i == 0 ? 0 : 1, 0);
+	}
+}
+
+static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
+{
+	if (n < 1 || granted[0] >= 0x80)
+		die(EXIT_UNREACH, "the broker refused a subscription under %s/", S.cf.prefix);
+	if (--S.subs_left == 0 && !S.ready) {
+		S.ready = 1;
+		ready_notify(S.cf.ready_fd);
+	}
+}
+
+const struct mq_cb auction_cb = {
+	.connected = on_connected,
+	.message = on_message,
+	.subscribed = on_subscribed,
+};

@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: MIT */
+/* place.c: placement: which free worker gets the next job (--scheme), the
+ * award, and the award again of a job taken back. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auction.h"
+
+/* --- awarding ------------------------------------------------------------- */
+
+void award(struct job *j, const char *wid)
+{
+	if (expired(j->m)) {
+		/* Too late to be of use: not awarded; the bid's slot is kept. */
+		token_add(j->g, wid);
+		drop_expired(j->m);
+		return;
+	}
+	snprintf(j->wid, sizeof j->wid, "%s", wid);
+	j->st = J_AWARDED;
+	j->t = ev_now(S.st.loop);
+	j->heard_t = mq_heard(&S.st.mq);
+	if ((j->ws = wstat_of(j->g, wid))) {
+		j->ws->awarded++;
+		j->ws->last_award = j->t;
+	}
+	j->attempts++;
+	emit_assign(j);
+	S.n_awarded++;
+	/* A credit worker's done gives its slot back, whatever MQTT version
+	 * either side speaks (the uuid is in the award's topic). A bidding
+	 * worker acks only under MQTT 5 (mqlb-id); without acks the award is
+	 * the end of our part. */
+	if (j->ws && j->ws->slots) {
+		job_track(j);
+		jq_push(&j->g->awarded, j, 0);
+	} else if (S.ack_timeout > 0 && mq_v5(&S.st.mq)) {
+		if (j->ws)
+			job_track(j);
+		jq_push(&j->g->awarded, j, 0);
+	} else {
+		job_finish(j);
+	}
+}
+
+
+/* Put a job back to be awarded again (its worker died, timed out or
+ * refused): at the head of its group's queue, placed at once if a worker
+ * is free. */
+void reaward(struct job *j)
+{
+	S.n_reawards++;
+	job_untrack(j);
+	if (j->st == J_AWARDED) {
+		if (j->nprev == MAX_PREV) {
+			free(j->prev_wid[0]);
+			memmove(j->prev_wid, j->prev_wid + 1, (MAX_PREV - 1) * sizeof *j->prev_wid);
+			j->nprev--;
+		}
+		j->prev_wid[j->nprev++] = xstrdup(j->wid);
+	}
+	j->st = J_WAIT;
+	if (expired(j->m)) {
+		drop_expired(j->m);
+		return;
+	}
+	jq_push(&j->g->waiting, j, 1);
+	place(j->g);
+	if (j->st != J_WAIT)
+		return;
+	if (!ev_is_active(&j->m->wait)) {
+		/* A new wait for bids, with a deadline of its own. */
+		j->m->born = mq_heard(&S.st.mq);
+		msg_arm(j->m);
+	}
+	group_kick(j->g, 1);
+}
+
+/* --- placement: which free worker gets the next job ---------------------- */
+
+/* A worker that could take the group's next job: free now (free > 0), or
+ * for --scheme soonest a busy credit worker expected free in avail seconds. */
+struct cand {
+	struct wstat *w; /* NULL for a bidder we have no figures for */
+	const char *wid;
+	unsigned free;
+	int token;   /* free slots are tokens (bids), not credit */
+	double avail, svc;
+};
+
+static struct cand *cand_add(void)
+{
+	if (S.ncands == S.ccap) {
+		S.ccap = S.ccap ? S.ccap * 2 : 64;
+		S.cands = xrealloc(S.cands, S.ccap * sizeof *S.cands);
+	}
+	memset(&S.cands[S.ncands], 0, sizeof *S.cands);
+	return &S.cands[S.ncands++];
+}
+
+/* Expected time until one of w's jobs ends: a job short of the worker's
+ * usual time has what is left of it; one past it is taken to need as long
+ * again as it has overrun, so a stuck worker stops being waited for. */
+static double next_end(const struct wstat *w, double svc, ev_tstamp now)
+{
+	double best = -1;
+
+	for (const struct job *j = w->jobs; j; j = j->wnext) {
+		double r = svc - (now - j->t);
+
+		if (r < 0)
+			r = -r;
+		if (best < 0 || r < best)
+			best = r;
+	}
+	return best < 0 ? svc : best;
+}
+
+/* The candidates of g: credit workers with free slots (and, for soonest,
+ * the busy ones), and bidders holding live tokens. */
+static void cands_build(struct group *g)
+{
+	ev_tstamp now = ev_now(S.st.loop);
+	double known = -1;
+
+	S.ncands = 0;
+	for (struct wstat *w = g->workers; w; w = w->gnext)
+		if (w->svc >= 0 && (known < 0 || w->svc < known))
+			known = w->svc;
+	if (known < 0)
+		known = 0; /* nothing measured yet: every worker looks fast */
+	for (struct wstat *w = g->workers; w; w = w->gnext) {
+		struct cand *c;
+		unsigned f;
+
+		if (!credit_live(w) || w->blocked)
+			continue;
+		f = w->slots > w->inflight ? w->slots - (unsigned)w->inflight : 0;
+		if (!f && S.scheme != SCHEME_SOONEST)
+			continue;
+		c = cand_add();
+		c->w = w;
+		c->wid = w->wid;
+		c->free = f;
+		c->svc = w->svc >= 0 ? w->svc : known;
+		if (!f)
+			c->avail = next_end(w, c->svc, now);
+	}
+	tokens_purge(g, now);
+	for (unsigned i = 0; i < g->tlen; i++) {
+		const struct token *t = &g->tokens[(g->thead + i) % g->tcap];
+		struct cand *c = NULL;
+
+		for (size_t k = 0; k < S.ncands; k++)
+			if (S.cands[k].token && !strcmp(S.cands[k].wid, t->wid))
+				c = &S.cands[k];
+		if (!c) {
+			c = cand_add();
+			c->token = 1;
+			c->wid = t->wid;
+			c->w = wstat_find(g, t->wid);
+			c->svc = c->w && c->w->svc >= 0 ? c->w->svc : known;
+		}
+		c->free++;
+	}
+}
+
+static double cost(const struct cand *c) { return c->free ? c->svc : c->avail + c->svc; }
+
+/* Earlier is better between equals: the least recently awarded. */
+static int fresher(const struct cand *a, const struct cand *b)
+{
+	return (a->w ? a->w->last_award : 0) < (b->w ? b->w->last_award : 0);
+}
+
+/* The free candidate the scheme wants, or NULL. */
+static struct cand *cand_pick(void)
+{
+	struct cand *best = NULL;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		struct cand *c = &S.cands[k];
+
+		if (!c->free)
+			continue;
+		if (!best) {
+			best = c;
+		} else if (S.scheme == SCHEME_LEAST) {
+			if (c->free > best->free || (c->free == best->free && fresher(c, best)))
+				best = c;
+		} else if (S.scheme == SCHEME_SOONEST) {
+			if (c->svc < best->svc || (c->svc == best->svc && fresher(c, best)))
+				best = c;
+		} else if (c->token != best->token) {
+			/* first: bids in the order they came (the ring), then credit */
+			if (c->token)
+				best = c;
+		} else if (!c->token && fresher(c, best)) {
+			best = c;
+		}
+	}
+	return best;
+}
+
+/* The busy credit worker whose next job would end soonest, if that beats
+ * free's own time. */
+static struct cand *cand_wait(const struct cand *free)
+{
+	struct cand *best = NULL;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		struct cand *c = &S.cands[k];
+
+		if (!c->free && cost(c) < cost(free) && (!best || cost(c) < cost(best)))
+			best = c;
+	}
+	return best;
+}
+
+static void give(struct cand *c, struct job *j)
+{
+	if (c->token && token_take_wid(j->g, c->wid) == 1)
+		S.n_tokens_used++;
+	c->free--;
+	jq_remove(j);
+	award(j, c->wid);
+	if (c->free)
+		return;
+	if (c->token || !c->w || !c->w->slots)
+		c->avail = 1e9; /* a bidder with no token left is no one to wait for */
+	else
+		c->avail = next_end(c->w, c->svc, ev_now(S.st.loop));
+}
+
+/* Give g's waiting jobs, oldest first, to free workers as the scheme says.
+ * soonest: a job goes to a free worker unless waiting for a busy one
+ * (its expected end plus its own time) would finish it sooner; such a job
+ * stays at the head, and a timer looks again when waiting stops paying. */
+void place(struct group *g)
+{
+	struct job *j, *next;
+	double flip = -1;
+	int scanned = 0;
+
+	if (!g->waiting.head)
+		return;
+	cands_build(g);
+	for (j = g->waiting.head; j && scanned < PLACE_SCAN; j = next, scanned++) {
+		struct cand *c = cand_pick(), *w;
+
+		next = j->next;
+		if (!c)
+			break;
+		if (S.scheme == SCHEME_SOONEST && (w = cand_wait(c))) {
+			double d = cost(c) - cost(w);
+
+			if (flip < 0 || d < flip)
+				flip = d;
+			w->avail += w->svc / (w->w && w->w->slots ? w->w->slots : 1);
+			S.n_held++;
+			continue;
+		}
+		give(c, j);
+	}
+	if (flip >= 0 && g->waiting.head) {
+		ev_timer_stop(S.st.loop, &g->replace);
+		ev_timer_set(&g->replace, flip > 0.001 ? flip : 0.001, 0);
+		ev_timer_start(S.st.loop, &g->replace);
+	}
+}
+
+void replace_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct group *g = w->data;
+
+	place(g);
+	if (g->waiting.head)
+		group_kick(g, 0);
+}

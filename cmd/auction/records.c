@@ -1,0 +1,328 @@
+/* SPDX-License-Identifier: MIT */
+/* records.c: the records written (assign, award, drop, done) and those read
+ * (msg, group, ungroup). */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auction.h"
+#include "log.h"
+#include "props.h"
+#include "record.h"
+
+/* --- output records ------------------------------------------------------- */
+
+static void out_msgfields(const struct msg *m, int with_props)
+{
+	out_raw(&S.st.out, m->buf, m->mt_len);
+	out_raw(&S.st.out, m->buf + m->pl_off, m->pl_len);
+	if (with_props && m->pr_len)
+		out_raw(&S.st.out, m->buf + m->pr_off, m->pr_len);
+}
+
+void emit_drop(const struct msg *m, const char *reason)
+{
+	out_raw(&S.st.out, "drop", 4);
+	out_raw(&S.st.out, m->uuid, 36);
+	out_str(&S.st.out, reason);
+	out_msgfields(m, 0);
+	out_end(&S.st.out);
+}
+
+/* The props field with exp= counting what is left of the message's life,
+ * so time spent waiting here is not granted again at the broker. Names and
+ * values are escaped, so ',' and '=' split the raw field safely. */
+static void out_props_exp(const struct msg *m)
+{
+	const char *p = m->buf + m->pr_off, *end = p + m->pr_len;
+	ev_tstamp left = m->expires - ev_now(S.st.loop);
+	char num[24];
+	size_t len = 0, cap = m->pr_len + sizeof num;
+	char *b = xmalloc(cap);
+
+	while (p < end) {
+		const char *c = memchr(p, ',', (size_t)(end - p));
+		size_t n = c ? (size_t)(c - p) : (size_t)(end - p);
+
+		if (len)
+			b[len++] = ',';
+		if (n >= 4 && !memcmp(p, "exp=", 4)) {
+			int k = snprintf(num, sizeof num, "exp=%lu",
+					 left < 1 ? 1UL : (unsigned long)(left + 0.999));
+
+			memcpy(b + len, num, (size_t)k);
+			len += (size_t)k;
+		} else {
+			memcpy(b + len, p, n);
+			len += n;
+		}
+		p += n + 1;
+	}
+	out_raw(&S.st.out, b, len);
+	free(b);
+}
+
+/* A credit worker takes its jobs on P/job/group/wid/uuid/mtopic (the
+ * award record); a bidding worker on P/work/group/wid/mtopic (assign). */
+void emit_assign(const struct job *j)
+{
+	if (j->ws && j->ws->slots)
+		out_raw(&S.st.out, "award", 5);
+	else
+		out_raw(&S.st.out, "assign", 6);
+	out_raw(&S.st.out, j->m->uuid, 36);
+	out_str(&S.st.out, j->g->name);
+	out_str(&S.st.out, j->wid);
+	out_ulong(&S.st.out, (unsigned long)j->m->qos);
+	out_msgfields(j->m, !j->m->expires);
+	if (j->m->expires)
+		out_props_exp(j->m);
+	out_end(&S.st.out);
+}
+
+void emit_done(const struct job *j, const char *result, size_t n)
+{
+	out_raw(&S.st.out, "done", 4);
+	out_raw(&S.st.out, j->m->uuid, 36);
+	out_str(&S.st.out, j->g->name);
+	out_str(&S.st.out, j->wid);
+	out_field(&S.st.out, result, n);
+	out_end(&S.st.out);
+}
+
+/* --- records in ----------------------------------------------------------- */
+
+struct group *group_find(const char *name, size_t n)
+{
+	for (struct group *g = S.groups; g; g = g->next)
+		if (strlen(g->name) == n && !memcmp(g->name, name, n))
+			return g;
+	return NULL;
+}
+
+struct group *group_new(const char *name)
+{
+	struct group *g = calloc(1, sizeof *g);
+
+	if (!g)
+		die(EXIT_SYSERR, "out of memory");
+	g->name = xstrdup(name);
+	ev_timer_init(&g->ask, ask_cb, 0, 0);
+	g->ask.data = g;
+	ev_timer_init(&g->replace, replace_cb, 0, 0);
+	g->replace.data = g;
+	g->next = S.groups;
+	S.groups = g;
+	S.ngroups++;
+	return g;
+}
+
+int group_has(const struct group *g, const char *filter)
+{
+	for (int i = 0; i < g->nfilters; i++)
+		if (!strcmp(g->filters[i], filter))
+			return 1;
+	return 0;
+}
+
+static void bad(const char *what)
+{
+	S.n_bad_records++;
+	warnl("line %lu: %s; skipped", S.st.in.lineno, what);
+}
+
+static void rec_group(struct rec *r)
+{
+	struct group *g;
+
+	if (r->nf != 3 || rec_unescape_from(r, 1) >= 0 || !r->len[1] || !r->len[2] ||
+	    strlen(r->f[1]) != r->len[1] || strlen(r->f[2]) != r->len[2] ||
+	    strpbrk(r->f[1], "/+#") || r->len[1] > MAX_LEVEL)
+		return bad("malformed group record");
+	g = group_find(r->f[1], r->len[1]);
+	if (!g)
+		g = group_new(r->f[1]);
+	if (group_has(g, r->f[2]))
+		return;
+	g->filters = xrealloc(g->filters, (size_t)(g->nfilters + 1) * sizeof *g->filters);
+	g->filters[g->nfilters++] = xstrdup(r->f[2]);
+}
+
+static void rec_ungroup(struct rec *r)
+{
+	struct group *g;
+
+	if (r->nf != 3 || rec_unescape_from(r, 1) >= 0)
+		return bad("malformed ungroup record");
+	if (!(g = group_find(r->f[1], r->len[1])))
+		return;
+	for (int i = 0; i < g->nfilters; i++)
+		if (!strcmp(g->filters[i], r->f[2])) {
+			free(g->filters[i]);
+			g->filters[i] = g->filters[--g->nfilters];
+			break;
+		}
+	/* Its workers are gone: their offers are worthless now. */
+	if (!g->nfilters)
+		g->tlen = 0;
+}
+
+static void rec_msg(struct rec *r)
+{
+	unsigned long qos, retain;
+	struct msg *m;
+	size_t need;
+	long mtl;
+
+	/* msg <uuid> <qos> <retain> <filter> <mtopic> <payload> [<props>] */
+	if (r->nf != 7 && r->nf != 8)
+		return bad("msg record needs 7 or 8 fields");
+	if (!rec_uuid_ok(r->f[1], r->len[1]))
+		return bad("msg record: bad uuid");
+	if (rec_ulong(r, 2, 2, &qos) < 0)
+		return bad("msg record: bad qos");
+	if (rec_ulong(r, 3, 1, &retain) < 0)
+		return bad("msg record: bad retain flag");
+	if (rec_unescape(r, 4) < 0 || !r->len[4])
+		return bad("msg record: bad filter");
+	/* mtopic and payload are copied out as they came: they must be
+	 * escaped right, or the assign record would be malformed. */
+	if (!rec_field_ok(r, 5) || !rec_field_ok(r, 6))
+		return bad("msg record: bad escape in mtopic or payload");
+	if (msg_find(r->f[1])) {
+		S.n_bad_records++;
+		warnl("line %lu: msg %.36s seen before; skipped", S.st.in.lineno, r->f[1]);
+		return;
+	}
+	m = msg_new();
+	memcpy(m->uuid, r->f[1], 36);
+	m->uuid[36] = '\0';
+	m->qos = (int)qos;
+	need = r->len[5] + r->len[6] + (r->nf == 8 ? r->len[7] : 0);
+	if (need > m->cap) {
+		m->cap = need + 64;
+		m->buf = xrealloc(m->buf, m->cap);
+	}
+	memcpy(m->buf, r->f[5], r->len[5]);
+	m->mt_len = r->len[5];
+	m->pl_off = m->mt_len;
+	memcpy(m->buf + m->pl_off, r->f[6], r->len[6]);
+	m->pl_len = r->len[6];
+	m->pr_off = m->pl_off + m->pl_len;
+	m->pr_len = 0;
+	if (r->nf == 8 && !(r->len[7] == 1 && r->f[7][0] == '-')) {
+		char *cur = r->f[7], *name, *val, *end;
+		size_t nl, vl;
+		int rc;
+
+		memcpy(m->buf + m->pr_off, r->f[7], r->len[7]);
+		m->pr_len = r->len[7];
+		/* exp is what was left of the message's life when mqlb-sub got
+		 * it; reading the record is as close to that as we can see. As
+		 * at the broker (mosquitto), 0 means it does not expire. */
+		while ((rc = props_next(&cur, &name, &nl, &val, &vl)) == 1)
+			if (!strcmp(name, "exp")) {
+				unsigned long e = strtoul(val, &end, 10);
+
+				if (*end || end == val || e > 0xffffffffUL)
+					rc = -1;
+				else if (e)
+					m->expires = ev_now(S.st.loop) + (ev_tstamp)e;
+				break;
+			}
+		if (rc < 0) {
+			m->hnext = S.free;
+			S.free = m;
+			return bad("msg record: bad props");
+		}
+	}
+	/* The request topic needs the mtopic decoded; the record keeps it raw. */
+	if ((mtl = rec_unescape(r, 5)) <= 0 || memchr(r->f[5], '+', (size_t)mtl) ||
+	    memchr(r->f[5], '#', (size_t)mtl) || strlen(r->f[5]) != (size_t)mtl) {
+		m->hnext = S.free;
+		S.free = m;
+		return bad("msg record: bad mtopic");
+	}
+	if ((size_t)mtl + 1 > m->mtopic_cap) {
+		m->mtopic_cap = (size_t)mtl + 64;
+		m->mtopic = xrealloc(m->mtopic, m->mtopic_cap);
+	}
+	memcpy(m->mtopic, r->f[5], (size_t)mtl + 1);
+	if (S.st.draining) {
+		/* Read at the drain deadline: handed back, never dropped in silence. */
+		emit_drop(m, "shutdown");
+		S.n_drop_shutdown++;
+		m->hnext = S.free;
+		S.free = m;
+		return;
+	}
+
+	for (struct group *g = S.groups; g; g = g->next) {
+		if (!group_has(g, r->f[4]))
+			continue;
+		if (m->njobs == m->jcap) {
+			m->jcap = m->jcap ? m->jcap * 2 : 4;
+			m->jobs = xrealloc(m->jobs, (size_t)m->jcap * sizeof *m->jobs);
+		}
+		memset(&m->jobs[m->njobs], 0, sizeof m->jobs[0]);
+		m->jobs[m->njobs].m = m;
+		m->jobs[m->njobs].g = g;
+		m->njobs++;
+	}
+	S.n_msg++;
+	m->born = mq_heard(&S.st.mq);
+	S.npending++;
+	m->hnext = S.hash[uuid_hash(m->uuid) & S.hmask];
+	S.hash[uuid_hash(m->uuid) & S.hmask] = m;
+	if (m->njobs == 0) {
+		emit_drop(m, "nogroup");
+		S.n_drop_nogroup++;
+		msg_free(m);
+		return;
+	}
+	m->open = m->njobs;
+	for (int i = 0; i < m->njobs; i++) {
+		m->jobs[i].st = J_WAIT;
+		jq_push(&m->jobs[i].g->waiting, &m->jobs[i], 0);
+	}
+	/* Free workers get it at once; the rest wait for bids or for a slot.
+	 * Only the last award can free m, and only when nothing is left
+	 * waiting; a freed m stays readable (it is on the free list). */
+	int waiting = 0;
+
+	for (int i = 0; i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+
+		if (j->st == J_WAIT)
+			place(j->g);
+		if (j->st == J_WAIT) {
+			group_kick(j->g, 0);
+			waiting++;
+		}
+	}
+	if (waiting)
+		msg_arm(m);
+}
+
+void on_line(struct in *in, char *line, size_t n, void *arg)
+{
+	struct rec r;
+	int rc = rec_split(line, n, &r);
+
+	if (rc == 1)
+		return;
+	if (rc < 0)
+		return bad("too many fields");
+	if (rec_is(&r, 0, "msg"))
+		rec_msg(&r);
+	else if (rec_is(&r, 0, "group"))
+		rec_group(&r);
+	else if (rec_is(&r, 0, "ungroup"))
+		rec_ungroup(&r);
+	else
+		out_rec(&S.st.out, &r);
+	if (!S.st.draining && (S.npending >= S.max_pending || out_full(&S.st.out)))
+		in_pause(in);
+}

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/* workers.c: per-worker figures (wstat): what each worker of a group got and
+ * how it went, its credit, its service time. */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "auction.h"
+#include "log.h"
+
+static size_t wstat_hash(const struct group *g, const char *wid)
+{
+	size_t h = (size_t)g * 31;
+
+	while (*wid)
+		h = (h ^ (unsigned char)*wid++) * 16777619u;
+	return h % WSTAT_BUCKETS;
+}
+
+struct wstat *wstat_find(const struct group *g, const char *wid)
+{
+	for (struct wstat *w = S.wtab[wstat_hash(g, wid)]; w; w = w->next)
+		if (w->g == g && !strcmp(w->wid, wid))
+			return w;
+	return NULL;
+}
+
+/* The figures of wid in g, made at its first award or credit; NULL past
+ * WSTAT_MAX workers (forged wids must not grow memory without end). */
+struct wstat *wstat_of(struct group *g, const char *wid)
+{
+	size_t h = wstat_hash(g, wid);
+	struct wstat *w = wstat_find(g, wid);
+
+	if (w)
+		return w;
+	if (S.nwstat >= WSTAT_MAX) {
+		S.n_untracked++;
+		return NULL;
+	}
+	w = calloc(1, sizeof *w);
+	if (!w)
+		die(EXIT_SYSERR, "out of memory");
+	w->g = g;
+	w->svc = -1;
+	snprintf(w->wid, sizeof w->wid, "%s", wid);
+	w->gnext = g->workers;
+	g->workers = w;
+	w->next = S.wtab[h];
+	S.wtab[h] = w;
+	if (!S.wtail)
+		S.wtail = &S.wlist;
+	*S.wtail = w;
+	S.wtail = &w->lnext;
+	S.nwstat++;
+	return w;
+}
+
+int credit_live(const struct wstat *w)
+{
+	return w->slots && mq_heard(&S.st.mq) - w->credit_t < S.credit_ttl;
+}
+
+int group_live(const struct group *g)
+{
+	for (const struct wstat *w = g->workers; w; w = w->gnext)
+		if (credit_live(w))
+			return 1;
+	return 0;
+}
