@@ -44,7 +44,7 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 @test "--scheme soonest: a 10x slower worker gets a job only when waiting for a fast one would take longer" {
 	broker_start
 	AUCTIONOPTS="--listen $T/a.sock" pipeline
-	worker slow 1.5
+	worker slow 3
 	worker f1 0.05
 	worker f2 0.05
 	wait_balanced
@@ -52,17 +52,18 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	publish 3
 	wait_for 10 eval '[ "$(ended)" -ge 3 ]'
 	[ "$(ran_on slow)" = 1 ]
-	# 12 jobs at once: the fast two clear them in less than one job's
-	# time on the slow one (0.35 s of sleep; more with the round trips)
-	publish 12 4
-	wait_for 20 eval '[ "$(ended)" -ge 15 ]'
-	once 15
+	# 8 jobs at once: the fast two clear them in less than one job's
+	# time on the slow one (0.2 s of sleep; more with the round trips,
+	# but under any load the fast ones stay 5 times faster)
+	publish 8 4
+	wait_for 20 eval '[ "$(ended)" -ge 11 ]'
+	once 11
 	[ "$(ran_on slow)" = 1 ]
 	[ "$(astat held)" -ge 1 ]
 	# a backlog longer than the slow one's time: then it takes work too
-	publish 60 16
-	wait_for 30 eval '[ "$(ended)" -ge 75 ]'
-	once 75
+	publish 150 12
+	wait_for 60 eval '[ "$(ended)" -ge 161 ]'
+	once 161
 	[ "$(ran_on slow)" -ge 2 ]
 	no_drops
 }
