@@ -47,23 +47,25 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	worker slow 3
 	worker f1 0.05
 	worker f2 0.05
+	worker f3 0.05
 	wait_balanced
 	# one job each first, so that every worker's time is known
-	publish 3
-	wait_for 10 eval '[ "$(ended)" -ge 3 ]'
+	publish 4
+	wait_for 10 eval '[ "$(ended)" -ge 4 ]'
 	[ "$(ran_on slow)" = 1 ]
-	# 8 jobs at once: the fast two clear them in less than one job's
-	# time on the slow one (0.2 s of sleep; more with the round trips,
-	# but under any load the fast ones stay 5 times faster)
-	publish 8 4
-	wait_for 20 eval '[ "$(ended)" -ge 11 ]'
-	once 11
+	# 8 jobs at once: the fast three clear them in less than one job's
+	# time on the slow one (0.15 s of sleep; more with the round trips,
+	# but under any load the fast ones stay 5 times faster, and keep up)
+	publish 8 5
+	wait_for 20 eval '[ "$(ended)" -ge 12 ]'
+	once 12
 	[ "$(ran_on slow)" = 1 ]
 	[ "$(astat held)" -ge 1 ]
 	# a backlog longer than the slow one's time: then it takes work too
-	publish 150 12
-	wait_for 60 eval '[ "$(ended)" -ge 161 ]'
-	once 161
+	# (and the fast ones cannot keep up with 150 at once)
+	publish 150 13
+	wait_for 60 eval '[ "$(ended)" -ge 162 ]'
+	once 162
 	[ "$(ran_on slow)" -ge 2 ]
 	no_drops
 }

@@ -91,6 +91,8 @@ struct group {
 	ev_timer ask; /* the group's round of requests, while jobs wait */
 	int ask_idx;  /* requests in this round so far */
 	ev_timer replace; /* --scheme soonest: look again when holding stops paying */
+	double rate;      /* jobs a second coming to the group, decaying average */
+	ev_tstamp rate_t; /* when rate was last brought up to date */
 	struct wstat *workers;
 	struct group *next;
 };
@@ -183,6 +185,7 @@ int group_live(const struct group *g);
 void award(struct job *j, const char *wid);
 void reaward(struct job *j);
 void place(struct group *g);
+void group_arrival(struct group *g);
 void replace_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* ask.c */

@@ -220,6 +220,37 @@ static struct cand *cand_wait(const struct cand *free)
 	return best;
 }
 
+/* The group's arrival rate: a count that decays over RATE_TAU seconds. */
+#define RATE_TAU 2.0
+/* Held for faster workers only while they can take this much of the load. */
+#define HOLD_LOAD 0.9
+
+static double group_rate(const struct group *g)
+{
+	return g->rate / (1 + (ev_now(S.st.loop) - g->rate_t) / RATE_TAU);
+}
+
+void group_arrival(struct group *g)
+{
+	g->rate = group_rate(g) + 1 / RATE_TAU;
+	g->rate_t = ev_now(S.st.loop);
+}
+
+/* Jobs a second that the credit workers faster than c take at their usual
+ * times. */
+static double faster_capacity(const struct cand *c)
+{
+	double cap = 0;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		const struct cand *o = &S.cands[k];
+
+		if (o != c && o->svc < c->svc && o->w && o->w->slots)
+			cap += o->w->slots / (o->svc > 1e-4 ? o->svc : 1e-4);
+	}
+	return cap;
+}
+
 static void give(struct cand *c, struct job *j)
 {
 	if (c->token && token_take_wid(j->g, c->wid) == 1)
@@ -238,23 +269,27 @@ static void give(struct cand *c, struct job *j)
 /* Give g's waiting jobs, oldest first, to free workers as the scheme says.
  * soonest: a job goes to a free worker unless waiting for a busy one
  * (its expected end plus its own time) would finish it sooner; such a job
- * stays at the head, and a timer looks again when waiting stops paying. */
+ * stays at the head, and a timer looks again when waiting stops paying.
+ * But when the faster workers cannot keep up with the jobs coming in, a
+ * queue held for them only grows: then a free slower one takes work. */
 void place(struct group *g)
 {
 	struct job *j, *next;
-	double flip = -1;
+	double flip = -1, rate;
 	int scanned = 0;
 
 	if (!g->waiting.head)
 		return;
 	cands_build(g);
+	rate = group_rate(g);
 	for (j = g->waiting.head; j && scanned < PLACE_SCAN; j = next, scanned++) {
 		struct cand *c = cand_pick(), *w;
 
 		next = j->next;
 		if (!c)
 			break;
-		if (S.scheme == SCHEME_SOONEST && (w = cand_wait(c))) {
+		if (S.scheme == SCHEME_SOONEST && (w = cand_wait(c)) &&
+		    rate < HOLD_LOAD * faster_capacity(c)) {
 			double d = cost(c) - cost(w);
 
 			if (flip < 0 || d < flip)

@@ -286,6 +286,7 @@ static void rec_msg(struct rec *r)
 	for (int i = 0; i < m->njobs; i++) {
 		m->jobs[i].st = J_WAIT;
 		jq_push(&m->jobs[i].g->waiting, &m->jobs[i], 0);
+		group_arrival(m->jobs[i].g);
 	}
 	/* Free workers get it at once; the rest wait for bids or for a slot.
 	 * Only the last award can free m, and only when nothing is left
