@@ -18,12 +18,7 @@ spy() {
 	wait_for 5 eval "pub $PREFIX/mark m; grep -q '^$PREFIX/mark|' '$T/spy.out'"
 }
 seen() { grep -qxF -- "$1" "$T/spy.out"; }
-stats() {
-	perl -MIO::Socket::UNIX -e '
-		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
-		print $s "stats\n";
-		while (<$s>) { last if /^ok/; print }' "$T/w.sock" | awk -v n="$1" '$2 == n { print $3 }'
-}
+stats() { stat_in "$T/w.sock" "$1"; }
 stat_is() { [ "$(stats "$1")" = "$2" ]; }
 # worker [OPTIONS] [-- COMMAND]: start mqlb-worker w1 of group g1 on jobs/#.
 worker() {
