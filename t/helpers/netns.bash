@@ -52,10 +52,9 @@ netns_cleanup() {
 	local n p
 	[ -n "${T:-}" ] || return 0
 	if [ -s "$T/netns" ]; then
-		while read -r n; do
-			for p in $(ip netns pids "$n" 2>/dev/null); do kill -TERM "$p" 2>/dev/null || true; done
-		done <"$T/netns"
-		sleep 0.2
+		# (stop_pids: t/helpers/common.bash)
+		# shellcheck disable=SC2046
+		stop_pids $(while read -r n; do ip netns pids "$n" 2>/dev/null; done <"$T/netns")
 		while read -r n; do
 			for p in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
 			ip netns del "$n" 2>/dev/null || true
