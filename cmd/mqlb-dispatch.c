@@ -33,7 +33,7 @@ struct flight {
 	 * are reused, so a steady stream allocates nothing */
 	char *mtopic, *payload;
 	size_t mcap, pcap, plen;
-	int used;
+	int used, credit;
 };
 
 static struct {
@@ -43,7 +43,7 @@ static struct {
 	long inflight, max_inflight;
 	char *topic;
 	size_t topiccap;
-	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown;
+	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown, n_handed;
 } S;
 
 static void opt(int c, const char *arg)
@@ -127,6 +127,25 @@ static void bad_award(int credit, const char *what)
 /* assign: to a bidding worker, on P/work/group/wid/mtopic, the uuid in the
  * mqlb-id property (MQTT 5); award: to a credit worker, on
  * P/job/group/wid/uuid/mtopic, which any MQTT version can read. */
+/* A credit award the broker will not take goes back to the auction as the
+ * worker's failure would: a fail done on the worker's topic, which the
+ * auction places again, or drops as failed after --max-attempts (one
+ * outcome per job; the auction always waits for a credit worker's done).
+ * 0 when it could not be sent either: then a drop record says it. */
+static int hand_back(const char *uuid, const char *group, const char *wid, const char *why)
+{
+	char *t, res[40];
+	int rc, n = snprintf(res, sizeof res, "fail %s", why);
+
+	if (asprintf(&t, "%s/done/%s/%s/%.36s", S.cf.prefix, group, wid, uuid) < 0)
+		die(EXIT_SYSERR, "out of memory");
+	rc = mq_publish(&S.st.mq, NULL, t, (size_t)n, res, 1, 0, NULL);
+	free(t);
+	if (rc == MOSQ_ERR_SUCCESS)
+		S.n_handed++;
+	return rc == MOSQ_ERR_SUCCESS;
+}
+
 static void rec_assign(struct rec *r, int credit)
 {
 	mosquitto_property *props = NULL;
@@ -179,7 +198,8 @@ static void rec_assign(struct rec *r, int credit)
 	if (rc != MOSQ_ERR_SUCCESS) {
 		S.n_failed++;
 		warnl("award %.36s to %s/%s: %s", r->f[1], r->f[2], r->f[3], mosquitto_strerror(rc));
-		drop(r, "unpublishable");
+		if (!credit || !hand_back(r->f[1], r->f[2], r->f[3], "unpublishable"))
+			drop(r, "unpublishable");
 		return;
 	}
 	if (qos == 0) {
@@ -195,6 +215,7 @@ static void rec_assign(struct rec *r, int credit)
 	else
 		S.inflight++;
 	f->used = 1;
+	f->credit = credit;
 	memcpy(f->uuid, r->f[1], 36);
 	f->uuid[36] = '\0';
 	keep(&f->group, &f->gcap, r->f[2], r->len[2]);
@@ -256,6 +277,10 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
+		if (f->credit && hand_back(f->uuid, f->group, f->wid, "refused")) {
+			flow();
+			return;
+		}
 		out_raw(&S.st.out, "drop", 4);
 		out_raw(&S.st.out, f->uuid, 36);
 		out_str(&S.st.out, "refused");
@@ -303,6 +328,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "assign", S.n_assign);
 	out_stat(&c->out, "sent", S.n_sent);
 	out_stat(&c->out, "failed", S.n_failed);
+	out_stat(&c->out, "handed_back", S.n_handed);
 	out_stat(&c->out, "passed", S.n_passed);
 	out_stat(&c->out, "drop_shutdown", S.n_shutdown);
 	out_stat(&c->out, "bad_records", S.n_bad);

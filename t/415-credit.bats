@@ -8,7 +8,7 @@ setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
 # ran_on NAME: the jobs worker NAME started.
-ran_on() { grep -c "^start $1 " "$T/log" 2>/dev/null || echo 0; }
+ran_on() { count "^start $1 "; }
 # once N: each of job-1..job-N started exactly once.
 once() {
 	awk -v n="$1" '$1 == "start" { c[$3]++ }
@@ -235,4 +235,40 @@ U3=11111111-2222-4333-8444-555555555553
 	pub "$PREFIX/done/g/w1/$U1" ok -q 1 -V 5
 	wait_for 5 out_has "done $U1 g w1 ok"
 	wait_for 5 eval '[ "$(astat asked)" = 3 ]'
+}
+
+# refusing_broker: a broker whose ACL refuses awards to worker bad (its
+# P/job topic), and lets everything else through.
+refusing_broker() {
+	printf 'topic readwrite #\ntopic deny %s/job/g/bad/#\n' "$PREFIX" >"$T/acl"
+	broker_start b "acl_file $T/acl"
+}
+
+@test "an award the broker refuses goes back to the auction (fail refused): it runs elsewhere, no drop" {
+	refusing_broker
+	DISPATCHOPTS="--listen $T/d.sock" AUCTIONOPTS="--listen $T/a.sock" pipeline
+	worker bad 0.02
+	worker good 0.02
+	wait_balanced
+	publish 6
+	wait_for 15 eval '[ "$(ended)" -ge 6 ]'
+	once 6
+	[ "$(ran_on bad)" = 0 ]
+	wait_for 5 eval '[ "$(stat_in "$T/d.sock" handed_back)" -ge 1 ]'
+	grep -q '^done .* g bad fail%20refused$' "$T/records"
+	no_drops
+}
+
+@test "an award the broker always refuses: one outcome, drop failed after --max-attempts, no drop refused" {
+	refusing_broker
+	DISPATCHOPTS="--listen $T/d.sock" AUCTIONOPTS="--listen $T/a.sock" pipeline --max-attempts 2
+	worker bad 0.02
+	wait_balanced
+	publish 1
+	# blocked after the first refusal: the second attempt waits for its
+	# next credit message (every keepalive, -k 5)
+	wait_for 15 grep -q '^drop .* failed jobs/a job-1$' "$T/records"
+	[ "$(grep -c '^done .* g bad fail%20refused$' "$T/records")" = 2 ]
+	[ "$(grep -c '^drop ' "$T/records")" = 1 ]
+	[ "$(started)" = 0 ]
 }

@@ -65,6 +65,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	struct wstat *w;
 	unsigned long free_slots = 0;
 	char *fs;
+	int undeliverable;
 
 	/* "ok", "fail <reason>", either optionally followed by " free=<n>" */
 	if ((fs = strstr(payload, " free=")) || !strncmp(payload, "free=", 5)) {
@@ -82,6 +83,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			*payload = '\0';
 		n = strlen(payload);
 	}
+	undeliverable = !strcmp(payload, "fail refused") || !strcmp(payload, "fail unpublishable");
 	for (int i = 0; m && i < m->njobs; i++)
 		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
 			j = &m->jobs[i];
@@ -131,10 +133,17 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			j->attempts--; /* refused, not tried: no attempt spent */
 			reaward(j);
 		} else if (j->attempts >= S.max_attempts) {
+			if (undeliverable && j->ws && j->ws->slots)
+				j->ws->blocked = 1;
 			emit_drop(m, "failed");
 			S.n_drop_failed++;
 			job_finish(j);
 		} else {
+			/* The broker would not take an award to this worker
+			 * (mqlb-dispatch says so for it): none until it is
+			 * heard again; the job goes elsewhere. */
+			if (undeliverable && j->ws && j->ws->slots)
+				j->ws->blocked = 1;
 			reaward(j);
 		}
 	} else if (j) {
@@ -151,7 +160,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	if ((w = wstat_find(g, wid)) && w->slots) {
 		/* A credit worker's done, ours or another balancer's, frees a
 		 * slot there; with a refusal it is busy elsewhere. */
-		if (strcmp(payload, "fail busy"))
+		if (strcmp(payload, "fail busy") && !undeliverable)
 			w->blocked = 0;
 		place(g);
 	} else if (g->waiting.head) {
