@@ -262,6 +262,15 @@ static int levels(char *t, char **lv, int n, char **rest)
 	return k;
 }
 
+/* Undo levels(): the topic whole again, for a warning that names it. */
+static void unlevel(char **lv, int k, const char *rest)
+{
+	for (int i = 0; i + 1 < k; i++)
+		lv[i][strlen(lv[i])] = '/';
+	if (rest && k)
+		lv[k - 1][strlen(lv[k - 1])] = '/';
+}
+
 static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		       const mosquitto_property *props, void *arg)
 {
@@ -293,6 +302,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
 		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
 			S.n_forged++;
+			unlevel(lv, k, rest);
 			warnl("bad done topic %s; ignored", msg->topic);
 			return;
 		}
@@ -302,6 +312,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		if (k != 2 || rest || !*lv[0] || !*lv[1] || strlen(lv[0]) > MAX_LEVEL ||
 		    strlen(lv[1]) > MAX_LEVEL || strpbrk(lv[0], "+#") || strpbrk(lv[1], "+#")) {
 			S.n_credit_bad++;
+			unlevel(lv, k, rest);
 			warnl("bad credit topic %s; ignored", msg->topic);
 			return;
 		}
