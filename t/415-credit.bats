@@ -272,3 +272,17 @@ refusing_broker() {
 	[ "$(grep -c '^drop ' "$T/records")" = 1 ]
 	[ "$(started)" = 0 ]
 }
+
+@test "auction: no done and no in-progress report: awarded again after --ack-timeout, then drop noack once" {
+	broker_start
+	auc --ack-timeout 1 --max-attempts 2
+	feed "group g jobs/#"
+	credit g w1 1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	wait_for 10 grep -q "^drop $U1 noack jobs/a p1$" "$T/a.out"
+	[ "$(awards_of "$U1")" = 2 ]
+	[ "$(grep -c '^drop ' "$T/a.out")" = 1 ]
+	[ "$(grep -c "no done for $U1 from g/w1 in 1s" "$T/a.err")" = 2 ]
+}
