@@ -168,6 +168,9 @@ static void cands_build(struct group *g)
 	}
 }
 
+/* Expected times closer than this factor count as equal. */
+#define SAME 1.25
+
 static double cost(const struct cand *c) { return c->free ? c->svc : c->avail + c->svc; }
 
 /* Earlier is better between equals: the least recently awarded. */
@@ -192,7 +195,10 @@ static struct cand *cand_pick(void)
 			if (c->free > best->free || (c->free == best->free && fresher(c, best)))
 				best = c;
 		} else if (S.scheme == SCHEME_SOONEST) {
-			if (c->svc < best->svc || (c->svc == best->svc && fresher(c, best)))
+			/* Times within a quarter of each other are equal: such
+			 * workers share the work, and each one's time stays
+			 * measured (one slow first job must not bench it). */
+			if (c->svc * SAME < best->svc || (c->svc <= best->svc * SAME && fresher(c, best)))
 				best = c;
 		} else if (c->token != best->token) {
 			/* first: bids in the order they came (the ring), then credit */
@@ -214,7 +220,7 @@ static struct cand *cand_wait(const struct cand *free)
 	for (size_t k = 0; k < S.ncands; k++) {
 		struct cand *c = &S.cands[k];
 
-		if (!c->free && cost(c) < cost(free) && (!best || cost(c) < cost(best)))
+		if (!c->free && cost(c) * SAME < cost(free) && (!best || cost(c) < cost(best)))
 			best = c;
 	}
 	return best;
