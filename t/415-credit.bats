@@ -286,3 +286,23 @@ refusing_broker() {
 	[ "$(grep -c '^drop ' "$T/a.out")" = 1 ]
 	[ "$(grep -c "no done for $U1 from g/w1 in 1s" "$T/a.err")" = 2 ]
 }
+
+@test "auction: --scheme first gives a bid its own message first; soonest gives the oldest" {
+	broker_start
+	auc --scheme first
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat pending)" = 2 ]'
+	pub "$PREFIX/rsp/g/w1/$U2/jobs/b" "" -V 5
+	wait_for 5 out_has "assign $U2 g w1 1 jobs/b p2"
+	! grep -q "^assign $U1 " "$T/a.out" || false
+}
+
+@test "auction: --scheme soonest (the default) gives a bid the oldest message waiting" {
+	broker_start
+	auc
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat pending)" = 2 ]'
+	pub "$PREFIX/rsp/g/w1/$U2/jobs/b" "" -V 5
+	wait_for 5 out_has "assign $U1 g w1 1 jobs/a p1"
+	! grep -q "^assign $U2 " "$T/a.out" || false
+}
