@@ -25,7 +25,8 @@ both_sides_ran() {
 	for m in mqlb share; do
 		read -r published done < <(row_counts "$m")
 		echo "$m: published=$published done=$done"
-		[ "$published" -gt 0 ] && [ "$done" -gt 0 ] || return 1
+		[ "$published" -gt 0 ] || return 1
+		[ "$done" -gt 0 ] || return 1
 	done
 }
 
