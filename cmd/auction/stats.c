@@ -1,17 +1,33 @@
 /* SPDX-License-Identifier: MIT */
-/* stats.c: the answer to "stats" on the --listen socket: the counters, and
- * worker.GROUP/WID.FIELD per worker. */
+/* stats.c: the answer to "stats" on the --listen socket: the counters,
+ * group.GROUP.FIELD per group and worker.GROUP/WID.FIELD per worker. */
 #include "config.h"
 
 #include <stdio.h>
 
 #include "auction.h"
 
+static unsigned long us(double seconds) { return seconds > 0 ? (unsigned long)(seconds * 1e6) : 0; }
+
+/* How long the oldest job the worker holds has been out. */
+static double held_for(const struct wstat *w)
+{
+	double oldest = 0;
+
+	for (const struct job *j = w->jobs; j; j = j->wnext)
+		if (ev_now(S.st.loop) - j->t > oldest)
+			oldest = ev_now(S.st.loop) - j->t;
+	return oldest;
+}
+
 /* "worker.GROUP/WID.FIELD" per worker ever awarded a job: the kind.key.field
- * form mqlb-stat turns into a labelled Prometheus metric. */
+ * form mqlb-stat turns into a labelled Prometheus metric. Its award-to-done
+ * histogram comes as lat_us_sum and lat_us_bUPPER, the count of each
+ * bucket that is not empty by its upper bound in microseconds, for
+ * mqlb-stat to take percentiles over any interval. */
 static void worker_stats(struct out *o)
 {
-	char name[2 * MAX_LEVEL + 32];
+	char name[2 * MAX_LEVEL + 64];
 
 	for (struct wstat *w = S.wlist; w; w = w->lnext) {
 #define WSTAT(field, v) \
@@ -24,23 +40,74 @@ static void worker_stats(struct out *o)
 		WSTAT("done_fail", w->fail);
 		WSTAT("us_p50", hist_quantile_us(&w->lat, 0.5));
 		WSTAT("us_p99", hist_quantile_us(&w->lat, 0.99));
+		WSTAT("held_us", us(held_for(w)));
+		if (w->lat.n)
+			WSTAT("last_done_us", us(hist_now() - w->lat.last));
+		WSTAT("lat_us_sum", us(w->lat.sum));
 #undef WSTAT
+		for (int b = 0; b < HIST_BUCKETS; b++)
+			if (w->lat.b[b]) {
+				snprintf(name, sizeof name, "worker.%s/%s.lat_us_b%lu", w->g->name, w->wid,
+					 hist_upper_us(b));
+				out_stat(o, name, w->lat.b[b]);
+			}
 	}
+}
+
+/* How long the group's longest waiting job has waited (reading time). */
+static double oldest_wait(const struct group *g)
+{
+	double oldest = 0;
+
+	for (const struct job *j = g->waiting.head; j; j = j->next)
+		if (mq_heard(&S.st.mq) - j->m->born > oldest)
+			oldest = mq_heard(&S.st.mq) - j->m->born;
+	return oldest;
+}
+
+/* "group.GROUP.FIELD": its workers (known, and with live credit or a job),
+ * live credit slots, jobs out and waiting, the oldest wait. */
+static void group_stats(struct out *o, struct group *g)
+{
+	char name[MAX_LEVEL + 64];
+	unsigned long known = 0, live = 0, slots = 0, inflight = 0, waiting = 0;
+
+	for (const struct wstat *w = g->workers; w; w = w->gnext) {
+		known++;
+		live += credit_live(w) || w->inflight;
+		slots += credit_live(w) ? w->slots : 0;
+		inflight += w->inflight;
+	}
+	for (struct job *j = g->waiting.head; j; j = j->next)
+		waiting++;
+#define GSTAT(field, v) (snprintf(name, sizeof name, "group.%s." field, g->name), out_stat(o, name, v))
+	GSTAT("workers", known);
+	GSTAT("workers_live", live);
+	GSTAT("slots", slots);
+	GSTAT("inflight", inflight);
+	GSTAT("waiting", waiting);
+	GSTAT("oldest_us", us(oldest_wait(g)));
+#undef GSTAT
 }
 
 void stats_line(struct conn *c, char *line, size_t n, void *arg)
 {
 	unsigned long tokens = 0, waiting = 0, awarded = 0;
+	double oldest = 0;
 
 	if (!srv_stats_query(c, line, n))
 		return;
 	for (struct group *g = S.groups; g; g = g->next) {
+		double o = oldest_wait(g);
+
 		tokens_purge(g, ev_now(S.st.loop));
 		tokens += g->tlen;
 		for (struct job *j = g->waiting.head; j; j = j->next)
 			waiting++;
 		for (struct job *j = g->awarded.head; j; j = j->next)
 			awarded++;
+		if (o > oldest)
+			oldest = o;
 	}
 #define STAT(name, v) out_stat(&c->out, name, (unsigned long)(v))
 	STAT("pending", S.npending);
@@ -78,7 +145,10 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("held", S.n_held);
 	STAT("progress", S.n_progress);
 	STAT("lost", S.n_lost);
+	STAT("oldest_us", us(oldest));
 #undef STAT
+	for (struct group *g = S.groups; g; g = g->next)
+		group_stats(&c->out, g);
 	worker_stats(&c->out);
 	out_raw(&c->out, "ok", 2);
 	out_end(&c->out);
