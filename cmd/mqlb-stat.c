@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* mqlb-stat: ask the stats sockets of running mqlb commands for their
  * figures and print them as a table or in Prometheus text format, once or
- * redrawn every few seconds, or publish them on P/metrics/ like $SYS. */
+ * redrawn every few seconds, as a live view (--top, stat/top.c), or publish
+ * them on P/metrics/ like $SYS. */
 #include "config.h"
 
 #include <errno.h>
@@ -13,14 +14,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hist.h"
 #include "log.h"
 #include "mqtt.h"
 #include "opt.h"
 #include "record.h"
 #include "sock.h"
+#include "stat/stat.h"
 
 static const char usage[] =
-	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom] [--watch seconds]\n"
+	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom | --top] [--watch seconds]\n"
 	"                 [--timeout seconds] socket ...\n"
 	"       mqlb-stat --metrics-interval seconds [-v] [--quiet] [-o file]\n"
 	"                 [--timeout seconds] [-h host] [-p port] [-u user] [-P password]\n"
@@ -28,38 +31,20 @@ static const char usage[] =
 	"                 [--cert file] [--key file] [--insecure] [--prefix prefix]\n"
 	"                 [--retries n] [component/id=]socket ...\n";
 
-enum { O_PROM = 2000, O_WATCH, O_TIMEOUT, O_METRICS };
+enum { O_PROM = 2000, O_TOP, O_WATCH, O_TIMEOUT, O_METRICS };
 
 static const struct option longopts[] = {
 	{ "prom", no_argument, NULL, O_PROM },
+	{ "top", no_argument, NULL, O_TOP },
 	{ "watch", required_argument, NULL, O_WATCH },
 	{ "timeout", required_argument, NULL, O_TIMEOUT },
 	{ "metrics-interval", required_argument, NULL, O_METRICS },
 	{ NULL, 0, NULL, 0 },
 };
 
-struct ent {
-	char *name;
-	unsigned long v;
-};
-
-/* One socket's answer to a round of queries. */
-struct answer {
-	const char *path;
-	char topic[600]; /* P/metrics/{component}/{id}, with --metrics-interval */
-	int failed;      /* the last round failed: say so once */
-	char err[300]; /* empty when it answered */
-	struct ent *e;
-	size_t n, cap;
-	/* --watch: the round before, to show how fast a figure grows */
-	struct ent *prev;
-	size_t nprev;
-	double at, prev_at;
-};
-
 static struct {
 	struct conf cf;
-	int prom;
+	int prom, top;
 	double watch, timeout, metrics;
 	struct ev_loop *loop;
 	struct mq mq;
@@ -75,6 +60,7 @@ static void opt(int c, const char *arg)
 {
 	switch (c) {
 	case O_PROM: S.prom = 1; break;
+	case O_TOP: S.top = 1; break;
 	case O_WATCH: S.watch = opt_secs("--watch", arg, 0.1, 86400); break;
 	case O_TIMEOUT: S.timeout = opt_secs("--timeout", arg, 0.01, 3600); break;
 	case O_METRICS: S.metrics = opt_secs("--metrics-interval", arg, 0.1, 86400); break;
@@ -82,7 +68,7 @@ static void opt(int c, const char *arg)
 	}
 }
 
-static void *xrealloc(void *p, size_t n)
+void *xrealloc(void *p, size_t n)
 {
 	if (!(p = realloc(p, n)))
 		die(EXIT_SYSERR, "out of memory");
@@ -173,7 +159,7 @@ static int query(struct answer *a)
 			break;
 		}
 		if (poll(&p, 1, (int)(left * 1000) + 1) < 0) {
-			if (errno == EINTR && !stop)
+			if (errno == EINTR && !stop && !top_stop)
 				continue;
 			snprintf(a->err, sizeof a->err, "poll: %s", strerror(errno));
 			break;
@@ -207,7 +193,8 @@ out:
 
 /* ---- table ------------------------------------------------------------------ */
 
-/* Row names: every stat of every socket that answered, in first-seen order. */
+/* Row names: every stat of every socket that answered, in first-seen
+ * order, but histogram buckets. */
 static char **row_names(size_t *nrows)
 {
 	char **rows = NULL;
@@ -215,8 +202,12 @@ static char **row_names(size_t *nrows)
 
 	for (int i = 0; i < S.na; i++)
 		for (size_t j = 0; j < S.a[i].n; j++) {
+			unsigned long upper;
 			size_t k;
 
+			/* A histogram's buckets are not rows: its percentiles are. */
+			if (hist_stat(S.a[i].e[j].name, &upper) || hist_sum_stat(S.a[i].e[j].name))
+				continue;
 			for (k = 0; k < n && strcmp(rows[k], S.a[i].e[j].name); k++)
 				;
 			if (k == n) {
@@ -226,14 +217,6 @@ static char **row_names(size_t *nrows)
 		}
 	*nrows = n;
 	return rows;
-}
-
-static const struct ent *find_in(const struct ent *e, size_t n, const char *name)
-{
-	for (size_t j = 0; j < n; j++)
-		if (!strcmp(e[j].name, name))
-			return &e[j];
-	return NULL;
 }
 
 static const struct ent *find(const struct answer *a, const char *name) { return find_in(a->e, a->n, name); }
@@ -365,6 +348,129 @@ static void family(const char *name, char *out, size_t n)
 		snprintf(out, n, "%s", name);
 }
 
+/* The bounds of the histograms in Prometheus, seconds: each bucket of the
+ * stage's histogram counts in the first whose bound its upper bound does
+ * not pass, so a bound may take values up to 3.2% above it. */
+static const char *const prom_le[] = { "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",
+	"0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "+Inf" };
+enum { NLE = sizeof prom_le / sizeof *prom_le };
+
+/* One histogram of one socket: "PREFIX_us" as the stage names it. */
+struct phist {
+	int sock;
+	const char *name;
+	size_t len;
+	char fam[512];
+};
+
+/* "kind.key.lat_us" is mqlb_kind_lat_seconds{kind="key"}; "wait_us" is
+ * mqlb_wait_seconds. */
+static void phist_family(struct phist *h)
+{
+	char nm[512];
+
+	snprintf(nm, sizeof nm, "%.*s", (int)(h->len - 3), h->name);
+	family(nm, h->fam, sizeof h->fam);
+	if (strlen(h->fam) + 8 < sizeof h->fam)
+		strcat(h->fam, "_seconds");
+}
+
+static void put_hist_sample(const struct phist *h, const char *suffix, const char *le)
+{
+	const char *name = h->name, *dot = memchr(name, '.', h->len), *last = name + h->len;
+
+	while (dot && last > dot && *last != '.')
+		last--;
+	fputs("mqlb_", stdout);
+	put_ident(h->fam, strlen(h->fam));
+	fputs(suffix, stdout);
+	fputs("{socket=", stdout);
+	put_label_value(S.a[h->sock].path, strlen(S.a[h->sock].path));
+	if (dot && last > dot + 1) {
+		putchar(',');
+		put_ident(name, (size_t)(dot - name));
+		putchar('=');
+		put_label_value(dot + 1, (size_t)(last - dot - 1));
+	}
+	if (le)
+		printf(",le=\"%s\"", le);
+	fputs("} ", stdout);
+}
+
+/* Each histogram as a Prometheus histogram: cumulative _bucket samples,
+ * _sum in seconds, _count, a family's samples together. */
+static void print_prom_hists(void)
+{
+	struct phist *hs = NULL;
+	size_t nh = 0;
+
+	for (int i = 0; i < S.na; i++)
+		for (size_t j = 0; j < S.a[i].n; j++) {
+			const char *nm = S.a[i].e[j].name;
+			unsigned long upper;
+			size_t l = hist_stat(nm, &upper), k;
+
+			if (!l)
+				continue;
+			for (k = nh; k-- > 0;)
+				if (hs[k].sock == i && hs[k].len == l && !strncmp(hs[k].name, nm, l))
+					break;
+			if (k != (size_t)-1)
+				continue;
+			hs = xrealloc(hs, (nh + 1) * sizeof *hs);
+			hs[nh] = (struct phist){ .sock = i, .name = nm, .len = l };
+			phist_family(&hs[nh++]);
+		}
+	for (size_t f = 0; f < nh; f++) {
+		int first = 1;
+
+		for (size_t k = 0; k < f && first; k++)
+			first = strcmp(hs[k].fam, hs[f].fam) != 0;
+		if (!first)
+			continue;
+		printf("# TYPE mqlb_%s histogram\n", hs[f].fam);
+		for (int part = 0; part < 3; part++)
+			for (size_t k = f; k < nh; k++) {
+				const struct answer *a = &S.a[hs[k].sock];
+				unsigned long cum[NLE] = { 0 }, n = 0, sum_us = 0;
+				char sname[600];
+				const struct ent *e;
+
+				if (strcmp(hs[k].fam, hs[f].fam))
+					continue;
+				for (size_t j = 0; j < a->n; j++) {
+					unsigned long upper;
+					size_t l = hist_stat(a->e[j].name, &upper);
+					int b = 0;
+
+					if (l != hs[k].len || strncmp(a->e[j].name, hs[k].name, l))
+						continue;
+					while (b < NLE - 1 && (double)upper > strtod(prom_le[b], NULL) * 1e6 + 0.5)
+						b++;
+					for (; b < NLE; b++)
+						cum[b] += a->e[j].v;
+					n += a->e[j].v;
+				}
+				snprintf(sname, sizeof sname, "%.*s_sum", (int)hs[k].len, hs[k].name);
+				if ((e = find_in(a->e, a->n, sname)))
+					sum_us = e->v;
+				if (part == 0)
+					for (int b = 0; b < NLE; b++) {
+						put_hist_sample(&hs[k], "_bucket", prom_le[b]);
+						printf("%lu\n", cum[b]);
+					}
+				else if (part == 1) {
+					put_hist_sample(&hs[k], "_sum", NULL);
+					printf("%.6f\n", (double)sum_us / 1e6);
+				} else {
+					put_hist_sample(&hs[k], "_count", NULL);
+					printf("%lu\n", n);
+				}
+			}
+	}
+	free(hs);
+}
+
 static void print_prom(void)
 {
 	size_t nrows;
@@ -406,6 +512,7 @@ static void print_prom(void)
 		free(fams[m]);
 	free(fams);
 	free(rows);
+	print_prom_hists();
 }
 
 /* ---- publishing ------------------------------------------------------------------ */
@@ -501,16 +608,22 @@ static int publish_loop(void)
 
 /* ---- main ----------------------------------------------------------------------- */
 
-static int round_once(void)
+int query_round(void)
 {
 	int failed = 0;
 
 	for (int i = 0; i < S.na; i++) {
-		if (S.watch > 0)
-			keep_previous(&S.a[i]);
+		keep_previous(&S.a[i]);
 		failed |= query(&S.a[i]) < 0;
 		S.a[i].at = now();
 	}
+	return failed;
+}
+
+static int round_once(void)
+{
+	int failed = query_round();
+
 	if (S.watch > 0) {
 		time_t t = time(NULL);
 		char ts[64];
@@ -543,6 +656,10 @@ int main(int argc, char **argv)
 		opt_usage_error("which socket?");
 	if (S.metrics > 0 && (S.prom || S.watch > 0))
 		opt_usage_error("--metrics-interval publishes: no --prom or --watch with it");
+	if (S.metrics > 0 && S.top)
+		opt_usage_error("--metrics-interval publishes: no --top with it");
+	if (S.prom && S.top)
+		opt_usage_error("--prom or --top, not both");
 	S.na = argc - first;
 	S.a = calloc((size_t)S.na, sizeof *S.a);
 	if (!S.a)
@@ -563,6 +680,8 @@ int main(int argc, char **argv)
 			name_socket(&S.a[i], argv[first + i], host);
 		return publish_loop();
 	}
+	if (S.top)
+		return top_run(S.a, S.na, S.watch > 0 ? S.watch : 1);
 	if (S.watch > 0) {
 		/* No SA_RESTART: a signal ends the sleep between rounds at once. */
 		sigaction(SIGINT, &sa, NULL);
