@@ -78,4 +78,7 @@ unsigned long hist_quantile_of(const unsigned long *b, unsigned long n, double q
 	return hist_upper_us(HIST_BUCKETS - 1);
 }
 
-unsigned long hist_quantile_us(const struct hist *h, double q) { return hist_quantile_of(h->b, h->n, q); }
+unsigned long hist_quantile_us(const struct hist *h, double q)
+{
+	return hist_quantile_of(h->b, h->n, q);
+}

@@ -5,7 +5,7 @@
 #ifndef MQLB_HIST_H
 #define MQLB_HIST_H
 
-#define HIST_SUB 32 /* buckets per power of two, above 64 us */
+#define HIST_SUB     32 /* buckets per power of two, above 64 us */
 #define HIST_BUCKETS (65 + 26 * HIST_SUB)
 
 struct hist {
