@@ -284,7 +284,7 @@ veth_ns() {
 	echo "$output"
 	[ "$status" -eq 0 ]
 	for c in established new-flow non-vip-pass floor-macswap-tx established-alone \
-		non-vip-pass-alone floor-macswap-tx-alone; do
+		new-flow-alone non-vip-pass-alone floor-macswap-tx-alone; do
 		grep -Eq "^$c [0-9]+\.[0-9] ns/packet$" <<<"$output"
 	done
 }

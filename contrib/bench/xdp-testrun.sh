@@ -1,8 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # xdp-testrun.sh: ns per packet of mqlb_xdp through BPF_PROG_TEST_RUN (one
-# packet per call, repeat=1, and the cases a run leaves unchanged again with
-# repeat=1000, the program alone): an
+# packet per call, repeat=1, and again with repeat=1000, the program alone,
+# for the cases a run repeats alike): an
 # established flow, a new flow (SYN: ring lookup and connection-table
 # insert), a packet not for a VIP, and a minimal MAC-swap XDP_TX program as
 # the floor, all in the same run. Needs root and a built tree.
