@@ -31,8 +31,8 @@ struct flight {
 	size_t gcap, wcap;
 	/* kept for a drop record should the broker refuse it; the buffers
 	 * are reused, so a steady stream allocates nothing */
-	char *mtopic, *payload;
-	size_t mcap, pcap, plen;
+	char *mtopic, *payload, *props;
+	size_t mcap, pcap, plen, prcap;
 	int used, credit;
 };
 
@@ -43,6 +43,8 @@ static struct {
 	long inflight, max_inflight;
 	char *topic;
 	size_t topiccap;
+	char *props; /* the award's props field as read, for a drop record */
+	size_t propscap;
 	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown, n_handed;
 } S;
 
@@ -96,15 +98,25 @@ static void bad(const char *what)
 	warnl("line %lu: %s; skipped", S.st.in.lineno, what);
 }
 
+/* drop <uuid> <reason> <group> <mtopic> <payload> [<props>]: the fields
+ * are decoded (props is kept raw in S.props), so they are escaped again. */
+static void drop_fields(const char *uuid, const char *reason, const char *group,
+			const char *mtopic, const char *payload, size_t plen, const char *props)
+{
+	out_raw(&S.st.out, "drop", 4);
+	out_raw(&S.st.out, uuid, 36);
+	out_str(&S.st.out, reason);
+	out_str(&S.st.out, group);
+	out_str(&S.st.out, mtopic);
+	out_field(&S.st.out, payload, plen);
+	if (props && *props)
+		out_raw(&S.st.out, props, strlen(props));
+	out_end(&S.st.out);
+}
+
 static void drop(struct rec *r, const char *reason)
 {
-	/* drop <uuid> <reason> <mtopic> <payload>: fields 5 and 6 are decoded. */
-	out_raw(&S.st.out, "drop", 4);
-	out_raw(&S.st.out, r->f[1], r->len[1]);
-	out_str(&S.st.out, reason);
-	out_field(&S.st.out, r->f[5], r->len[5]);
-	out_field(&S.st.out, r->f[6], r->len[6]);
-	out_end(&S.st.out);
+	drop_fields(r->f[1], reason, r->f[2], r->f[5], r->f[6], r->len[6], S.props);
 }
 
 static void emit_sent(const char *uuid, const char *group, const char *wid)
@@ -169,6 +181,9 @@ static void rec_assign(struct rec *r, int credit)
 		return bad_award(credit, "bad mtopic");
 	if (rec_unescape(r, 6) < 0)
 		return bad_award(credit, "bad payload escape");
+	/* props_parse() decodes the field in place: the raw one is kept for
+	 * a drop record. */
+	keep(&S.props, &S.propscap, r->nf == 8 ? r->f[7] : "", r->nf == 8 ? r->len[7] : 0);
 	if (r->nf == 8 && props_parse(r->f[7], &props, &why) < 0)
 		return bad_award(credit, why);
 	if (mq_v5(&S.st.mq) && !credit) {
@@ -223,6 +238,7 @@ static void rec_assign(struct rec *r, int credit)
 	keep(&f->mtopic, &f->mcap, r->f[5], r->len[5]);
 	keep(&f->payload, &f->pcap, r->f[6], r->len[6]);
 	f->plen = r->len[6];
+	keep(&f->props, &f->prcap, S.props, strlen(S.props));
 }
 
 static void on_line(struct in *in, char *line, size_t n, void *arg)
@@ -244,8 +260,10 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 	credit = rec_is(&r, 0, "award");
 	if ((credit || rec_is(&r, 0, "assign")) && S.st.draining) {
 		/* Read at the drain deadline: handed back, not lost. */
-		if (r.nf < 7 || rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
+		if (r.nf < 7 || r.nf > 8 || rec_unescape(&r, 2) <= 0 || rec_unescape(&r, 5) < 0 ||
+		    rec_unescape(&r, 6) < 0)
 			return bad_award(credit, "malformed");
+		keep(&S.props, &S.propscap, r.nf == 8 ? r.f[7] : "", r.nf == 8 ? r.len[7] : 0);
 		S.n_shutdown++;
 		drop(&r, "shutdown");
 	} else if (credit || rec_is(&r, 0, "assign"))
@@ -281,12 +299,7 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 			flow();
 			return;
 		}
-		out_raw(&S.st.out, "drop", 4);
-		out_raw(&S.st.out, f->uuid, 36);
-		out_str(&S.st.out, "refused");
-		out_str(&S.st.out, f->mtopic);
-		out_field(&S.st.out, f->payload, f->plen);
-		out_end(&S.st.out);
+		drop_fields(f->uuid, "refused", f->group, f->mtopic, f->payload, f->plen, f->props);
 	} else {
 		S.n_sent++;
 		emit_sent(f->uuid, f->group, f->wid);

@@ -462,7 +462,9 @@ static void emit_msg(const struct mosquitto_message *m, const mosquitto_property
 		spool_msg(f, e, at);
 }
 
-static void drop_nogroup(const struct mosquitto_message *m, struct spool_ent *e)
+/* drop <uuid> nogroup - <mtopic> <payload> [<props>]: no group took it. */
+static void drop_nogroup(const struct mosquitto_message *m, const mosquitto_property *props,
+			 struct spool_ent *e)
 {
 	char id[37];
 
@@ -475,8 +477,10 @@ static void drop_nogroup(const struct mosquitto_message *m, struct spool_ent *e)
 	out_raw(&S.out, "drop", 4);
 	out_raw(&S.out, id, 36);
 	out_str(&S.out, "nogroup");
+	out_raw(&S.out, "-", 1);
 	out_str(&S.out, m->topic);
 	out_field(&S.out, m->payload, (size_t)m->payloadlen);
+	props_write(&S.out, props);
 	out_end(&S.out);
 	S.n_drop_nogroup++;
 	if (e)
@@ -575,8 +579,11 @@ static void spool_expire_loaded(ev_tstamp now)
 			out_raw(&S.out, "drop", 4);
 			out_raw(&S.out, e->uuid, 36);
 			out_str(&S.out, "nogroup");
+			out_raw(&S.out, "-", 1);
 			out_raw(&S.out, r.f[SPF_MTOPIC], r.len[SPF_MTOPIC]);
 			out_raw(&S.out, r.f[SPF_PAYLOAD], r.len[SPF_PAYLOAD]);
+			if (r.nf > SPF_PROPS)
+				out_raw(&S.out, r.f[SPF_PROPS], r.len[SPF_PROPS]);
 			out_end(&S.out);
 			S.n_drop_nogroup++;
 		}
@@ -607,7 +614,7 @@ static void hold(const struct mosquitto_message *m, const mosquitto_property *pr
 	if (S.norphans >= MAX_ORPHANS) {
 		warnl("%ld messages held for filters nobody announced; %s dropped", S.norphans,
 		      m->topic);
-		drop_nogroup(m, NULL);
+		drop_nogroup(m, props, NULL);
 		return;
 	}
 	o = calloc(1, sizeof *o);
@@ -673,7 +680,7 @@ static void replay(struct filt *f)
 static void expire_orphans(ev_tstamp now)
 {
 	while (S.orphans && now - S.orphans->since >= S.group_ttl) {
-		drop_nogroup(&S.orphans->m, S.orphans->e);
+		drop_nogroup(&S.orphans->m, S.orphans->props, S.orphans->e);
 		orphan_free(&S.orphans);
 	}
 }

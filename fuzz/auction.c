@@ -50,7 +50,7 @@ static const char *const out_verbs[] = { "assign", "award", "drop", "done", "sen
 static const struct fuzz_shape shapes[] = {
 	{ "assign", 7, 8, 1, 5 },
 	{ "award", 7, 8, 1, 5 },
-	{ "drop", 5, 5, 1, 3 },
+	{ "drop", 6, 7, 1, 4 },
 	{ "done", 5, 5, 1, 5 },
 	{ NULL, 0, 0, 0, 0 },
 };

@@ -51,7 +51,7 @@ static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n,
 static const char *const out_verbs[] = { "drop", "sent", NULL };
 static const struct fuzz_shape shapes[] = {
 	{ "sent", 4, 4, 2, 4 },
-	{ "drop", 5, 5, 2, 5 },
+	{ "drop", 6, 7, 2, 6 },
 	{ NULL, 0, 0, 0, 0 },
 };
 

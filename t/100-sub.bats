@@ -601,8 +601,8 @@ gated_sub() {
 	pub jobs/b nobody-wants-me -q 1
 	# No announce this time: a dead letter once the group TTL has passed.
 	sub s3 -c -i sub-held -q 1 --group-ttl 1
-	wait_for 10 lines_in "$T/s3.out" 1 ' nogroup jobs/b nobody-wants-me$'
-	grep -q '^drop [0-9a-f-]\{36\} nogroup jobs/b nobody-wants-me$' "$T/s3.out"
+	wait_for 10 lines_in "$T/s3.out" 1 ' nogroup - jobs/b nobody-wants-me$'
+	grep -q '^drop [0-9a-f-]\{36\} nogroup - jobs/b nobody-wants-me$' "$T/s3.out"
 }
 
 @test "group names up to 256 bytes, as in every stage: the suback topic whole, even under a 256-byte --prefix; 257 bytes refused with one warning" {

@@ -152,7 +152,7 @@ each_once() {
 	run bash -c "printf 'msg 11111111-2222-4333-8444-555555555555 1 0 other/# other/x hi\n' |
 		mqlb-auction -h 127.0.0.1 -p $BROKER_PORT"
 	[ "$status" -eq 0 ]
-	[[ "$output" == *"drop 11111111-2222-4333-8444-555555555555 nogroup other/x hi"* ]]
+	[[ "$output" == *"drop 11111111-2222-4333-8444-555555555555 nogroup - other/x hi"* ]]
 }
 
 @test "workers that never bid before the deadline: drop nobid" {
@@ -161,7 +161,7 @@ each_once() {
 	worker w1 g 'jobs/#' 4 --fallback none --bid
 	balanced w1
 	publish 2 jobs/a
-	wait_for 10 lines_in "$T/records" 1 '^drop .* nobid jobs/a job-2$'
+	wait_for 10 lines_in "$T/records" 1 '^drop .* nobid g jobs/a job-2$'
 	[ "$(started)" -eq 1 ]
 	grep -q '^start w1 job-1$' "$T/log"
 }

@@ -102,18 +102,38 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	spy
 	auction --retry 0.2 --deadline 1
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a pay"
-	wait_for 5 out_has "drop $U1 nobid jobs/a pay"
+	wait_for 5 out_has "drop $U1 nobid g jobs/a pay"
 	[ "$(grep -c "^$PREFIX/req/$U1/jobs/a|" "$T/spy.out")" -ge 3 ]
 	[ "$(stat_of drop_nobid)" = 1 ]
 }
 
+
+@test "a message for two groups, one bids: the drop names the other group and keeps rt and cd" {
+	broker_start
+	auction --retry 0.2 --deadline 1
+	feed "group g1 jobs/#" "group g2 jobs/#" "msg $U1 1 0 jobs/# jobs/a pay rt=re/%2Cply,cd=c%01d"
+	bid g1 w1 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g1 w1 1 jobs/a pay rt=re/%2Cply,cd=c%01d"
+	wait_for 5 out_has "drop $U1 nobid g2 jobs/a pay rt=re/%2Cply,cd=c%01d"
+	[ "$(grep -c '^drop ' "$T/a.out")" = 1 ]
+}
+
+@test "SIGTERM with a message for two groups waiting: one drop shutdown per group" {
+	broker_start
+	auction --retry 0.2 --deadline 30 --drain-timeout 0.2
+	feed "group g1 jobs/#" "group g2 jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 5 eval '[ "$(stat_of pending)" = 1 ]'
+	kill -TERM "$(pidof_bg a)"
+	wait_for 5 out_has "drop $U1 shutdown g2 jobs/a p"
+	out_has "drop $U1 shutdown g1 jobs/a p"
+}
 @test "no group for the filter: drop nogroup; ungroup forgets a group" {
 	broker_start
 	auction
 	feed "msg $U1 0 0 none/# none/a p1"
-	wait_for 5 out_has "drop $U1 nogroup none/a p1"
+	wait_for 5 out_has "drop $U1 nogroup - none/a p1"
 	feed "group g jobs/#" "ungroup g jobs/#" "msg $U2 0 0 jobs/# jobs/a p2"
-	wait_for 5 out_has "drop $U2 nogroup jobs/a p2"
+	wait_for 5 out_has "drop $U2 nogroup - jobs/a p2"
 }
 
 @test "done records, free=n tokens, fail busy re-awarded, fail re-auctioned then drop failed" {
@@ -141,7 +161,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	bid g w3 "$U2" jobs/b
 	wait_for 5 out_has "assign $U2 g w3 1 jobs/b q"
 	pub "$PREFIX/done/g/w3/$U2" "fail crashed" -q 1 -V 5
-	wait_for 5 out_has "drop $U2 failed jobs/b q"
+	wait_for 5 out_has "drop $U2 failed g jobs/b q"
 }
 
 @test "a worker's will (P/gone) re-awards its jobs; a missing done re-awards after --ack-timeout" {
@@ -180,7 +200,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 		"group" "group g/x jobs/#" "ungroup" "verb-we-do-not-know a b" \
 		"msg $U2 0 0 none/# none/a $(printf 'raw\tTAB')" "msg $U2 0 0 none/# none/a bad%2" \
 		"msg $U3 0 0 none/# none/a last"
-	wait_for 5 out_has "drop $U3 nogroup none/a last"
+	wait_for 5 out_has "drop $U3 nogroup - none/a last"
 	out_has "verb-we-do-not-know a b"
 	grep -q "line 1: msg record needs 7 or 8 fields" "$T/a.err"
 	grep -q "line 2: msg record: bad uuid" "$T/a.err"
@@ -275,7 +295,7 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
 	wait_for 5 eval '[ "$(stat_of pending)" = 1 ]'
 	kill -TERM "$(pidof_bg a)"
-	wait_for 5 out_has "drop $U1 shutdown jobs/a p"
+	wait_for 5 out_has "drop $U1 shutdown g jobs/a p"
 	wait "$(pidof_bg a)"
 }
 

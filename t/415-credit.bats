@@ -267,7 +267,7 @@ refusing_broker() {
 	publish 1
 	# blocked after the first refusal: the second attempt waits for its
 	# next credit message (every keepalive, -k 5)
-	wait_for 15 grep -q '^drop .* failed jobs/a job-1$' "$T/records"
+	wait_for 15 grep -q '^drop .* failed g jobs/a job-1$' "$T/records"
 	[ "$(grep -c '^done .* g bad fail%20refused$' "$T/records")" = 2 ]
 	[ "$(grep -c '^drop ' "$T/records")" = 1 ]
 	[ "$(started)" = 0 ]
@@ -281,7 +281,7 @@ refusing_broker() {
 	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
 	feed "msg $U1 1 0 jobs/# jobs/a p1"
 	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
-	wait_for 10 grep -q "^drop $U1 noack jobs/a p1$" "$T/a.out"
+	wait_for 10 grep -q "^drop $U1 noack g jobs/a p1$" "$T/a.out"
 	[ "$(awards_of "$U1")" = 2 ]
 	[ "$(grep -c '^drop ' "$T/a.out")" = 1 ]
 	[ "$(grep -c "no done for $U1 from g/w1 in 1s" "$T/a.err")" = 2 ]

@@ -165,3 +165,17 @@ got() { grep -qxF -- "$1" "$T/work.out"; }
 	[[ "$output" == *"stat passed 1"* ]]
 	[[ "$output" == *ok* ]]
 }
+
+@test "an assign the broker refuses: drop refused naming the group, with rt and cd; an unpublishable one too" {
+	printf 'topic readwrite #\ntopic deny %s/work/g/bad/#\n' "$PREFIX" >"$T/acl"
+	broker_start b "acl_file $T/acl"
+	dispatch
+	feed "assign $U1 g bad 1 t/a p rt=re/x,cd=c%01d" "assign $U2 g good 1 t/b q rt=re/y"
+	wait_for 5 out_has "drop $U1 refused g t/a p rt=re/x,cd=c%01d"
+	wait_for 5 out_has "sent $U2 g good"
+	# a topic MQTT cannot carry (not UTF-8): unpublishable; the record
+	# carries the byte as it came (fields escape only what splits them)
+	feed "assign $U3 g good 1 t/%FF r rt=re/z"
+	wait_for 5 out_has "drop $U3 unpublishable g t/"$'\xff'" r rt=re/z"
+	[ "$(grep -c '^drop ' "$T/d.out")" = 2 ]
+}

@@ -43,8 +43,8 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	kill -TERM "$(cat "$T/a.pid")"
 	wait_for 10 exited "$(cat "$T/a.pid")"
 	wait "$(cat "$T/a.pid")"
-	[ "$(grep -c '^drop .* shutdown jobs/a p' "$T/a.out")" -eq 20 ]
-	for i in $(seq 1 20); do grep -q "^drop $(uuid "$i") shutdown jobs/a p$i\$" "$T/a.out"; done
+	[ "$(grep -c '^drop .* shutdown g jobs/a p' "$T/a.out")" -eq 20 ]
+	for i in $(seq 1 20); do grep -q "^drop $(uuid "$i") shutdown g jobs/a p$i\$" "$T/a.out"; done
 }
 
 @test "auction SIGTERM: goes on reading and awarding until EOF, then exits 0" {
@@ -120,7 +120,7 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	broker_start
 	auction --retry 0.2 --deadline 30
 	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p exp=1,u.k=v"
-	wait_for 5 out_has "drop $U1 expired jobs/a p"
+	wait_for 5 out_has "drop $U1 expired g jobs/a p exp=1,u.k=v"
 	[ "$(stat_of drop_expired)" = 1 ]
 	feed "msg $U2 1 0 jobs/# jobs/b q u.k=v,exp=100"
 	sleep 1.2
@@ -161,7 +161,7 @@ uuid() { printf '11111111-2222-4333-8444-%012d' "$1"; }
 	kill -TERM "$(cat "$T/d2.pid")"
 	wait_for 10 exited "$(cat "$T/d2.pid")"
 	wait "$(cat "$T/d2.pid")"
-	for i in 1 2 3 4 5; do grep -q "^drop $(uuid "$i") shutdown jobs/c q$i\$" "$T/d2.out"; done
+	for i in 1 2 3 4 5; do grep -q "^drop $(uuid "$i") shutdown g jobs/c q$i\$" "$T/d2.out"; done
 }
 
 # --- the whole pipeline under faults ------------------------------------------
@@ -348,7 +348,7 @@ stop_mid_job() {
 	wait_for 30 eval '[ "$(dropped)" -ge 5 ]'
 	account 5
 	account 5 | grep -qx 'lost 0'
-	[ "$(grep -c '^drop .* failed jobs/a job-' "$T/records")" -eq 5 ]
+	[ "$(grep -c '^drop .* failed g jobs/a job-' "$T/records")" -eq 5 ]
 	[ "$(grep -c '^fail ' "$T/log")" -eq 15 ]
 	[ "$(grep -c '^done .* fail' "$T/records")" -eq 15 ]
 }
@@ -406,7 +406,7 @@ stop_mid_job() {
 	}
 	{ garbage; echo "msg $U2 1 0 none/# none/a last"; } |
 		mqlb-auction -h 127.0.0.1 -p "$BROKER_PORT" >"$T/a.out" 2>"$T/a.err"
-	grep -q "^drop $U2 nogroup none/a last\$" "$T/a.out"
+	grep -q "^drop $U2 nogroup - none/a last\$" "$T/a.out"
 	grep -q 'line [0-9]*: ' "$T/a.err"
 	{ garbage; echo "sent $U2 g w"; } |
 		mqlb-dispatch -h 127.0.0.1 -p "$BROKER_PORT" >"$T/d.out" 2>"$T/d.err"

@@ -285,7 +285,7 @@ kill9() {
 	broker_start
 	printf 'm %s 1700000000 1 0 1 0 jobs/# jobs/a lonely\n' "$U1" >"$T/spool"
 	sub s1 --group-ttl 0.5
-	wait_for 5 grep -qx "drop $U1 nogroup jobs/a lonely" "$T/s1.out"
+	wait_for 5 grep -qx "drop $U1 nogroup - jobs/a lonely" "$T/s1.out"
 	wait_for 5 grep -qx "f $U1 nogroup" "$T/spool"
 }
 

@@ -195,7 +195,7 @@ void msg_arm(struct msg *m);
 void wait_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* records.c */
-void emit_drop(const struct msg *m, const char *reason);
+void emit_drop(const struct msg *m, const struct group *g, const char *reason);
 void emit_assign(const struct job *j);
 void emit_done(const struct job *j, const char *result, size_t n);
 struct group *group_find(const char *name, size_t n);

@@ -135,7 +135,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		} else if (j->attempts >= S.max_attempts) {
 			if (undeliverable && j->ws && j->ws->slots)
 				j->ws->blocked = 1;
-			emit_drop(m, "failed");
+			emit_drop(m, j->g, "failed");
 			S.n_drop_failed++;
 			job_finish(j);
 		} else {
@@ -345,7 +345,7 @@ void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
 
 			warnl("no done for %s from %s/%s in %gs", j->m->uuid, g->name, j->wid, S.ack_timeout);
 			if (j->attempts >= S.max_attempts) {
-				emit_drop(j->m, "noack");
+				emit_drop(j->m, g, "noack");
 				S.n_drop_failed++;
 				job_finish(j);
 			} else {

@@ -234,12 +234,13 @@ int expired(const struct msg *m)
  * shutdown). The caller must not touch m afterwards: it may be freed. */
 void drop_waiting(struct msg *m, const char *reason)
 {
-	emit_drop(m, reason);
-	/* A freed m stays readable (it goes to the free list), and once freed
-	 * no job of it is waiting. */
+	/* One record per group whose job waited. A freed m stays readable (it
+	 * goes to the free list), and once freed no job of it is waiting. */
 	for (int i = 0; i < m->njobs; i++)
-		if (m->jobs[i].st == J_WAIT)
+		if (m->jobs[i].st == J_WAIT) {
+			emit_drop(m, m->jobs[i].g, reason);
 			job_finish(&m->jobs[i]);
+		}
 }
 
 void drop_expired(struct msg *m)

@@ -22,12 +22,19 @@ static void out_msgfields(const struct msg *m, int with_props)
 		out_raw(&S.st.out, m->buf + m->pr_off, m->pr_len);
 }
 
-void emit_drop(const struct msg *m, const char *reason)
+/* drop <uuid> <reason> <group> <mtopic> <payload> [<props>]: the group
+ * whose job failed ("-": none), and the properties, so that whoever reads
+ * the dead letters can still answer on the response topic. */
+void emit_drop(const struct msg *m, const struct group *g, const char *reason)
 {
 	out_raw(&S.st.out, "drop", 4);
 	out_raw(&S.st.out, m->uuid, 36);
 	out_str(&S.st.out, reason);
-	out_msgfields(m, 0);
+	if (g)
+		out_str(&S.st.out, g->name);
+	else
+		out_raw(&S.st.out, "-", 1); /* a field of its own: out_str escapes it */
+	out_msgfields(m, 1);
 	out_end(&S.st.out);
 }
 
@@ -250,15 +257,6 @@ static void rec_msg(struct rec *r)
 		m->mtopic = xrealloc(m->mtopic, m->mtopic_cap);
 	}
 	memcpy(m->mtopic, r->f[5], (size_t)mtl + 1);
-	if (S.st.draining) {
-		/* Read at the drain deadline: handed back, never dropped in silence. */
-		emit_drop(m, "shutdown");
-		S.n_drop_shutdown++;
-		m->hnext = S.free;
-		S.free = m;
-		return;
-	}
-
 	for (struct group *g = S.groups; g; g = g->next) {
 		if (!group_has(g, r->f[4]))
 			continue;
@@ -271,13 +269,25 @@ static void rec_msg(struct rec *r)
 		m->jobs[m->njobs].g = g;
 		m->njobs++;
 	}
+	if (S.st.draining) {
+		/* Read at the drain deadline: handed back to every group that
+		 * wanted it, never dropped in silence. */
+		for (int i = 0; i < m->njobs; i++)
+			emit_drop(m, m->jobs[i].g, "shutdown");
+		if (m->njobs == 0)
+			emit_drop(m, NULL, "shutdown");
+		S.n_drop_shutdown++;
+		m->hnext = S.free;
+		S.free = m;
+		return;
+	}
 	S.n_msg++;
 	m->born = mq_heard(&S.st.mq);
 	S.npending++;
 	m->hnext = S.hash[uuid_hash(m->uuid) & S.hmask];
 	S.hash[uuid_hash(m->uuid) & S.hmask] = m;
 	if (m->njobs == 0) {
-		emit_drop(m, "nogroup");
+		emit_drop(m, NULL, "nogroup");
 		S.n_drop_nogroup++;
 		msg_free(m);
 		return;

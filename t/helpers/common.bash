@@ -307,7 +307,7 @@ ended() { grep -c '^end ' "$T/log" 2>/dev/null || echo 0; }
 account() {
 	awk -v n="$1" '
 		FILENAME ~ /log$/ && $1 == "end" { runs[$3]++ }
-		FILENAME ~ /records[^\/]*$/ && $1 == "drop" { drop[$5]++ }
+		FILENAME ~ /records[^\/]*$/ && $1 == "drop" { drop[$6]++ }
 		END {
 			for (i = 1; i <= n; i++) {
 				j = "job-" i
