@@ -33,7 +33,7 @@ struct mqlb_vip_key {
 };
 
 struct mqlb_vip {
-	__u32 num; /* index into rings, members and vip_stats */
+	__u32 num; /* index into rings, members, vipgen and the VIP counters */
 	__u32 flags;
 };
 
@@ -44,7 +44,8 @@ struct mqlb_real {
 	__u8 flags;
 };
 
-/* Key of the connection table: the client's flow towards the VIP. */
+/* A flow towards a VIP: the key of the IPv6 connection table (conns6, an
+ * LRU hash) and what the flow hash is defined on. */
 struct mqlb_flow {
 	__u32 src[4];
 	__u32 dst[4];
@@ -55,39 +56,64 @@ struct mqlb_flow {
 	__u16 pad;
 };
 
-/* Key of the IPv4 connection table: 16 bytes to hash and compare instead
- * of mqlb_flow's 40, on the path every packet of an established flow takes. */
-struct mqlb_flow4 {
-	__u32 src;
-	__u32 dst;
-	__u16 sport;
-	__u16 dport;
-	__u8 proto;
-	__u8 pad[3];
-} __attribute__((aligned(8))); /* compared as two __u64 */
-
-/* The per-CPU flow cache in front of the IPv4 connection table: a
- * direct-mapped slot per flow hash, a copy of the table's entry. */
-#define MQLB_FCACHE_SLOTS 4096 /* a power of two */
-#define MQLB_FCACHE_MAX_CPUS 4096
-
-/* The VIP slot's generation (vipgen) when the entry was made: an entry of
- * a VIP since removed, its slot perhaps reused, is never taken. */
+/* Value of conns6. The VIP slot's generation (vipgen) when the entry was
+ * made: an entry of a VIP since removed, its slot perhaps reused, is never
+ * taken. */
 struct mqlb_conn {
 	__u32 real;
 	__u32 vip;
 	__u32 gen;
 };
 
-struct mqlb_fcache {
-	struct mqlb_flow4 key; /* proto 0: empty */
-	struct mqlb_conn conn;
-	__u32 pad;
+/* The IPv4 connection table (conns4): an array of 2^n buckets of
+ * MQLB_CT_WAYS entries, indexed by the flow hash. An entry is four words,
+ * each written with one store, so that readers on other CPUs need no lock:
+ * a torn entry fails its checks and is a miss.
+ *   k0   the source and destination address, as in the packet
+ *   k1   the ports, as in the packet, | protocol << 32 | age << 40
+ *   val  check << 32 | vipgen << 16 | vip << 10 | real; check is the upper
+ *        half of the flow hash, so a val written for another key fails
+ *   dest the real's MAC (l2) or IPv4 address (ipip), copied from reals,
+ *        | tag << 48, tag = 0x8000 | ((epoch ^ val) & 0x7fff): a dest copied
+ *        before the loader last bumped the epoch (a real left a VIP, a VIP
+ *        was removed, a real's MAC changed), or for another real, is
+ *        checked against the maps again and copied afresh; a dest never
+ *        written (0) never passes.
+ * A new flow takes the bucket's entry of the same key, else an empty one,
+ * else the one least recently used (age: the seconds of the loader's clock,
+ * struct mqlb_cpu's now, when the entry was last written or used). */
+#define MQLB_CT_WAYS 4
+#define MQLB_CT_KEY1 0xffffffffffull /* the key bits of k1 */
+#define MQLB_CT_AGE_SHIFT 40
+#define MQLB_CT_AGE_MASK 0xffffffu
+#define MQLB_CT_VAL(check, gen, vip, real) \
+	((__u64)(check) << 32 | (__u64)((gen) & 0xffff) << 16 | (__u64)(vip) << 10 | (__u64)(real))
+#define MQLB_CT_REAL(val) ((__u32)(val) & (MQLB_MAX_REALS - 1))
+#define MQLB_CT_VIP(val) ((__u32)((val) >> 10) & (MQLB_MAX_VIPS - 1))
+#define MQLB_CT_GEN(val) ((__u32)((val) >> 16) & 0xffff)
+#define MQLB_CT_TAG(epoch, val) ((0x8000 | (((epoch) ^ (val)) & 0x7fff)) << 48)
+#define MQLB_CT_DEST 0xffffffffffffull
+
+struct mqlb_ct4 {
+	__u64 k0;
+	__u64 k1;
+	__u64 val;
+	__u64 dest;
 };
 
-/* vip_ports: one bit per destination port that some VIP uses, so that the
- * connection table is looked up only for packets that may be a VIP's. */
-#define MQLB_PORT_WORDS (65536 / 64)
+struct mqlb_ct4_bucket {
+	struct mqlb_ct4 e[MQLB_CT_WAYS];
+};
+
+/* Buckets for --max-conns n: n / MQLB_CT_WAYS, up to a power of two. */
+static inline __u32 mqlb_ct_buckets(__u32 conns)
+{
+	__u32 b = 1;
+
+	while (b < 0x80000000u && (__u64)b * MQLB_CT_WAYS < conns)
+		b <<= 1;
+	return b;
+}
 
 /* Loader-written settings (config array, index 0). */
 struct mqlb_config {
@@ -97,7 +123,7 @@ struct mqlb_config {
 	__u16 mtu;         /* largest frame the interface sends, without L2 */
 };
 
-/* Per VIP and per real counters (per-CPU arrays, summed by the loader). */
+/* Per VIP and per real counters, in each CPU's struct mqlb_cpu. */
 struct mqlb_vstat {
 	__u64 packets;    /* sent on to a real */
 	__u64 bytes;
@@ -112,10 +138,10 @@ struct mqlb_rstat {
 	__u64 new_flows;
 };
 
-/* Global counters, one u64 per index of the per-CPU stats array. */
+/* Global counters. */
 enum mqlb_stat {
 	MQLB_ST_PASS,          /* not for a VIP: XDP_PASS */
-	MQLB_ST_FWD,           /* forwarded to a real: XDP_TX */
+	MQLB_ST_FWD,           /* not counted by the program: the VIPs' packets */
 	MQLB_ST_NEW_FLOWS,     /* flows scheduled from a ring */
 	MQLB_ST_LRU_HIT,       /* not counted by the program: the VIPs' packets - new_flows */
 	MQLB_ST_LRU_MISS,      /* no entry, ring consulted */
@@ -135,8 +161,48 @@ enum mqlb_stat {
 		"drop_fragment", "drop_options", "drop_too_big", "drop_no_real", "drop_bad", \
 		"decap", "decap_pass"
 
-/* The flow hash (a murmur3 32-bit round per word), the same on both sides so
- * that the loader and the tests can predict where a flow goes. */
+/* Per-CPU state of the balancer: the cpus array holds one per CPU and the
+ * program takes its own by CPU number, one inlined lookup (a per-CPU map
+ * costs a second, cold, indirection). The loader writes the settings, the
+ * epoch and the port filter in every element through mmap, before it
+ * attaches the program, and sums the counters over the elements. The
+ * settings are here and not in .rodata: a packet then reads one page of
+ * state less. */
+#define MQLB_PORT_BITS 4096 /* the port filter: bit (port in network order % 4096) */
+#define MQLB_ST_SLOTS 16
+
+/* IPv4 VIPs by address, port and protocol, for a new flow: open addressing
+ * over MQLB_VIP4_SLOTS words, from the slot of mqlb_vip4_slot(key) on to
+ * the first empty one. The loader fills the table not in use, then points
+ * vip4_cur at it. A word is the key | present | flags | num: */
+#define MQLB_VIP4_SLOTS 64
+#define MQLB_VIP4_KEY(addr, port, proto) ((__u64)(addr) | (__u64)(port) << 32 | (__u64)(proto) << 48)
+#define MQLB_VIP4_KEYMASK 0xffffffffffffffull
+#define MQLB_VIP4_NUM(w) ((__u32)((w) >> 56) & (MQLB_MAX_VIPS - 1))
+#define MQLB_VIP4_SRC_HASH (1ull << 62)
+#define MQLB_VIP4_PRESENT (1ull << 63)
+
+static inline __u32 mqlb_vip4_slot(__u64 key)
+{
+	return (__u32)((key * 0x9e3779b97f4a7c15ull) >> 58) % MQLB_VIP4_SLOTS;
+}
+
+struct mqlb_cpu {
+	__u64 epoch;                      /* see struct mqlb_ct4 */
+	__u32 ct_mask;                    /* conns4's buckets - 1 */
+	__u32 encap;                      /* MQLB_ENCAP_* */
+	__u32 ring_size;                  /* slots of each VIP's ring */
+	__u32 now;                        /* seconds, for the entries' age */
+	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
+	__u32 pad;
+	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
+	__u64 vip4[2][MQLB_VIP4_SLOTS];
+	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */
+	struct mqlb_vstat vip[MQLB_MAX_VIPS];
+	struct mqlb_rstat real[MQLB_MAX_REALS];
+} __attribute__((aligned(64))); /* no cache line shared by two CPUs */
+
+/* The murmur3 32-bit round, for the reals' Maglev permutations. */
 static inline __u32 mqlb_rotl(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }
 
 static inline __u32 mqlb_mix(__u32 h, __u32 k)
@@ -161,23 +227,39 @@ static inline __u32 mqlb_fmix(__u32 h)
 
 #define MQLB_HASH_SEED 0x6d716c62u /* "mqlb" */
 
-static inline __u32 mqlb_flow_hash(const struct mqlb_flow *f, int src_only)
+/* The flow hash: picks the ring slot and the conns4 bucket. It is the same
+ * on both sides and on every balancer, without a random seed, so that the
+ * tests predict where a flow goes and a balancer restarted without its
+ * table (or another one behind the same ECMP route) sends an established
+ * flow to the real that has it. Two multiplications; a over the addresses,
+ * b over ports and protocol. */
+static inline __u64 mqlb_hash64(__u64 a, __u64 b)
 {
-	__u32 h = MQLB_HASH_SEED;
+	__u64 x = (a ^ MQLB_HASH_SEED) * 0x9e3779b97f4a7c15ull ^ b;
 
-	h = mqlb_mix(h, f->src[0]);
-	h = mqlb_mix(h, f->src[1]);
-	h = mqlb_mix(h, f->src[2]);
-	h = mqlb_mix(h, f->src[3]);
-	if (!src_only) {
-		h = mqlb_mix(h, f->dst[0]);
-		h = mqlb_mix(h, f->dst[1]);
-		h = mqlb_mix(h, f->dst[2]);
-		h = mqlb_mix(h, f->dst[3]);
-		h = mqlb_mix(h, ((__u32)f->sport << 16) | f->dport);
-		h = mqlb_mix(h, f->proto);
-	}
-	return mqlb_fmix(h);
+	x ^= x >> 32;
+	x *= 0xd6e8feb86659fd93ull;
+	return x ^ x >> 32;
 }
+
+/* For IPv4, a is source | destination << 32 and b is the ports (as in the
+ * packet) | protocol << 32, the first 8 bytes of each half of conns4's key:
+ * the IPv6 words fold in only when they are not zero. */
+static inline __u64 mqlb_flow_hash(const struct mqlb_flow *f, int src_only)
+{
+	__u64 a = f->src[0], b = 0, w;
+
+	w = ((__u64)f->src[2] << 32 | f->src[1]) * 0xc2b2ae3d27d4eb4full ^ (__u64)f->src[3] * 0x165667b19e3779f9ull;
+	if (!src_only) {
+		a |= (__u64)f->dst[0] << 32;
+		b = (__u64)f->proto << 32 | (__u32)f->dport << 16 | f->sport;
+		w ^= ((__u64)f->dst[2] << 32 | f->dst[1]) * 0x27d4eb2f165667c5ull ^
+		     (__u64)f->dst[3] * 0x85ebca77c2b2ae63ull;
+	}
+	return mqlb_hash64(a ^ w, b);
+}
+
+/* The ring slot of a hash, in [0, m): the upper 32 bits scaled, no division. */
+static inline __u32 mqlb_ring_slot(__u64 h, __u32 m) { return (__u32)(((h >> 32) * m) >> 32); }
 
 #endif

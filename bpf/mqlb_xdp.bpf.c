@@ -14,9 +14,9 @@
 
 #include "mqlb_kern_user.h"
 
-/* Set by the loader before load. */
-const volatile __u32 ring_size = MQLB_RING_DEFAULT;
-const volatile __u32 encap = MQLB_ENCAP_L2;
+/* TCP flags, in byte 13 of the header */
+#define TCPF_SYN 0x02
+#define TCPF_ACK 0x10
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -51,18 +51,6 @@ struct {
 	__type(value, __u32);
 } members SEC(".maps");
 
-/* The IPv4 flow cache: the connection table's lookup is a hash of the key,
- * a bucket walk and a compare, about half of an established packet's cost;
- * a slot of this per-CPU array is a multiply-and-shift hash and two
- * compares. Entries are checked like the table's (VIP generation, member).
- * Writing a table entry empties the flow's slot on every CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MQLB_FCACHE_SLOTS);
-	__type(key, __u32);
-	__type(value, struct mqlb_fcache);
-} fcache4 SEC(".maps");
-
 /* vipgen[vip]: bumped by the loader each time a VIP takes the slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -71,23 +59,14 @@ struct {
 	__type(value, __u32);
 } vipgen SEC(".maps");
 
-/* A bit per destination port of some VIP (MQLB_PORT_WORDS words). */
+/* The connection tables. IPv4: buckets in an array (mqlb_kern_user.h),
+ * looked up and written inline: no hash-table helper, lock or LRU list on
+ * the path of every packet. IPv6: an LRU hash with per-CPU LRU lists. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MQLB_PORT_WORDS);
+	__uint(max_entries, MQLB_CONNS_MAX / MQLB_CT_WAYS);
 	__type(key, __u32);
-	__type(value, __u64);
-} vip_ports SEC(".maps");
-
-/* The connection tables, IPv4 (compact key) and IPv6. Shared entries,
- * per-CPU LRU lists: no global LRU lock on the fast path, and a flow whose
- * packets change CPU still finds its entry. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, MQLB_CONNS_MAX);
-	__type(key, struct mqlb_flow4);
-	__type(value, struct mqlb_conn);
+	__type(value, struct mqlb_ct4_bucket);
 } conns4 SEC(".maps");
 
 struct {
@@ -105,47 +84,44 @@ struct {
 	__type(value, struct mqlb_config);
 } config SEC(".maps");
 
+/* One struct mqlb_cpu per possible CPU; the loader sizes it and maps it. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MQLB_ST_MAX);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} stats SEC(".maps");
+	__type(value, struct mqlb_cpu);
+} cpus SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MQLB_MAX_VIPS);
-	__type(key, __u32);
-	__type(value, struct mqlb_vstat);
-} vip_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MQLB_MAX_REALS);
-	__type(key, __u32);
-	__type(value, struct mqlb_rstat);
-} real_stats SEC(".maps");
-
-static __always_inline int count(__u32 what, int verdict)
+static __always_inline int count(struct mqlb_cpu *c, __u32 what, int verdict)
 {
-	__u64 *v = bpf_map_lookup_elem(&stats, &what);
-
-	if (v)
-		*v += 1;
+	c->stats[what]++;
 	return verdict;
 }
 
 /* A fragment or a packet with options cannot be matched on ports: drop it
  * when its destination address is a VIP's, pass it otherwise. */
-static __always_inline int odd_packet(struct mqlb_flow *f, __u32 why)
+static __always_inline int odd_packet(struct mqlb_cpu *c, const __u32 *dst, int family, __u32 why)
 {
 	struct mqlb_vip_key k = {};
 
-	__builtin_memcpy(k.addr, f->dst, sizeof k.addr);
-	k.family = f->family;
+	if (family == 4)
+		k.addr[0] = dst[0];
+	else
+		__builtin_memcpy(k.addr, dst, 16);
+	k.family = (__u8)family;
 	if (bpf_map_lookup_elem(&vips, &k))
-		return count(why, XDP_DROP);
-	return count(MQLB_ST_PASS, XDP_PASS);
+		return count(c, why, XDP_DROP);
+	return count(c, MQLB_ST_PASS, XDP_PASS);
+}
+
+/* The port filter: a clear bit means no VIP has the port (network order,
+ * as the packet has it). */
+static __always_inline int port_maybe_vip(const struct mqlb_cpu *c, __u16 port_be)
+{
+	__u32 p = port_be % MQLB_PORT_BITS;
+
+	return (c->ports[p / 64] >> (p % 64)) & 1;
 }
 
 static __always_inline __u16 csum_fold(__u32 s)
@@ -166,140 +142,122 @@ static __always_inline int member(__u32 vip, __u32 real)
 	return m && *m;
 }
 
-static __always_inline int vip_port(__u16 port_be)
+/* What an IPv4 flow's packets need of their real, or 0 when it cannot
+ * take them: its MAC (l2) or its address (ipip). */
+static __always_inline __u64 real_dest4(const struct mqlb_cpu *c, __u32 real)
 {
-	__u32 p = bpf_ntohs(port_be), w = p / 64;
-	__u64 *bits = bpf_map_lookup_elem(&vip_ports, &w);
+	struct mqlb_real *r = bpf_map_lookup_elem(&reals, &real);
 
-	return bits && (*bits >> (p % 64)) & 1;
+	if (!r || !(r->flags & MQLB_REAL_VALID))
+		return 0;
+	if (c->encap == MQLB_ENCAP_IPIP)
+		return r->addr[0];
+	return *(__u64 *)r->mac & MQLB_CT_DEST; /* mac, family, flags: 8 bytes */
 }
 
-static __always_inline struct mqlb_flow4 flow4(const struct mqlb_flow *f)
+/* The entry of key (k0, k1) in its bucket, or NULL. */
+static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1, __u64 h)
 {
-	struct mqlb_flow4 k = {};
+#pragma unroll
+	for (int i = 0; i < MQLB_CT_WAYS; i++) {
+		struct mqlb_ct4 *e = &b->e[i];
 
-	k.src = f->src[0];
-	k.dst = f->dst[0];
-	k.sport = f->sport;
-	k.dport = f->dport;
-	k.proto = f->proto;
-	return k;
-}
-
-static __always_inline __u32 fcache_slot(const struct mqlb_flow4 *k)
-{
-	/* Multiply-shift: the top bits of a 64-bit product mix every input bit. */
-	__u64 x = ((__u64)k->src << 32 | k->dst) ^ ((__u64)k->sport << 48 | (__u64)k->dport << 32 | k->proto);
-
-	x *= 0x9e3779b97f4a7c15ull;
-	x ^= x >> 29;
-	x *= 0xbf58476d1ce4e5b9ull;
-	return (__u32)(x >> 52) & (MQLB_FCACHE_SLOTS - 1);
-}
-
-static __always_inline int flow4_eq(const struct mqlb_flow4 *a, const struct mqlb_flow4 *b)
-{
-	const __u64 *x = (const void *)a, *y = (const void *)b;
-
-	return x[0] == y[0] && x[1] == y[1];
-}
-
-struct fc_inval {
-	__u32 slot;
-};
-
-static long fcache_inval_cpu(__u32 cpu, void *arg)
-{
-	struct fc_inval *a = arg;
-	struct mqlb_fcache *e = bpf_map_lookup_percpu_elem(&fcache4, &a->slot, cpu);
-
-	if (!e)
-		return 1; /* past the last CPU */
-	e->key.proto = 0;
-	return 0;
-}
-
-/* A table entry was written: no CPU may keep an older copy. */
-static __always_inline void fcache_put(const struct mqlb_flow4 *k, const struct mqlb_conn *c)
-{
-	struct fc_inval a = { .slot = fcache_slot(k) };
-	struct mqlb_fcache *e;
-
-	bpf_loop(MQLB_FCACHE_MAX_CPUS, fcache_inval_cpu, &a, 0);
-	e = bpf_map_lookup_elem(&fcache4, &a.slot);
-	if (e) {
-		e->key = *k;
-		e->conn = *c;
+		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1) && (e->val >> 32) == (h >> 32))
+			return e;
 	}
+	return NULL;
 }
 
-/* The real of an established flow, or 0: the entry's VIP slot still holds
- * the VIP it was made for, and the real still serves it. */
-static __always_inline __u32 established(const struct mqlb_flow *f, __u32 *vnum)
+/* The way a new flow's entry goes to: its own, else an empty one, else
+ * the one used least recently. An index, not a pointer: the verifier
+ * allows no arithmetic that clang makes of a choice between pointers. */
+static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1, __u32 now)
 {
-	struct mqlb_flow4 k4;
-	struct mqlb_fcache *e;
-	struct mqlb_conn *c;
-	__u32 *gen, vn, slot;
+	__u32 oldest = 0;
+	int same = -1, empty = -1, old = 0;
 
-	/* The barrier keeps clang from merging the two calls into one with
-	 * a map pointer in a register, which the verifier cannot inline. */
-	if (f->family == 4) {
-		k4 = flow4(f);
-		slot = fcache_slot(&k4);
-		e = bpf_map_lookup_elem(&fcache4, &slot);
-		if (e && flow4_eq(&e->key, &k4)) {
-			c = &e->conn;
-		} else {
-			c = bpf_map_lookup_elem(&conns4, &k4);
-			asm volatile("" : "+r"(c));
-			if (c && e) {
-				e->key = k4;
-				e->conn = *c;
-			}
+#pragma unroll
+	for (int i = 0; i < MQLB_CT_WAYS; i++) {
+		const struct mqlb_ct4 *e = &b->e[i];
+		__u32 age = (now - (__u32)(e->k1 >> MQLB_CT_AGE_SHIFT)) & MQLB_CT_AGE_MASK;
+
+		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1)) {
+			same = i;
+			break;
 		}
-	} else {
-		c = bpf_map_lookup_elem(&conns6, f);
+		if (!e->k1) {
+			if (empty < 0)
+				empty = i;
+		} else if (age >= oldest) {
+			oldest = age;
+			old = i;
+		}
 	}
-
-	if (!c)
-		return 0;
-	vn = c->vip;
-	if (vn >= MQLB_MAX_VIPS)
-		return 0;
-	gen = bpf_map_lookup_elem(&vipgen, &vn);
-	if (!gen || *gen != c->gen || !member(vn, c->real))
-		return 0;
-	*vnum = vn;
-	return c->real;
+	return (__u32)(same >= 0 ? same : empty >= 0 ? empty : old) % MQLB_CT_WAYS;
 }
 
-static __always_inline int encap4(struct xdp_md *ctx, const struct mqlb_real *r,
-				  const struct mqlb_config *cfg)
+/* Counted once a packet leaves: the loader makes forwarded of the VIPs'
+ * packets and lru_hits of packets - new_flows. */
+static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u32 len, int new)
+{
+	struct mqlb_vstat *vs = &c->vip[vn % MQLB_MAX_VIPS];
+	struct mqlb_rstat *rs = &c->real[real % MQLB_MAX_REALS];
+
+	vs->packets++;
+	vs->bytes += len;
+	rs->packets++;
+	rs->bytes += len;
+	if (new) {
+		vs->new_flows++;
+		rs->new_flows++;
+		c->stats[MQLB_ST_NEW_FLOWS]++;
+	}
+	return XDP_TX;
+}
+
+/* Direct routing: the real has the VIP on lo; only the MACs change. The
+ * MAC words are read and written whole (x86 and arm64 take them
+ * unaligned). */
+static __always_inline void to_mac(void *data, __u64 mac)
+{
+	__u32 d0 = *(__u32 *)data;
+	__u16 d1 = *(__u16 *)(data + 4);
+
+	*(__u32 *)(data + 6) = d0;
+	*(__u16 *)(data + 10) = d1;
+	*(__u32 *)data = (__u32)mac;
+	*(__u16 *)(data + 4) = (__u16)(mac >> 32);
+}
+
+static __always_inline int encap4(struct mqlb_cpu *c, struct xdp_md *ctx, __u32 daddr)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data, *neth;
 	struct iphdr *in, *out;
+	struct mqlb_config *cfg;
 	__u8 src_mac[ETH_ALEN];
+	__u32 s = 0, zero = 0;
 	__u16 tot, tos;
-	__u32 s = 0;
 
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	in = (void *)(eth + 1);
 	if ((void *)(in + 1) > end)
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	tot = bpf_ntohs(in->tot_len);
 	if ((__u32)tot + sizeof(struct iphdr) > cfg->mtu)
-		return count(MQLB_ST_DROP_TOO_BIG, XDP_DROP);
+		return count(c, MQLB_ST_DROP_TOO_BIG, XDP_DROP);
 	tos = in->tos;
 	__builtin_memcpy(src_mac, eth->h_dest, ETH_ALEN);
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr)))
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	neth = data;
 	out = (void *)(neth + 1);
 	if ((void *)(out + 1) > end)
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	__builtin_memcpy(neth->h_dest, cfg->gw_mac, ETH_ALEN);
 	__builtin_memcpy(neth->h_source, src_mac, ETH_ALEN);
 	neth->h_proto = bpf_htons(ETH_P_IP);
@@ -314,7 +272,7 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct mqlb_real *r,
 	out->protocol = IPPROTO_IPIP;
 	out->check = 0;
 	out->saddr = cfg->src4;
-	out->daddr = r->addr[0];
+	out->daddr = daddr;
 #pragma unroll
 	for (int i = 0; i < 10; i++)
 		s += ((__u16 *)out)[i];
@@ -322,32 +280,36 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct mqlb_real *r,
 	return XDP_TX;
 }
 
-static __always_inline int encap6(struct xdp_md *ctx, const struct mqlb_real *r,
-				  const struct mqlb_config *cfg)
+static __always_inline int encap6(struct mqlb_cpu *c, struct xdp_md *ctx, const struct mqlb_real *r)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data, *neth;
 	struct ipv6hdr *in, *out;
+	struct mqlb_config *cfg;
 	__u8 src_mac[ETH_ALEN], head[4];
+	__u32 zero = 0;
 	__u16 plen;
 
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg)
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	in = (void *)(eth + 1);
 	if ((void *)(in + 1) > end)
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	plen = bpf_ntohs(in->payload_len);
 	if ((__u32)plen + 2 * sizeof(struct ipv6hdr) > cfg->mtu)
-		return count(MQLB_ST_DROP_TOO_BIG, XDP_DROP);
+		return count(c, MQLB_ST_DROP_TOO_BIG, XDP_DROP);
 	/* Keep traffic class and flow label: ECMP on the way hashes them. */
 	__builtin_memcpy(head, in, 4);
 	__builtin_memcpy(src_mac, eth->h_dest, ETH_ALEN);
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct ipv6hdr)))
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	neth = data;
 	out = (void *)(neth + 1);
 	if ((void *)(out + 1) > end)
-		return count(MQLB_ST_DROP_BAD, XDP_DROP);
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	__builtin_memcpy(neth->h_dest, cfg->gw_mac, ETH_ALEN);
 	__builtin_memcpy(neth->h_source, src_mac, ETH_ALEN);
 	neth->h_proto = bpf_htons(ETH_P_IPV6);
@@ -360,63 +322,172 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct mqlb_real *r,
 	return XDP_TX;
 }
 
-SEC("xdp")
-int mqlb_xdp(struct xdp_md *ctx)
+/* An IPv4 packet for an entry's real (dest as in struct mqlb_ct4); the
+ * caller checked the Ethernet header against end. */
+static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void *data, void *end, __u64 val,
+				    __u64 dest, int new)
+{
+	__u32 len = (__u32)(end - data);
+
+	if (c->encap == MQLB_ENCAP_IPIP) {
+		int v = encap4(c, ctx, (__u32)dest);
+
+		if (v != XDP_TX)
+			return v;
+	} else {
+		to_mac(data, dest);
+	}
+	return sent(c, MQLB_CT_VIP(val), MQLB_CT_REAL(val), len, new);
+}
+
+/* The vip4 word of an IPv4 VIP (MQLB_VIP4_PRESENT set), or 0. */
+static __always_inline __u64 vip4_find(const struct mqlb_cpu *c, __u64 key)
+{
+	const __u64 *t = c->vip4[c->vip4_cur & 1];
+	__u32 i = mqlb_vip4_slot(key);
+
+	for (int n = 0; n < MQLB_VIP4_SLOTS; n++) {
+		__u64 w = t[(i + n) % MQLB_VIP4_SLOTS];
+
+		if (!w)
+			break;
+		if ((w & MQLB_VIP4_KEYMASK) == key)
+			return w;
+	}
+	return 0;
+}
+
+/* The bucket of a flow's key. */
+static __always_inline struct mqlb_ct4_bucket *ct4_bucket(const struct mqlb_cpu *c, __u64 h)
+{
+	__u32 i = (__u32)h & c->ct_mask;
+
+	return bpf_map_lookup_elem(&conns4, &i);
+}
+
+/* An IPv4 TCP or UDP flow without a usable entry (the caller checked the
+ * headers): its VIP's ring picks the real, the table remembers it. The
+ * bucket is read first: its cache miss, likely for a new flow, then
+ * overlaps the rest. */
+static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct mqlb_ct4_bucket *b;
+	struct mqlb_ct4 *e;
+	__u32 vn, slot, real, ring_size, way, now = c->now, *rp, *gen;
+	__u64 k0, k1, h, val, dest, vip;
+
+	if ((void *)(ip + 1) + sizeof(__u32) > end)
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
+	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
+	k1 = (__u64)ip->protocol << 32 | *(__u32 *)(ip + 1);
+	h = mqlb_hash64(k0, k1);
+	b = ct4_bucket(c, h);
+	if (!b)
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
+	way = ct4_way(b, k0, k1, now);
+	vip = vip4_find(c, MQLB_VIP4_KEY(ip->daddr, (__u16)(k1 >> 16), ip->protocol));
+	if (!vip)
+		return count(c, MQLB_ST_PASS, XDP_PASS);
+	vn = MQLB_VIP4_NUM(vip);
+	c->stats[MQLB_ST_LRU_MISS]++;
+	c->vip[vn].lru_misses++;
+	if (!syn && ip->protocol == IPPROTO_TCP)
+		c->stats[MQLB_ST_MISS_NOT_SYN]++;
+	ring_size = c->ring_size;
+	if (vip & MQLB_VIP4_SRC_HASH)
+		slot = vn * ring_size + mqlb_ring_slot(mqlb_hash64(ip->saddr, 0), ring_size);
+	else
+		slot = vn * ring_size + mqlb_ring_slot(h, ring_size);
+	rp = bpf_map_lookup_elem(&ring, &slot);
+	gen = bpf_map_lookup_elem(&vipgen, &vn);
+	if (!rp || !gen)
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
+	real = *rp;
+	if (real == 0 || real >= MQLB_MAX_REALS)
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
+	dest = real_dest4(c, real);
+	if (!dest)
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
+	val = MQLB_CT_VAL(h >> 32, *gen, vn, real);
+	dest |= MQLB_CT_TAG(c->epoch, val);
+	e = &b->e[way];
+	e->k0 = k0;
+	e->k1 = k1 | (__u64)now << MQLB_CT_AGE_SHIFT;
+	e->val = val;
+	e->dest = dest;
+	return forward4(c, ctx, data, end, val, dest, 1);
+}
+
+/* An entry whose dest predates the epoch: is its VIP still the one it was
+ * made for, and does the real still serve it? Then copy the real's dest
+ * again; else 0. */
+static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val)
+{
+	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
+	__u32 *gen = bpf_map_lookup_elem(&vipgen, &vn);
+	__u64 dest;
+
+	if (!gen || (*gen & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
+		return 0;
+	dest = real_dest4(c, real);
+	if (!dest)
+		return 0;
+	dest |= MQLB_CT_TAG(c->epoch, val);
+	e->dest = dest;
+	return dest;
+}
+
+/* The real of an established IPv6 flow, or 0: the entry's VIP slot still
+ * holds the VIP it was made for, and the real still serves it. */
+static __always_inline __u32 established6(const struct mqlb_flow *f, __u32 *vnum)
+{
+	struct mqlb_conn *e = bpf_map_lookup_elem(&conns6, f);
+	__u32 *gen, vn;
+
+	if (!e)
+		return 0;
+	vn = e->vip;
+	if (vn >= MQLB_MAX_VIPS)
+		return 0;
+	gen = bpf_map_lookup_elem(&vipgen, &vn);
+	if (!gen || *gen != e->gen || !member(vn, e->real))
+		return 0;
+	*vnum = vn;
+	return e->real;
+}
+
+static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 	struct mqlb_flow f = {};
 	struct mqlb_vip_key vk = {};
-	struct mqlb_vip *vip;
-	struct mqlb_real *r;
-	struct mqlb_config *cfg;
-	struct mqlb_vstat *vs;
-	struct mqlb_rstat *rs;
 	struct mqlb_conn nc = {};
+	struct mqlb_real *r;
+	struct mqlb_vip *vip;
+	__u32 real = 0, vn = 0, len = (__u32)(end - data);
 	void *l4;
-	__u32 real = 0, vnum = 0, zero = 0, len = (__u32)(end - data);
-	int syn = 0;
+	__u32 ring_size = c->ring_size;
+	int syn = 0, v;
 
-	if ((void *)(eth + 1) > end)
-		return count(MQLB_ST_PASS, XDP_PASS);
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-
-		if ((void *)(ip + 1) > end)
-			return count(MQLB_ST_PASS, XDP_PASS);
-		f.family = 4;
-		f.src[0] = ip->saddr;
-		f.dst[0] = ip->daddr;
-		f.proto = ip->protocol;
-		if (ip->frag_off & bpf_htons(0x3fff))
-			return odd_packet(&f, MQLB_ST_DROP_FRAG);
-		if (ip->ihl != 5)
-			return odd_packet(&f, MQLB_ST_DROP_OPTIONS);
-		l4 = ip + 1;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > end)
-			return count(MQLB_ST_PASS, XDP_PASS);
-		f.family = 6;
-		__builtin_memcpy(f.src, &ip6->saddr, 16);
-		__builtin_memcpy(f.dst, &ip6->daddr, 16);
-		f.proto = ip6->nexthdr;
-		if (f.proto == IPPROTO_FRAGMENT)
-			return odd_packet(&f, MQLB_ST_DROP_FRAG);
-		if (f.proto == IPPROTO_HOPOPTS || f.proto == IPPROTO_ROUTING ||
-		    f.proto == IPPROTO_DSTOPTS)
-			return odd_packet(&f, MQLB_ST_DROP_OPTIONS);
-		l4 = ip6 + 1;
-	} else {
-		return count(MQLB_ST_PASS, XDP_PASS);
-	}
-
+	if ((void *)(ip6 + 1) > end)
+		return count(c, MQLB_ST_PASS, XDP_PASS);
+	f.family = 6;
+	__builtin_memcpy(f.src, &ip6->saddr, 16);
+	__builtin_memcpy(f.dst, &ip6->daddr, 16);
+	f.proto = ip6->nexthdr;
+	if (f.proto == IPPROTO_FRAGMENT)
+		return odd_packet(c, f.dst, 6, MQLB_ST_DROP_FRAG);
+	if (f.proto == IPPROTO_HOPOPTS || f.proto == IPPROTO_ROUTING || f.proto == IPPROTO_DSTOPTS)
+		return odd_packet(c, f.dst, 6, MQLB_ST_DROP_OPTIONS);
+	l4 = ip6 + 1;
 	if (f.proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
 		if ((void *)(th + 1) > end)
-			return count(MQLB_ST_PASS, XDP_PASS);
+			return count(c, MQLB_ST_PASS, XDP_PASS);
 		f.sport = th->source;
 		f.dport = th->dest;
 		syn = th->syn && !th->ack;
@@ -424,86 +495,143 @@ int mqlb_xdp(struct xdp_md *ctx)
 		struct udphdr *uh = l4;
 
 		if ((void *)(uh + 1) > end)
-			return count(MQLB_ST_PASS, XDP_PASS);
+			return count(c, MQLB_ST_PASS, XDP_PASS);
 		f.sport = uh->source;
 		f.dport = uh->dest;
 	} else {
-		return count(MQLB_ST_PASS, XDP_PASS);
+		return count(c, MQLB_ST_PASS, XDP_PASS);
 	}
+	if (!port_maybe_vip(c, f.dport))
+		return count(c, MQLB_ST_PASS, XDP_PASS);
 
-	if (!vip_port(f.dport))
-		return count(MQLB_ST_PASS, XDP_PASS);
-	/* The fast path: an established flow needs no VIP lookup. A SYN is a
-	 * new connection, whatever an old entry says: that is how a drained
-	 * real stops getting new flows with reused ports. */
 	if (!syn)
-		real = established(&f, &vnum);
+		real = established6(&f, &vn);
 	if (!real) {
 		__u32 slot, *rp, *gen;
 
 		__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
 		vk.port = f.dport;
 		vk.proto = f.proto;
-		vk.family = f.family;
+		vk.family = 6;
 		vip = bpf_map_lookup_elem(&vips, &vk);
 		if (!vip || (vip->flags & MQLB_VIP_ADDR) || vip->num >= MQLB_MAX_VIPS)
-			return count(MQLB_ST_PASS, XDP_PASS);
-		vnum = vip->num;
-		vs = bpf_map_lookup_elem(&vip_stats, &vnum);
-		gen = bpf_map_lookup_elem(&vipgen, &vnum);
-		slot = vnum * ring_size + mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH) % ring_size;
-		rp = bpf_map_lookup_elem(&ring, &slot);
-		count(MQLB_ST_LRU_MISS, 0);
+			return count(c, MQLB_ST_PASS, XDP_PASS);
+		vn = vip->num;
+		c->stats[MQLB_ST_LRU_MISS]++;
+		c->vip[vn].lru_misses++;
 		if (!syn && f.proto == IPPROTO_TCP)
-			count(MQLB_ST_MISS_NOT_SYN, 0);
-		if (vs)
-			vs->lru_misses++;
+			c->stats[MQLB_ST_MISS_NOT_SYN]++;
+		slot = vn * ring_size + mqlb_ring_slot(mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH), ring_size);
+		rp = bpf_map_lookup_elem(&ring, &slot);
+		gen = bpf_map_lookup_elem(&vipgen, &vn);
 		if (!rp || !*rp || *rp >= MQLB_MAX_REALS || !gen)
-			return count(MQLB_ST_DROP_NO_REAL, XDP_DROP);
+			return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 		real = *rp;
 		nc.real = real;
-		nc.vip = vnum;
+		nc.vip = vn;
 		nc.gen = *gen;
-		if (f.family == 4) {
-			struct mqlb_flow4 k4 = flow4(&f);
-
-			bpf_map_update_elem(&conns4, &k4, &nc, BPF_ANY);
-			fcache_put(&k4, &nc);
-		} else {
-			bpf_map_update_elem(&conns6, &f, &nc, BPF_ANY);
-		}
-		count(MQLB_ST_NEW_FLOWS, 0);
+		bpf_map_update_elem(&conns6, &f, &nc, BPF_ANY);
 	}
 	r = bpf_map_lookup_elem(&reals, &real);
-	cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!r || !(r->flags & MQLB_REAL_VALID) || !cfg)
-		return count(MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	/* An established flow's packet is counted once, here: the loader
-	 * makes lru_hits of packets - new_flows. */
-	vs = bpf_map_lookup_elem(&vip_stats, &vnum);
-	if (vs) {
-		vs->packets++;
-		vs->bytes += len;
-		if (nc.real)
-			vs->new_flows++;
+	if (!r || !(r->flags & MQLB_REAL_VALID))
+		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
+	if (c->encap == MQLB_ENCAP_IPIP) {
+		v = encap6(c, ctx, r);
+		if (v != XDP_TX)
+			return v;
+	} else {
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
+		if (data + sizeof(struct ethhdr) > end)
+			return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
+		to_mac(data, *(__u64 *)r->mac);
 	}
-	rs = bpf_map_lookup_elem(&real_stats, &real);
-	if (rs) {
-		rs->packets++;
-		rs->bytes += len;
-		if (nc.real)
-			rs->new_flows++;
-	}
+	return sent(c, vn, real, len, nc.real != 0);
+}
 
-	if (encap == MQLB_ENCAP_IPIP) {
-		int v = f.family == 4 ? encap4(ctx, r, cfg) : encap6(ctx, r, cfg);
+/* Everything but the IPv4 TCP or UDP packets that the main function
+ * reads itself: short frames, other protocols, IPv6, IPv4 fragments and
+ * options. */
+static __noinline int other(struct xdp_md *ctx, struct mqlb_cpu *c)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
 
-		return v == XDP_TX ? count(MQLB_ST_FWD, XDP_TX) : v;
+	if ((void *)(eth + 1) > end)
+		return count(c, MQLB_ST_PASS, XDP_PASS);
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return ip6(c, ctx);
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || (void *)(ip + 1) > end)
+		return count(c, MQLB_ST_PASS, XDP_PASS);
+	if (ip->frag_off & bpf_htons(0x3fff))
+		return odd_packet(c, &ip->daddr, 4, MQLB_ST_DROP_FRAG);
+	if (ip->ihl != 5)
+		return odd_packet(c, &ip->daddr, 4, MQLB_ST_DROP_OPTIONS);
+	return count(c, MQLB_ST_PASS, XDP_PASS);
+}
+
+/* The IPv4 path, in one function so that little spills to the stack: the
+ * headers, the port filter, the flow's bucket; an entry whose dest is
+ * current is forwarded at once. Header fields are read as whole words
+ * (x86 and arm64 take them unaligned). */
+SEC("xdp")
+int mqlb_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u32 cpu = bpf_get_smp_processor_id(), ports;
+	struct mqlb_cpu *c = bpf_map_lookup_elem(&cpus, &cpu);
+	struct mqlb_ct4_bucket *b;
+	struct mqlb_ct4 *e;
+	__u64 k0, k1, h, val, dest;
+	void *l4 = ip + 1;
+
+	if (!c)
+		return XDP_ABORTED; /* the loader sizes cpus for every possible CPU */
+	if (l4 > end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) || (ip->frag_off & bpf_htons(0x3fff)) ||
+	    ip->ihl != 5)
+		return other(ctx, c);
+	if (ip->protocol == IPPROTO_TCP) {
+		if (l4 + sizeof(struct tcphdr) > end)
+			return count(c, MQLB_ST_PASS, XDP_PASS);
+		/* A SYN is a new connection, whatever an old entry says: that
+		 * is how a drained real stops getting new flows with reused
+		 * ports. */
+		if ((((__u8 *)l4)[13] & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			return port_maybe_vip(c, ((__u16 *)l4)[1]) ? schedule4(ctx, c, 1)
+								   : count(c, MQLB_ST_PASS, XDP_PASS);
+	} else if (ip->protocol == IPPROTO_UDP) {
+		if (l4 + sizeof(struct udphdr) > end)
+			return count(c, MQLB_ST_PASS, XDP_PASS);
+	} else {
+		return count(c, MQLB_ST_PASS, XDP_PASS);
 	}
-	/* Direct routing: the real has the VIP on lo; only the MACs change. */
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
-	return count(MQLB_ST_FWD, XDP_TX);
+	ports = *(__u32 *)l4;
+	if (!port_maybe_vip(c, (__u16)(ports >> 16)))
+		return count(c, MQLB_ST_PASS, XDP_PASS);
+
+	/* The key as it lies in the packet: addresses, then ports. */
+	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
+	k1 = (__u64)ip->protocol << 32 | ports;
+	h = mqlb_hash64(k0, k1);
+	b = ct4_bucket(c, h);
+	if (!b || !(e = ct4_find(b, k0, k1, h)))
+		return schedule4(ctx, c, 0);
+	val = e->val;
+	dest = e->dest;
+	if ((dest ^ MQLB_CT_TAG(c->epoch, val)) >> 48) {
+		dest = refresh4(c, e, val);
+		if (!dest)
+			return schedule4(ctx, c, 0);
+	}
+	if ((__u32)(e->k1 >> MQLB_CT_AGE_SHIFT) != c->now)
+		e->k1 = k1 | (__u64)c->now << MQLB_CT_AGE_SHIFT;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	if (data + sizeof(struct ethhdr) > end)
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
+	return forward4(c, ctx, data, end, val, dest, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -33,6 +34,7 @@
 #include "mqlb_decap.skel.h"
 #include "mqlb_xdp.skel.h"
 #include "xdp/maglev.h"
+#include "xdp/percpu.h"
 
 static const char usage[] =
 	"usage: mqlb-xdp [-v] [--quiet] [-o file] -i iface [--mode native|generic]\n"
@@ -70,7 +72,7 @@ static struct {
 	struct out out;
 	struct srv srv;
 	ev_signal sigterm, sigint;
-	ev_timer stats_timer, resolve_timer, refresh_timer;
+	ev_timer stats_timer, resolve_timer, refresh_timer, clock_timer;
 	const char *ifname;
 	int ifindex;
 	int generic, decap, encap;
@@ -85,8 +87,8 @@ static struct {
 	struct mqlb_xdp_bpf *skel;
 	struct mqlb_decap_bpf *dskel;
 	int link_fd;
-	int fd_vips, fd_reals, fd_ring, fd_members, fd_config, fd_stats, fd_vstats, fd_rstats;
-	int fd_vipgen, fd_ports;
+	int fd_vips, fd_reals, fd_ring, fd_members, fd_config, fd_vipgen;
+	struct pcpu pc; /* the program's per-CPU state (struct mqlb_cpu), mapped */
 	struct vip vips[MQLB_MAX_VIPS];
 	__u32 vipgen[MQLB_MAX_VIPS]; /* what the vipgen map holds */
 	struct real reals[MQLB_MAX_REALS];
@@ -354,6 +356,8 @@ static void write_member(int vn, int ri)
 
 	if (bpf_map_update_elem(S.fd_members, &k, &v, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the members map: %s", strerror(errno));
+	if (!v)
+		pcpu_bump(&S.pc); /* its IPv4 connections look again and move */
 }
 
 static void write_real(int ri)
@@ -370,6 +374,7 @@ static void write_real(int ri)
 	}
 	if (bpf_map_update_elem(S.fd_reals, &k, &br, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the reals map: %s", strerror(errno));
+	pcpu_bump(&S.pc); /* IPv4 connections copy its MAC (or address) again */
 }
 
 /* A real takes ring slots once it can be reached: in l2 mode that needs
@@ -469,22 +474,23 @@ static void vip_newgen(int vn)
 
 	if (bpf_map_update_elem(S.fd_vipgen, &k, &g, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the vipgen map: %s", strerror(errno));
+	pcpu_bump(&S.pc);
 }
 
-/* The vip_ports word of port (host order): a bit per port some VIP has. */
-static void vip_ports_sync(unsigned port)
+/* The program's VIP table of new IPv4 flows, and its port filter. */
+static void vips_sync(void)
 {
-	__u32 w = port / 64;
-	__u64 bits = 0;
+	struct mqlb_vip_key keys[MQLB_MAX_VIPS];
+	struct mqlb_vip vals[MQLB_MAX_VIPS];
+	int n = 0;
 
-	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
-		unsigned p = ntohs(S.vips[vn].key.port);
-
-		if (S.vips[vn].used && p / 64 == w)
-			bits |= 1ull << (p % 64);
-	}
-	if (bpf_map_update_elem(S.fd_ports, &w, &bits, BPF_ANY) < 0)
-		die(EXIT_SYSERR, "cannot update the vip_ports map: %s", strerror(errno));
+	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
+		if (S.vips[vn].used) {
+			keys[n] = S.vips[vn].key;
+			vals[n].num = (__u32)vn;
+			vals[n++].flags = S.vips[vn].flags;
+		}
+	pcpu_vips(&S.pc, keys, vals, n);
 }
 
 static const char *vip_add(const struct mqlb_vip_key *k)
@@ -511,7 +517,7 @@ static const char *vip_add(const struct mqlb_vip_key *k)
 	if (bpf_map_update_elem(S.fd_vips, k, &bv, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the vips map: %s", strerror(errno));
 	vip_addr_entry(k);
-	vip_ports_sync(ntohs(k->port));
+	vips_sync();
 	return NULL;
 }
 
@@ -529,7 +535,7 @@ static void vip_del(int vn)
 	v->used = 0;
 	vip_newgen(vn);
 	vip_addr_entry(&v->key);
-	vip_ports_sync(ntohs(v->key.port));
+	vips_sync();
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
 		if (v->weight[ri] >= 0) {
 			v->weight[ri] = -1;
@@ -721,19 +727,20 @@ static void stdin_eof(struct in *in, int err, void *arg)
 
 /* ---- queries -------------------------------------------------------------- */
 
-static void sum_percpu(int fd, __u32 key, void *vals, size_t size, __u64 *sum, int nfields)
+/* The decap program's counters, a per-CPU array. */
+static __u64 decap_stat(__u32 key)
 {
 	int ncpu = libbpf_num_possible_cpus();
+	static __u64 *vals;
+	__u64 sum = 0;
 
-	memset(sum, 0, (size_t)nfields * sizeof *sum);
-	if (ncpu <= 0 || bpf_map_lookup_elem(fd, &key, vals) < 0)
-		return;
-	for (int c = 0; c < ncpu; c++) {
-		const __u64 *v = (const __u64 *)((const char *)vals + (size_t)c * size);
-
-		for (int i = 0; i < nfields; i++)
-			sum[i] += v[i];
-	}
+	if (ncpu <= 0 || (!vals && !(vals = calloc((size_t)ncpu, sizeof *vals))))
+		die(EXIT_SYSERR, "out of memory");
+	if (bpf_map_lookup_elem(bpf_map__fd(S.dskel->maps.stats), &key, vals) < 0)
+		return 0;
+	for (int c = 0; c < ncpu; c++)
+		sum += vals[c];
+	return sum;
 }
 
 static const char *const vstat_names[] = { "packets", "bytes", "new_flows", "lru_hits", "lru_misses" };
@@ -741,38 +748,43 @@ static const char *const rstat_names[] = { "packets", "bytes", "new_flows" };
 
 static void write_stats(struct out *o)
 {
-	static void *vals;
-	__u64 sum[5], hits = 0;
+	__u64 fwd = 0, hits = 0;
 	char name[200], vb[80], ab[INET6_ADDRSTRLEN];
-	int fd = S.decap ? bpf_map__fd(S.dskel->maps.stats) : S.fd_stats;
+	struct mqlb_vstat vs;
+	struct mqlb_rstat rs;
 
-	/* Room for the largest per-CPU value, struct mqlb_vstat. */
-	if (!vals && !(vals = calloc((size_t)libbpf_num_possible_cpus(), sizeof(struct mqlb_vstat))))
-		die(EXIT_SYSERR, "out of memory");
-	/* The program leaves lru_hits to us: every VIP slot's packets less its
-	 * new flows, summed over all slots so that the counter never goes
-	 * back when a VIP is removed. */
-	for (int vn = 0; !S.decap && vn < MQLB_MAX_VIPS; vn++) {
-		sum_percpu(S.fd_vstats, (__u32)vn, vals, sizeof(struct mqlb_vstat), sum, 5);
-		hits += sum[0] - sum[2];
-	}
-	for (__u32 i = 0; i < MQLB_ST_MAX; i++) {
-		sum_percpu(fd, i, vals, sizeof(__u64), sum, 1);
-		out_stat(o, stat_names[i], i == MQLB_ST_LRU_HIT && !S.decap ? hits : sum[0]);
-	}
-	if (S.decap)
+	if (S.decap) {
+		for (__u32 i = 0; i < MQLB_ST_MAX; i++)
+			out_stat(o, stat_names[i], decap_stat(i));
 		return;
+	}
+	/* The program leaves forwarded and lru_hits to us: every VIP slot's
+	 * packets (less its new flows), summed over all slots so that the
+	 * counters never go back when a VIP is removed. */
+	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
+		pcpu_vstat(&S.pc, vn, &vs);
+		fwd += vs.packets;
+		hits += vs.lru_hits;
+	}
+	for (int i = 0; i < MQLB_ST_MAX; i++)
+		out_stat(o, stat_names[i],
+			 i == MQLB_ST_FWD ? fwd : i == MQLB_ST_LRU_HIT ? hits : pcpu_stat(&S.pc, i));
 	out_stat(o, "records", S.n_records);
 	out_stat(o, "bad_records", S.n_bad);
 	out_stat(o, "ring_slots_written", S.n_slots);
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
 		struct vip *v = &S.vips[vn];
+		__u64 sum[5];
 
 		if (!v->used)
 			continue;
 		fmt_vip(&v->key, vb, sizeof vb);
-		sum_percpu(S.fd_vstats, (__u32)vn, vals, sizeof(struct mqlb_vstat), sum, 5);
-		sum[3] = sum[0] - sum[2];
+		pcpu_vstat(&S.pc, vn, &vs);
+		sum[0] = vs.packets;
+		sum[1] = vs.bytes;
+		sum[2] = vs.new_flows;
+		sum[3] = vs.lru_hits;
+		sum[4] = vs.lru_misses;
 		for (int i = 0; i < 5; i++) {
 			snprintf(name, sizeof name, "vip.%s.%s.%s", vb,
 				 v->key.proto == IPPROTO_UDP ? "udp" : "tcp", vstat_names[i]);
@@ -780,10 +792,15 @@ static void write_stats(struct out *o)
 		}
 	}
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
+		__u64 sum[3];
+
 		if (S.reals[ri].refs == 0)
 			continue;
 		fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab);
-		sum_percpu(S.fd_rstats, (__u32)ri, vals, sizeof(struct mqlb_rstat), sum, 3);
+		pcpu_rstat(&S.pc, ri, &rs);
+		sum[0] = rs.packets;
+		sum[1] = rs.bytes;
+		sum[2] = rs.new_flows;
 		for (int i = 0; i < 3; i++) {
 			snprintf(name, sizeof name, "real.%s.%s", ab, rstat_names[i]);
 			out_stat(o, name, sum[i]);
@@ -856,6 +873,16 @@ static void sock_line(struct conn *c, char *line, size_t n, void *arg)
 }
 
 static void stats_cb(struct ev_loop *loop, ev_timer *w, int revents) { write_stats(&S.out); }
+
+/* The clock of the IPv4 connection entries' age (least recently used
+ * goes first when a bucket is full). */
+static void clock_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	pcpu_tick(&S.pc, (__u32)ts.tv_sec);
+}
 
 /* ---- load and attach ------------------------------------------------------ */
 
@@ -979,9 +1006,8 @@ static void recover(void)
 
 		if (bpf_map_lookup_elem(S.fd_vipgen, &key, &S.vipgen[vn]) < 0)
 			S.vipgen[vn] = 0;
-		if (S.vips[vn].used)
-			vip_ports_sync(ntohs(S.vips[vn].key.port));
 	}
+	vips_sync();
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
 		struct mqlb_real br;
 		__u32 key = (__u32)ri;
@@ -1109,11 +1135,10 @@ static void load_lb(void)
 
 	if (!(sk = S.skel = mqlb_xdp_bpf__open()))
 		die(EXIT_SYSERR, "cannot open the BPF object: %s", strerror(errno));
-	sk->rodata->ring_size = (__u32)S.ring_size;
-	sk->rodata->encap = (__u32)S.encap;
 	bpf_map__set_max_entries(sk->maps.ring, (__u32)(MQLB_MAX_VIPS * S.ring_size));
-	bpf_map__set_max_entries(sk->maps.conns4, (__u32)S.max_conns);
+	bpf_map__set_max_entries(sk->maps.conns4, mqlb_ct_buckets((__u32)S.max_conns));
 	bpf_map__set_max_entries(sk->maps.conns6, (__u32)S.max_conns);
+	bpf_map__set_max_entries(sk->maps.cpus, (__u32)libbpf_num_possible_cpus());
 	if (S.pin) {
 		pin_dir();
 		set_pin(sk->maps.vips);
@@ -1121,18 +1146,16 @@ static void load_lb(void)
 		set_pin(sk->maps.ring);
 		set_pin(sk->maps.members);
 		set_pin(sk->maps.vipgen);
-		set_pin(sk->maps.vip_ports);
 		set_pin(sk->maps.conns4);
 		set_pin(sk->maps.conns6);
 		set_pin(sk->maps.config);
-		set_pin(sk->maps.stats);
-		set_pin(sk->maps.vip_stats);
-		set_pin(sk->maps.real_stats);
+		set_pin(sk->maps.cpus);
 	}
 	if ((err = mqlb_xdp_bpf__load(sk)) < 0) {
 		if (S.pin)
 			die(EXIT_SYSERR, "cannot load the program with the maps pinned in %s: %s "
-			    "(other --ring-size or --max-conns? remove %s to start afresh)",
+			    "(other --ring-size or --max-conns, or the maps of another mqlb-xdp version? "
+			    "remove %s to start afresh)",
 			    S.pin, strerror(-err), S.pin);
 		die(EXIT_SYSERR, "cannot load the XDP program: %s (root or CAP_BPF needed)", strerror(-err));
 	}
@@ -1141,11 +1164,14 @@ static void load_lb(void)
 	S.fd_ring = bpf_map__fd(sk->maps.ring);
 	S.fd_members = bpf_map__fd(sk->maps.members);
 	S.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
-	S.fd_ports = bpf_map__fd(sk->maps.vip_ports);
 	S.fd_config = bpf_map__fd(sk->maps.config);
-	S.fd_stats = bpf_map__fd(sk->maps.stats);
-	S.fd_vstats = bpf_map__fd(sk->maps.vip_stats);
-	S.fd_rstats = bpf_map__fd(sk->maps.real_stats);
+	/* The settings and a new epoch go to every CPU before the program
+	 * is attached (or, taking over, before it replaces the running one:
+	 * entries the predecessor made are checked against the maps again). */
+	if (pcpu_map(&S.pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(),
+		     mqlb_ct_buckets((__u32)S.max_conns) - 1, (__u32)S.encap, (__u32)S.ring_size) < 0)
+		die(EXIT_SYSERR, "cannot map the cpus map: %s", strerror(errno));
+	clock_cb(S.loop, &S.clock_timer, 0);
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
 		if (!(S.vips[vn].ring = calloc(S.ring_size, sizeof(__u32))))
 			die(EXIT_SYSERR, "out of memory");
@@ -1216,6 +1242,7 @@ int main(int argc, char **argv)
 	S.out.on_error = on_out_error;
 	ev_timer_init(&S.resolve_timer, resolve_cb, 0.2, 0.5);
 	ev_timer_init(&S.refresh_timer, refresh_cb, 5, 5);
+	ev_timer_init(&S.clock_timer, clock_cb, 1, 1);
 	if (S.decap)
 		load_decap();
 	else
@@ -1231,6 +1258,8 @@ int main(int argc, char **argv)
 	ev_signal_start(S.loop, &S.sigint);
 	if (!S.decap && S.encap == MQLB_ENCAP_L2)
 		ev_timer_start(S.loop, &S.refresh_timer);
+	if (!S.decap)
+		ev_timer_start(S.loop, &S.clock_timer);
 	if (S.stats_interval > 0) {
 		ev_timer_init(&S.stats_timer, stats_cb, S.stats_interval, S.stats_interval);
 		ev_timer_start(S.loop, &S.stats_timer);

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* fuzz/xdp.c: libFuzzer target for mqlb-xdp's input: vip, real and del
- * records, down to the Maglev rings. The command's file and maglev.c are
- * included, main() renamed; the BPF maps are fakes that check every key
- * against the map's size. --encap ipip, so no neighbour lookups (an l2
- * real's MAC is resolved by sending it a datagram), and a small ring.
+ * records, down to the Maglev rings. The command's file, maglev.c and
+ * percpu.c are included, main() renamed; the BPF maps are fakes that check
+ * every key against the map's size, the per-CPU state is plain memory.
+ * --encap ipip, so no neighbour lookups (an l2 real's MAC is resolved by
+ * sending it a datagram), and a small ring.
  * Input: lines on mqlb-xdp's stdin. */
 #include "config.h"
 
@@ -13,7 +14,7 @@
 #include "mqlb_kern_user.h"
 
 #define FUZZ_RING 61
-enum { FD_VIPS = 1001, FD_REALS, FD_RING, FD_MEMBERS, FD_VIPGEN, FD_PORTS };
+enum { FD_VIPS = 1001, FD_REALS, FD_RING, FD_MEMBERS, FD_VIPGEN };
 
 static void fuzz_map_key(int fd, const void *key)
 {
@@ -26,8 +27,7 @@ static void fuzz_map_key(int fd, const void *key)
 	    (fd == FD_RING && k >= MQLB_MAX_VIPS * FUZZ_RING) ||
 	    (fd == FD_MEMBERS && k >= MQLB_MAX_VIPS * MQLB_MAX_REALS) ||
 	    (fd == FD_VIPGEN && k >= MQLB_MAX_VIPS) ||
-	    (fd == FD_PORTS && k >= MQLB_PORT_WORDS) ||
-	    (fd < FD_REALS || fd > FD_PORTS))
+	    (fd < FD_REALS || fd > FD_VIPGEN))
 		abort();
 }
 
@@ -47,6 +47,7 @@ static int fuzz_map_delete(int fd, const void *key)
 #define bpf_map_update_elem fuzz_map_update
 #define bpf_map_delete_elem fuzz_map_delete
 #include "../cmd/xdp/maglev.c"
+#include "../cmd/xdp/percpu.c"
 #define main xdp_main_unused
 #include "../cmd/mqlb-xdp.c"
 #undef main
@@ -69,7 +70,10 @@ static void setup(void)
 	S.fd_ring = FD_RING;
 	S.fd_members = FD_MEMBERS;
 	S.fd_vipgen = FD_VIPGEN;
-	S.fd_ports = FD_PORTS;
+	/* the program's per-CPU state: one CPU's, in plain memory */
+	S.pc.n = 1;
+	if (!(S.pc.c = calloc(1, sizeof *S.pc.c)))
+		abort();
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
 		if (!(S.vips[vn].ring = calloc(S.ring_size, sizeof(__u32))))
 			abort();

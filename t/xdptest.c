@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -29,6 +30,7 @@
 #include "mqlb_xdp.skel.h"
 #include "xdp_floor.skel.h"
 #include "xdp/maglev.h"
+#include "xdp/percpu.h"
 
 #define RING 65537u
 #define XDP_ABORTED_ 0
@@ -38,6 +40,8 @@
 
 static int failed;
 static struct mqlb_xdp_bpf *sk;
+static struct pcpu pc; /* the program's per-CPU state, mapped */
+static __u32 clock_now = 1; /* the entries' clock, as the loader's seconds */
 
 #define CHECK(cond, ...)                                            \
 	do {                                                        \
@@ -180,7 +184,7 @@ static int run(int prog_fd, const struct pkt *in, struct pkt *out, __u32 *dur)
 
 struct tvip {
 	struct mqlb_vip_key key;
-	__u32 num;
+	__u32 num, flags;
 	int weight[MQLB_MAX_REALS];
 	__u32 ring[RING];
 };
@@ -200,11 +204,18 @@ static void lb_open(int encap)
 		perror("open");
 		exit(111);
 	}
-	sk->rodata->encap = (__u32)encap;
-	bpf_map__set_max_entries(sk->maps.conns4, 65536);
+	bpf_map__set_max_entries(sk->maps.conns4, mqlb_ct_buckets(65536));
 	bpf_map__set_max_entries(sk->maps.conns6, 65536);
+	bpf_map__set_max_entries(sk->maps.cpus, (__u32)libbpf_num_possible_cpus());
 	if (mqlb_xdp_bpf__load(sk) < 0) {
 		fprintf(stderr, "cannot load mqlb_xdp (root needed)\n");
+		exit(111);
+	}
+	if (pc.c)
+		munmap(pc.c, (size_t)pc.n * sizeof *pc.c);
+	if (pcpu_map(&pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(), mqlb_ct_buckets(65536) - 1,
+		     (__u32)encap, RING) < 0) {
+		perror("mmap cpus");
 		exit(111);
 	}
 	inet_pton(AF_INET, "192.0.2.1", &cfg.src4);
@@ -220,22 +231,25 @@ static void lb_open(int encap)
 
 static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
 
-/* As the loader: a new generation for the slot, and the port bits. */
+/* As the loader: a new generation for the slot, a new epoch, the port
+ * filter. */
 static void vip_slot(int n)
 {
 	__u32 k = (__u32)n, g = ++vgen[n];
-	static __u64 bits[MQLB_PORT_WORDS];
+	struct mqlb_vip_key keys[4];
+	struct mqlb_vip vals[4];
+	int nv = 0;
 
 	bpf_map_update_elem(bpf_map__fd(sk->maps.vipgen), &k, &g, BPF_ANY);
-	memset(bits, 0, sizeof bits);
+	pcpu_bump(&pc);
+	pcpu_tick(&pc, clock_now);
 	for (int i = 0; i < 4; i++)
 		if (tv[i].key.family) {
-			unsigned p = ntohs(tv[i].key.port);
-
-			bits[p / 64] |= 1ull << (p % 64);
+			keys[nv] = tv[i].key;
+			vals[nv].num = tv[i].num;
+			vals[nv++].flags = tv[i].flags;
 		}
-	for (__u32 w = 0; w < MQLB_PORT_WORDS; w++)
-		bpf_map_update_elem(bpf_map__fd(sk->maps.vip_ports), &w, &bits[w], BPF_ANY);
+	pcpu_vips(&pc, keys, vals, nv);
 }
 
 static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
@@ -250,6 +264,7 @@ static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
 	t->key.port = htons(port);
 	t->key.proto = (__u8)proto;
 	t->num = (__u32)n;
+	t->flags = flags;
 	vip_slot(n);
 	bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &t->key, &v, BPF_ANY);
 	{
@@ -274,6 +289,7 @@ static void del_vip(int n)
 
 			t->weight[r] = -1;
 			bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &zero, BPF_ANY);
+			pcpu_bump(&pc);
 		}
 	memset(&t->key, 0, sizeof t->key);
 	vip_slot(n);
@@ -304,6 +320,7 @@ static void add_real(int i, int family, int valid)
 	r.mac[4] = 0x01;
 	r.mac[5] = (__u8)i;
 	bpf_map_update_elem(bpf_map__fd(sk->maps.reals), &k, &r, BPF_ANY);
+	pcpu_bump(&pc);
 }
 
 static void set_weight(int n, int real, int weight)
@@ -316,6 +333,8 @@ static void set_weight(int n, int real, int weight)
 
 	t->weight[real] = weight;
 	bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
+	if (!m)
+		pcpu_bump(&pc); /* as the loader: the real's flows leave it */
 	for (int r = 1; r < MQLB_MAX_REALS; r++)
 		if (t->weight[r] >= 0) {
 			b[nb].id = (__u32)r;
@@ -340,30 +359,24 @@ static __u32 predict(int n, const struct flowspec *fs, int src_only)
 	inet_pton(fs->family == 4 ? AF_INET : AF_INET6, fs->dst, f.dst);
 	f.sport = htons(fs->sport);
 	f.dport = htons(fs->dport);
-	return tv[n].ring[mqlb_flow_hash(&f, src_only) % RING];
+	return tv[n].ring[mqlb_ring_slot(mqlb_flow_hash(&f, src_only), RING)];
 }
 
 static __u64 ctr(enum mqlb_stat s)
 {
-	int ncpu = libbpf_num_possible_cpus();
-	__u64 v[ncpu], sum = 0;
-	__u32 k = s;
+	__u64 sum = 0;
 
-	if (s == MQLB_ST_LRU_HIT) {
-		/* as mqlb-xdp reports it: the VIPs' packets less their new flows */
-		struct mqlb_vstat vv[ncpu];
+	if (s == MQLB_ST_LRU_HIT || s == MQLB_ST_FWD) {
+		/* as mqlb-xdp reports them: the VIPs' packets (less their new flows) */
+		for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
+			struct mqlb_vstat v;
 
-		for (k = 0; k < MQLB_MAX_VIPS; k++)
-			if (bpf_map_lookup_elem(bpf_map__fd(sk->maps.vip_stats), &k, vv) == 0)
-				for (int i = 0; i < ncpu; i++)
-					sum += vv[i].packets - vv[i].new_flows;
+			pcpu_vstat(&pc, vn, &v);
+			sum += s == MQLB_ST_FWD ? v.packets : v.lru_hits;
+		}
 		return sum;
 	}
-	if (bpf_map_lookup_elem(bpf_map__fd(sk->maps.stats), &k, v) < 0)
-		return 0;
-	for (int i = 0; i < ncpu; i++)
-		sum += v[i];
-	return sum;
+	return pcpu_stat(&pc, s);
 }
 
 /* Which real got the packet (l2 mode): the last byte of its MAC. */
@@ -953,6 +966,34 @@ static void bench(int n)
 	xdp_floor_bpf__destroy(fl);
 }
 
+/* The IPv4 connections in a pinned conns4: entries in use. */
+static int conns(const char *path)
+{
+	int fd = bpf_obj_get(path);
+	struct bpf_map_info info = { 0 };
+	__u32 len = sizeof info, n = 0;
+	struct mqlb_ct4_bucket *b;
+
+	if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len) < 0 ||
+	    info.value_size != sizeof *b) {
+		fprintf(stderr, "xdptest: %s: not a conns4 map\n", path);
+		return 2;
+	}
+	if (!(b = malloc(sizeof *b)))
+		return 111;
+	for (__u32 k = 0; k < info.max_entries; k++) {
+		if (bpf_map_lookup_elem(fd, &k, b) < 0) {
+			fprintf(stderr, "xdptest: %s: %s\n", path, strerror(errno));
+			return 111;
+		}
+		for (int w = 0; w < MQLB_CT_WAYS; w++)
+			n += b->e[w].k1 != 0;
+	}
+	printf("%u\n", n);
+	free(b);
+	return 0;
+}
+
 /* Send stdin to a Unix socket, print what comes back until it closes. */
 static int query(const char *path)
 {
@@ -981,6 +1022,8 @@ int main(int argc, char **argv)
 
 	if (!strcmp(t, "query") && argc == 3)
 		return query(argv[2]);
+	if (!strcmp(t, "conns") && argc == 3)
+		return conns(argv[2]);
 	libbpf_set_print(NULL);
 	if (!strcmp(t, "l2"))
 		t_l2(4);
@@ -1014,7 +1057,7 @@ int main(int argc, char **argv)
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
 		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|fcache|weights|moves|decap|"
-				"bench [n]|query socket\n");
+				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}
 	if (!failed)

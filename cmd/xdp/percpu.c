@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: MIT */
+/* percpu.c: the XDP balancer's per-CPU state seen from user space: the
+ * mmap of its cpus map, settings, epoch, VIP table, clock and counters. */
+#include "config.h"
+
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "percpu.h"
+
+int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u32 ring_size)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = ((size_t)n * sizeof *p->c + pg - 1) / pg * pg;
+	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+
+	if (m == MAP_FAILED)
+		return -1;
+	p->c = m;
+	p->n = n;
+	for (int i = 0; i < n; i++) {
+		__atomic_store_n(&p->c[i].ct_mask, ct_mask, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->c[i].encap, encap, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->c[i].ring_size, ring_size, __ATOMIC_RELAXED);
+	}
+	pcpu_bump(p);
+	return 0;
+}
+
+/* The program reads its own CPU's copy; each is one aligned store. The
+ * map changes before were system calls, so every CPU sees them before it
+ * sees the new epoch. */
+void pcpu_bump(struct pcpu *p)
+{
+	__u64 e = __atomic_load_n(&p->c[0].epoch, __ATOMIC_RELAXED) + 1;
+
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].epoch, e, __ATOMIC_RELEASE);
+}
+
+void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n)
+{
+	__u64 bits[MQLB_PORT_BITS / 64] = { 0 }, t[MQLB_VIP4_SLOTS] = { 0 };
+	__u32 next = p->n ? (__atomic_load_n(&p->c[0].vip4_cur, __ATOMIC_RELAXED) ^ 1) & 1 : 0;
+
+	for (int i = 0; i < n; i++) {
+		__u64 key = MQLB_VIP4_KEY(keys[i].addr[0], keys[i].port, keys[i].proto);
+		__u32 s = mqlb_vip4_slot(key);
+
+		bits[keys[i].port % MQLB_PORT_BITS / 64] |= 1ull << (keys[i].port % 64);
+		if (keys[i].family != 4 || (vals[i].flags & MQLB_VIP_ADDR))
+			continue;
+		while (t[s]) /* at most MQLB_MAX_VIPS of MQLB_VIP4_SLOTS are taken */
+			s = (s + 1) % MQLB_VIP4_SLOTS;
+		t[s] = key | MQLB_VIP4_PRESENT | (__u64)vals[i].num << 56 |
+		       (vals[i].flags & MQLB_VIP_SRC_HASH ? MQLB_VIP4_SRC_HASH : 0);
+	}
+	/* Fill the table not in use, then switch every CPU to it: a lookup
+	 * never sees a table half written. */
+	for (int i = 0; i < p->n; i++) {
+		for (int w = 0; w < MQLB_VIP4_SLOTS; w++)
+			__atomic_store_n(&p->c[i].vip4[next][w], t[w], __ATOMIC_RELAXED);
+		for (int w = 0; w < MQLB_PORT_BITS / 64; w++)
+			__atomic_store_n(&p->c[i].ports[w], p->c[i].ports[w] | bits[w], __ATOMIC_RELAXED);
+	}
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].vip4_cur, next, __ATOMIC_RELEASE);
+	/* Then the ports that no VIP has any more. */
+	for (int i = 0; i < p->n; i++)
+		for (int w = 0; w < MQLB_PORT_BITS / 64; w++)
+			__atomic_store_n(&p->c[i].ports[w], bits[w], __ATOMIC_RELAXED);
+}
+
+void pcpu_tick(struct pcpu *p, __u32 now)
+{
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].now, now & MQLB_CT_AGE_MASK, __ATOMIC_RELAXED);
+}
+
+__u64 pcpu_stat(const struct pcpu *p, int stat)
+{
+	__u64 sum = 0;
+
+	for (int i = 0; i < p->n; i++)
+		sum += __atomic_load_n(&p->c[i].stats[stat], __ATOMIC_RELAXED);
+	return sum;
+}
+
+void pcpu_vstat(const struct pcpu *p, int vn, struct mqlb_vstat *sum)
+{
+	memset(sum, 0, sizeof *sum);
+	for (int i = 0; i < p->n; i++) {
+		const struct mqlb_vstat *v = &p->c[i].vip[vn];
+
+		sum->packets += __atomic_load_n(&v->packets, __ATOMIC_RELAXED);
+		sum->bytes += __atomic_load_n(&v->bytes, __ATOMIC_RELAXED);
+		sum->new_flows += __atomic_load_n(&v->new_flows, __ATOMIC_RELAXED);
+		sum->lru_misses += __atomic_load_n(&v->lru_misses, __ATOMIC_RELAXED);
+	}
+	/* A packet counts packets, then new_flows: a sum taken in between
+	 * may hold one more new flow than packets. */
+	sum->lru_hits = sum->packets >= sum->new_flows ? sum->packets - sum->new_flows : 0;
+}
+
+void pcpu_rstat(const struct pcpu *p, int ri, struct mqlb_rstat *sum)
+{
+	memset(sum, 0, sizeof *sum);
+	for (int i = 0; i < p->n; i++) {
+		const struct mqlb_rstat *r = &p->c[i].real[ri];
+
+		sum->packets += __atomic_load_n(&r->packets, __ATOMIC_RELAXED);
+		sum->bytes += __atomic_load_n(&r->bytes, __ATOMIC_RELAXED);
+		sum->new_flows += __atomic_load_n(&r->new_flows, __ATOMIC_RELAXED);
+	}
+}

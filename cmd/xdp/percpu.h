@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+/* percpu.h: the XDP balancer's per-CPU state (bpf/mqlb_xdp.bpf.c's cpus
+ * map, one struct mqlb_cpu per CPU) from user space: mapped once, the
+ * settings, epoch, VIP table and clock written on every CPU, the counters
+ * summed. */
+#ifndef MQLB_PERCPU_H
+#define MQLB_PERCPU_H
+
+#include <linux/types.h>
+
+#include "mqlb_kern_user.h"
+
+struct pcpu {
+	struct mqlb_cpu *c;
+	int n;
+};
+
+/* Map the cpus map (n elements, BPF_F_MMAPABLE), give every CPU the
+ * settings and a new epoch. Returns 0, or -1 with errno. */
+int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u32 ring_size);
+
+/* A new epoch on every CPU: IPv4 connections check their real against the
+ * maps again. Call it after a change that may end one (a member removed,
+ * a VIP slot's generation bumped, a real's MAC or validity changed). */
+void pcpu_bump(struct pcpu *p);
+
+/* The VIPs, all of them (keys[i] is vals[i].num's): the port filter, and
+ * the IPv4 VIP table of new flows. */
+void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n);
+
+/* The clock of the connection entries' age, in seconds. */
+void pcpu_tick(struct pcpu *p, __u32 now);
+
+__u64 pcpu_stat(const struct pcpu *p, int stat);
+void pcpu_vstat(const struct pcpu *p, int vn, struct mqlb_vstat *sum);
+void pcpu_rstat(const struct pcpu *p, int ri, struct mqlb_rstat *sum);
+
+#endif
