@@ -23,7 +23,7 @@
 #include "stat/stat.h"
 
 static const char usage[] =
-	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom | --top] [--watch seconds]\n"
+	"usage: mqlb-stat [-v] [--quiet] [-o file] [--prom | --top | --json] [--watch seconds]\n"
 	"                 [--timeout seconds] socket ...\n"
 	"       mqlb-stat --metrics-interval seconds [-v] [--quiet] [-o file]\n"
 	"                 [--timeout seconds] [-h host] [-p port] [-u user] [-P password]\n"
@@ -31,11 +31,12 @@ static const char usage[] =
 	"                 [--cert file] [--key file] [--insecure] [--prefix prefix]\n"
 	"                 [--retries n] [component/id=]socket ...\n";
 
-enum { O_PROM = 2000, O_TOP, O_WATCH, O_TIMEOUT, O_METRICS };
+enum { O_PROM = 2000, O_TOP, O_JSON, O_WATCH, O_TIMEOUT, O_METRICS };
 
 static const struct option longopts[] = {
 	{ "prom", no_argument, NULL, O_PROM },
 	{ "top", no_argument, NULL, O_TOP },
+	{ "json", no_argument, NULL, O_JSON },
 	{ "watch", required_argument, NULL, O_WATCH },
 	{ "timeout", required_argument, NULL, O_TIMEOUT },
 	{ "metrics-interval", required_argument, NULL, O_METRICS },
@@ -44,7 +45,7 @@ static const struct option longopts[] = {
 
 static struct {
 	struct conf cf;
-	int prom, top;
+	int prom, top, json;
 	double watch, timeout, metrics;
 	struct ev_loop *loop;
 	struct mq mq;
@@ -61,6 +62,7 @@ static void opt(int c, const char *arg)
 	switch (c) {
 	case O_PROM: S.prom = 1; break;
 	case O_TOP: S.top = 1; break;
+	case O_JSON: S.json = 1; break;
 	case O_WATCH: S.watch = opt_secs("--watch", arg, 0.1, 86400); break;
 	case O_TIMEOUT: S.timeout = opt_secs("--timeout", arg, 0.01, 3600); break;
 	case O_METRICS: S.metrics = opt_secs("--metrics-interval", arg, 0.1, 86400); break;
@@ -515,6 +517,55 @@ static void print_prom(void)
 	print_prom_hists();
 }
 
+/* ---- JSON ------------------------------------------------------------------------ */
+
+static void put_json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
+/* One line a round: {"time":..,"sockets":[{"path":..,"up":true,"stats":{..}},
+ * {"path":..,"up":false,"error":..}]}, every figure as the stage gave it. */
+static void print_json(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	printf("{\"time\":%lld.%03ld,\"sockets\":[", (long long)ts.tv_sec, ts.tv_nsec / 1000000);
+	for (int i = 0; i < S.na; i++) {
+		const struct answer *a = &S.a[i];
+
+		fputs(i ? ",{\"path\":" : "{\"path\":", stdout);
+		put_json_string(a->path);
+		if (a->err[0]) {
+			fputs(",\"up\":false,\"error\":", stdout);
+			put_json_string(a->err);
+			putchar('}');
+			continue;
+		}
+		fputs(",\"up\":true,\"stats\":{", stdout);
+		for (size_t j = 0; j < a->n; j++) {
+			if (j)
+				putchar(',');
+			put_json_string(a->e[j].name);
+			printf(":%lu", a->e[j].v);
+		}
+		fputs("}}", stdout);
+	}
+	fputs("]}\n", stdout);
+}
+
 /* ---- publishing ------------------------------------------------------------------ */
 
 /* "[component/id=]path": the topic levels given, or the socket's file name
@@ -630,9 +681,12 @@ static int round_once(void)
 
 		strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", localtime(&t));
 		/* Home and clear: the whole screen is redrawn each round. */
-		printf("\033[H\033[2Jmqlb-stat every %gs  %s\n\n", S.watch, ts);
+		if (!S.json)
+			printf("\033[H\033[2Jmqlb-stat every %gs  %s\n\n", S.watch, ts);
 	}
-	if (S.prom)
+	if (S.json)
+		print_json();
+	else if (S.prom)
 		print_prom();
 	else
 		print_table();
@@ -658,8 +712,10 @@ int main(int argc, char **argv)
 		opt_usage_error("--metrics-interval publishes: no --prom or --watch with it");
 	if (S.metrics > 0 && S.top)
 		opt_usage_error("--metrics-interval publishes: no --top with it");
-	if (S.prom && S.top)
-		opt_usage_error("--prom or --top, not both");
+	if (S.prom + S.top + S.json > 1)
+		opt_usage_error("one of --prom, --top and --json");
+	if (S.metrics > 0 && S.json)
+		opt_usage_error("--metrics-interval publishes: no --json with it");
 	S.na = argc - first;
 	S.a = calloc((size_t)S.na, sizeof *S.a);
 	if (!S.a)

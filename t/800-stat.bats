@@ -1,7 +1,8 @@
 #!/usr/bin/env bats
 # SPDX-License-Identifier: MIT
 # 800-stat: mqlb-stat against the stats sockets of real mqlb-auction,
-# mqlb-worker and mqlb-health processes: table, --prom, --watch, failures.
+# mqlb-worker and mqlb-health processes: table, --prom, --json, --watch,
+# failures.
 load helpers/common.bash
 bats_require_minimum_version 1.5.0
 setup() { mqlb_setup; }
@@ -167,6 +168,34 @@ cell() { awk -v s="$1" -v c="$2" '$1 == s { print $(c + 1) }' <<<"$output"; }
 	grep -qxF "mqlb_brokers{socket=\"$T/h.sock\"} 1" <<<"$output"
 	run mqlb-stat "$T/h.sock"
 	[ "$(cell broker.192.0.2.10:1883.b1.up 1)" = 1 ]
+}
+
+@test "--json: one object a round, every figure of each socket, the ones down with why" {
+	broker_start
+	auction
+	worker w1 3
+	feed "msg $U1 0 0 none/# none/a p1"
+	wait_for 5 grep -q "^drop $U1 nogroup" "$T/a.out"
+	run --separate-stderr mqlb-stat --json "$T/a.sock" "$T/w1.sock" "$T/gone.sock"
+	[ "$status" -eq 1 ]
+	[ "$(wc -l <<<"$output")" -eq 1 ]
+	python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+a, w, g = d["sockets"]
+assert isinstance(d["time"], float)
+assert a["path"] == sys.argv[1] and a["up"] is True and a["stats"]["msg"] == 1, a
+assert a["stats"]["drop_nogroup"] == 1
+assert w["up"] is True and w["stats"]["slots"] == 3, w
+assert g == {"path": sys.argv[2], "up": False, "error": "connect: No such file or directory"}, g
+' "$T/a.sock" "$T/gone.sock" <<<"$output"
+	# With --watch: one line a round, no escapes.
+	bg js mqlb-stat --json --watch 0.1 "$T/w1.sock"
+	wait_for 10 lines_in "$T/js.out" 3
+	kill -INT "$(pidof_bg js)"
+	wait_for 5 exited "$(pidof_bg js)"
+	! grep -q $'\e' "$T/js.out" || false
+	head -n 3 "$T/js.out" | python3 -c 'import json, sys; [json.loads(l) for l in sys.stdin]'
 }
 
 @test "--watch: redraws with a clear screen, growth per second, until SIGINT, then exit 0" {

@@ -233,7 +233,9 @@ stat worker.g/fast.last_done_us 3000'
 @test "--top: usage errors" {
 	run mqlb-stat --top --prom "$T/x.sock"
 	[ "$status" -eq 2 ]
-	[[ "$output" == *"--prom or --top, not both"* ]]
+	[[ "$output" == *"one of --prom, --top and --json"* ]]
+	run mqlb-stat --top --json "$T/x.sock"
+	[ "$status" -eq 2 ]
 	run mqlb-stat --top --metrics-interval 1 "$T/x.sock"
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"no --top with it"* ]]
