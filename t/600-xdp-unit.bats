@@ -111,13 +111,27 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
-@test "fcache: a SYN reusing a 5-tuple leaves no stale flow-cache copy on another CPU" {
+@test "two CPUs: a flow keeps its real on either; a SYN reusing a 5-tuple moves it on both" {
 	require_root
 	[ "$(nproc)" -ge 2 ] || skip "needs two CPUs"
-	run xdptest fcache
+	run xdptest cpus
 	echo "$output"
 	[ "$status" -eq 0 ]
-	[[ "$output" == *'flow cache: '* ]]
+	[[ "$output" == *'two CPUs: '* ]]
+}
+
+@test "a real's new MAC: its established IPv4 flows follow, entries kept" {
+	require_root
+	run xdptest mac
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
+@test "a full bucket: a SYN again takes its own entry, a new flow the least recently used" {
+	require_root
+	run xdptest bucket
+	echo "$output"
+	[ "$status" -eq 0 ]
 }
 
 @test "weights: 10k flows within 5% of weights 100:200:300" {

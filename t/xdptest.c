@@ -678,6 +678,126 @@ static void t_drain(void)
 	CHECK(kept == 0, "%d flows still on a removed real", kept);
 }
 
+/* A real's MAC changes (a replaced host): its established IPv4 flows,
+ * whose entries hold a copy of the MAC, follow at once. */
+static void t_mac(void)
+{
+	struct flowspec syn = flow4(40031, 1), est = flow4(40031, 0);
+	struct mqlb_real r;
+	struct pkt in, out;
+	__u32 k;
+	int a;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	a = real_of(&out);
+	k = (__u32)a;
+	bpf_map_lookup_elem(bpf_map__fd(sk->maps.reals), &k, &r);
+	r.mac[4] = 0x02;
+	bpf_map_update_elem(bpf_map__fd(sk->maps.reals), &k, &r, BPF_ANY);
+	pcpu_bump(&pc); /* as the loader, after writing a real */
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established packet not forwarded");
+	CHECK(!memcmp(out.b, "\x02\0\0\0\x02", 5) && out.b[5] == a, "established packet went to %02x:%02x, "
+	      "not real %d's new MAC", out.b[4], out.b[5], a);
+	CHECK(ctr(MQLB_ST_LRU_MISS) == 1, "the MAC change cost the flow its entry (%llu misses)",
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS));
+}
+
+/* The conns4 bucket of a flow, as the program finds it. */
+static __u32 bucket_of(const struct flowspec *f)
+{
+	__u32 src, dst;
+	__u64 k0, k1;
+
+	inet_pton(AF_INET, f->src, &src);
+	inet_pton(AF_INET, f->dst, &dst);
+	k0 = (__u64)dst << 32 | src;
+	k1 = (__u64)f->proto << 32 | (__u32)htons(f->dport) << 16 | htons(f->sport);
+	return (__u32)mqlb_hash64(k0, k1) & (mqlb_ct_buckets(65536) - 1);
+}
+
+/* n flows (SYNs from one client, by source port) of one bucket. */
+static int same_bucket(struct flowspec *fs, int n)
+{
+	static __u8 hits[65536];
+	int want = -1, got = 0;
+
+	memset(hits, 0, sizeof hits);
+	for (unsigned port = 1024; port < 65536 && want < 0; port++) {
+		struct flowspec f = flow4((__u16)port, 1);
+		__u32 b = bucket_of(&f);
+
+		if (++hits[b] == n)
+			want = (int)b;
+	}
+	for (unsigned port = 1024; port < 65536 && got < n; port++) {
+		struct flowspec f = flow4((__u16)port, 1);
+
+		if ((int)bucket_of(&f) == want)
+			fs[got++] = f;
+	}
+	return got;
+}
+
+/* A bucket holds MQLB_CT_WAYS flows; a SYN of a flow it has takes its own
+ * entry again; one more flow takes the place of the one used least
+ * recently, whose next packet is then scheduled afresh by the ring. */
+static void t_bucket(void)
+{
+	struct flowspec f[MQLB_CT_WAYS + 1];
+	struct pkt in, out;
+	__u64 miss;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	CHECK(same_bucket(f, MQLB_CT_WAYS + 1) == MQLB_CT_WAYS + 1, "no %d flows of one bucket", MQLB_CT_WAYS + 1);
+	for (int i = 0; i < MQLB_CT_WAYS; i++) {
+		pcpu_tick(&pc, 100 + (__u32)i); /* flow i written at 100 + i */
+		build(&in, &f[i]);
+		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow %d: SYN not forwarded", i);
+	}
+	pcpu_tick(&pc, 110);
+	for (int i = 0; i < MQLB_CT_WAYS; i++)
+		if (i != 1) { /* all used at 110 but flow 1 */
+			f[i].syn = 0;
+			f[i].ack = 1;
+			build(&in, &f[i]);
+			CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow %d: not forwarded", i);
+		}
+	miss = ctr(MQLB_ST_LRU_MISS);
+	CHECK(miss == MQLB_CT_WAYS, "%llu misses for %d flows", (unsigned long long)miss, MQLB_CT_WAYS);
+	/* A SYN again (a reused 5-tuple): its own entry, no other goes. */
+	f[2].syn = 1;
+	f[2].ack = 0;
+	build(&in, &f[2]);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow 2: second SYN not forwarded");
+	f[2].syn = 0;
+	f[2].ack = 1;
+	pcpu_tick(&pc, 111);
+	build(&in, &f[MQLB_CT_WAYS]);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "the extra flow's SYN not forwarded");
+	CHECK(ctr(MQLB_ST_LRU_MISS) == miss + 2, "misses %llu, want %llu", (unsigned long long)ctr(MQLB_ST_LRU_MISS),
+	      (unsigned long long)miss + 2);
+	f[MQLB_CT_WAYS].syn = 0;
+	f[MQLB_CT_WAYS].ack = 1;
+	for (int i = 0; i <= MQLB_CT_WAYS; i++)
+		if (i != 1) {
+			build(&in, &f[i]);
+			CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow %d: not forwarded", i);
+		}
+	CHECK(ctr(MQLB_ST_LRU_MISS) == miss + 2 && ctr(MQLB_ST_MISS_NOT_SYN) == 0,
+	      "a flow other than the least recently used lost its entry: misses %llu, not-SYN %llu",
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS), (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+	f[1].syn = 0;
+	f[1].ack = 1;
+	build(&in, &f[1]);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) == (int)predict(0, &f[1], 0),
+	      "the evicted flow went to %d, not its ring's %u", real_of(&out), predict(0, &f[1], 0));
+	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "the evicted flow's packet: %llu not-SYN misses",
+	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+}
+
 /* A VIP removed and its slot taken by another VIP (same port, same real):
  * the old VIP's established flows must not ride their old entries. */
 static void t_reuse(void)
@@ -727,9 +847,10 @@ static void on_cpu(int cpu)
 	}
 }
 
-/* The flow cache (IPv4) is per CPU: a SYN that reuses a 5-tuple on one CPU
- * and is scheduled elsewhere must not leave another CPU's copy behind. */
-static void t_fcache(void)
+/* Two CPUs, one connection table: a flow whose packets change CPU keeps
+ * its real, and a SYN that reuses a 5-tuple on one CPU and is scheduled
+ * elsewhere leaves the other CPU no old copy to follow. */
+static void t_cpus(void)
 {
 	struct flowspec syn = flow4(40021, 1), est = flow4(40021, 0);
 	struct pkt in, out;
@@ -750,8 +871,8 @@ static void t_fcache(void)
 	on_cpu(1);
 	run(prog(), &in, &out, NULL);
 	CHECK(real_of(&out) == a, "CPU 1: established on %d, want %d", real_of(&out), a);
-	/* Drained, a keeps its flows (both CPUs hold a copy) but a reused
-	 * 5-tuple's SYN goes elsewhere. */
+	/* Drained, a keeps its flows but a reused 5-tuple's SYN goes
+	 * elsewhere. */
 	set_weight(0, a, 0);
 	build(&in, &syn);
 	run(prog(), &in, &out, NULL);
@@ -764,11 +885,11 @@ static void t_fcache(void)
 	run(prog(), &in, &out, NULL);
 	CHECK(real_of(&out) == b, "CPU 0: the new connection's packet went to %d, want %d (a stale copy)",
 	      real_of(&out), b);
-	/* Other flows still ride their copies; a removed real's do not. */
+	/* A removed real's flows leave it, on either CPU. */
 	set_weight(0, b, -1);
 	run(prog(), &in, &out, NULL);
 	CHECK(real_of(&out) != b && real_of(&out) != 0, "a removed real's flow went to %d", real_of(&out));
-	printf("flow cache: %d -> %d on both CPUs\n", a, b);
+	printf("two CPUs: %d -> %d on both\n", a, b);
 }
 
 static __u32 rnd_state = 12345;
@@ -1045,8 +1166,12 @@ int main(int argc, char **argv)
 		t_drain();
 	else if (!strcmp(t, "reuse"))
 		t_reuse();
-	else if (!strcmp(t, "fcache"))
-		t_fcache();
+	else if (!strcmp(t, "mac"))
+		t_mac();
+	else if (!strcmp(t, "bucket"))
+		t_bucket();
+	else if (!strcmp(t, "cpus"))
+		t_cpus();
 	else if (!strcmp(t, "weights"))
 		t_weights();
 	else if (!strcmp(t, "moves"))
@@ -1056,7 +1181,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|fcache|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|mac|bucket|cpus|weights|moves|decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}
