@@ -20,11 +20,25 @@ static double held_for(const struct wstat *w)
 	return oldest;
 }
 
-/* "worker.GROUP/WID.FIELD" per worker ever awarded a job: the kind.key.field
- * form mqlb-stat turns into a labelled Prometheus metric. Its award-to-done
- * histogram comes as lat_us_sum and lat_us_bUPPER, the count of each
+/* A histogram as PREFIX_us_sum and PREFIX_us_bUPPER, the count of each
  * bucket that is not empty by its upper bound in microseconds, for
  * mqlb-stat to take percentiles over any interval. */
+static void hist_stats(struct out *o, const char *prefix, const struct hist *h)
+{
+	char name[3 * MAX_LEVEL];
+
+	snprintf(name, sizeof name, "%s_us_sum", prefix);
+	out_stat(o, name, us(h->sum));
+	for (int b = 0; b < HIST_BUCKETS; b++)
+		if (h->b[b]) {
+			snprintf(name, sizeof name, "%s_us_b%lu", prefix, hist_upper_us(b));
+			out_stat(o, name, h->b[b]);
+		}
+}
+
+/* "worker.GROUP/WID.FIELD" per worker ever awarded a job: the kind.key.field
+ * form mqlb-stat turns into a labelled Prometheus metric; its award-to-done
+ * histogram as worker.GROUP/WID.lat_us_*. */
 static void worker_stats(struct out *o)
 {
 	char name[2 * MAX_LEVEL + 64];
@@ -43,14 +57,9 @@ static void worker_stats(struct out *o)
 		WSTAT("held_us", us(held_for(w)));
 		if (w->lat.n)
 			WSTAT("last_done_us", us(hist_now() - w->lat.last));
-		WSTAT("lat_us_sum", us(w->lat.sum));
 #undef WSTAT
-		for (int b = 0; b < HIST_BUCKETS; b++)
-			if (w->lat.b[b]) {
-				snprintf(name, sizeof name, "worker.%s/%s.lat_us_b%lu", w->g->name, w->wid,
-					 hist_upper_us(b));
-				out_stat(o, name, w->lat.b[b]);
-			}
+		snprintf(name, sizeof name, "worker.%s/%s.lat", w->g->name, w->wid);
+		hist_stats(o, name, &w->lat);
 	}
 }
 
