@@ -60,6 +60,7 @@ struct row {
 	double rate;              /* jobs done a second; -1: unknown */
 	unsigned long win[NH][2]; /* p50, p99 since the round before; 0: none */
 	int stuck;
+	unsigned long ok, fail; /* a group's: of all its workers */
 };
 
 struct rows {
@@ -226,7 +227,7 @@ static int stuck(const struct row *r)
 	return held > 2 * usual && held > usual + 1000000;
 }
 
-/* The group's window over all its workers' award-to-done times. */
+/* The group's dones, jobs a second and award-to-done window: its workers'. */
 static void group_window(struct row *g)
 {
 	unsigned long d[HIST_BUCKETS] = {0}, n = 0;
@@ -235,13 +236,15 @@ static void group_window(struct row *g)
 	double rate = 0;
 	int known = 0;
 
-	if (!has_prev(a))
-		return;
 	for (size_t i = 0; i < V.workers.n; i++) {
 		const struct row *w = &V.workers.r[i];
 		const struct hbuf *hb = &w->h[H_LAT];
 
 		if (w->sock != g->sock || strncmp(w->key, g->key, kl) || w->key[kl] != '/')
+			continue;
+		g->ok += w->v[0][K_OK];
+		g->fail += w->v[0][K_FAIL];
+		if (!has_prev(a))
 			continue;
 		if (w->rate >= 0)
 			rate += w->rate, known = 1;
@@ -253,6 +256,8 @@ static void group_window(struct row *g)
 			n += now;
 		}
 	}
+	if (!has_prev(a))
+		return;
 	g->rate = known ? rate : -1;
 	g->win[H_LAT][0] = hist_quantile_of(d, n, 0.5);
 	g->win[H_LAT][1] = hist_quantile_of(d, n, 0.99);
@@ -520,6 +525,8 @@ static void groups(void)
 	int show[NC], nw, wait = has_hist(H_WAIT), e2e = has_hist(H_E2E);
 	char cells[NC][32];
 	struct col cc[NC];
+	/* Half the lines under the header at most: the workers need the rest. */
+	size_t most = V.lines > 12 ? (size_t)(V.lines - 8) / 2 : V.lines ? 1 : V.groups.n;
 
 	memcpy(cc, c, sizeof c);
 	for (int i = 5; i < 9; i++)
@@ -530,13 +537,10 @@ static void groups(void)
 		snprintf(cells[i], sizeof cells[i], "%s", cc[i].title);
 	line(A_NONE, "%s", "");
 	table_row(A_BOLD, ' ', nw, "GROUP", cc, NC, show, cells);
-	/* Half the lines under the header at most: the workers need the rest. */
-	size_t most = V.lines > 12 ? (size_t)(V.lines - 8) / 2 : V.lines ? 1 : V.groups.n;
 
 	for (size_t i = 0; i < V.groups.n; i++) {
 		const struct row *g = &V.groups.r[i];
 		const unsigned long *v = g->v[0];
-		char gname[512];
 
 		if (i == most && i + 1 < V.groups.n) {
 			line(A_NONE, "  ... %zu more", V.groups.n - i);
@@ -557,25 +561,10 @@ static void groups(void)
 		ms(cells[8], 32, g->win[H_E2E][1]);
 		ms(cells[9], 32, g->win[H_LAT][0]);
 		ms(cells[10], 32, g->win[H_LAT][1]);
-		snprintf(cells[11], 32, "-");
-		snprintf(cells[12], 32, "-");
-		{
-			unsigned long ok = 0, fail = 0;
-			size_t kl = strlen(g->key);
-
-			for (size_t k = 0; k < V.workers.n; k++) {
-				const struct row *w = &V.workers.r[k];
-
-				if (w->sock == g->sock && !strncmp(w->key, g->key, kl) &&
-				    w->key[kl] == '/')
-					ok += w->v[0][K_OK], fail += w->v[0][K_FAIL];
-			}
-			snprintf(cells[11], 32, "%lu", ok);
-			snprintf(cells[12], 32, "%lu", fail);
-		}
-		snprintf(gname, sizeof gname, "%s", g->key);
+		snprintf(cells[11], 32, "%lu", g->ok);
+		snprintf(cells[12], 32, "%lu", g->fail);
 		table_row(v[K_WAITING] && v[K_INFLIGHT] >= v[K_SLOTS] ? A_BOLD : A_NONE, ' ', nw,
-			  gname, cc, NC, show, cells);
+			  g->key, cc, NC, show, cells);
 	}
 }
 
