@@ -606,15 +606,35 @@ static void on_done(const struct mosquitto_message *m)
 	spool_ok(&S.sp, u + 1, spool_ghash(g, (size_t)(w - g)));
 }
 
+/* A message's spool entry, written now: fields from qos on, an empty filter
+ * (the one it is written out for is not known yet). */
+static struct spool_ent *spool_held(const struct mosquitto_message *m,
+				    const mosquitto_property *props, uint32_t subid)
+{
+	char id[37];
+	struct out *w;
+
+	new_uuid(id);
+	w = spool_begin(&S.sp, id, subid, 0);
+	out_ulong(w, (unsigned long)m->qos);
+	out_ulong(w, m->retain ? 1 : 0);
+	out_str(w, "");
+	out_str(w, m->topic);
+	out_field(w, m->payload, (size_t)m->payloadlen);
+	props_write(w, props);
+	return spool_end(&S.sp);
+}
+
+/* e: its spool entry if it has one already (read while paused). */
 static void hold(const struct mosquitto_message *m, const mosquitto_property *props,
-		 uint32_t subid)
+		 uint32_t subid, struct spool_ent *e)
 {
 	struct orphan *o;
 
 	if (S.norphans >= MAX_ORPHANS) {
 		warnl("%ld messages held for filters nobody announced; %s dropped", S.norphans,
 		      m->topic);
-		drop_nogroup(m, props, NULL);
+		drop_nogroup(m, props, e);
 		return;
 	}
 	o = calloc(1, sizeof *o);
@@ -623,21 +643,8 @@ static void hold(const struct mosquitto_message *m, const mosquitto_property *pr
 		die(EXIT_SYSERR, "out of memory");
 	o->subid = subid;
 	o->since = heard();
-	if (S.spool_path) {
-		/* PUBACKed already: kept in the spool until written out and done. */
-		char id[37];
-		struct out *w;
-
-		new_uuid(id);
-		w = spool_begin(&S.sp, id, subid, 0);
-		out_ulong(w, (unsigned long)m->qos);
-		out_ulong(w, m->retain ? 1 : 0);
-		out_str(w, "");
-		out_str(w, m->topic);
-		out_field(w, m->payload, (size_t)m->payloadlen);
-		props_write(w, props);
-		o->e = spool_end(&S.sp);
-	}
+	/* PUBACKed already: kept in the spool until written out and done. */
+	o->e = e ? e : S.spool_path ? spool_held(m, props, subid) : NULL;
 	*S.orphans_tail = o;
 	S.orphans_tail = &o->next;
 	S.norphans++;
@@ -692,6 +699,8 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 	struct filt *f;
 	uint32_t id;
 	int any = 0;
+	/* read while paused: spooled then (on_held), written out now */
+	struct spool_ent *e = mq_held_tag(mq);
 
 	if (S.spool_path && has_prefix(m->topic) && !strncmp(m->topic + S.plen + 1, "done/", 5)) {
 		on_done(m);
@@ -709,9 +718,10 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		else if (m->retain && !S.retained)
 			S.n_retained++;
 		else if ((f = filt_by_subid(id)))
-			emit_msg(m, props, f, NULL);
+			emit_msg(m, props, f, e);
 		else
-			hold(m, props, id);
+			hold(m, props, id, e);
+		e = NULL; /* a second filter's copy is an entry of its own */
 	}
 	if (!any) {
 		bool announced = false;
@@ -734,14 +744,19 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 				if (f->state == F_ACKED || f->state == F_PENDING)
 					mosquitto_topic_matches_sub(f->topic, m->topic, &hit);
 				if (hit) {
-					emit_msg(m, props, f, NULL);
+					emit_msg(m, props, f, e);
+					e = NULL;
 					hits++;
 				}
 			}
-			if (!hits)
-				hold(m, props, 0);
+			if (!hits) {
+				hold(m, props, 0, e);
+				e = NULL;
+			}
 		}
 	}
+	if (e) /* on_held() spools only what is taken as a job here */
+		spool_finish(&S.sp, e, "nogroup");
 	/* libmosquitto 2.0 has sent the PUBACK already: the spool line goes
 	 * to the file now, not at the end of the loop turn, so that a kill
 	 * can fall between the two only for this message. An error is
@@ -750,6 +765,22 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		spool_write(&S.sp);
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
+}
+
+/* A job message read while reading is paused: in the spool now, as it is
+ * PUBACKed already; written out when the pause ends (or at shutdown). */
+static void *on_held(struct mq *mq, const struct mosquitto_message *m,
+		     const mosquitto_property *props, void *arg)
+{
+	uint32_t id = 0;
+	struct spool_ent *e;
+
+	if (!S.spool_path || has_prefix(m->topic) || (m->retain && !S.retained))
+		return NULL;
+	mosquitto_property_read_varint(props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, false);
+	e = spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
+	spool_write(&S.sp);
+	return e;
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -870,6 +901,8 @@ static void shutdown_now(int code)
 			if (f->state == F_ACKED || f->state == F_PENDING)
 				unsubscribe(f);
 	mq_disconnect(&S.mq);
+	/* Taken from the broker during a pause: written out too. */
+	mq_deliver_backlog(&S.mq);
 	if (S.spool_path && spool_flush(&S.sp) < 0)
 		code = EXIT_SYSERR;
 	if (out_drain_blocking(&S.out) < 0 && S.out.err != EPIPE)
@@ -909,6 +942,8 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "drop_nogroup", S.n_drop_nogroup);
 	out_stat(&c->out, "connected", (unsigned long)S.mq.connected);
 	out_stat(&c->out, "paused", (unsigned long)S.mq.read_paused);
+	out_stat(&c->out, "backlog", S.mq.backlog_n);
+	out_stat(&c->out, "backlog_max", S.mq.backlog_max_seen);
 	if (S.spool_path) {
 		out_stat(&c->out, "spooled", S.sp.n_spooled);
 		out_stat(&c->out, "spool_finished", S.sp.n_finished);
@@ -983,6 +1018,7 @@ static const struct mq_cb callbacks = {
 	.connected = on_connected,
 	.disconnected = on_disconnected,
 	.message = on_message,
+	.held = on_held,
 	.subscribed = on_subscribed,
 };
 

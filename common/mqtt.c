@@ -20,13 +20,21 @@
  * ("certificate verify failed"), which its return code does not carry. */
 static char tls_error[200];
 
+/* Paused with a full backlog: the socket waits unread. Until CONNACK it is
+ * read all the same, or a reconnect could never complete. */
+static int backlog_full(const struct mq *mq)
+{
+	return mq->read_paused && mq->connected &&
+	       (mq->backlog_n >= MQ_BACKLOG_MSGS || mq->backlog_bytes >= MQ_BACKLOG_BYTES);
+}
+
 static void update_io(struct mq *mq)
 {
 	int fd = mosquitto_socket(mq->m);
 	int ev = 0;
 
 	if (fd >= 0) {
-		if (!mq->read_paused)
+		if (!backlog_full(mq))
 			ev |= EV_READ;
 		if (mosquitto_want_write(mq->m))
 			ev |= EV_WRITE;
@@ -115,35 +123,12 @@ static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	update_io(mq);
 }
 
-/* While reading is paused (back-pressure), libmosquitto's keepalive would
- * send PINGREQ and then close the connection because the PINGRESP sits
- * unread behind the messages we hold off: a pause longer than the
- * keepalive lost the session. Instead the broker gets a bare PINGREQ now
- * and then, which is all it needs to keep us; its PINGRESPs are read, and
- * ignored, after the pause. On TLS the stream is libmosquitto's alone: the
- * broker's own keepalive (1.5 times ours) then ends a pause that long. */
-static void ping_while_paused(struct mq *mq)
-{
-	static const unsigned char pingreq[2] = { 0xc0, 0x00 };
-	int fd = mosquitto_socket(mq->m);
-	ev_tstamp now = ev_now(mq->loop);
-
-	if (fd < 0 || !mq->connected || mq->o->cafile || mq->o->capath ||
-	    now - mq->paused_ping < mq->o->keepalive / 2.0 || mosquitto_want_write(mq->m))
-		return;
-	/* Whole or not at all: two bytes into an idle socket's send buffer. */
-	if (write(fd, pingreq, sizeof pingreq) == (ssize_t)sizeof pingreq)
-		mq->paused_ping = now;
-}
-
 static void misc_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct mq *mq = w->data;
 
-	if (mq->read_paused) {
-		ping_while_paused(mq);
-		return;
-	}
+	/* Paused too: the backlog keeps the socket read, so libmosquitto's
+	 * keepalive and its PINGRESP work as ever. */
 	if (mosquitto_socket(mq->m) >= 0) {
 		mq->in_lib++;
 		mosquitto_loop_misc(mq->m);
@@ -233,10 +218,70 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 		       const mosquitto_property *p)
 {
 	struct mq *mq = arg;
+	struct mq_held *h;
 
-	if (mq->cb->message)
+	if (!mq->cb->message)
+		return;
+	if (!mq->read_paused && !mq->backlog) {
 		mq->cb->message(mq, msg, p, mq->arg);
+		return;
+	}
+	/* Paused, or older messages still wait: kept, in order. */
+	h = calloc(1, sizeof *h);
+	if (!h || mosquitto_message_copy(&h->msg, msg) != MOSQ_ERR_SUCCESS ||
+	    (p && mosquitto_property_copy_all(&h->props, p) != MOSQ_ERR_SUCCESS))
+		die(EXIT_SYSERR, "out of memory");
+	if (mq->cb->held)
+		h->tag = mq->cb->held(mq, msg, p, mq->arg);
+	*mq->backlog_tail = h;
+	mq->backlog_tail = &h->next;
+	mq->backlog_n++;
+	mq->backlog_bytes += sizeof *h + strlen(msg->topic) + (size_t)msg->payloadlen;
+	if (mq->backlog_n > mq->backlog_max_seen)
+		mq->backlog_max_seen = mq->backlog_n;
 }
+
+static void held_free(struct mq *mq, struct mq_held *h)
+{
+	mq->backlog_n--;
+	mq->backlog_bytes -= sizeof *h + strlen(h->msg.topic) + (size_t)h->msg.payloadlen;
+	mosquitto_message_free_contents(&h->msg);
+	mosquitto_property_free_all(&h->props);
+	free(h);
+}
+
+/* Resumed: what the pause held goes out first, in order, until the
+ * consumer pauses again. From the loop, never inside another callback. */
+static void deliver(struct mq *mq, int all)
+{
+	struct mq_held *h;
+
+	while ((all || !mq->read_paused) && (h = mq->backlog)) {
+		mq->backlog = h->next;
+		if (!mq->backlog)
+			mq->backlog_tail = &mq->backlog;
+		mq->delivering = h;
+		mq->cb->message(mq, &h->msg, h->props, mq->arg);
+		mq->delivering = NULL;
+		held_free(mq, h);
+	}
+}
+
+static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	deliver(mq, 0);
+	update_io(mq);
+}
+
+void mq_deliver_backlog(struct mq *mq)
+{
+	ev_timer_stop(mq->loop, &mq->resume);
+	deliver(mq, 1);
+}
+
+void *mq_held_tag(const struct mq *mq) { return mq->delivering ? mq->delivering->tag : NULL; }
 
 static void on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted,
 			 const mosquitto_property *p)
@@ -317,6 +362,9 @@ void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 	mq->retry.data = mq;
 	ev_prepare_init(&mq->prep, prep_cb);
 	mq->prep.data = mq;
+	ev_timer_init(&mq->resume, resume_cb, 0, 0);
+	mq->resume.data = mq;
+	mq->backlog_tail = &mq->backlog;
 }
 
 void mq_start(struct mq *mq)
@@ -333,12 +381,13 @@ void mq_pause_read(struct mq *mq, int paused)
 	ev_tstamp now = ev_now(mq->loop);
 
 	if (paused && !mq->read_paused)
-		mq->paused_ping = mq->paused_at = now;
+		mq->paused_at = now;
 	else if (!paused && mq->read_paused)
 		mq->paused_total += now - mq->paused_at;
 	mq->read_paused = paused;
+	if (!paused && mq->backlog)
+		ev_timer_start(mq->loop, &mq->resume);
 	update_io(mq);
-	/* Messages libmosquitto already holds in its buffer still arrive. */
 }
 
 ev_tstamp mq_heard(const struct mq *mq)
@@ -403,5 +452,13 @@ void mq_destroy(struct mq *mq)
 	ev_timer_stop(mq->loop, &mq->retry);
 	ev_ref(mq->loop);
 	ev_prepare_stop(mq->loop, &mq->prep);
+	ev_timer_stop(mq->loop, &mq->resume);
+	while (mq->backlog) {
+		struct mq_held *h = mq->backlog;
+
+		mq->backlog = h->next;
+		held_free(mq, h);
+	}
+	mq->backlog_tail = &mq->backlog;
 	mosquitto_destroy(mq->m);
 }

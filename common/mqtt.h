@@ -36,7 +36,24 @@ struct mq_cb {
 	void (*subscribed)(struct mq *mq, int mid, int n, const int *granted, void *arg);
 	/* PUBACK/PUBCOMP, or written to the socket for QoS 0. */
 	void (*published)(struct mq *mq, int mid, int reason, void *arg);
+	/* Optional: a message read while reading is paused, kept for later
+	 * (libmosquitto has acknowledged it already). What it returns comes
+	 * back from mq_held_tag() while that message is delivered. */
+	void *(*held)(struct mq *mq, const struct mosquitto_message *msg,
+		      const mosquitto_property *props, void *arg);
 };
+
+/* A message read while paused, waiting for mq_pause_read(mq, 0). */
+struct mq_held {
+	struct mosquitto_message msg;
+	mosquitto_property *props;
+	void *tag;
+	struct mq_held *next;
+};
+
+/* How much a pause may hold before the socket itself stops being read. */
+#define MQ_BACKLOG_MSGS 100000
+#define MQ_BACKLOG_BYTES (64UL << 20)
 
 struct mq {
 	struct mosquitto *m;
@@ -50,7 +67,12 @@ struct mq {
 	const char *name; /* for diagnostics: "broker", "output"... */
 	int connected, ever_connected, fails, stopping, read_paused;
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
-	ev_tstamp paused_ping; /* our last PINGREQ while reading is paused */
+	/* Paused, the socket is still read, so that libmosquitto's keepalive
+	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
+	struct mq_held *backlog, **backlog_tail, *delivering;
+	unsigned long backlog_n, backlog_max_seen;
+	size_t backlog_bytes;
+	ev_timer resume; /* delivers the backlog from the loop, not from a callback */
 	ev_tstamp paused_at, paused_total; /* see mq_heard() */
 	double backoff;
 };
@@ -58,8 +80,16 @@ struct mq {
 void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 	     const struct mq_cb *cb, void *arg);
 void mq_start(struct mq *mq);
-/* Stop reading from the broker (the consumer is full) or resume. */
+/* Stop delivering messages (the consumer is full) or resume. Paused, the
+ * connection lives on: messages are read and kept (struct mq_held) until
+ * the backlog is full, and only then does the socket wait unread. */
 void mq_pause_read(struct mq *mq, int paused);
+/* The tag the held callback gave the message being delivered now; NULL
+ * for a message delivered as it was read. */
+void *mq_held_tag(const struct mq *mq);
+/* At shutdown: deliver what the backlog holds, paused or not. Not from
+ * inside an mq callback. */
+void mq_deliver_backlog(struct mq *mq);
 /* ev_now() less the time reading was paused: while we do not read, what
  * peers say (announces, bids, dones) waits unread at the broker, so their
  * silence must not count towards a timeout. */

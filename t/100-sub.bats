@@ -495,11 +495,13 @@ gated_sub() {
 	stat_is s paused 0
 }
 
-@test "SIGTERM while stdout is full: every record taken is written, exit 0" {
+@test "SIGTERM while stdout is full: every message taken is written, those held while paused too; exit 0" {
 	gated_sub 3000
 	local n pid
-	n=$(stats s msg)
-	[ "$n" -gt 0 ]
+	# all 3000 taken from the broker: written out, or held read while paused
+	wait_for 10 eval '[ $(($(stats s msg) + $(stats s backlog))) -eq 3000 ]'
+	[ "$(stats s backlog)" -gt 0 ]
+	n=3000
 	pid=$(cat "$T/s.pid")
 	kill -TERM "$pid"
 	# It waits for its reader rather than drop what it holds.
@@ -563,6 +565,8 @@ gated_sub() {
 		stat drop_nogroup
 		stat connected
 		stat paused
+		stat backlog
+		stat backlog_max
 		stat spooled
 		stat spool_finished
 		stat spool_replayed
@@ -580,6 +584,7 @@ gated_sub() {
 	grep -qx 'stat groups 1' "$T/stats"
 	grep -qx 'stat connected 1' "$T/stats"
 	grep -qx 'stat paused 0' "$T/stats"
+	grep -qx 'stat backlog 0' "$T/stats"
 }
 
 @test "messages for a filter nobody announced (yet) are held, then replayed, or dropped as nogroup after --group-ttl" {

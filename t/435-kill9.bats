@@ -225,6 +225,30 @@ kill9() {
 	[ "$(sub_stat spool_replayed)" = 1 ]
 }
 
+@test "spool: messages read while stdout is full are spooled as they arrive and survive kill -9" {
+	broker_start
+	# s1 writes into a pipe nobody reads: it pauses and holds what comes
+	mkfifo "$T/full.fifo"
+	bg reader sh -c 'exec <"$1"; exec sleep 600' sh "$T/full.fifo"
+	ready_fifo s1
+	ready3 "$T/s1.ready" mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool \
+		--spool "$T/spool" --listen "$T/sub.sock" --ready-fd 3 >"$T/full.fifo" 2>"$T/s1.err" &
+	echo $! >"$T/s1.pid"
+	echo $! >>"$T/pids"
+	wait_ready s1
+	wait_for 10 eval 'announce g "jobs/#"; sleep 0.1; [ "$(sub_stat groups)" = 1 ]'
+	local pay
+	pay=$(head -c 1000 /dev/zero | tr '\0' x)
+	seq 1 2000 | sed "s/\$/ $pay/" | mosquitto_pub -p "$BROKER_PORT" -h 127.0.0.1 -t jobs/n -q 1 -l
+	wait_for 10 eval '[ $(($(sub_stat msg) + $(sub_stat backlog))) -eq 2000 ]'
+	[ "$(sub_stat backlog)" -gt 0 ]
+	kill9 s1
+	sub s2
+	announced s2 g
+	wait_for 10 eval '[ "$(grep -c "^msg " "$T/s2.out")" -ge 2000 ]'
+	[ "$(awk '$1 == "msg" { print $7 }' "$T/s2.out" | sort -un | wc -l)" -eq 2000 ]
+}
+
 @test "spool: each bad line is one warning naming it, the rest is written out again" {
 	broker_start
 	good() { printf 'm 11111111-2222-4333-8444-55555555555%s 1700000000 1 0 1 0 jobs/# jobs/a %s\n' "$1" "$2"; }
