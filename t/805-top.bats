@@ -8,6 +8,7 @@ bats_require_minimum_version 1.5.0
 setup() { mqlb_setup; }
 teardown() {
 	[ ! -S "$T/tmux.sock" ] || tmux -S "$T/tmux.sock" kill-server 2>/dev/null || true
+	touch "$T/release" # ends the job that hangs
 	mqlb_teardown
 }
 
@@ -52,11 +53,12 @@ view_ok() {
 	worker fast3 0.02
 	worker slow 0.4
 	wait_balanced
-	# A worker of its own group whose fourth job hangs.
+	# A worker of its own group whose fourth job hangs (until teardown).
 	bg hsub mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/suback/h" -C 1
 	ready_fifo stuck
 	bg stuck ready3 "$T/stuck.ready" mqlb-worker -h 127.0.0.1 -p "$BROKER_PORT" -g h -t 'hang/#' \
-		--wid stuck --ready-fd 3 -- sh -c 'p=$(cat); [ "$p" != hang ] || exec sleep 20'
+		--wid stuck --ready-fd 3 -- sh -c 'p=$(cat); [ "$p" = hang ] || exit 0
+			for i in $(seq 1 150); do [ ! -e "$0/release" ] || exit 0; sleep 0.2; done' "$T"
 	wait_ready stuck
 	wait_for 15 exited "$(pidof_bg hsub)"
 	for i in 1 2 3; do pub hang/a "q$i" -q 1; done
