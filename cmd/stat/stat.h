@@ -5,6 +5,7 @@
 #ifndef MQLB_STAT_H
 #define MQLB_STAT_H
 
+#include <signal.h>
 #include <stddef.h>
 
 struct ent {
@@ -43,6 +44,6 @@ double rate_of(const struct answer *a, const char *name);
 
 /* top.c: draw the view every interval seconds until SIGINT or SIGTERM. */
 int top_run(struct answer *a, int na, double interval);
-extern volatile int top_stop;
+extern volatile sig_atomic_t top_stop;
 
 #endif

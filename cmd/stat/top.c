@@ -68,7 +68,7 @@ struct rows {
 	size_t n, cap;
 };
 
-volatile int top_stop;
+volatile sig_atomic_t top_stop;
 static volatile sig_atomic_t winch;
 static struct {
 	struct answer *a;
