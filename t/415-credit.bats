@@ -97,6 +97,30 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	! grep -q 'no done for' "$T/auction.err" || false
 }
 
+@test "a bidding MQTT 3.1.1 worker under an MQTT 5 pipeline: each job once, no dead letter; an MQTT 5 bidder is still waited for" {
+	broker_start
+	pipeline --ack-timeout 2
+	worker w1 0.05 -V 311 --bid
+	wait_balanced
+	publish 10
+	wait_for 15 eval '[ "$(ended)" -ge 10 ]'
+	# past --ack-timeout with no done ever: taken for a worker without acks
+	wait_for 10 grep -q 'no done from g/w1 in 2s, nor ever: taken for a worker that does not ack' "$T/auction.err"
+	publish 10 11
+	wait_for 15 eval '[ "$(ended)" -ge 20 ]'
+	once 20
+	no_drops
+	! grep -q 'no done for' "$T/auction.err" || false
+	# an MQTT 5 bidder says free=n in its bids: its awards are tracked, so
+	# its done is news (a done record), not a late one for a finished job
+	worker w2 0.05 --bid
+	kill -STOP "$(cat "$T/w1.pid")"
+	publish 1 21
+	wait_for 10 grep -q '^done .* g w2 ok$' "$T/records"
+	kill -CONT "$(cat "$T/w1.pid")"
+	once 21
+}
+
 @test "a job well past --ack-timeout runs once on a live worker (in-progress reports)" {
 	broker_start
 	# the workers report what they hold every keepalive (-k 5)

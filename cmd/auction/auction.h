@@ -46,6 +46,10 @@ struct wstat {
 	unsigned long inflight; /* jobs awarded here and tracked, no done yet */
 	unsigned slots;         /* credit: announced slots; 0: a bidding worker */
 	int blocked;            /* credit: said "fail busy"; none until its next done */
+	/* bidding: 1 once it sent a done or bid free=n (it acks), -1 once an
+	 * award passed --ack-timeout before either (it does not: MQTT 3.1.1,
+	 * no mqlb-id), 0 until then */
+	int acks;
 	ev_tstamp credit_t;     /* mq_heard() at its last credit message */
 	ev_tstamp credit_at;    /* ev_now() then, for lost awards */
 	ev_tstamp last_award;

@@ -87,6 +87,9 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	for (int i = 0; m && i < m->njobs; i++)
 		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
 			j = &m->jobs[i];
+	/* A bidding worker that sends dones is one to wait for. */
+	if ((j || job_late(m, g, wid)) && (w = wstat_find(g, wid)) && !w->slots)
+		w->acks = 1;
 	if (!j && n && (late = job_late(m, g, wid))) {
 		/* Taken back from this worker (its will fired, or no done in
 		 * time), yet it finished. An ok means the job ran: done, even if
@@ -276,6 +279,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 {
 	char *t, *lv[4], *rest;
 	struct group *g;
+	struct wstat *w;
 	int k;
 
 	if (strncmp(msg->topic, S.cf.prefix, S.plen) || msg->topic[S.plen] != '/')
@@ -294,6 +298,10 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 			S.n_foreign++;
 			return;
 		}
+		/* free=n: the extension, so MQTT 5 and mqlb-id: it acks */
+		if (msg->payloadlen >= 5 && !memcmp(msg->payload, "free=", 5) &&
+		    (w = wstat_of(g, lv[1])) && !w->slots)
+			w->acks = 1;
 		offer(g, lv[1], lv[2]);
 		/* A bid shows free slots: more of the queue may find takers. */
 		group_kick(g, 1);
@@ -343,6 +351,18 @@ void ack_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		while (g->awarded.head && now - g->awarded.head->heard_t >= S.ack_timeout) {
 			struct job *j = g->awarded.head;
 
+			if (j->ws && !j->ws->slots && j->ws->acks == 0) {
+				/* Never a done nor a bid free=n from this bidder: it
+				 * cannot ack (MQTT 3.1.1: no mqlb-id). Its jobs ran or
+				 * run; awarded again they would run twice. */
+				warnl("no done from %s/%s in %gs, nor ever: taken for a worker "
+				      "that does not ack (MQTT 3.1.1); its awards end when made",
+				      g->name, j->wid, S.ack_timeout);
+				j->ws->acks = -1;
+				while (j->ws->jobs)
+					job_finish(j->ws->jobs);
+				continue;
+			}
 			warnl("no done for %s from %s/%s in %gs", j->m->uuid, g->name, j->wid, S.ack_timeout);
 			if (j->attempts >= S.max_attempts) {
 				emit_drop(j->m, g, "noack");

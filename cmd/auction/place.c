@@ -32,12 +32,12 @@ void award(struct job *j, const char *wid)
 	S.n_awarded++;
 	/* A credit worker's done gives its slot back, whatever MQTT version
 	 * either side speaks (the uuid is in the award's topic). A bidding
-	 * worker acks only under MQTT 5 (mqlb-id); without acks the award is
-	 * the end of our part. */
+	 * worker acks only under MQTT 5 (mqlb-id), and only one that showed it
+	 * does is waited for; without acks the award is the end of our part. */
 	if (j->ws && j->ws->slots) {
 		job_track(j);
 		jq_push(&j->g->awarded, j, 0);
-	} else if (S.ack_timeout > 0 && mq_v5(&S.st.mq)) {
+	} else if (S.ack_timeout > 0 && mq_v5(&S.st.mq) && !(j->ws && j->ws->acks < 0)) {
 		if (j->ws)
 			job_track(j);
 		jq_push(&j->g->awarded, j, 0);
