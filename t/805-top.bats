@@ -90,6 +90,10 @@ view_ok() {
 	grep -q "^! h/stuck " "$T/screen"
 	[ "$(first_of g)" = g/slow ]
 	[ ! -s "$T/top.err" ]
+	# the live auction gives a group's wait and publish-to-done
+	[ "$(stat_in "$T/auction.sock" group.g.e2e_us_sum)" -gt 0 ]
+	[ "$(stat_in "$T/auction.sock" group.g.wait_us_sum)" -gt 0 ]
+	grep -Eq '^  GROUP .*WAIT50 +WAIT99 +E2E50 +E2E99' "$T/screen"
 
 	# Not a terminal: plain frames, no escapes, 80 wide; SIGINT ends it, 0.
 	COLUMNS='' bg plain mqlb-stat --top --watch 0.2 $(socks)

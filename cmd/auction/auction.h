@@ -90,6 +90,7 @@ struct group {
 	char **filters;
 	int nfilters;
 	struct jq waiting, awarded;
+	struct hist wait, e2e; /* read to first award; read to done ok */
 	struct token *tokens; /* ring */
 	unsigned thead, tlen, tcap;
 	ev_timer ask; /* the group's round of requests, while jobs wait */
@@ -114,6 +115,7 @@ struct msg {
 	struct job *jobs;
 	int njobs, jcap, open; /* open: jobs not finished */
 	ev_tstamp born; /* mq_heard() at the start of its wait for bids, for --deadline */
+	ev_tstamp arrived; /* mq_heard() when its msg record was read */
 	ev_tstamp expires; /* MQTT 5 message expiry, counted from reading; 0: none */
 	ev_timer wait;  /* its deadline or expiry, while a job of it waits */
 	struct msg *hnext; /* hash chain, or free list */

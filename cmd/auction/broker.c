@@ -113,6 +113,7 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		}
 	} else if (j && !strcmp(payload, "ok")) {
 		S.n_done_ok++;
+		hist_add(&g->e2e, mq_heard(&S.st.mq) - m->arrived);
 		if (j->ws) {
 			double t = ev_now(S.st.loop) - j->t;
 

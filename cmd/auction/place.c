@@ -28,6 +28,8 @@ void award(struct job *j, const char *wid)
 		j->ws->last_award = j->t;
 	}
 	j->attempts++;
+	if (j->attempts == 1)
+		hist_add(&j->g->wait, j->heard_t - j->m->arrived);
 	emit_assign(j);
 	S.n_awarded++;
 	/* A credit worker's done gives its slot back, whatever MQTT version

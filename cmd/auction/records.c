@@ -282,7 +282,7 @@ static void rec_msg(struct rec *r)
 		return;
 	}
 	S.n_msg++;
-	m->born = mq_heard(&S.st.mq);
+	m->born = m->arrived = mq_heard(&S.st.mq);
 	S.npending++;
 	m->hnext = S.hash[uuid_hash(m->uuid) & S.hmask];
 	S.hash[uuid_hash(m->uuid) & S.hmask] = m;

@@ -75,7 +75,8 @@ static double oldest_wait(const struct group *g)
 }
 
 /* "group.GROUP.FIELD": its workers (known, and with live credit or a job),
- * live credit slots, jobs out and waiting, the oldest wait. */
+ * live credit slots, jobs out and waiting, the oldest wait; histograms of
+ * the wait from read to first award and from read to done ok. */
 static void group_stats(struct out *o, struct group *g)
 {
 	char name[MAX_LEVEL + 64];
@@ -97,6 +98,10 @@ static void group_stats(struct out *o, struct group *g)
 	GSTAT("waiting", waiting);
 	GSTAT("oldest_us", us(oldest_wait(g)));
 #undef GSTAT
+	snprintf(name, sizeof name, "group.%s.wait", g->name);
+	hist_stats(o, name, &g->wait);
+	snprintf(name, sizeof name, "group.%s.e2e", g->name);
+	hist_stats(o, name, &g->e2e);
 }
 
 void stats_line(struct conn *c, char *line, size_t n, void *arg)
