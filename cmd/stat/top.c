@@ -195,6 +195,11 @@ static void read_rows(int t)
 	}
 }
 
+/* A quantile of n values for a cell: 0 there means none, so a quantile
+ * of 0 us (a job awarded in the loop turn that read it) is ZERO_US. */
+#define ZERO_US ((unsigned long)-1)
+static unsigned long nonzero(unsigned long q, unsigned long n) { return n && !q ? ZERO_US : q; }
+
 /* The p-quantile of what a histogram counted since the round before: all
  * it counted if it is new; 0 when nothing (or no round before). */
 static unsigned long window_q(const struct row *r, const struct answer *a, int h, double q)
@@ -210,7 +215,7 @@ static unsigned long window_q(const struct row *r, const struct answer *a, int h
 		d[i] = hb->b[0][i] >= was ? hb->b[0][i] - was : hb->b[0][i];
 		n += d[i];
 	}
-	return hist_quantile_of(d, n, q);
+	return nonzero(hist_quantile_of(d, n, q), n);
 }
 
 /* Held a job past its usual time: twice its usual and a second more; with
@@ -259,8 +264,8 @@ static void group_window(struct row *g)
 	if (!has_prev(a))
 		return;
 	g->rate = known ? rate : -1;
-	g->win[H_LAT][0] = hist_quantile_of(d, n, 0.5);
-	g->win[H_LAT][1] = hist_quantile_of(d, n, 0.99);
+	g->win[H_LAT][0] = nonzero(hist_quantile_of(d, n, 0.5), n);
+	g->win[H_LAT][1] = nonzero(hist_quantile_of(d, n, 0.99), n);
 }
 
 static void work_out(void)
@@ -325,6 +330,8 @@ static const char *ms(char *buf, size_t n, unsigned long us)
 
 	if (!us)
 		snprintf(buf, n, "-");
+	else if (us == ZERO_US)
+		snprintf(buf, n, "0");
 	else if (v >= 100) {
 		double p = 1;
 
