@@ -5,12 +5,21 @@
 #define MQLB_KERN_USER_H
 
 /* Table sizes. The ring array holds MQLB_MAX_VIPS rings of ring_size slots
- * each; ring_size is a prime chosen at load time (65537 by default). */
+ * each; ring_size is a prime chosen at load time (65537 by default). A slot
+ * is a real's index, 16 bits; an array element holds MQLB_RING_LANES slots
+ * (elements are 8 bytes at least): slot i of VIP n is lane (n * ring_size
+ * + i) % 4 of element (n * ring_size + i) / 4, a ring 128 KiB. */
 #define MQLB_MAX_VIPS 32
 #define MQLB_MAX_REALS 1024 /* real 0 is "none": an empty ring slot */
 #define MQLB_RING_DEFAULT 65537
 #define MQLB_RING_MAX 1000003
 #define MQLB_CONNS_MAX 1048576
+#define MQLB_RING_LANES 4
+
+static inline __u32 mqlb_ring_elems(__u32 ring_size)
+{
+	return (MQLB_MAX_VIPS * ring_size + MQLB_RING_LANES - 1) / MQLB_RING_LANES;
+}
 
 /* Encapsulation chosen at load time. */
 #define MQLB_ENCAP_L2 0   /* rewrite the destination MAC to the real's */
@@ -187,6 +196,15 @@ static inline __u32 mqlb_vip4_slot(__u64 key)
 	return (__u32)((key * 0x9e3779b97f4a7c15ull) >> 58) % MQLB_VIP4_SLOTS;
 }
 
+/* A real's line: its counters and the copy of its dest, which a new flow
+ * takes (struct mqlb_ct4; 0: it takes no IPv4 flows). */
+struct mqlb_cpu_real {
+	__u64 dest;
+	struct mqlb_rstat st;
+};
+
+/* In the order of use: what every packet reads, then new flows' things;
+ * the reals' lines last, the first ones still in the first page. */
 struct mqlb_cpu {
 	__u64 epoch;                      /* see struct mqlb_ct4 */
 	__u32 ct_mask;                    /* conns4's buckets - 1 */
@@ -196,11 +214,12 @@ struct mqlb_cpu {
 	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
 	__u32 pad;
 	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
-	__u64 vip4[2][MQLB_VIP4_SLOTS];
 	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */
 	struct mqlb_vstat vip[MQLB_MAX_VIPS];
-	struct mqlb_rstat real[MQLB_MAX_REALS];
-} __attribute__((aligned(64))); /* no cache line shared by two CPUs */
+	__u64 vip4[2][MQLB_VIP4_SLOTS];
+	__u32 vipgen[MQLB_MAX_VIPS];      /* copies of the vipgen map */
+	struct mqlb_cpu_real real[MQLB_MAX_REALS];
+} __attribute__((aligned(4096))); /* each CPU's own pages: no cache line shared, the header in one page */
 
 /* The murmur3 32-bit round, for the reals' Maglev permutations. */
 static inline __u32 mqlb_rotl(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }

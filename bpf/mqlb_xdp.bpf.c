@@ -32,12 +32,14 @@ struct {
 	__type(value, struct mqlb_real);
 } reals SEC(".maps");
 
-/* MQLB_MAX_VIPS rings of ring_size slots; the loader sizes it. */
+/* MQLB_MAX_VIPS rings of ring_size slots, MQLB_RING_LANES to an element;
+ * the loader sizes it and writes the slots through mmap. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MQLB_MAX_VIPS * MQLB_RING_DEFAULT);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, (MQLB_MAX_VIPS * MQLB_RING_DEFAULT + MQLB_RING_LANES - 1) / MQLB_RING_LANES);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u16[MQLB_RING_LANES]);
 } ring SEC(".maps");
 
 /* members[vip * MQLB_MAX_REALS + real] = weight + 1, or 0 when the real
@@ -61,9 +63,13 @@ struct {
 
 /* The connection tables. IPv4: buckets in an array (mqlb_kern_user.h),
  * looked up and written inline: no hash-table helper, lock or LRU list on
- * the path of every packet. IPv6: an LRU hash with per-CPU LRU lists. */
+ * the path of every packet. Mmapable for its layout: the values of such
+ * an array start on a page, so a bucket is two cache lines, an entry one
+ * (a plain array's start 312 bytes into a page). IPv6: an LRU hash with
+ * per-CPU LRU lists. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, MQLB_CONNS_MAX / MQLB_CT_WAYS);
 	__type(key, __u32);
 	__type(value, struct mqlb_ct4_bucket);
@@ -131,6 +137,15 @@ static __always_inline __u16 csum_fold(__u32 s)
 	return (__u16)~s;
 }
 
+/* The real in a ring slot (0: none). */
+static __always_inline __u32 ring_real(__u32 slot)
+{
+	__u32 k = slot / MQLB_RING_LANES;
+	__u16 *r = bpf_map_lookup_elem(&ring, &k);
+
+	return r ? r[slot % MQLB_RING_LANES] : 0;
+}
+
 static __always_inline int member(__u32 vip, __u32 real)
 {
 	__u32 i = vip * MQLB_MAX_REALS + real;
@@ -140,19 +155,6 @@ static __always_inline int member(__u32 vip, __u32 real)
 		return 0;
 	m = bpf_map_lookup_elem(&members, &i);
 	return m && *m;
-}
-
-/* What an IPv4 flow's packets need of their real, or 0 when it cannot
- * take them: its MAC (l2) or its address (ipip). */
-static __always_inline __u64 real_dest4(const struct mqlb_cpu *c, __u32 real)
-{
-	struct mqlb_real *r = bpf_map_lookup_elem(&reals, &real);
-
-	if (!r || !(r->flags & MQLB_REAL_VALID))
-		return 0;
-	if (c->encap == MQLB_ENCAP_IPIP)
-		return r->addr[0];
-	return *(__u64 *)r->mac & MQLB_CT_DEST; /* mac, family, flags: 8 bytes */
 }
 
 /* The entry of key (k0, k1) in its bucket, or NULL. */
@@ -201,7 +203,7 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, 
 static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u32 len, int new)
 {
 	struct mqlb_vstat *vs = &c->vip[vn % MQLB_MAX_VIPS];
-	struct mqlb_rstat *rs = &c->real[real % MQLB_MAX_REALS];
+	struct mqlb_rstat *rs = &c->real[real % MQLB_MAX_REALS].st;
 
 	vs->packets++;
 	vs->bytes += len;
@@ -375,7 +377,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u32 vn, slot, real, ring_size, way, now = c->now, *rp, *gen;
+	__u32 vn, slot, real, ring_size, way, now = c->now;
 	__u64 k0, k1, h, val, dest, vip;
 
 	if ((void *)(ip + 1) + sizeof(__u32) > end)
@@ -400,17 +402,13 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 		slot = vn * ring_size + mqlb_ring_slot(mqlb_hash64(ip->saddr, 0), ring_size);
 	else
 		slot = vn * ring_size + mqlb_ring_slot(h, ring_size);
-	rp = bpf_map_lookup_elem(&ring, &slot);
-	gen = bpf_map_lookup_elem(&vipgen, &vn);
-	if (!rp || !gen)
-		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	real = *rp;
+	real = ring_real(slot);
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	dest = real_dest4(c, real);
+	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(h >> 32, *gen, vn, real);
+	val = MQLB_CT_VAL(h >> 32, c->vipgen[vn], vn, real);
 	dest |= MQLB_CT_TAG(c->epoch, val);
 	e = &b->e[way];
 	e->k0 = k0;
@@ -426,12 +424,11 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val)
 {
 	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
-	__u32 *gen = bpf_map_lookup_elem(&vipgen, &vn);
 	__u64 dest;
 
-	if (!gen || (*gen & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
+	if ((c->vipgen[vn] & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
 		return 0;
-	dest = real_dest4(c, real);
+	dest = c->real[real].dest;
 	if (!dest)
 		return 0;
 	dest |= MQLB_CT_TAG(c->epoch, val);
@@ -507,7 +504,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 	if (!syn)
 		real = established6(&f, &vn);
 	if (!real) {
-		__u32 slot, *rp, *gen;
+		__u32 slot, *gen;
 
 		__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
 		vk.port = f.dport;
@@ -522,11 +519,10 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		if (!syn && f.proto == IPPROTO_TCP)
 			c->stats[MQLB_ST_MISS_NOT_SYN]++;
 		slot = vn * ring_size + mqlb_ring_slot(mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH), ring_size);
-		rp = bpf_map_lookup_elem(&ring, &slot);
+		real = ring_real(slot);
 		gen = bpf_map_lookup_elem(&vipgen, &vn);
-		if (!rp || !*rp || *rp >= MQLB_MAX_REALS || !gen)
+		if (!real || real >= MQLB_MAX_REALS || !gen)
 			return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-		real = *rp;
 		nc.real = real;
 		nc.vip = vn;
 		nc.gen = *gen;
@@ -551,7 +547,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 
 /* Everything but the IPv4 TCP or UDP packets that the main function
  * reads itself: short frames, other protocols, IPv6, IPv4 fragments and
- * options. */
+ * options (and a version field other than 4: passed). */
 static __noinline int other(struct xdp_md *ctx, struct mqlb_cpu *c)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -589,8 +585,9 @@ int mqlb_xdp(struct xdp_md *ctx)
 
 	if (!c)
 		return XDP_ABORTED; /* the loader sizes cpus for every possible CPU */
-	if (l4 > end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) || (ip->frag_off & bpf_htons(0x3fff)) ||
-	    ip->ihl != 5)
+	/* IPv4, version 4 and 5 words of header, not a fragment */
+	if (l4 > end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) || *(__u8 *)ip != 0x45 ||
+	    (ip->frag_off & bpf_htons(0x3fff)))
 		return other(ctx, c);
 	if (ip->protocol == IPPROTO_TCP) {
 		if (l4 + sizeof(struct tcphdr) > end)
@@ -627,10 +624,6 @@ int mqlb_xdp(struct xdp_md *ctx)
 	}
 	if ((__u32)(e->k1 >> MQLB_CT_AGE_SHIFT) != c->now)
 		e->k1 = k1 | (__u64)c->now << MQLB_CT_AGE_SHIFT;
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-	if (data + sizeof(struct ethhdr) > end)
-		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	return forward4(c, ctx, data, end, val, dest, 0);
 }
 

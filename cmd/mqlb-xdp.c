@@ -89,6 +89,7 @@ static struct {
 	int link_fd;
 	int fd_vips, fd_reals, fd_ring, fd_members, fd_config, fd_vipgen;
 	struct pcpu pc; /* the program's per-CPU state (struct mqlb_cpu), mapped */
+	__u16 *ring;    /* the ring array, mapped */
 	struct vip vips[MQLB_MAX_VIPS];
 	__u32 vipgen[MQLB_MAX_VIPS]; /* what the vipgen map holds */
 	struct real reals[MQLB_MAX_REALS];
@@ -374,6 +375,7 @@ static void write_real(int ri)
 	}
 	if (bpf_map_update_elem(S.fd_reals, &k, &br, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the reals map: %s", strerror(errno));
+	pcpu_dest(&S.pc, ri, &br);
 	pcpu_bump(&S.pc); /* IPv4 connections copy its MAC (or address) again */
 }
 
@@ -398,9 +400,7 @@ static void vip_rebuild(int vn)
 		}
 	if (maglev_build(S.scratch, (__u32)S.ring_size, b, n) < 0)
 		die(EXIT_SYSERR, "out of memory");
-	changed = maglev_sync(S.fd_ring, (__u32)(vn * S.ring_size), v->ring, S.scratch, (__u32)S.ring_size);
-	if (changed < 0)
-		die(EXIT_SYSERR, "cannot update the ring: %s", strerror(errno));
+	changed = maglev_sync(S.ring + (size_t)vn * S.ring_size, v->ring, S.scratch, (__u32)S.ring_size);
 	S.n_slots += (unsigned long)changed;
 	debugl("vip %s: %ld ring slots changed", fmt_vip(&v->key, buf, sizeof buf), changed);
 }
@@ -474,6 +474,7 @@ static void vip_newgen(int vn)
 
 	if (bpf_map_update_elem(S.fd_vipgen, &k, &g, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the vipgen map: %s", strerror(errno));
+	pcpu_vipgen(&S.pc, vn, g);
 	pcpu_bump(&S.pc);
 }
 
@@ -1006,13 +1007,17 @@ static void recover(void)
 
 		if (bpf_map_lookup_elem(S.fd_vipgen, &key, &S.vipgen[vn]) < 0)
 			S.vipgen[vn] = 0;
+		pcpu_vipgen(&S.pc, vn, S.vipgen[vn]);
 	}
 	vips_sync();
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		struct mqlb_real br;
+		struct mqlb_real br = { 0 };
 		__u32 key = (__u32)ri;
 
-		if (bpf_map_lookup_elem(S.fd_reals, &key, &br) < 0 || !(br.flags & MQLB_REAL_VALID))
+		/* The copies again too: this mqlb-xdp's --encap may differ. */
+		bpf_map_lookup_elem(S.fd_reals, &key, &br);
+		pcpu_dest(&S.pc, ri, &br);
+		if (!(br.flags & MQLB_REAL_VALID))
 			continue;
 		memcpy(S.reals[ri].addr, br.addr, 16);
 		memcpy(S.reals[ri].mac, br.mac, 6);
@@ -1033,13 +1038,12 @@ static void recover(void)
 		}
 		/* Know the slots as they are, so only real changes get written
 		 * (an unused VIP's slots were emptied by its del). */
-		for (__u32 i = 0; v->used && i < S.ring_size; i++) {
-			__u32 key = (__u32)(vn * S.ring_size) + i;
-
-			if (bpf_map_lookup_elem(S.fd_ring, &key, &v->ring[i]) < 0)
-				v->ring[i] = 0;
-		}
+		for (__u32 i = 0; v->used && i < S.ring_size; i++)
+			v->ring[i] = S.ring[(size_t)vn * S.ring_size + i];
 	}
+	/* Entries the running program refreshed meanwhile took the copies
+	 * as they were. */
+	pcpu_bump(&S.pc);
 	if (n)
 		infol("took over %d VIPs from %s", n, S.pin);
 }
@@ -1135,7 +1139,7 @@ static void load_lb(void)
 
 	if (!(sk = S.skel = mqlb_xdp_bpf__open()))
 		die(EXIT_SYSERR, "cannot open the BPF object: %s", strerror(errno));
-	bpf_map__set_max_entries(sk->maps.ring, (__u32)(MQLB_MAX_VIPS * S.ring_size));
+	bpf_map__set_max_entries(sk->maps.ring, mqlb_ring_elems((__u32)S.ring_size));
 	bpf_map__set_max_entries(sk->maps.conns4, mqlb_ct_buckets((__u32)S.max_conns));
 	bpf_map__set_max_entries(sk->maps.conns6, (__u32)S.max_conns);
 	bpf_map__set_max_entries(sk->maps.cpus, (__u32)libbpf_num_possible_cpus());
@@ -1162,6 +1166,8 @@ static void load_lb(void)
 	S.fd_vips = bpf_map__fd(sk->maps.vips);
 	S.fd_reals = bpf_map__fd(sk->maps.reals);
 	S.fd_ring = bpf_map__fd(sk->maps.ring);
+	if (!(S.ring = maglev_map(S.fd_ring, (__u32)S.ring_size)))
+		die(EXIT_SYSERR, "cannot map the ring: %s", strerror(errno));
 	S.fd_members = bpf_map__fd(sk->maps.members);
 	S.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
 	S.fd_config = bpf_map__fd(sk->maps.config);

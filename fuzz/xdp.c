@@ -2,7 +2,7 @@
 /* fuzz/xdp.c: libFuzzer target for mqlb-xdp's input: vip, real and del
  * records, down to the Maglev rings. The command's file, maglev.c and
  * percpu.c are included, main() renamed; the BPF maps are fakes that check
- * every key against the map's size, the per-CPU state is plain memory.
+ * every key against the map's size, the mapped ones are plain memory.
  * --encap ipip, so no neighbour lookups (an l2 real's MAC is resolved by
  * sending it a datagram), and a small ring.
  * Input: lines on mqlb-xdp's stdin. */
@@ -24,7 +24,6 @@ static void fuzz_map_key(int fd, const void *key)
 		return; /* a hash map keyed by struct mqlb_vip_key */
 	memcpy(&k, key, sizeof k);
 	if ((fd == FD_REALS && k >= MQLB_MAX_REALS) ||
-	    (fd == FD_RING && k >= MQLB_MAX_VIPS * FUZZ_RING) ||
 	    (fd == FD_MEMBERS && k >= MQLB_MAX_VIPS * MQLB_MAX_REALS) ||
 	    (fd == FD_VIPGEN && k >= MQLB_MAX_VIPS) ||
 	    (fd < FD_REALS || fd > FD_VIPGEN))
@@ -70,9 +69,12 @@ static void setup(void)
 	S.fd_ring = FD_RING;
 	S.fd_members = FD_MEMBERS;
 	S.fd_vipgen = FD_VIPGEN;
-	/* the program's per-CPU state: one CPU's, in plain memory */
+	/* the program's per-CPU state (one CPU's) and the ring: plain memory */
 	S.pc.n = 1;
-	if (!(S.pc.c = calloc(1, sizeof *S.pc.c)))
+	if (!(S.pc.c = aligned_alloc(_Alignof(struct mqlb_cpu), sizeof *S.pc.c)))
+		abort();
+	memset(S.pc.c, 0, sizeof *S.pc.c);
+	if (!(S.ring = calloc(MQLB_MAX_VIPS * FUZZ_RING, sizeof *S.ring)))
 		abort();
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
 		if (!(S.vips[vn].ring = calloc(S.ring_size, sizeof(__u32))))

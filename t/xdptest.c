@@ -41,6 +41,7 @@
 static int failed;
 static struct mqlb_xdp_bpf *sk;
 static struct pcpu pc; /* the program's per-CPU state, mapped */
+static __u16 *ring16;  /* the ring array, mapped */
 static __u32 clock_now = 1; /* the entries' clock, as the loader's seconds */
 
 #define CHECK(cond, ...)                                            \
@@ -213,6 +214,12 @@ static void lb_open(int encap)
 	}
 	if (pc.c)
 		munmap(pc.c, (size_t)pc.n * sizeof *pc.c);
+	if (ring16)
+		munmap(ring16, (size_t)mqlb_ring_elems(RING) * MQLB_RING_LANES * sizeof *ring16);
+	if (!(ring16 = maglev_map(bpf_map__fd(sk->maps.ring), RING))) {
+		perror("mmap ring");
+		exit(111);
+	}
 	if (pcpu_map(&pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(), mqlb_ct_buckets(65536) - 1,
 		     (__u32)encap, RING) < 0) {
 		perror("mmap cpus");
@@ -241,6 +248,7 @@ static void vip_slot(int n)
 	int nv = 0;
 
 	bpf_map_update_elem(bpf_map__fd(sk->maps.vipgen), &k, &g, BPF_ANY);
+	pcpu_vipgen(&pc, n, g);
 	pcpu_bump(&pc);
 	pcpu_tick(&pc, clock_now);
 	for (int i = 0; i < 4; i++)
@@ -320,6 +328,7 @@ static void add_real(int i, int family, int valid)
 	r.mac[4] = 0x01;
 	r.mac[5] = (__u8)i;
 	bpf_map_update_elem(bpf_map__fd(sk->maps.reals), &k, &r, BPF_ANY);
+	pcpu_dest(&pc, i, &r);
 	pcpu_bump(&pc);
 }
 
@@ -343,11 +352,7 @@ static void set_weight(int n, int real, int weight)
 			nb++;
 		}
 	maglev_build(scratch, RING, b, nb);
-	w = maglev_sync(bpf_map__fd(sk->maps.ring), (__u32)n * RING, t->ring, scratch, RING);
-	if (w < 0) {
-		perror("ring update");
-		exit(111);
-	}
+	w = maglev_sync(ring16 + (size_t)n * RING, t->ring, scratch, RING);
 	slots_written = w;
 }
 
@@ -696,7 +701,8 @@ static void t_mac(void)
 	bpf_map_lookup_elem(bpf_map__fd(sk->maps.reals), &k, &r);
 	r.mac[4] = 0x02;
 	bpf_map_update_elem(bpf_map__fd(sk->maps.reals), &k, &r, BPF_ANY);
-	pcpu_bump(&pc); /* as the loader, after writing a real */
+	pcpu_dest(&pc, a, &r); /* as the loader, after writing a real */
+	pcpu_bump(&pc);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established packet not forwarded");
 	CHECK(!memcmp(out.b, "\x02\0\0\0\x02", 5) && out.b[5] == a, "established packet went to %02x:%02x, "

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* maglev.c: weighted Maglev (Eisenbud et al., NSDI 2016) table building and
- * the slot-by-slot update of the BPF ring. */
+ * the slot-by-slot update of the mapped BPF ring. */
 #include "config.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <bpf/bpf.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "maglev.h"
 #include "mqlb_kern_user.h"
@@ -97,17 +98,23 @@ int maglev_build(__u32 *ring, __u32 m, const struct mg_backend *in, int n)
 	return 0;
 }
 
-long maglev_sync(int map_fd, __u32 base, __u32 *cur, const __u32 *next, __u32 m)
+__u16 *maglev_map(int map_fd, __u32 m)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	size_t len = ((size_t)mqlb_ring_elems(m) * MQLB_RING_LANES * sizeof(__u16) + pg - 1) / pg * pg;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+long maglev_sync(__u16 *ring, __u32 *cur, const __u32 *next, __u32 m)
 {
 	long n = 0;
 
 	for (__u32 i = 0; i < m; i++) {
-		__u32 k = base + i;
-
 		if (cur[i] == next[i])
 			continue;
-		if (bpf_map_update_elem(map_fd, &k, &next[i], BPF_ANY) < 0)
-			return -1;
+		__atomic_store_n(&ring[i], (__u16)next[i], __ATOMIC_RELAXED);
 		cur[i] = next[i];
 		n++;
 	}

@@ -71,6 +71,26 @@ void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mql
 			__atomic_store_n(&p->c[i].ports[w], bits[w], __ATOMIC_RELAXED);
 }
 
+void pcpu_vipgen(struct pcpu *p, int vn, __u32 gen)
+{
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].vipgen[vn], gen, __ATOMIC_RELAXED);
+}
+
+void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r)
+{
+	__u64 d = 0;
+
+	if (r->flags & MQLB_REAL_VALID) {
+		if (p->n && p->c[0].encap == MQLB_ENCAP_IPIP)
+			d = r->family == 4 ? r->addr[0] : 0;
+		else
+			memcpy(&d, r->mac, 6); /* the bytes in order, as the program writes them */
+	}
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].real[ri].dest, d, __ATOMIC_RELAXED);
+}
+
 void pcpu_tick(struct pcpu *p, __u32 now)
 {
 	for (int i = 0; i < p->n; i++)
@@ -106,7 +126,7 @@ void pcpu_rstat(const struct pcpu *p, int ri, struct mqlb_rstat *sum)
 {
 	memset(sum, 0, sizeof *sum);
 	for (int i = 0; i < p->n; i++) {
-		const struct mqlb_rstat *r = &p->c[i].real[ri];
+		const struct mqlb_rstat *r = &p->c[i].real[ri].st;
 
 		sum->packets += __atomic_load_n(&r->packets, __ATOMIC_RELAXED);
 		sum->bytes += __atomic_load_n(&r->bytes, __ATOMIC_RELAXED);

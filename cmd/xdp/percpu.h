@@ -28,6 +28,12 @@ void pcpu_bump(struct pcpu *p);
  * the IPv4 VIP table of new flows. */
 void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n);
 
+/* Copies of a VIP slot's generation and of a real's IPv4 destination (its
+ * MAC, or with encap ipip its address; 0 when it takes no IPv4 flows), for
+ * the path of new flows. Then bump the epoch. */
+void pcpu_vipgen(struct pcpu *p, int vn, __u32 gen);
+void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r);
+
 /* The clock of the connection entries' age, in seconds. */
 void pcpu_tick(struct pcpu *p, __u32 now);
 
