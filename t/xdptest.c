@@ -1099,25 +1099,24 @@ static int conns(const char *path)
 	int fd = bpf_obj_get(path);
 	struct bpf_map_info info = { 0 };
 	__u32 len = sizeof info, n = 0;
-	struct mqlb_ct4_bucket *b;
+	const struct mqlb_ct4_bucket *b;
+	size_t size;
 
-	if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len) < 0 ||
-	    info.value_size != sizeof *b) {
+	if (fd < 0 || bpf_obj_get_info_by_fd(fd, &info, &len) < 0 || info.value_size != sizeof *b) {
 		fprintf(stderr, "xdptest: %s: not a conns4 map\n", path);
 		return 2;
 	}
-	if (!(b = malloc(sizeof *b)))
+	size = (size_t)info.max_entries * sizeof *b;
+	b = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+	if (b == MAP_FAILED) {
+		fprintf(stderr, "xdptest: %s: %s\n", path, strerror(errno));
 		return 111;
-	for (__u32 k = 0; k < info.max_entries; k++) {
-		if (bpf_map_lookup_elem(fd, &k, b) < 0) {
-			fprintf(stderr, "xdptest: %s: %s\n", path, strerror(errno));
-			return 111;
-		}
-		for (int w = 0; w < MQLB_CT_WAYS; w++)
-			n += b->e[w].k1 != 0;
 	}
+	for (__u32 k = 0; k < info.max_entries; k++)
+		for (int w = 0; w < MQLB_CT_WAYS; w++)
+			n += b[k].e[w].k1 != 0;
 	printf("%u\n", n);
-	free(b);
+	munmap((void *)b, size);
 	return 0;
 }
 
