@@ -88,9 +88,10 @@ struct mqlb_conn {
  *        was removed, a real's MAC changed), or for another real, is
  *        checked against the maps again and copied afresh; a dest never
  *        written (0) never passes.
- * A new flow takes the bucket's entry of the same key, else an empty one,
- * else the one least recently used (age: the seconds of the loader's clock,
- * struct mqlb_cpu's now, when the entry was last written or used). */
+ * A new flow takes the bucket's entry of the same key, else the first empty
+ * one, else the one least recently used (age: the seconds of the loader's
+ * clock, struct mqlb_cpu's now, when the entry was last written or used).
+ * No entry is ever emptied, so those in use are always the first ones. */
 #define MQLB_CT_WAYS 4
 #define MQLB_CT_KEY1 0xffffffffffull /* the key bits of k1 */
 #define MQLB_CT_AGE_SHIFT 40

@@ -157,13 +157,17 @@ static __always_inline int member(__u32 vip, __u32 real)
 	return m && *m;
 }
 
-/* The entry of key (k0, k1) in its bucket, or NULL. */
+/* The entry of key (k0, k1) in its bucket, or NULL. A bucket's entries in
+ * use are its first ones (an entry is never emptied, a new flow takes the
+ * first empty one): the search ends at an empty entry. */
 static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1, __u64 h)
 {
 #pragma unroll
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
 		struct mqlb_ct4 *e = &b->e[i];
 
+		if (!e->k1)
+			break;
 		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1) && (e->val >> 32) == (h >> 32))
 			return e;
 	}
@@ -183,14 +187,15 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, 
 		const struct mqlb_ct4 *e = &b->e[i];
 		__u32 age = (now - (__u32)(e->k1 >> MQLB_CT_AGE_SHIFT)) & MQLB_CT_AGE_MASK;
 
+		if (!e->k1) {
+			empty = i; /* and the ones after it are empty too */
+			break;
+		}
 		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1)) {
 			same = i;
 			break;
 		}
-		if (!e->k1) {
-			if (empty < 0)
-				empty = i;
-		} else if (age >= oldest) {
+		if (age >= oldest) {
 			oldest = age;
 			old = i;
 		}
