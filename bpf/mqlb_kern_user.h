@@ -186,7 +186,8 @@ enum mqlb_stat {
  * the first empty one. The loader fills the table not in use, then points
  * vip4_cur at it. A word is the key | present | flags | num: */
 #define MQLB_VIP4_SLOTS 64
-#define MQLB_VIP4_KEY(addr, port, proto) ((__u64)(addr) | (__u64)(port) << 32 | (__u64)(proto) << 48)
+#define MQLB_VIP4_KEY(addr, port, proto) \
+	((__u64)(addr) | (__u64)(port) << 32 | (__u64)(proto) << 48)
 #define MQLB_VIP4_KEYMASK 0xffffffffffffffull
 #define MQLB_VIP4_NUM(w) ((__u32)((w) >> 56) & (MQLB_MAX_VIPS - 1))
 #define MQLB_VIP4_SRC_HASH (1ull << 62)
@@ -220,7 +221,7 @@ struct mqlb_cpu {
 	__u64 vip4[2][MQLB_VIP4_SLOTS];
 	__u32 vipgen[MQLB_MAX_VIPS];      /* copies of the vipgen map */
 	struct mqlb_cpu_real real[MQLB_MAX_REALS];
-} __attribute__((aligned(4096))); /* each CPU's own pages: no cache line shared, the header in one page */
+} __attribute__((aligned(4096))); /* a CPU's own pages: no line shared, its header in one page */
 
 /* The murmur3 32-bit round, for the reals' Maglev permutations. */
 static inline __u32 mqlb_rotl(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }
@@ -269,7 +270,8 @@ static inline __u64 mqlb_flow_hash(const struct mqlb_flow *f, int src_only)
 {
 	__u64 a = f->src[0], b = 0, w;
 
-	w = ((__u64)f->src[2] << 32 | f->src[1]) * 0xc2b2ae3d27d4eb4full ^ (__u64)f->src[3] * 0x165667b19e3779f9ull;
+	w = ((__u64)f->src[2] << 32 | f->src[1]) * 0xc2b2ae3d27d4eb4full ^
+	    (__u64)f->src[3] * 0x165667b19e3779f9ull;
 	if (!src_only) {
 		a |= (__u64)f->dst[0] << 32;
 		b = (__u64)f->proto << 32 | (__u32)f->dport << 16 | f->sport;

@@ -37,7 +37,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, (MQLB_MAX_VIPS * MQLB_RING_DEFAULT + MQLB_RING_LANES - 1) / MQLB_RING_LANES);
+	__uint(max_entries,
+	       (MQLB_MAX_VIPS * MQLB_RING_DEFAULT + MQLB_RING_LANES - 1) / MQLB_RING_LANES);
 	__type(key, __u32);
 	__type(value, __u16[MQLB_RING_LANES]);
 } ring SEC(".maps");
@@ -160,7 +161,8 @@ static __always_inline int member(__u32 vip, __u32 real)
 /* The entry of key (k0, k1) in its bucket, or NULL. A bucket's entries in
  * use are its first ones (an entry is never emptied, a new flow takes the
  * first empty one): the search ends at an empty entry. */
-static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1, __u64 h)
+static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1,
+						 __u64 h)
 {
 #pragma unroll
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
@@ -331,8 +333,8 @@ static __always_inline int encap6(struct mqlb_cpu *c, struct xdp_md *ctx, const 
 
 /* An IPv4 packet for an entry's real (dest as in struct mqlb_ct4); the
  * caller checked the Ethernet header against end. */
-static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void *data, void *end, __u64 val,
-				    __u64 dest, int new)
+static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void *data, void *end,
+				    __u64 val, __u64 dest, int new)
 {
 	__u32 len = (__u32)(end - data);
 
@@ -510,6 +512,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		real = established6(&f, &vn);
 	if (!real) {
 		__u32 slot, *gen;
+		__u64 h;
 
 		__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
 		vk.port = f.dport;
@@ -523,7 +526,8 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		c->vip[vn].lru_misses++;
 		if (!syn && f.proto == IPPROTO_TCP)
 			c->stats[MQLB_ST_MISS_NOT_SYN]++;
-		slot = vn * ring_size + mqlb_ring_slot(mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH), ring_size);
+		h = mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH);
+		slot = vn * ring_size + mqlb_ring_slot(h, ring_size);
 		real = ring_real(slot);
 		gen = bpf_map_lookup_elem(&vipgen, &vn);
 		if (!real || real >= MQLB_MAX_REALS || !gen)
@@ -601,8 +605,9 @@ int mqlb_xdp(struct xdp_md *ctx)
 		 * is how a drained real stops getting new flows with reused
 		 * ports. */
 		if ((((__u8 *)l4)[13] & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
-			return port_maybe_vip(c, ((__u16 *)l4)[1]) ? schedule4(ctx, c, 1)
-								   : count(c, MQLB_ST_PASS, XDP_PASS);
+			return port_maybe_vip(c, ((__u16 *)l4)[1])
+				   ? schedule4(ctx, c, 1)
+				   : count(c, MQLB_ST_PASS, XDP_PASS);
 	} else if (ip->protocol == IPPROTO_UDP) {
 		if (l4 + sizeof(struct udphdr) > end)
 			return count(c, MQLB_ST_PASS, XDP_PASS);

@@ -101,9 +101,11 @@ int maglev_build(__u32 *ring, __u32 m, const struct mg_backend *in, int n)
 __u16 *maglev_map(int map_fd, __u32 m)
 {
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-	size_t len = ((size_t)mqlb_ring_elems(m) * MQLB_RING_LANES * sizeof(__u16) + pg - 1) / pg * pg;
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
+	size_t len = (size_t)mqlb_ring_elems(m) * MQLB_RING_LANES * sizeof(__u16);
+	void *p;
 
+	len = (len + pg - 1) / pg * pg;
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
 	return p == MAP_FAILED ? NULL : p;
 }
 

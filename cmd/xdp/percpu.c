@@ -11,7 +11,8 @@
 
 int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u32 ring_size)
 {
-	size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = ((size_t)n * sizeof *p->c + pg - 1) / pg * pg;
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	size_t len = ((size_t)n * sizeof *p->c + pg - 1) / pg * pg;
 	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, map_fd, 0);
 
 	if (m == MAP_FAILED)
@@ -61,7 +62,8 @@ void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mql
 		for (int w = 0; w < MQLB_VIP4_SLOTS; w++)
 			__atomic_store_n(&p->c[i].vip4[next][w], t[w], __ATOMIC_RELAXED);
 		for (int w = 0; w < MQLB_PORT_BITS / 64; w++)
-			__atomic_store_n(&p->c[i].ports[w], p->c[i].ports[w] | bits[w], __ATOMIC_RELAXED);
+			__atomic_store_n(&p->c[i].ports[w], p->c[i].ports[w] | bits[w],
+					 __ATOMIC_RELAXED);
 	}
 	for (int i = 0; i < p->n; i++)
 		__atomic_store_n(&p->c[i].vip4_cur, next, __ATOMIC_RELEASE);
