@@ -340,7 +340,7 @@ stop_mid_job() {
 @test "a worker that always fails: each message is tried --max-attempts times, then drop failed" {
 	broker_start
 	touch "$T/log" "$T/records"
-	pipeline --max-attempts 3 --retry 0.1
+	pipeline --max-attempts 3 --retry 0.1 --listen "$T/a.sock"
 	worker f1 0 -- sh -c 'cat >/dev/null; echo "fail $MQLB_WID" >>"$LOG"; exit 3'
 	worker f2 0 -- sh -c 'cat >/dev/null; echo "fail $MQLB_WID" >>"$LOG"; exit 3'
 	wait_balanced
@@ -351,6 +351,8 @@ stop_mid_job() {
 	[ "$(grep -c '^drop .* failed g jobs/a job-' "$T/records")" -eq 5 ]
 	[ "$(grep -c '^fail ' "$T/log")" -eq 15 ]
 	[ "$(grep -c '^done .* fail' "$T/records")" -eq 15 ]
+	# a fail is a done too: the time since the last one is known
+	[ "$(stat_of worker.g/f1.last_done_us)" -lt 60000000 ]
 }
 
 @test "a worker that hangs forever: --ack-timeout takes its job back, nothing lost" {

@@ -53,6 +53,7 @@ struct wstat {
 	ev_tstamp credit_t;     /* mq_heard() at its last credit message */
 	ev_tstamp credit_at;    /* ev_now() then, for lost awards */
 	ev_tstamp last_award;
+	double last_done;       /* hist_now() at its last ok or fail (not busy); 0: none */
 	double svc;             /* award to done, moving average; < 0: none yet */
 	struct hist lat;        /* award to done */
 	struct job *jobs;       /* its tracked jobs */

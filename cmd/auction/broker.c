@@ -119,14 +119,18 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 
 			j->ws->ok++;
 			hist_add(&j->ws->lat, t);
+			j->ws->last_done = hist_now();
 			j->ws->svc = j->ws->svc < 0 ? t : j->ws->svc + EWMA * (t - j->ws->svc);
 		}
 		emit_done(j, payload, n);
 		job_finish(j);
 	} else if (j && !strncmp(payload, "fail", 4)) {
 		S.n_done_fail++;
-		if (j->ws)
+		if (j->ws) {
 			j->ws->fail++;
+			if (strcmp(payload, "fail busy"))
+				j->ws->last_done = hist_now();
+		}
 		emit_done(j, payload, n);
 		if (!strcmp(payload, "fail busy")) {
 			/* Its slots are taken by another balancer's jobs: none from

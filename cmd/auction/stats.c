@@ -55,8 +55,8 @@ static void worker_stats(struct out *o)
 		WSTAT("us_p50", hist_quantile_us(&w->lat, 0.5));
 		WSTAT("us_p99", hist_quantile_us(&w->lat, 0.99));
 		WSTAT("held_us", us(held_for(w)));
-		if (w->lat.n)
-			WSTAT("last_done_us", us(hist_now() - w->lat.last));
+		if (w->last_done > 0)
+			WSTAT("last_done_us", us(hist_now() - w->last_done));
 #undef WSTAT
 		snprintf(name, sizeof name, "worker.%s/%s.lat", w->g->name, w->wid);
 		hist_stats(o, name, &w->lat);
