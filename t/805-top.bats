@@ -41,7 +41,8 @@ view_ok() {
 	done
 	[ "$(first_of g)" = g/slow ] || return 1
 	n=$(awk 'length($0) > m { m = length($0) } END { print m + 0 }' "$T/screen")
-	[ "$n" -le "$w" ] && [ "$(wc -l <"$T/screen")" -le "$h" ]
+	[ "$n" -le "$w" ] || return 1
+	[ "$(wc -l <"$T/screen")" -le "$h" ]
 }
 
 @test "--top under tmux: header, group, every worker, the slow one first; a stuck one marked; 80x24, 200x60, plain" {

@@ -512,6 +512,16 @@ static void table_row(enum attr at, char mark, int nw, const char *name, const s
 	line(at, "%s", buf);
 }
 
+/* A blank line, then the table's head: its name and the titles shown. */
+static void table_head(int nw, const char *name, const struct col *c, int nc, const int *show,
+		       char cells[][32])
+{
+	for (int i = 0; i < nc; i++)
+		snprintf(cells[i], 32, "%s", c[i].title);
+	line(A_NONE, "%s", "");
+	table_row(A_BOLD, ' ', nw, name, c, nc, show, cells);
+}
+
 static int has_hist(int h)
 {
 	for (size_t i = 0; i < V.groups.n; i++)
@@ -540,10 +550,7 @@ static void groups(void)
 		if (!(i < 7 ? wait : e2e))
 			cc[i].prio = 99;
 	nw = fit(cc, NC, 10, show);
-	for (int i = 0; i < NC; i++)
-		snprintf(cells[i], sizeof cells[i], "%s", cc[i].title);
-	line(A_NONE, "%s", "");
-	table_row(A_BOLD, ' ', nw, "GROUP", cc, NC, show, cells);
+	table_head(nw, "GROUP", cc, NC, show, cells);
 
 	for (size_t i = 0; i < V.groups.n; i++) {
 		const struct row *g = &V.groups.r[i];
@@ -587,10 +594,7 @@ static void workers(void)
 	char cells[NC][32];
 	size_t shown = 0;
 
-	for (int i = 0; i < NC; i++)
-		snprintf(cells[i], sizeof cells[i], "%s", c[i].title);
-	line(A_NONE, "%s", "");
-	table_row(A_BOLD, ' ', nw, "WORKER", c, NC, show, cells);
+	table_head(nw, "WORKER", c, NC, show, cells);
 	for (size_t i = 0; i < V.workers.n; i++) {
 		const struct row *w = &V.workers.r[i];
 		const unsigned long *v = w->v[0];
