@@ -214,6 +214,12 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 	}
 }
 
+/* What a held message counts towards MQ_BACKLOG_BYTES. */
+static size_t held_size(const struct mosquitto_message *msg)
+{
+	return sizeof(struct mq_held) + strlen(msg->topic) + (size_t)msg->payloadlen;
+}
+
 static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg,
 		       const mosquitto_property *p)
 {
@@ -236,7 +242,7 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 	*mq->backlog_tail = h;
 	mq->backlog_tail = &h->next;
 	mq->backlog_n++;
-	mq->backlog_bytes += sizeof *h + strlen(msg->topic) + (size_t)msg->payloadlen;
+	mq->backlog_bytes += held_size(msg);
 	if (mq->backlog_n > mq->backlog_max_seen)
 		mq->backlog_max_seen = mq->backlog_n;
 }
@@ -244,7 +250,7 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 static void held_free(struct mq *mq, struct mq_held *h)
 {
 	mq->backlog_n--;
-	mq->backlog_bytes -= sizeof *h + strlen(h->msg.topic) + (size_t)h->msg.payloadlen;
+	mq->backlog_bytes -= held_size(&h->msg);
 	mosquitto_message_free_contents(&h->msg);
 	mosquitto_property_free_all(&h->props);
 	free(h);

@@ -87,10 +87,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	for (int i = 0; m && i < m->njobs; i++)
 		if (m->jobs[i].g == g && m->jobs[i].st == J_AWARDED && !strcmp(m->jobs[i].wid, wid))
 			j = &m->jobs[i];
+	late = j ? NULL : job_late(m, g, wid);
 	/* A bidding worker that sends dones is one to wait for. */
-	if ((j || job_late(m, g, wid)) && (w = wstat_find(g, wid)) && !w->slots)
+	if ((j || late) && (w = wstat_find(g, wid)) && !w->slots)
 		w->acks = 1;
-	if (!j && n && (late = job_late(m, g, wid))) {
+	if (!j && n && late) {
 		/* Taken back from this worker (its will fired, or no done in
 		 * time), yet it finished. An ok means the job ran: done, even if
 		 * it was awarded again meanwhile (that run is the duplicate). A
