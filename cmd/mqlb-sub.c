@@ -900,6 +900,12 @@ static void shutdown_now(int code)
 		for (struct filt *f = S.filts; f; f = f->next)
 			if (f->state == F_ACKED || f->state == F_PENDING)
 				unsubscribe(f);
+	/* What was read is in the spool before the broker hears it was
+	 * received; if it cannot be, the acks die with the connection. */
+	if (S.spool_path && spool_flush(&S.sp) < 0)
+		code = EXIT_SYSERR;
+	else
+		mq_release_acks(&S.mq);
 	mq_disconnect(&S.mq);
 	/* Taken from the broker during a pause: written out too. */
 	mq_deliver_backlog(&S.mq);
@@ -960,14 +966,16 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_end(&c->out);
 }
 
-/* The spool is written before the records it covers leave: ahead of the
- * output's own flush (priority) and of its write-ready callback. */
+/* The spool is written before the records it covers leave (ahead of the
+ * output's own flush by priority, and of its write-ready callback), and
+ * before the broker has the PUBACKs of what was read. */
 static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	/* Unspooled records still go out, then we stop: a supervisor's
 	 * restart finds the spool as it was, the rest waits at the broker. */
 	if (spool_flush(&S.sp) < 0)
 		shutdown_now(EXIT_SYSERR);
+	mq_release_acks(&S.mq);
 }
 
 static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
@@ -1080,6 +1088,9 @@ int main(int argc, char **argv)
 		ev_timer_start(S.loop, &S.expiry);
 
 	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
+	/* A job's PUBACK waits until spool_prepare_cb has written it. */
+	if (S.spool_path)
+		mq_hold_acks(&S.mq);
 	S.started = heard();
 	mq_start(&S.mq);
 	ev_run(S.loop, 0);

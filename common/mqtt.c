@@ -4,10 +4,13 @@
 #include "config.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -92,6 +95,38 @@ static void lost_quietly(struct mq *mq, int rc)
 	failed_attempt(mq, why(rc));
 }
 
+static void cork(struct mq *mq, int on)
+{
+	int fd = mosquitto_socket(mq->m);
+
+	mq->corked = on;
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) < 0)
+		debugl("%s: TCP_CORK %d: %s", mq->name, on, strerror(errno));
+}
+
+/* A new socket of ours: closed by a crash, it resets the connection and
+ * what it held corked is never sent. */
+static void abort_on_close(struct mq *mq, int on)
+{
+	struct linger l = { .l_onoff = on, .l_linger = 0 };
+	int fd = mosquitto_socket(mq->m);
+
+	if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) < 0)
+		warnl("%s: SO_LINGER: %s", mq->name, strerror(errno));
+}
+
+void mq_hold_acks(struct mq *mq)
+{
+	mq->hold_acks = 1;
+	abort_on_close(mq, 1);
+}
+
+void mq_release_acks(struct mq *mq)
+{
+	if (mq->corked)
+		cork(mq, 0);
+}
+
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mq *mq = w->data;
@@ -99,6 +134,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 	mq->in_lib++;
 	*tls_error = '\0';
+	if ((revents & EV_READ) && mq->hold_acks && !mq->corked)
+		cork(mq, 1);
 	if (revents & EV_READ)
 		rc = mosquitto_loop_read(mq->m, 64);
 	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
@@ -161,6 +198,9 @@ static void attempt(struct mq *mq)
 		failed_attempt(mq, why(rc));
 		return;
 	}
+	mq->corked = 0;
+	if (mq->hold_acks)
+		abort_on_close(mq, 1);
 	update_io(mq);
 }
 
@@ -442,6 +482,11 @@ void mq_disconnect(struct mq *mq)
 		return;
 	}
 	if (mq->connected) {
+		/* Acks released: a graceful close. Still held, the caller could
+		 * not keep what was read: the reset discards them with the
+		 * DISCONNECT, and the broker sends those messages again. */
+		if (mq->hold_acks && !mq->corked)
+			abort_on_close(mq, 0);
 		mosquitto_disconnect(mq->m);
 		/* Write what is queued (DISCONNECT included) right away. */
 		while (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))

@@ -67,6 +67,8 @@ struct mq {
 	const char *name; /* for diagnostics: "broker", "output"... */
 	int connected, ever_connected, fails, stopping, read_paused;
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
+	/* mq_hold_acks(): the socket corked while we read, and whether it is. */
+	int hold_acks, corked;
 	/* Paused, the socket is still read, so that libmosquitto's keepalive
 	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
 	struct mq_held *backlog, **backlog_tail, *delivering;
@@ -99,6 +101,15 @@ int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void 
 /* Subscribe one filter; subid > 0 sets an MQTT 5 subscription identifier. */
 int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid);
 int mq_unsubscribe(struct mq *mq, const char *filter);
+/* Acks after the consumer has kept the message. libmosquitto sends a QoS 1
+ * PUBACK (QoS 2 PUBREC) while it reads, before the message callback: from
+ * now on the socket is corked (TCP_CORK) while it is read, so what it writes
+ * waits in the kernel, and closes with a reset (SO_LINGER 0), so what still
+ * waits is discarded if we die. mq_release_acks() sends it: call it once
+ * what was read is safe, before the loop blocks (a prepare watcher). The
+ * kernel sends corked data on its own after 200 ms. */
+void mq_hold_acks(struct mq *mq);
+void mq_release_acks(struct mq *mq);
 /* Send DISCONNECT and write it at once; no more reconnects. Not from inside
  * an mq callback (libmosquitto holds its lock there): defer to the loop. */
 void mq_disconnect(struct mq *mq);

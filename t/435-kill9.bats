@@ -225,6 +225,32 @@ kill9() {
 	[ "$(sub_stat spool_replayed)" = 1 ]
 }
 
+@test "spool: the broker has no PUBACK for a job before the spool has it (kill -9 at the spool write: the broker sends the job again)" {
+	# libmosquitto writes a PUBACK while it reads, before our message
+	# callback; mqlb-sub holds it (corked) until the spool line is written.
+	# strace kills mqlb-sub at that write, the first to the spool once it is
+	# open: before this held PUBACK, the job was lost here.
+	command -v strace >/dev/null || { echo "strace is needed: contrib/deps installs it"; false; }
+	broker_start
+	ready_fifo s1
+	bg s1 ready3 "$T/s1.ready" strace -f -qq -o /dev/null -P "$T/spool" -e trace=write \
+		-e inject=write:error=EIO:signal=KILL:when=1 \
+		mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool --spool "$T/spool" \
+		--listen "$T/sub.sock" --ready-fd 3
+	wait_ready s1
+	announced s1 g
+	pub jobs/a once -q 1
+	wait_for 10 exited "$(cat "$T/s1.pid")"
+	# killed before the line was written
+	[ "$(grep -c '^m ' "$T/spool")" = 0 ]
+	sub s2
+	announced s2 g
+	wait_for 10 grep -q '^msg [0-9a-f-]* 1 0 jobs/# jobs/a once$' "$T/s2.out"
+	# from the broker, not from the spool
+	[ "$(sub_stat spool_replayed)" = 0 ]
+	[ "$(grep -c '^msg ' "$T/s2.out")" = 1 ]
+}
+
 @test "spool: messages read while stdout is full are spooled as they arrive and survive kill -9" {
 	broker_start
 	# s1 writes into a pipe nobody reads: it pauses and holds what comes
