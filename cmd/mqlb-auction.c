@@ -20,7 +20,7 @@ static const char usage[] =
 	"                    [--token-ttl seconds] [--retry seconds,...] [--deadline seconds]\n"
 	"                    [--max-pending n] [--ack-timeout seconds] [--max-attempts n]\n"
 	"                    [--drain-timeout seconds] [--scheme soonest|least|first]\n"
-	"                    [--credit-ttl seconds]\n";
+	"                    [--credit-ttl seconds] [--ahead seconds]\n";
 
 struct auction S;
 
@@ -45,6 +45,7 @@ static void opt(int c, const char *arg)
 			opt_usage_error("--scheme: \"%s\" is not soonest, least or first", arg);
 		break;
 	case 9: S.credit_ttl = opt_secs("--credit-ttl", arg, 0.001, 86400); break;
+	case 10: S.ahead = opt_secs("--ahead", arg, 0, 10); break;
 	}
 }
 
@@ -58,6 +59,7 @@ static const struct option longopts[] = {
 	{ "drain-timeout", required_argument, NULL, 7 },
 	{ "scheme", required_argument, NULL, 8 },
 	{ "credit-ttl", required_argument, NULL, 9 },
+	{ "ahead", required_argument, NULL, 10 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -74,6 +76,7 @@ int main(int argc, char **argv)
 	S.max_attempts = 3;
 	S.st.drain_timeout = 10;
 	S.credit_ttl = 30;
+	S.ahead = 0.002;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);

@@ -28,6 +28,9 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	[ "${lines[0]}" = 'mqlb-auction: error: --scheme: "fastest" is not soonest, least or first' ]
 	run mqlb-auction --credit-ttl 0
 	[ "$status" -eq 2 ]
+	run mqlb-auction --ahead 11
+	[ "$status" -eq 2 ]
+	[ "${lines[0]}" = 'mqlb-auction: error: --ahead: bad duration "11" (seconds, 0 to 10; or with ms)' ]
 }
 
 @test "jobs queued for a busy credit worker outlive --deadline: all run, none dropped" {
@@ -68,6 +71,57 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	once 162
 	[ "$(ran_on slow)" -ge 2 ]
 	no_drops
+}
+
+@test "--ahead: a one-slot worker taking one job ahead gets its next job before its done, runs one at a time, each once" {
+	broker_start
+	AUCTIONOPTS="--listen $T/a.sock --ahead 0.1" pipeline
+	worker w1 0.3 --ahead 1 --listen "$T/w1.sock"
+	wait_balanced
+	publish 6
+	wait_for 30 eval '[ "$(ended)" -ge 6 ]'
+	once 6
+	# awarded ahead by the auction, kept waiting by the worker
+	[ "$(astat ahead)" -ge 1 ]
+	[ "$(stat_in "$T/w1.sock" ahead)" -ge 1 ]
+	[ "$(stat_in "$T/w1.sock" busy)" = 0 ]
+	# one at a time, in order: each start follows the end before it
+	awk '$1 == "start" { if (run) bad = 1; run = 1 } $1 == "end" { run = 0 } END { exit bad }' "$T/log"
+	[ "$(awk '$1 == "start" { print $3 }' "$T/log" | tr '\n' ' ')" = "job-1 job-2 job-3 job-4 job-5 job-6 " ]
+	no_drops
+}
+
+@test "--ahead: a worker without +ahead in its credit gets no job while its slot runs" {
+	broker_start
+	AUCTIONOPTS="--listen $T/a.sock --ahead 0.1" pipeline
+	worker w1 0.3 --listen "$T/w1.sock"
+	wait_balanced
+	publish 4
+	wait_for 30 eval '[ "$(ended)" -ge 4 ]'
+	once 4
+	[ "$(astat ahead)" = 0 ]
+	[ "$(stat_in "$T/w1.sock" busy)" = 0 ]
+	[ "$(stat_in "$T/w1.sock" over_awards)" = 0 ]
+}
+
+@test "auction: credit 1+1: once the worker's time is known, its next job is awarded before the done of the running one" {
+	broker_start
+	auc --ahead 0.2
+	feed "group g jobs/#"
+	credit g w1 1+1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 1 0 jobs/# jobs/b p2" "msg $U3 1 0 jobs/# jobs/c p3"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	# nothing measured yet: no award ahead
+	[ "$(awards_of "$U2")" = 0 ]
+	sleep 0.3
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "award $U2 g w1 1 jobs/b p2"
+	# U2 is expected to take 0.3 s: U3 goes 0.2 s before its end
+	wait_for 5 out_has "award $U3 g w1 1 jobs/c p3"
+	[ "$(astat ahead)" = 1 ]
+	grep -q "^done $U1 " "$T/a.out"
+	! grep -q "^done $U2 " "$T/a.out" || false
 }
 
 @test "--scheme least: the worker with most free slots first" {
@@ -237,8 +291,12 @@ U3=11111111-2222-4333-8444-555555555553
 	credit g w1 x
 	credit g w1 -1
 	credit g w1 70000
+	credit g w1 1+x
+	credit g w1 1+
+	credit g w1 1+70000
 	pub "$PREFIX/credit/g" 1 -q 1
-	wait_for 5 eval '[ "$(astat credit_bad)" = 4 ]'
+	wait_for 5 eval '[ "$(astat credit_bad)" = 7 ]'
+	grep -qF 'credit from g/w1: bad payload "1+x"; ignored' "$T/a.err"
 	grep -qF 'credit from g/w1: bad payload "x"; ignored' "$T/a.err"
 	grep -qF 'credit from g/w1: bad payload "70000"; ignored' "$T/a.err"
 	grep -qF "bad credit topic $PREFIX/credit/g; ignored" "$T/a.err"

@@ -45,6 +45,7 @@ struct wstat {
 	unsigned long awarded, ok, fail;
 	unsigned long inflight; /* jobs awarded here and tracked, no done yet */
 	unsigned slots;         /* credit: announced slots; 0: a bidding worker */
+	unsigned ahead;         /* credit "slots+ahead": jobs it keeps waiting */
 	int blocked;            /* credit: said "fail busy"; none until its next done */
 	/* bidding: 1 once it sent a done or bid free=n (it acks), -1 once an
 	 * award passed --ack-timeout before either (it does not: MQTT 3.1.1,
@@ -67,6 +68,8 @@ struct job {
 	struct job *wprev, *wnext; /* on ws->jobs while tracked */
 	int tracked;      /* counted in ws->inflight, waits for its done */
 	int listed;       /* named by the credit message being read */
+	int ahead;        /* awarded ahead, while all the worker's slots ran */
+	ev_tstamp begun;  /* ahead: when a slot came free for it; 0: waits */
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
@@ -137,6 +140,7 @@ struct auction {
 	struct msg *free;
 	long npending, max_pending;
 	double token_ttl, deadline, ack_timeout, credit_ttl;
+	double ahead; /* --ahead: award this long before a slot is expected free */
 	enum scheme scheme;
 	struct cand *cands;
 	size_t ncands, ccap;
@@ -149,7 +153,7 @@ struct auction {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_progress, n_lost;
+		n_busy, n_held, n_progress, n_lost, n_ahead;
 };
 extern struct auction S;
 
@@ -190,6 +194,9 @@ int group_live(const struct group *g);
 
 /* place.c */
 void award(struct job *j, const char *wid);
+/* A slot of w came free (done, its job): the job it kept waiting longest
+ * runs. */
+void ahead_begins(struct wstat *w, const struct job *done);
 void reaward(struct job *j);
 void place(struct group *g);
 void group_arrival(struct group *g);

@@ -116,8 +116,10 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		S.n_done_ok++;
 		hist_add(&g->e2e, mq_heard(&S.st.mq) - m->arrived);
 		if (j->ws) {
-			double t = ev_now(S.st.loop) - j->t;
+			/* A job awarded ahead started when a slot came free. */
+			double t = ev_now(S.st.loop) - (j->ahead && j->begun ? j->begun : j->t);
 
+			ahead_begins(j->ws, j);
 			j->ws->ok++;
 			hist_add(&j->ws->lat, t);
 			j->ws->last_done = hist_now();
@@ -129,8 +131,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		S.n_done_fail++;
 		if (j->ws) {
 			j->ws->fail++;
-			if (strcmp(payload, "fail busy"))
+			if (strcmp(payload, "fail busy")) {
 				j->ws->last_done = hist_now();
+				if (!undeliverable)
+					ahead_begins(j->ws, j);
+			}
 		}
 		emit_done(j, payload, n);
 		if (!strcmp(payload, "fail busy")) {
@@ -179,18 +184,20 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	}
 }
 
-/* P/credit/group/wid: "slots [uuid ...]", the slots of a credit worker and
- * the jobs it holds. The jobs named are in progress: their --ack-timeout
+/* P/credit/group/wid: "slots[+ahead] [uuid ...]", the slots of a credit
+ * worker (and the jobs it keeps waiting beyond them) and the jobs it holds. The jobs named are in progress: their --ack-timeout
  * starts again, so a long job is not taken back from a live worker. */
 static void on_credit(struct group *g, const char *wid, char *payload)
 {
 	struct wstat *w;
-	unsigned long slots;
+	unsigned long slots, ahead = 0;
 	char *end, *u;
 
 	slots = strtoul(payload, &end, 10);
-	if (end == payload || (*end && *end != ' ') || slots > 65535 || *payload == '-' ||
-	    *payload == '+') {
+	if (*end == '+' && end > payload && end[1] >= '0' && end[1] <= '9')
+		ahead = strtoul(end + 1, &end, 10);
+	if (end == payload || (*end && *end != ' ') || slots > 65535 || ahead > 65535 ||
+	    *payload == '-' || *payload == '+') {
 		S.n_credit_bad++;
 		warnl("credit from %s/%s: bad payload \"%.40s\"; ignored", g->name, wid, payload);
 		return;
@@ -199,6 +206,7 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 		return;
 	S.n_credit++;
 	w->slots = (unsigned)slots;
+	w->ahead = (unsigned)ahead;
 	w->credit_t = mq_heard(&S.st.mq);
 	w->blocked = 0;
 	for (struct job *j = w->jobs; j; j = j->wnext)

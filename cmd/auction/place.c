@@ -21,6 +21,8 @@ void award(struct job *j, const char *wid)
 	}
 	snprintf(j->wid, sizeof j->wid, "%s", wid);
 	j->st = J_AWARDED;
+	j->ahead = 0;
+	j->begun = 0;
 	j->t = ev_now(S.st.loop);
 	j->heard_t = mq_heard(&S.st.mq);
 	if ((j->ws = wstat_of(j->g, wid))) {
@@ -89,7 +91,9 @@ struct cand {
 	struct wstat *w; /* NULL for a bidder we have no figures for */
 	const char *wid;
 	unsigned free;
+	unsigned ahead; /* busy: jobs it would still keep waiting (credit +ahead) */
 	int token;   /* free slots are tokens (bids), not credit */
+	int overrun; /* busy, and its soonest job is past the worker's usual time */
 	double avail, svc;
 };
 
@@ -106,17 +110,28 @@ static struct cand *cand_add(void)
 /* Expected time until one of w's jobs ends: a job short of the worker's
  * usual time has what is left of it; one past it is taken to need as long
  * again as it has overrun, so a stuck worker stops being waited for. */
-static double next_end(const struct wstat *w, double svc, ev_tstamp now)
+static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *overrun)
 {
 	double best = -1;
 
+	*overrun = 0;
 	for (const struct job *j = w->jobs; j; j = j->wnext) {
 		double r = svc - (now - j->t);
+		int over = r < 0;
 
-		if (r < 0)
+		/* Awarded ahead: it starts when a slot comes free. */
+		if (j->ahead) {
+			if (!j->begun)
+				continue;
+			r = svc - (now - j->begun);
+			over = r < 0;
+		}
+		if (over)
 			r = -r;
-		if (best < 0 || r < best)
+		if (best < 0 || r < best) {
 			best = r;
+			*overrun = over;
+		}
 	}
 	return best < 0 ? svc : best;
 }
@@ -149,7 +164,11 @@ static void cands_build(struct group *g)
 		c->free = f;
 		c->svc = w->svc >= 0 ? w->svc : known;
 		if (!f)
-			c->avail = next_end(w, c->svc, now);
+			c->avail = next_end(w, c->svc, now, &c->overrun);
+		/* Jobs it may still keep waiting once its slots are taken; only
+		 * on a time of its own, measured. */
+		if (w->svc >= 0 && w->slots + w->ahead > w->inflight)
+			c->ahead = w->ahead - (w->inflight > w->slots ? (unsigned)w->inflight - w->slots : 0);
 	}
 	tokens_purge(g, now);
 	for (unsigned i = 0; i < g->tlen; i++) {
@@ -271,7 +290,63 @@ static void give(struct cand *c, struct job *j)
 	if (c->token || !c->w || !c->w->slots)
 		c->avail = 1e9; /* a bidder with no token left is no one to wait for */
 	else
-		c->avail = next_end(c->w, c->svc, ev_now(S.st.loop));
+		c->avail = next_end(c->w, c->svc, ev_now(S.st.loop), &c->overrun);
+}
+
+/* --ahead: the busy credit worker to award j now, though all its slots
+ * run: the one whose next slot the job would wait for anyway (the best
+ * busy one, or one within a quarter of it), if it keeps jobs waiting
+ * (+ahead), its soonest job is not overdue, and that slot is expected free
+ * within --ahead. The job then starts when the slot frees, without the
+ * round trip of a done and an award between. Else *later: when to look
+ * again. */
+static struct cand *cand_ahead(const struct cand *wait, double *later)
+{
+	struct cand *best = NULL, *any = NULL;
+
+	for (size_t k = 0; k < S.ncands; k++) {
+		struct cand *c = &S.cands[k];
+
+		if (c->free || c->token || !c->w)
+			continue;
+		if (!any || cost(c) < cost(any))
+			any = c;
+		if (c->ahead && !c->overrun && (!best || cost(c) < cost(best)))
+			best = c;
+	}
+	if (wait)
+		any = (struct cand *)wait;
+	if (!best || cost(best) > cost(any) * SAME)
+		return NULL;
+	if (best->avail <= S.ahead)
+		return best;
+	if (*later < 0 || best->avail - S.ahead < *later)
+		*later = best->avail - S.ahead;
+	return NULL;
+}
+
+void ahead_begins(struct wstat *w, const struct job *done)
+{
+	struct job *first = NULL;
+
+	for (struct job *j = w->jobs; j; j = j->wnext)
+		if (j != done && j->ahead && !j->begun && (!first || j->t < first->t))
+			first = j;
+	if (first)
+		first->begun = ev_now(S.st.loop);
+}
+
+static void give_ahead(struct cand *c, struct job *j)
+{
+	c->ahead--;
+	jq_remove(j);
+	award(j, c->wid);
+	if (j->st != J_AWARDED)
+		return;
+	j->ahead = 1;
+	S.n_ahead++;
+	/* Its next slot goes to this job: the one after comes later. */
+	c->avail += c->svc / c->w->slots;
 }
 
 /* Give g's waiting jobs, oldest first, to free workers as the scheme says.
@@ -291,15 +366,25 @@ void place(struct group *g)
 	cands_build(g);
 	rate = group_rate(g);
 	for (j = g->waiting.head; j && scanned < PLACE_SCAN; j = next, scanned++) {
-		struct cand *c = cand_pick(), *w;
+		struct cand *c = cand_pick(), *w, *a;
 
 		next = j->next;
-		if (!c)
+		if (!c) {
+			/* No one free: a busy worker about to be may take it. */
+			if (S.scheme == SCHEME_SOONEST && S.ahead > 0 && (a = cand_ahead(NULL, &flip))) {
+				give_ahead(a, j);
+				continue;
+			}
 			break;
+		}
 		if (S.scheme == SCHEME_SOONEST && (w = cand_wait(c)) &&
 		    rate < HOLD_LOAD * faster_capacity(c)) {
 			double d = cost(c) - cost(w);
 
+			if (S.ahead > 0 && (a = cand_ahead(w, &flip))) {
+				give_ahead(a, j);
+				continue;
+			}
 			if (flip < 0 || d < flip)
 				flip = d;
 			w->avail += w->svc / (w->w && w->w->slots ? w->w->slots : 1);

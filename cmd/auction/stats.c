@@ -157,6 +157,7 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("credit_bad", S.n_credit_bad);
 	STAT("busy", S.n_busy);
 	STAT("held", S.n_held);
+	STAT("ahead", S.n_ahead);
 	STAT("progress", S.n_progress);
 	STAT("lost", S.n_lost);
 	STAT("oldest_us", us(oldest));
