@@ -46,6 +46,10 @@ struct mqlb_worker_opts {
 	int queue;             /* jobs waiting for a slot (over-awards, fallback); 100 */
 	int no_reply;          /* never publish replies to a Response Topic */
 	int bid;               /* the bid protocol (requests, bids) instead of credit */
+	/* credit: jobs taken beyond slots, to start as slots come free; the
+	 * balancer awards them shortly before it expects a slot free
+	 * (mqlb-protocol(7), "slots+ahead"); 0 */
+	int ahead;
 };
 
 struct mqlb_worker_cb {
@@ -68,6 +72,7 @@ struct mqlb_worker_stats {
 	unsigned long requests, bids, late_bids, awards, over_awards, busy;
 	unsigned long fallback, fallback_deliveries, dropped;
 	unsigned long done_ok, done_fail, subacks, connected;
+	unsigned long ahead; /* awards taken while every slot ran */
 };
 
 /* NULL with errno EINVAL when group, topic or wid is not acceptable. */

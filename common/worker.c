@@ -42,7 +42,7 @@ struct mqlb_worker {
 	struct mqlb_worker_cb cb;
 	void *arg;
 	char *prefix, *group, *topic, *wid;
-	int slots, qmax, fallback, no_reply, qos, bidding;
+	int slots, qmax, fallback, no_reply, qos, bidding, ahead;
 	double reserve_timeout, suback_timeout, keepalive;
 	/* topics and filters, built once */
 	char *t_announce, *t_suback, *t_will, *t_credit, *f_req, *f_work, *f_fallback;
@@ -384,14 +384,17 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
  * balancer sees them in progress (mqlb-protocol(7)). */
 static void credit(struct mqlb_worker *w)
 {
-	size_t cap = 16 + (size_t)(w->running + w->nqueue) * (UUID_LEN + 1), len;
+	size_t cap = 32 + (size_t)(w->running + w->nqueue) * (UUID_LEN + 1), len;
 	char *pl;
 
 	if (w->bidding || !w->mq.connected || !(w->acked & 1 << SUB_WORK))
 		return;
 	if (!(pl = malloc(cap)))
 		die(EXIT_SYSERR, "out of memory");
-	len = (size_t)snprintf(pl, cap, "%d", w->draining ? 0 : w->slots);
+	if (w->ahead && !w->draining)
+		len = (size_t)snprintf(pl, cap, "%d+%d", w->slots, w->ahead);
+	else
+		len = (size_t)snprintf(pl, cap, "%d", w->draining ? 0 : w->slots);
 	for (int q = 0; q < 2; q++)
 		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
 			if (j->remote && len + UUID_LEN + 2 <= cap)
@@ -423,6 +426,10 @@ static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
 		start(w, j);
 	} else if (free_slots(w) > 0 && !w->queue) {
 		start(w, j);
+	} else if (j->remote && !w->bidding && !w->draining && w->nqueue < w->ahead) {
+		/* Awarded ahead: it starts as the first slot comes free. */
+		w->st.ahead++;
+		enqueue(w, j);
 	} else if (j->remote && (v5(w) || !w->bidding)) {
 		/* The balancer can give it to someone free right away. */
 		w->st.over_awards++;
@@ -779,7 +786,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	if (!loop || !cb || !cb->job || bad_level(o->group) || bad_level(prefix) ||
 	    (o->wid && bad_level(o->wid)) || !o->topic || !*o->topic ||
 	    mosquitto_sub_topic_check(o->topic) != MOSQ_ERR_SUCCESS || o->slots < 0 ||
-	    o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
+	    o->ahead < 0 || o->ahead > 65535 || o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -805,6 +812,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->fallback = o->fallback;
 	w->no_reply = o->no_reply;
 	w->bidding = o->bid;
+	w->ahead = o->bid ? 0 : o->ahead;
 	w->keepalive = o->keepalive > 0 ? o->keepalive : 10;
 	w->reserve_timeout = o->reserve_timeout > 0 ? o->reserve_timeout : 1;
 	w->suback_timeout = o->suback_timeout > 0 ? o->suback_timeout : 2 * w->keepalive;

@@ -56,6 +56,11 @@ usage_error() {
 	usage_error -g g -t jobs --drain-timeout -1
 	usage_error -g g -t jobs --bogus
 	[ "${lines[0]}" = "mqlb-worker: error: unknown option --bogus" ]
+	usage_error -g g -t jobs --ahead -1
+	[ "${lines[0]}" = 'mqlb-worker: error: --ahead: bad number "-1" (0 to 65535)' ]
+	usage_error -g g -t jobs --ahead 65536
+	usage_error -g g -t jobs --ahead 1 --bid
+	[ "${lines[0]}" = "mqlb-worker: error: --ahead is for credit workers, not with --bid" ]
 }
 
 @test "an unreachable broker ends with 69 after --retries" {

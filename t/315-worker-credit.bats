@@ -90,6 +90,31 @@ one_job() {
 	wait_for 5 seen "lb/done/g1/w1/$U1|fail exit=3"
 }
 
+@test "--ahead 1: credit 1+1; a job awarded while the slot runs waits and starts when it frees; one more is refused fail busy" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -j 1 --ahead 1 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1+1"
+	job "$U1" jobs/a one
+	wait_for 5 test -e "$T/jobs/$U1"
+	job "$U2" jobs/b two
+	wait_for 5 stat_is ahead 1
+	[ "$(stats queued)" = 1 ]
+	job "$U3" jobs/c three
+	wait_for 5 seen "lb/done/g1/w1/$U3|fail busy"
+	# held, both: the credit names the running job and the waiting one
+	wait_for 12 eval "grep -qxE 'lb/credit/g1/w1\|1\+1 ($U1 $U2|$U2 $U1)' '$T/spy.out'"
+	[ ! -e "$T/jobs/$U2" ]
+	touch "$T/jobs/go-a"
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
+	wait_for 5 test -e "$T/jobs/$U2"
+	touch "$T/jobs/go-b"
+	wait_for 5 seen "lb/done/g1/w1/$U2|ok"
+	[ "$(stats busy)" = 1 ]
+	[ "$(stats done_ok)" = 2 ]
+}
+
 @test "the credit message repeats every keepalive with the jobs it holds (in progress)" {
 	broker_start
 	spy

@@ -19,6 +19,7 @@ for name, kind in (("host", str), ("port", number(1, 65535)), ("group", level), 
                    ("wid", level), ("slots", number(1, 10000))): ap.add_argument(name, type=kind)
 ap.add_argument("command", nargs="?", help="shell command run per job, the payload on its stdin")
 ap.add_argument("--sleep", type=number(0, 3600000), metavar="MS", help="sleep MS ms per job instead")
+ap.add_argument("--ahead", type=number(0, 10000), default=0, metavar="N", help="jobs taken beyond the slots, to wait here")
 ap.add_argument("-V", dest="version", choices=("311", "5"), default="311", help="MQTT version")
 ap.add_argument("-k", dest="keepalive", type=number(5, 3600), default=10, help="keepalive (s)")
 ap.add_argument("--job-qos", type=int, choices=(0, 1), default=0, help="QoS of the job subscription")
@@ -37,7 +38,8 @@ held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event()
 def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
     with lock:  # (and 0 slots once leaving)
         c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
-        c.publish(f"{a.prefix}/credit/{me}", " ".join([str(0 if stopping else a.slots)] + sorted(held)), 1)
+        slots = "0" if stopping else f"{a.slots}+{a.ahead}" if a.ahead else str(a.slots)
+        c.publish(f"{a.prefix}/credit/{me}", " ".join([slots] + sorted(held)), 1)
 # Jobs at QoS 0 by default: the done is the one packet a job costs, with no PUBACK ahead of it to
 # wait out Nagle. A clean session loses what was in flight at a disconnect at either QoS; the
 # balancer takes back after --ack-timeout what no credit lists as held.
@@ -50,7 +52,7 @@ def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
     if not re.fullmatch("[0-9a-f-]{36}", uuid): return
     with lock:
         if uuid in held: return  # a second copy of a job running here
-        if len(held) >= a.slots or stopping: c.publish(f"{a.prefix}/done/{me}/{uuid}", "fail busy", 1); return
+        if len(held) >= a.slots + a.ahead or stopping: c.publish(f"{a.prefix}/done/{me}/{uuid}", "fail busy", 1); return
         held.add(uuid)
     jobs.put((uuid, mtopic, m.payload))
 def run():  # one thread per slot: paho's network thread never waits for a job
