@@ -50,7 +50,7 @@ static const char usage[] =
 	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke]\n"
 	"                  [--sides mqlb,share,rabbit | --mqlb | --share | --rabbit]\n"
 	"                  [--parallel | --serial] [--rabbitmq-server path]\n"
-	"                  [--workers n] [--slots n] [--service seconds,...]\n"
+	"                  [--workers n] [--slots n] [--ahead n] [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
 	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
 	"                  [--bindir dir]\n"
@@ -76,6 +76,7 @@ static const char *const side_name[NSIDES] = { "mqlb", "share", "rabbit" };
 /* What one run asks for; --scenario fills it, later options override. */
 static struct {
 	int workers, slots;
+	int ahead; /* mqlb workers: --ahead (mqlb-worker(1)) */
 	double service[MAXW];
 	int nservice;
 	double rate, load; /* jobs/s; or a fraction of capacity; both 0: max */
@@ -108,6 +109,9 @@ struct result {
 	unsigned long bdropped; /* the broker's $SYS/broker/publish/messages/dropped */
 	char dropwhy[128];
 	double jobs_s, offered;
+	/* of the worker slots' time while publishing, the share spent on jobs:
+	 * what a worker's wait for its next job costs (scenario 4) */
+	double busy;
 	double start[3], fin[3]; /* p50 p99 max, ms */
 	unsigned long per_worker[MAXW];
 	double *lat, *slat; /* sorted publish -> done and -> start, ms, for the plot */
@@ -141,6 +145,7 @@ struct task {
 	const char *id; /* libmqlb's job id, valid until done */
 	uint64_t tag;   /* AMQP delivery tag */
 	uint32_t seq;
+	int64_t begin;
 	struct task *prev, *next; /* running tasks, so teardown can stop them */
 };
 
@@ -157,6 +162,7 @@ static enum phase phase;
 static int64_t t0, t_stop, t_phase, t_progress;
 static unsigned long last_done;
 static unsigned long published, done_unique, pubfail;
+static int64_t busy_ns; /* slot time on jobs while publishing */
 static double rate;
 static ev_timer ctl, tick;
 static ev_signal sigint_w, sigterm_w;
@@ -405,7 +411,7 @@ static char *bin(const char *name)
 static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
 {
 	const char *names[3] = { "mqlb-sub", "mqlb-auction", "mqlb-dispatch" };
-	char portbuf[16], spool[4096];
+	char portbuf[16], spool[4096], sock[4096];
 	int p1[2], p2[2], rdy[3][2], out, err, i, got = 0;
 	struct pollfd pfd[3];
 	int64_t deadline;
@@ -420,11 +426,13 @@ static int pipeline_start(const char *dir, int port, char *why, size_t whylen)
 		/* at the end, the auction hands back what still waits as drop
 		 * records within a second */
 		/* mqlb-sub spools as it does by default, in the run's own
-		 * directory (never a leftover of an earlier run in $HOME) */
+		 * directory (never a leftover of an earlier run in $HOME); their
+		 * stats are on DIR/mqlb-sub.sock and DIR/mqlb-auction.sock */
 		char *argv[] = { bin(names[i]), "-h", "127.0.0.1", "-p", portbuf, "--ready-fd", "3",
 				 i == 1 ? "--drain-timeout" : i == 0 ? "--spool" : NULL,
-				 i == 1 ? "1" : spool, NULL };
+				 i == 1 ? "1" : spool, "--listen", sock, NULL };
 
+		snprintf(sock, sizeof sock, "%s/%s.sock", dir, names[i]);
 		if (pipe2(rdy[i], O_CLOEXEC))
 			die(EXIT_SYSERR, "pipe: %s", strerror(errno));
 		spawn(argv, i == 0 ? -1 : i == 1 ? p1[0] : p2[0], i == 0 ? p1[1] : i == 1 ? p2[1] : out,
@@ -543,6 +551,7 @@ static struct task *job_begin(struct wsim *w, uint32_t seq, const char *id)
 		j->worker = (int16_t)w->idx;
 	}
 	w->running++;
+	k->begin = now_ns();
 	k->w = w;
 	k->id = id;
 	k->seq = seq;
@@ -574,7 +583,13 @@ static void job_finish(ev_timer *t)
 	struct task *k = (struct task *)t;
 	struct wsim *w = k->w;
 	struct job *j = &jobs[k->seq];
+	int64_t end = now_ns(), from, to;
 
+	/* The part of the job inside the publishing window. */
+	from = k->begin > t0 ? k->begin : t0;
+	to = t_stop && t_stop < end ? t_stop : end;
+	if (t0 && to > from)
+		busy_ns += to - from;
 	task_unlink(k);
 	if (j->dones++ == 0) {
 		j->done = now_ns();
@@ -1349,6 +1364,7 @@ static void collect(struct result *r)
 	r->done = done_unique;
 	r->lost = published - done_unique;
 	r->jobs_s = t_stop > t0 ? (double)in_time / ((double)(t_stop - t0) / NS) : 0;
+	r->busy = t_stop > t0 ? (double)busy_ns / ((double)(t_stop - t0) * cf.workers * cf.slots) : 0;
 }
 
 /* One side: its broker (a mosquitto of its own, or the RabbitMQ node
@@ -1362,6 +1378,7 @@ static void run_mode(struct result *r, enum side side)
 	r->mode = side_name[side];
 	cur = r;
 	published = done_unique = pubfail = 0;
+	busy_ns = 0;
 	if (capjobs)
 		memset(jobs, 0, capjobs * sizeof *jobs);
 	if (side == S_RABBIT) {
@@ -1398,6 +1415,7 @@ static void run_mode(struct result *r, enum side side)
 			o.topic = TOPIC;
 			o.wid = w->cid;
 			o.slots = cf.slots;
+			o.ahead = cf.ahead;
 			/* a broken balancer must show, not be hidden by $share */
 			o.fallback = MQLB_FALLBACK_NONE;
 			if (!(w->mw = mqlb_worker_new(loop, &o, &cb, w)))
@@ -1672,6 +1690,10 @@ static void print_table(struct result *rs, int n)
 	for (i = 0; i < n; i++)
 		if (rs[i].dropwhy[0])
 			printf("# %s drop records: %s\n", rs[i].mode, rs[i].dropwhy);
+	for (i = 0; i < n; i++)
+		if (rs[i].ok)
+			printf("# %s: worker slots busy %.1f%% of the time while publishing\n", rs[i].mode,
+			       100 * rs[i].busy);
 	/* mqlb is always the first side when it runs */
 	for (i = 1; i < n && !strcmp(rs[0].mode, "mqlb"); i++)
 		if (rs[0].ok && rs[i].ok && rs[i].jobs_s > 0)
@@ -1766,6 +1788,7 @@ enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
 	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
 	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL, O_SIDES, O_RABBIT, O_RABBITMQ_SERVER,
+	O_AHEAD,
 };
 
 static const struct option longopts[] = {
@@ -1778,6 +1801,7 @@ static const struct option longopts[] = {
 	{ "rabbitmq-server", required_argument, NULL, O_RABBITMQ_SERVER },
 	{ "workers", required_argument, NULL, O_WORKERS },
 	{ "slots", required_argument, NULL, O_SLOTS },
+	{ "ahead", required_argument, NULL, O_AHEAD },
 	{ "service", required_argument, NULL, O_SERVICE },
 	{ "rate", required_argument, NULL, O_RATE },
 	{ "load", required_argument, NULL, O_LOAD },
@@ -1875,6 +1899,7 @@ static void opt(int c, const char *arg)
 	case O_RABBITMQ_SERVER: cf.rabbitmq_server = arg; break;
 	case O_WORKERS: cf.workers = (int)opt_long("--workers", arg, 1, MAXW); break;
 	case O_SLOTS: cf.slots = (int)opt_long("--slots", arg, 1, 1000); break;
+	case O_AHEAD: cf.ahead = (int)opt_long("--ahead", arg, 0, 1000); break;
 	case O_SERVICE: {
 		char buf[512], *save = NULL, *tok;
 
