@@ -72,6 +72,7 @@ static void setup(void)
 	S.max_attempts = 3;
 	S.st.drain_timeout = 1;
 	S.credit_ttl = 2;
+	S.ahead = 0.3; /* ticks of 0.25 s: jobs awarded ahead */
 	memcpy(S.retry, retry, sizeof retry);
 	S.nretry = 5;
 	S.hash = calloc(1024, sizeof *S.hash);
