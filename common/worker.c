@@ -426,7 +426,8 @@ static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
 		start(w, j);
 	} else if (free_slots(w) > 0 && !w->queue) {
 		start(w, j);
-	} else if (j->remote && !w->bidding && !w->draining && w->nqueue < w->ahead) {
+	} else if (j->remote && !w->bidding && !w->draining && w->nqueue < w->ahead &&
+		   w->nqueue < w->qmax) {
 		/* Awarded ahead: it starts as the first slot comes free. */
 		w->st.ahead++;
 		enqueue(w, j);

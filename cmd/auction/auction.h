@@ -194,9 +194,8 @@ int group_live(const struct group *g);
 
 /* place.c */
 void award(struct job *j, const char *wid);
-/* A slot of w came free (done, its job): the job it kept waiting longest
- * runs. */
-void ahead_begins(struct wstat *w, const struct job *done);
+/* A slot of w came free (a done): the job it kept waiting longest runs. */
+void ahead_begins(struct wstat *w);
 void reaward(struct job *j);
 void place(struct group *g);
 void group_arrival(struct group *g);

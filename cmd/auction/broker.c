@@ -119,7 +119,6 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			/* A job awarded ahead started when a slot came free. */
 			double t = ev_now(S.st.loop) - (j->ahead && j->begun ? j->begun : j->t);
 
-			ahead_begins(j->ws, j);
 			j->ws->ok++;
 			hist_add(&j->ws->lat, t);
 			j->ws->last_done = hist_now();
@@ -131,11 +130,8 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		S.n_done_fail++;
 		if (j->ws) {
 			j->ws->fail++;
-			if (strcmp(payload, "fail busy")) {
+			if (strcmp(payload, "fail busy"))
 				j->ws->last_done = hist_now();
-				if (!undeliverable)
-					ahead_begins(j->ws, j);
-			}
 		}
 		emit_done(j, payload, n);
 		if (!strcmp(payload, "fail busy")) {
@@ -173,9 +169,12 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 		offer(g, wid, NULL);
 	if ((w = wstat_find(g, wid)) && w->slots) {
 		/* A credit worker's done, ours or another balancer's, frees a
-		 * slot there; with a refusal it is busy elsewhere. */
-		if (strcmp(payload, "fail busy") && !undeliverable)
+		 * slot there, where a job awarded ahead starts; with a refusal
+		 * it is busy elsewhere. */
+		if (strcmp(payload, "fail busy") && !undeliverable) {
 			w->blocked = 0;
+			ahead_begins(w);
+		}
 		place(g);
 	} else if (g->waiting.head) {
 		/* A bidder that finished may be free: ask now rather than after
@@ -185,8 +184,9 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 }
 
 /* P/credit/group/wid: "slots[+ahead] [uuid ...]", the slots of a credit
- * worker (and the jobs it keeps waiting beyond them) and the jobs it holds. The jobs named are in progress: their --ack-timeout
- * starts again, so a long job is not taken back from a live worker. */
+ * worker (and the jobs it keeps waiting beyond them) and the jobs it
+ * holds. The jobs named are in progress: their --ack-timeout starts again,
+ * so a long job is not taken back from a live worker. */
 static void on_credit(struct group *g, const char *wid, char *payload)
 {
 	struct wstat *w;

@@ -113,16 +113,20 @@ static struct cand *cand_add(void)
 static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *overrun)
 {
 	double best = -1;
+	unsigned waiting = 0;
 
 	*overrun = 0;
 	for (const struct job *j = w->jobs; j; j = j->wnext) {
 		double r = svc - (now - j->t);
 		int over = r < 0;
 
-		/* Awarded ahead: it starts when a slot comes free. */
+		/* Awarded ahead: it starts when a slot comes free, and takes
+		 * that slot for its own time. */
 		if (j->ahead) {
-			if (!j->begun)
+			if (!j->begun) {
+				waiting++;
 				continue;
+			}
 			r = svc - (now - j->begun);
 			over = r < 0;
 		}
@@ -133,7 +137,7 @@ static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *ov
 			*overrun = over;
 		}
 	}
-	return best < 0 ? svc : best;
+	return (best < 0 ? svc : best) + waiting * svc / (w->slots ? w->slots : 1);
 }
 
 /* The candidates of g: credit workers with free slots (and, for soonest,
@@ -325,12 +329,12 @@ static struct cand *cand_ahead(const struct cand *wait, double *later)
 	return NULL;
 }
 
-void ahead_begins(struct wstat *w, const struct job *done)
+void ahead_begins(struct wstat *w)
 {
 	struct job *first = NULL;
 
 	for (struct job *j = w->jobs; j; j = j->wnext)
-		if (j != done && j->ahead && !j->begun && (!first || j->t < first->t))
+		if (j->ahead && !j->begun && (!first || j->t < first->t))
 			first = j;
 	if (first)
 		first->begun = ev_now(S.st.loop);
