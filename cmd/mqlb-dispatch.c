@@ -260,8 +260,8 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 	credit = rec_is(&r, 0, "award");
 	if ((credit || rec_is(&r, 0, "assign")) && S.st.draining) {
 		/* Read at the drain deadline: handed back, not lost. */
-		if (r.nf < 7 || r.nf > 8 || !rec_uuid_ok(r.f[1], r.len[1]) || rec_unescape(&r, 2) <= 0 ||
-		    rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
+		if (r.nf < 7 || r.nf > 8 || !rec_uuid_ok(r.f[1], r.len[1]) ||
+		    rec_unescape(&r, 2) <= 0 || rec_unescape(&r, 5) < 0 || rec_unescape(&r, 6) < 0)
 			return bad_award(credit, "malformed");
 		keep(&S.props, &S.propscap, r.nf == 8 ? r.f[7] : "", r.nf == 8 ? r.len[7] : 0);
 		S.n_shutdown++;

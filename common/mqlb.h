@@ -48,7 +48,7 @@ struct mqlb_worker_opts {
 	int bid;               /* the bid protocol (requests, bids) instead of credit */
 	/* credit: jobs taken beyond slots, to start as slots come free; the
 	 * balancer awards them shortly before it expects a slot free
-	 * (mqlb-protocol(7), "slots+ahead"); 0 */
+	 * (mqlb-protocol(7), "slots+ahead"); 0; not with bid */
 	int ahead;
 };
 

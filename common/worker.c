@@ -787,7 +787,8 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	if (!loop || !cb || !cb->job || bad_level(o->group) || bad_level(prefix) ||
 	    (o->wid && bad_level(o->wid)) || !o->topic || !*o->topic ||
 	    mosquitto_sub_topic_check(o->topic) != MOSQ_ERR_SUCCESS || o->slots < 0 ||
-	    o->ahead < 0 || o->ahead > 65535 || o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
+	    o->ahead < 0 || o->ahead > 65535 || (o->ahead && o->bid) ||
+	    o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -813,7 +814,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->fallback = o->fallback;
 	w->no_reply = o->no_reply;
 	w->bidding = o->bid;
-	w->ahead = o->bid ? 0 : o->ahead;
+	w->ahead = o->ahead;
 	w->keepalive = o->keepalive > 0 ? o->keepalive : 10;
 	w->reserve_timeout = o->reserve_timeout > 0 ? o->reserve_timeout : 1;
 	w->suback_timeout = o->suback_timeout > 0 ? o->suback_timeout : 2 * w->keepalive;

@@ -155,7 +155,7 @@ static void cands_build(struct group *g)
 		known = 0; /* nothing measured yet: every worker looks fast */
 	for (struct wstat *w = g->workers; w; w = w->gnext) {
 		struct cand *c;
-		unsigned f;
+		unsigned f, over;
 
 		if (!credit_live(w) || w->blocked)
 			continue;
@@ -171,8 +171,9 @@ static void cands_build(struct group *g)
 			c->avail = next_end(w, c->svc, now, &c->overrun);
 		/* Jobs it may still keep waiting once its slots are taken; only
 		 * on a time of its own, measured. */
-		if (w->svc >= 0 && w->slots + w->ahead > w->inflight)
-			c->ahead = w->ahead - (w->inflight > w->slots ? (unsigned)w->inflight - w->slots : 0);
+		over = w->inflight > w->slots ? (unsigned)w->inflight - w->slots : 0;
+		if (w->svc >= 0 && over < w->ahead)
+			c->ahead = w->ahead - over;
 	}
 	tokens_purge(g, now);
 	for (unsigned i = 0; i < g->tlen; i++) {
@@ -306,7 +307,8 @@ static void give(struct cand *c, struct job *j)
  * again. */
 static struct cand *cand_ahead(const struct cand *wait, double *later)
 {
-	struct cand *best = NULL, *any = NULL;
+	struct cand *best = NULL;
+	const struct cand *any = NULL;
 
 	for (size_t k = 0; k < S.ncands; k++) {
 		struct cand *c = &S.cands[k];
@@ -319,7 +321,7 @@ static struct cand *cand_ahead(const struct cand *wait, double *later)
 			best = c;
 	}
 	if (wait)
-		any = (struct cand *)wait;
+		any = wait;
 	if (!best || cost(best) > cost(any) * SAME)
 		return NULL;
 	if (best->avail <= S.ahead)
@@ -375,7 +377,8 @@ void place(struct group *g)
 		next = j->next;
 		if (!c) {
 			/* No one free: a busy worker about to be may take it. */
-			if (S.scheme == SCHEME_SOONEST && S.ahead > 0 && (a = cand_ahead(NULL, &flip))) {
+			if (S.scheme == SCHEME_SOONEST && S.ahead > 0 &&
+			    (a = cand_ahead(NULL, &flip))) {
 				give_ahead(a, j);
 				continue;
 			}

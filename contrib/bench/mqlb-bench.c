@@ -1364,7 +1364,8 @@ static void collect(struct result *r)
 	r->done = done_unique;
 	r->lost = published - done_unique;
 	r->jobs_s = t_stop > t0 ? (double)in_time / ((double)(t_stop - t0) / NS) : 0;
-	r->busy = t_stop > t0 ? (double)busy_ns / ((double)(t_stop - t0) * cf.workers * cf.slots) : 0;
+	r->busy = t_stop > t0 ?
+			  (double)busy_ns / ((double)(t_stop - t0) * cf.workers * cf.slots) : 0;
 }
 
 /* One side: its broker (a mosquitto of its own, or the RabbitMQ node
@@ -1692,8 +1693,8 @@ static void print_table(struct result *rs, int n)
 			printf("# %s drop records: %s\n", rs[i].mode, rs[i].dropwhy);
 	for (i = 0; i < n; i++)
 		if (rs[i].ok)
-			printf("# %s: worker slots busy %.1f%% of the time while publishing\n", rs[i].mode,
-			       100 * rs[i].busy);
+			printf("# %s: worker slots busy %.1f%% of the time while publishing\n",
+			       rs[i].mode, 100 * rs[i].busy);
 	/* mqlb is always the first side when it runs */
 	for (i = 1; i < n && !strcmp(rs[0].mode, "mqlb"); i++)
 		if (rs[0].ok && rs[i].ok && rs[i].jobs_s > 0)
