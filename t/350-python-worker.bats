@@ -78,6 +78,9 @@ ran() { awk -v w="$1" '$1 == "end" && $2 == w' "$T/log" | wc -l; }
 	run "$PY" "$WORKER" --job-qos 2 127.0.0.1 1883 g 'jobs/#' w1 1 true
 	[ "$status" -eq 2 ]
 	[[ "$output" == *"argument --job-qos: invalid choice: 2"* ]]
+	run "$PY" "$WORKER" --ahead x 127.0.0.1 1883 g 'jobs/#' w1 1 true
+	[ "$status" -eq 2 ]
+	[[ "$output" == *"argument --ahead: not a number from 0 to 10000: 'x'"* ]]
 	run "$PY" "$WORKER" --help
 	[ "$status" -eq 0 ]
 	[[ "$output" == "usage: worker.py"* ]]
@@ -140,6 +143,29 @@ w1 $U3 jobs/x0 ok" ]
 	[ "$rc" -eq 0 ]
 	[ "$(cat "$T/w1.out")" = "w1 $U1 jobs/a ok" ]
 	[ "$(grep -c "^lb/done/g/w1/$U1|" "$T/spy.out")" -eq 1 ]
+}
+
+@test "--ahead 1: credit 1+1; a job awarded while the slot runs waits and runs after it; one more is refused fail busy" {
+	broker_start
+	spy
+	export GO=$T/go
+	LOG=$T/log bg w1 "$PY" "$WORKER" --ahead 1 127.0.0.1 "$BROKER_PORT" g 'jobs/#' w1 1 \
+		'cat >/dev/null; echo "start $MQLB_ID" >>"$LOG"; while [ ! -e "$GO-$MQLB_ID" ]; do sleep 0.05; done'
+	wait_for 10 seen "lb/credit/g/w1|1+1"
+	pub "lb/job/g/w1/$U1/jobs/a" one -q 1
+	pub "lb/job/g/w1/$U2/jobs/b" two -q 1
+	pub "lb/job/g/w1/$U3/jobs/c" three -q 1
+	wait_for 5 seen "lb/done/g/w1/$U3|fail busy"
+	# U2 waits behind U1, not started
+	[ "$(cat "$T/log")" = "start $U1" ]
+	touch "$T/go-$U1"
+	wait_for 5 seen "lb/done/g/w1/$U1|ok"
+	wait_for 5 grep -qx "start $U2" "$T/log"
+	touch "$T/go-$U2"
+	wait_for 5 seen "lb/done/g/w1/$U2|ok"
+	wait_for 5 lines_in "$T/w1.out" 2
+	[ "$(cat "$T/w1.out")" = "w1 $U1 jobs/a ok
+w1 $U2 jobs/b ok" ]
 }
 
 @test "behind the pipeline: three workers, one slow: every job once, the slow one only what it can take" {
