@@ -20,7 +20,7 @@ static const char usage[] =
 	"                    [--token-ttl seconds] [--retry seconds,...] [--deadline seconds]\n"
 	"                    [--max-pending n] [--ack-timeout seconds] [--max-attempts n]\n"
 	"                    [--drain-timeout seconds] [--scheme soonest|least|first]\n"
-	"                    [--credit-ttl seconds] [--ahead seconds]\n";
+	"                    [--credit-ttl seconds] [--ahead seconds] [--batch-wait seconds]\n";
 
 struct auction S;
 
@@ -46,6 +46,7 @@ static void opt(int c, const char *arg)
 		break;
 	case 9: S.credit_ttl = opt_secs("--credit-ttl", arg, 0.001, 86400); break;
 	case 10: S.ahead = opt_secs("--ahead", arg, 0, 10); break;
+	case 11: S.batch_wait = opt_secs("--batch-wait", arg, 0, 1); break;
 	}
 }
 
@@ -60,9 +61,12 @@ static const struct option longopts[] = {
 	{ "scheme", required_argument, NULL, 8 },
 	{ "credit-ttl", required_argument, NULL, 9 },
 	{ "ahead", required_argument, NULL, 10 },
+	{ "batch-wait", required_argument, NULL, 11 },
 	{ NULL, 0, NULL, 0 },
 };
 
+
+static void pend_exit(void) { pend_flush_cb(S.st.loop, NULL, 0); }
 
 int main(int argc, char **argv)
 {
@@ -77,6 +81,7 @@ int main(int argc, char **argv)
 	S.st.drain_timeout = 10;
 	S.credit_ttl = 30;
 	S.ahead = 0.002;
+	S.batch_wait = 0.002;
 	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
@@ -99,6 +104,12 @@ int main(int argc, char **argv)
 	ev_timer_init(&S.acks, ack_cb, 0.25, S.ack_timeout > 4 ? 1 : S.ack_timeout / 4 + 0.01);
 	if (S.ack_timeout > 0)
 		ev_timer_start(S.st.loop, &S.acks);
+	S.st.at_exit = pend_exit;
+	ev_prepare_init(&S.pend_flush, pend_flush_cb);
+	ev_set_priority(&S.pend_flush, EV_MAXPRI);
+	ev_timer_init(&S.batch_t, batch_cb, 0, 0);
+	ev_prepare_start(S.st.loop, &S.pend_flush);
+	ev_unref(S.st.loop);
 	stage_start(&S.st, &S.cf, &auction_cb, on_line, on_eof);
 	ev_run(S.st.loop, 0);
 	return EXIT_OK;

@@ -22,7 +22,8 @@ static const char usage[] =
 	"                     [-i id] [-q qos] [-V 5|311] [-k keepalive] [--cafile file]\n"
 	"                     [--capath dir] [--cert file] [--key file] [--insecure]\n"
 	"                     [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
-	"                     [--socket-mode mode] [--max-inflight n] [--drain-timeout secs]\n";
+	"                     [--socket-mode mode] [--max-inflight n] [--drain-timeout secs]\n"
+	"                     [--batch-qos 0|1|2]\n";
 
 /* An award the broker has not acknowledged yet, by message id. */
 struct flight {
@@ -34,6 +35,19 @@ struct flight {
 	char *mtopic, *payload, *props;
 	size_t mcap, pcap, plen, prcap;
 	int used, credit;
+	int batch; /* several awards: payload holds their "job ..." lines */
+};
+
+/* Awards for one credit worker that takes batches, announced by a batch
+ * record and sent as one message on P/job/group/wid/batch, a "job uuid qos
+ * mtopic payload [props]" line each. */
+struct batch {
+	char *group, *wid;
+	size_t gcap, wcap;
+	char *buf;
+	size_t len, cap;
+	unsigned long want, have;
+	int qos, open;
 };
 
 static struct {
@@ -45,7 +59,10 @@ static struct {
 	size_t topiccap;
 	char *props; /* the award's props field as read, for a drop record */
 	size_t propscap;
-	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown, n_handed;
+	struct batch b;
+	int batch_qos; /* --batch-qos: at most this QoS for a batch message */
+	ev_prepare batch_flush;
+	unsigned long n_assign, n_sent, n_failed, n_bad, n_passed, n_shutdown, n_handed, n_batches;
 } S;
 
 static void opt(int c, const char *arg)
@@ -54,11 +71,14 @@ static void opt(int c, const char *arg)
 		S.max_inflight = opt_long("--max-inflight", arg, 1, 65000);
 	else if (c == 2)
 		S.st.drain_timeout = opt_secs("--drain-timeout", arg, 0, 86400);
+	else if (c == 3)
+		S.batch_qos = (int)opt_long("--batch-qos", arg, 0, 2);
 }
 
 static const struct option longopts[] = {
 	{ "max-inflight", required_argument, NULL, 1 },
 	{ "drain-timeout", required_argument, NULL, 2 },
+	{ "batch-qos", required_argument, NULL, 3 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -158,34 +178,209 @@ static int hand_back(const char *uuid, const char *group, const char *wid, const
 	return rc == MOSQ_ERR_SUCCESS;
 }
 
+/* Check and decode an assign or award record; 0, or -1 when it was bad
+ * (said on stderr). The raw props field is kept in S.props. */
+static int award_parse(struct rec *r, int credit, unsigned long *qos, mosquitto_property **props)
+{
+	const char *why;
+
+	/* assign|award <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
+	if (r->nf != 7 && r->nf != 8)
+		return bad_award(credit, "needs 7 or 8 fields"), -1;
+	if (!rec_uuid_ok(r->f[1], r->len[1]))
+		return bad_award(credit, "bad uuid"), -1;
+	if (rec_ulong(r, 4, 2, qos) < 0)
+		return bad_award(credit, "bad qos"), -1;
+	if (rec_unescape(r, 2) <= 0 || rec_unescape(r, 3) <= 0 || strpbrk(r->f[2], "/+#") ||
+	    strpbrk(r->f[3], "/+#") || strlen(r->f[2]) != r->len[2] ||
+	    strlen(r->f[3]) != r->len[3])
+		return bad_award(credit, "bad group or worker id"), -1;
+	if (rec_unescape(r, 5) <= 0 || strlen(r->f[5]) != r->len[5])
+		return bad_award(credit, "bad mtopic"), -1;
+	if (rec_unescape(r, 6) < 0)
+		return bad_award(credit, "bad payload escape"), -1;
+	if (r->nf == 8 && rec_is(r, 7, "-"))
+		r->nf = 7;
+	/* props_parse() decodes the field in place: the raw one is kept for
+	 * a drop record. */
+	keep(&S.props, &S.propscap, r->nf == 8 ? r->f[7] : "", r->nf == 8 ? r->len[7] : 0);
+	if (r->nf == 8 && props_parse(r->f[7], props, &why) < 0)
+		return bad_award(credit, why), -1;
+	if (*qos > (unsigned long)S.cf.mq.qos)
+		*qos = (unsigned long)S.cf.mq.qos;
+	return 0;
+}
+
+static void batch_reserve(struct batch *b, size_t n)
+{
+	if (b->len + n > b->cap) {
+		b->cap = (b->len + n) * 2;
+		if (!(b->buf = realloc(b->buf, b->cap)))
+			die(EXIT_SYSERR, "out of memory");
+	}
+}
+
+static void batch_field(struct batch *b, const void *p, size_t n)
+{
+	batch_reserve(b, rec_escaped_len(p, n) + 1);
+	b->buf[b->len++] = ' ';
+	b->len += rec_escape(b->buf + b->len, p, n, NULL);
+}
+
+/* An award of the open batch: its line. */
+static void batch_add(struct rec *r, unsigned long qos)
+{
+	struct batch *b = &S.b;
+	size_t np = strlen(S.props);
+
+	batch_reserve(b, 48 + np);
+	b->len += (size_t)sprintf(b->buf + b->len, "job %.36s %lu", r->f[1], qos);
+	batch_field(b, r->f[5], r->len[5]);
+	batch_field(b, r->f[6], r->len[6]);
+	if (np) {
+		b->buf[b->len++] = ' ';
+		memcpy(b->buf + b->len, S.props, np);
+		b->len += np;
+	}
+	b->buf[b->len++] = '\n';
+	if ((int)qos > b->qos)
+		b->qos = (int)qos < S.batch_qos ? (int)qos : S.batch_qos;
+	b->have++;
+	S.n_assign++;
+}
+
+/* Each job of a batch's lines: sent, handed back, or dropped. */
+static void batch_each(const char *group, const char *wid, const char *pl, size_t n,
+		       const char *why)
+{
+	char *buf = malloc(n + 1), *line, *nl;
+
+	if (!buf)
+		die(EXIT_SYSERR, "out of memory");
+	memcpy(buf, pl, n);
+	buf[n] = '\0';
+	for (line = buf; *line; line = nl + 1) {
+		struct rec r;
+		long plen;
+
+		if (!(nl = strchr(line, '\n')))
+			break;
+		if (rec_split(line, (size_t)(nl - line), &r) != 0 || r.nf < 5)
+			continue;
+		if (!why) {
+			S.n_sent++;
+			emit_sent(r.f[1], group, wid);
+			continue;
+		}
+		if (hand_back(r.f[1], group, wid, why))
+			continue;
+		rec_unescape(&r, 3);
+		plen = rec_unescape(&r, 4);
+		drop_fields(r.f[1], why, group, r.f[3], r.f[4], plen < 0 ? 0 : (size_t)plen,
+			    r.nf > 5 ? r.f[5] : NULL);
+	}
+	free(buf);
+}
+
+static void track(int mid, int credit, const char *uuid, const char *group, const char *wid)
+{
+	struct flight *f = &S.fl[mid & 0xffff];
+
+	if (f->used)
+		warnl("message id %d reused while in flight", mid);
+	else
+		S.inflight++;
+	f->used = 1;
+	f->credit = credit;
+	f->batch = uuid == NULL;
+	if (uuid) {
+		memcpy(f->uuid, uuid, 36);
+		f->uuid[36] = '\0';
+	}
+	keep(&f->group, &f->gcap, group, strlen(group));
+	keep(&f->wid, &f->wcap, wid, strlen(wid));
+}
+
+/* Publish the open batch: one message for all its awards. */
+static void batch_send(void)
+{
+	struct batch *b = &S.b;
+	char *t;
+	int mid = 0, rc;
+
+	if (!b->open)
+		return;
+	b->open = 0;
+	if (!b->have)
+		return;
+	if (b->have < b->want)
+		debugl("batch for %s/%s: %lu of %lu awards", b->group, b->wid, b->have, b->want);
+	if (asprintf(&t, "%s/job/%s/%s/batch", S.cf.prefix, b->group, b->wid) < 0)
+		die(EXIT_SYSERR, "out of memory");
+	S.n_batches++;
+	rc = mq_publish(&S.st.mq, &mid, t, b->len, b->buf, b->qos, 0, NULL);
+	free(t);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		S.n_failed += b->have;
+		warnl("batch of %lu awards to %s/%s: %s", b->have, b->group, b->wid,
+		      mosquitto_strerror(rc));
+		batch_each(b->group, b->wid, b->buf, b->len, "unpublishable");
+		return;
+	}
+	if (b->qos == 0) {
+		batch_each(b->group, b->wid, b->buf, b->len, NULL);
+		return;
+	}
+	track(mid, 1, NULL, b->group, b->wid);
+	struct flight *f = &S.fl[mid & 0xffff];
+
+	keep(&f->payload, &f->pcap, b->buf, b->len);
+	f->plen = b->len;
+}
+
+static void batch_flush_cb(struct ev_loop *loop, ev_prepare *p, int revents) { batch_send(); }
+
+/* batch <group> <wid> <n>: the next n records are awards to that worker,
+ * which takes them in one message. */
+static void rec_batch(struct rec *r)
+{
+	unsigned long n;
+
+	batch_send();
+	if (r->nf != 4 || rec_ulong(r, 3, 65535, &n) < 0 || n < 1 || rec_unescape(r, 1) <= 0 ||
+	    rec_unescape(r, 2) <= 0 || strpbrk(r->f[1], "/+#") || strpbrk(r->f[2], "/+#") ||
+	    strlen(r->f[1]) != r->len[1] || strlen(r->f[2]) != r->len[2])
+		return bad("batch record: not \"batch group wid n\"");
+	keep(&S.b.group, &S.b.gcap, r->f[1], r->len[1]);
+	keep(&S.b.wid, &S.b.wcap, r->f[2], r->len[2]);
+	S.b.want = n;
+	S.b.have = 0;
+	S.b.len = 0;
+	S.b.qos = 0;
+	S.b.open = 1;
+}
+
 static void rec_assign(struct rec *r, int credit)
 {
 	mosquitto_property *props = NULL;
 	unsigned long qos;
-	const char *why;
 	size_t need;
 	int mid = 0, rc;
 
-	/* assign|award <uuid> <group> <wid> <qos> <mtopic> <payload> [<props>] */
-	if (r->nf != 7 && r->nf != 8)
-		return bad_award(credit, "needs 7 or 8 fields");
-	if (!rec_uuid_ok(r->f[1], r->len[1]))
-		return bad_award(credit, "bad uuid");
-	if (rec_ulong(r, 4, 2, &qos) < 0)
-		return bad_award(credit, "bad qos");
-	if (rec_unescape(r, 2) <= 0 || rec_unescape(r, 3) <= 0 || strpbrk(r->f[2], "/+#") ||
-	    strpbrk(r->f[3], "/+#") || strlen(r->f[2]) != r->len[2] ||
-	    strlen(r->f[3]) != r->len[3])
-		return bad_award(credit, "bad group or worker id");
-	if (rec_unescape(r, 5) <= 0 || strlen(r->f[5]) != r->len[5])
-		return bad_award(credit, "bad mtopic");
-	if (rec_unescape(r, 6) < 0)
-		return bad_award(credit, "bad payload escape");
-	/* props_parse() decodes the field in place: the raw one is kept for
-	 * a drop record. */
-	keep(&S.props, &S.propscap, r->nf == 8 ? r->f[7] : "", r->nf == 8 ? r->len[7] : 0);
-	if (r->nf == 8 && props_parse(r->f[7], &props, &why) < 0)
-		return bad_award(credit, why);
+	if (award_parse(r, credit, &qos, &props) < 0) {
+		mosquitto_property_free_all(&props);
+		return;
+	}
+	if (S.b.open) {
+		if (credit && !strcmp(r->f[2], S.b.group) && !strcmp(r->f[3], S.b.wid)) {
+			mosquitto_property_free_all(&props);
+			batch_add(r, qos);
+			if (S.b.have >= S.b.want)
+				batch_send();
+			return;
+		}
+		batch_send();
+	}
 	if (mq_v5(&S.st.mq) && !credit) {
 		char id[37];
 
@@ -205,8 +400,6 @@ static void rec_assign(struct rec *r, int credit)
 			 r->f[1], r->f[5]);
 	else
 		snprintf(S.topic, S.topiccap, "%s/work/%s/%s/%s", S.cf.prefix, r->f[2], r->f[3], r->f[5]);
-	if (qos > (unsigned long)S.cf.mq.qos)
-		qos = (unsigned long)S.cf.mq.qos;
 	S.n_assign++;
 	rc = mq_publish(&S.st.mq, &mid, S.topic, r->len[6], r->f[6], (int)qos, 0, props);
 	mosquitto_property_free_all(&props);
@@ -223,18 +416,9 @@ static void rec_assign(struct rec *r, int credit)
 		emit_sent(r->f[1], r->f[2], r->f[3]);
 		return;
 	}
+	track(mid, credit, r->f[1], r->f[2], r->f[3]);
 	struct flight *f = &S.fl[mid & 0xffff];
 
-	if (f->used)
-		warnl("message id %d reused while in flight", mid);
-	else
-		S.inflight++;
-	f->used = 1;
-	f->credit = credit;
-	memcpy(f->uuid, r->f[1], 36);
-	f->uuid[36] = '\0';
-	keep(&f->group, &f->gcap, r->f[2], r->len[2]);
-	keep(&f->wid, &f->wcap, r->f[3], r->len[3]);
 	keep(&f->mtopic, &f->mcap, r->f[5], r->len[5]);
 	keep(&f->payload, &f->pcap, r->f[6], r->len[6]);
 	f->plen = r->len[6];
@@ -266,9 +450,12 @@ static void on_line(struct in *in, char *line, size_t n, void *arg)
 		keep(&S.props, &S.propscap, r.nf == 8 ? r.f[7] : "", r.nf == 8 ? r.len[7] : 0);
 		S.n_shutdown++;
 		drop(&r, "shutdown");
-	} else if (credit || rec_is(&r, 0, "assign"))
+	} else if (credit || rec_is(&r, 0, "assign")) {
 		rec_assign(&r, credit);
-	else {
+	} else if (rec_is(&r, 0, "batch")) {
+		rec_batch(&r);
+	} else {
+		batch_send();
 		S.n_passed++;
 		out_rec(&S.st.out, &r);
 	}
@@ -280,6 +467,7 @@ static void on_eof(struct in *in, int err, void *arg)
 {
 	if (err)
 		warnl("reading records: %s", strerror(err));
+	batch_send();
 	S.st.input_done = 1;
 	flow();
 }
@@ -292,7 +480,14 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 		return;
 	f->used = 0;
 	S.inflight--;
-	if (reason >= 0x80) {
+	if (f->batch) {
+		if (reason >= 0x80) {
+			warnl("batch award to %s/%s refused by the broker (reason %d)", f->group, f->wid,
+			      reason);
+			S.n_failed++;
+		}
+		batch_each(f->group, f->wid, f->payload, f->plen, reason >= 0x80 ? "refused" : NULL);
+	} else if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
 		if (f->credit && hand_back(f->uuid, f->group, f->wid, "refused")) {
@@ -320,6 +515,7 @@ static void on_drain(struct out *o, void *arg) { flow(); }
  * record (bounded in time, in case the writer keeps writing). */
 static void drain_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
+	batch_send();
 	S.st.draining = 1;
 	stage_read_rest(&S.st);
 	stage_finish(&S.st);
@@ -342,6 +538,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "sent", S.n_sent);
 	out_stat(&c->out, "failed", S.n_failed);
 	out_stat(&c->out, "handed_back", S.n_handed);
+	out_stat(&c->out, "batches", S.n_batches);
 	out_stat(&c->out, "passed", S.n_passed);
 	out_stat(&c->out, "drop_shutdown", S.n_shutdown);
 	out_stat(&c->out, "bad_records", S.n_bad);
@@ -370,6 +567,11 @@ int main(int argc, char **argv)
 
 	stage_open(&S.st, &S.cf, on_drain, stats_line, signal_cb, drain_cb);
 	S.st.at_exit = at_exit_warn;
+	/* Before mq's prepare watcher writes out what is queued. */
+	ev_prepare_init(&S.batch_flush, batch_flush_cb);
+	ev_set_priority(&S.batch_flush, EV_MAXPRI);
+	ev_prepare_start(S.st.loop, &S.batch_flush);
+	ev_unref(S.st.loop);
 	stage_start(&S.st, &S.cf, &callbacks, on_line, on_eof);
 	/* Nothing to publish to until the broker answers. */
 	in_pause(&S.st.in);

@@ -99,7 +99,7 @@ static struct {
 	int retained, standalone, persistent;
 	size_t plen; /* strlen(prefix) */
 	char announce_filter[MAX_LEVEL + sizeof "/sub/+"];
-	char done_filter[MAX_LEVEL + sizeof "/done/+/+/+"];
+	char done_filter[MAX_LEVEL + sizeof "/done/#"];
 	const char *spool_path; /* NULL: no spool */
 	int no_spool;
 	struct spool sp;
@@ -591,19 +591,42 @@ static void spool_expire_loaded(ev_tstamp now)
 	}
 }
 
+/* "ok", maybe followed by " free=n" */
+static int result_ok(const char *pl, size_t n)
+{
+	return n >= 2 && !memcmp(pl, "ok", 2) && (n == 2 || pl[2] == ' ');
+}
+
 /* P/done/{group}/{wid}/{uuid}: "ok" (maybe " free=n") finishes the job for
- * that group; a fail is retried by the auction, so it finishes nothing. */
+ * that group; a fail is retried by the auction, so it finishes nothing.
+ * P/done/{group}/{wid}: the dones of batched jobs, a line "uuid result"
+ * each. */
 static void on_done(const struct mosquitto_message *m)
 {
 	const char *g = m->topic + S.plen + 6, *w = strchr(g, '/'), *u = w ? strchr(w + 1, '/') : NULL;
-	const char *pl = m->payload;
+	const char *pl = m->payload, *end = pl + m->payloadlen;
 
-	S.n_dones++;
-	if (!u || w == g || strlen(u + 1) != 36)
+	if (!w || w == g || !w[1])
 		return;
-	if (m->payloadlen < 2 || memcmp(pl, "ok", 2) || (m->payloadlen > 2 && pl[2] != ' '))
+	if (u) {
+		S.n_dones++;
+		if (strlen(u + 1) == 36 && result_ok(pl, (size_t)m->payloadlen))
+			spool_ok(&S.sp, u + 1, spool_ghash(g, (size_t)(w - g)));
 		return;
-	spool_ok(&S.sp, u + 1, spool_ghash(g, (size_t)(w - g)));
+	}
+	while (pl < end) {
+		const char *nl = memchr(pl, '\n', (size_t)(end - pl));
+		size_t n = nl ? (size_t)(nl - pl) : (size_t)(end - pl);
+		char id[37];
+
+		S.n_dones++;
+		if (n > 37 && pl[36] == ' ' && result_ok(pl + 37, n - 37)) {
+			memcpy(id, pl, 36);
+			id[36] = '\0';
+			spool_ok(&S.sp, id, spool_ghash(g, (size_t)(w - g)));
+		}
+		pl += n + 1;
+	}
 }
 
 /* A message's spool entry, written now: fields from qos on, an empty filter
@@ -757,30 +780,26 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 	}
 	if (e) /* on_held() spools only what is taken as a job here */
 		spool_finish(&S.sp, e, "nogroup");
-	/* libmosquitto 2.0 has sent the PUBACK already: the spool line goes
-	 * to the file now, not at the end of the loop turn, so that a kill
-	 * can fall between the two only for this message. An error is
-	 * reported by the flush before the record leaves. */
-	if (S.spool_path)
-		spool_write(&S.sp);
+	/* The spool lines of this loop turn are written by spool_prepare_cb
+	 * before the loop sleeps, and only then are their PUBACKs released
+	 * (mq_hold_acks): one write for the whole turn. */
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
 }
 
-/* A job message read while reading is paused: in the spool now, as it is
- * PUBACKed already; written out when the pause ends (or at shutdown). */
+/* A job message read while reading is paused: in the spool now, before
+ * its PUBACK leaves; written out as a record when the pause ends (or at
+ * shutdown). */
 static void *on_held(struct mq *mq, const struct mosquitto_message *m,
 		     const mosquitto_property *props, void *arg)
 {
 	uint32_t id = 0;
-	struct spool_ent *e;
 
 	if (!S.spool_path || has_prefix(m->topic) || (m->retain && !S.retained))
 		return NULL;
 	mosquitto_property_read_varint(props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, false);
-	e = spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
-	spool_write(&S.sp);
-	return e;
+	/* written with the rest of the loop turn's, as in on_message */
+	return spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -1060,7 +1079,7 @@ int main(int argc, char **argv)
 	if (S.group_ttl == 0)
 		S.group_ttl = 3.0 * S.cf.mq.keepalive;
 	snprintf(S.announce_filter, sizeof S.announce_filter, "%s/sub/+", S.cf.prefix);
-	snprintf(S.done_filter, sizeof S.done_filter, "%s/done/+/+/+", S.cf.prefix);
+	snprintf(S.done_filter, sizeof S.done_filter, "%s/done/#", S.cf.prefix);
 
 	signal(SIGPIPE, SIG_IGN);
 	/* A file size limit on the spool is a write error, not a kill. */

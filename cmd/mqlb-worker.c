@@ -21,7 +21,7 @@
 
 static const char usage[] =
 	"usage: mqlb-worker -g group -t topic [-v] [--quiet] [-o file] [-j slots]\n"
-	"                   [--wid id] [--ahead n] [--bid] [--reserve-timeout seconds]\n"
+	"                   [--wid id] [--ahead n] [--batch n] [--bid] [--reserve-timeout seconds]\n"
 	"                   [--suback-timeout seconds] [--fallback share|direct|none]\n"
 	"                   [--queue n] [--drain-timeout seconds] [--reply | --no-reply]\n"
 	"                   [-h host] [-p port] [-u user] [-P password] [-i id] [-q qos]\n"
@@ -96,6 +96,7 @@ static void opt(int c, const char *arg)
 	case 8: S.reply = 0; break;
 	case 9: S.wo.bid = 1; break;
 	case 10: S.wo.ahead = (int)opt_long("--ahead", arg, 0, 65535); break;
+	case 11: S.wo.batch = (int)opt_long("--batch", arg, 0, 65535); break;
 	}
 }
 
@@ -113,6 +114,7 @@ static const struct option longopts[] = {
 	{ "no-reply", no_argument, NULL, 8 },
 	{ "bid", no_argument, NULL, 9 },
 	{ "ahead", required_argument, NULL, 10 },
+	{ "batch", required_argument, NULL, 11 },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -388,6 +390,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "awards", st.awards);
 	out_stat(&c->out, "over_awards", st.over_awards);
 	out_stat(&c->out, "ahead", st.ahead);
+	out_stat(&c->out, "batches", st.batches);
 	out_stat(&c->out, "busy", st.busy);
 	out_stat(&c->out, "fallback", st.fallback);
 	out_stat(&c->out, "fallback_deliveries", st.fallback_deliveries);
@@ -441,6 +444,8 @@ int main(int argc, char **argv)
 		opt_usage_error("-t: \"%s\" is under the protocol prefix %s/", S.wo.topic, S.cf.prefix);
 	if (S.wo.ahead && S.wo.bid)
 		opt_usage_error("--ahead is for credit workers, not with --bid");
+	if (S.wo.batch && S.wo.bid)
+		opt_usage_error("--batch is for credit workers, not with --bid");
 	if (optind < argc)
 		S.cmd = argv + optind;
 	setup_opts();

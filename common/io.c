@@ -224,6 +224,17 @@ void out_end(struct out *o)
 		o->was_full = 1;
 }
 
+void out_append(struct out *o, const struct out *from)
+{
+	size_t n = from->len - from->off;
+
+	reserve(o, n);
+	memcpy(o->buf + o->len, from->buf + from->off, n);
+	o->len += n;
+	if (o->len - o->off >= o->hiwat)
+		o->was_full = 1;
+}
+
 void out_rec(struct out *o, const struct rec *r)
 {
 	for (int i = 0; i < r->nf; i++)

@@ -60,6 +60,8 @@ void out_ulong(struct out *o, unsigned long v);
 /* One field already escaped (passed through from an input record). */
 void out_raw(struct out *o, const void *p, size_t n);
 void out_end(struct out *o);
+/* Append the whole records buffered in from (never flushed itself). */
+void out_append(struct out *o, const struct out *from);
 /* Write a whole split record's raw fields (pass-through). */
 struct rec;
 void out_rec(struct out *o, const struct rec *r);

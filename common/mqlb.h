@@ -50,6 +50,10 @@ struct mqlb_worker_opts {
 	 * balancer awards them shortly before it expects a slot free
 	 * (mqlb-protocol(7), "slots+ahead"); 0; not with bid */
 	int ahead;
+	/* credit: the most jobs taken in one award message ("batch=n" in the
+	 * credit), whose dones then share messages too; 0: one job a message;
+	 * not with bid */
+	int batch;
 };
 
 struct mqlb_worker_cb {
@@ -73,6 +77,7 @@ struct mqlb_worker_stats {
 	unsigned long fallback, fallback_deliveries, dropped;
 	unsigned long done_ok, done_fail, subacks, connected;
 	unsigned long ahead; /* awards taken while every slot ran */
+	unsigned long batches; /* award messages carrying several jobs */
 };
 
 /* NULL with errno EINVAL when group, topic or wid is not acceptable. */

@@ -18,6 +18,7 @@
 
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+#define MQ_READ_BURST 256 /* packets read in one wake-up, at most */
 
 /* The last OpenSSL error libmosquitto logged: the reason a handshake failed
  * ("certificate verify failed"), which its return code does not carry. */
@@ -127,6 +128,27 @@ void mq_release_acks(struct mq *mq)
 		cork(mq, 0);
 }
 
+/* libmosquitto 2.0 reads one packet a call, whatever max_packets says: read
+ * on while the socket holds more, so a burst costs one loop iteration (one
+ * wake-up, one spool write, one flush of records and acks), not one each. */
+static int read_burst(struct mq *mq)
+{
+	int rc = MOSQ_ERR_SUCCESS;
+
+	for (int i = 0; i < MQ_READ_BURST; i++) {
+		unsigned long before = mq->ncb;
+
+		rc = mosquitto_loop_read(mq->m, 1);
+		/* No callback: the socket ran dry (one read said so), or half a
+		 * packet, or one without a callback (PINGRESP): epoll says when
+		 * there is more. */
+		if (rc != MOSQ_ERR_SUCCESS || mq->ncb == before || mosquitto_socket(mq->m) < 0 ||
+		    backlog_full(mq))
+			break;
+	}
+	return rc;
+}
+
 static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
 	struct mq *mq = w->data;
@@ -137,7 +159,7 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 	if ((revents & EV_READ) && mq->hold_acks && !mq->corked)
 		cork(mq, 1);
 	if (revents & EV_READ)
-		rc = mosquitto_loop_read(mq->m, 64);
+		rc = read_burst(mq);
 	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
 		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
@@ -211,6 +233,7 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const 
 	struct mq *mq = arg;
 	int first = !mq->ever_connected;
 
+	mq->ncb++;
 	if (rc != 0) {
 		/* MQTT 3.1.1 CONNACK codes are below 0x80, MQTT 5 reasons above:
 		 * reason_string calls the 3.1.1 ones "Unknown reason". */
@@ -239,6 +262,7 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 	struct mq *mq = arg;
 	int was = mq->connected;
 
+	mq->ncb++;
 	mq->connected = 0;
 	ev_io_stop(mq->loop, &mq->io);
 	if (mq->stopping)
@@ -266,6 +290,7 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 	struct mq *mq = arg;
 	struct mq_held *h;
 
+	mq->ncb++;
 	if (!mq->cb->message)
 		return;
 	if (!mq->read_paused && !mq->backlog) {
@@ -334,6 +359,7 @@ static void on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const i
 {
 	struct mq *mq = arg;
 
+	mq->ncb++;
 	if (mq->cb->subscribed)
 		mq->cb->subscribed(mq, mid, n, granted, mq->arg);
 }
@@ -342,6 +368,7 @@ static void on_publish(struct mosquitto *m, void *arg, int mid, int reason, cons
 {
 	struct mq *mq = arg;
 
+	mq->ncb++;
 	if (mq->cb->published)
 		mq->cb->published(mq, mid, reason, mq->arg);
 }

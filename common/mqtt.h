@@ -66,6 +66,7 @@ struct mq {
 	void *arg;
 	const char *name; /* for diagnostics: "broker", "output"... */
 	int connected, ever_connected, fails, stopping, read_paused;
+	unsigned long ncb; /* libmosquitto callbacks so far: a read that made none read no packet */
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	/* mq_hold_acks(): the socket corked while we read, and whether it is. */
 	int hold_acks, corked;

@@ -14,6 +14,7 @@
 #include "log.h"
 #include "mqlb.h"
 #include "mqtt.h"
+#include "props.h"
 #include "record.h"
 
 /* MQTT 5 subscription identifiers: a copy of a message says which of our
@@ -33,6 +34,7 @@ struct job {
 	void *payload, *cd;
 	size_t len;
 	int cdlen, qos, remote; /* remote: a balancer waits for its done */
+	int batched; /* its done shares a message with others (credit batch=n) */
 };
 
 struct mqlb_worker {
@@ -42,11 +44,17 @@ struct mqlb_worker {
 	struct mqlb_worker_cb cb;
 	void *arg;
 	char *prefix, *group, *topic, *wid;
-	int slots, qmax, fallback, no_reply, qos, bidding, ahead;
+	int slots, qmax, fallback, no_reply, qos, bidding, ahead, batch;
 	double reserve_timeout, suback_timeout, keepalive;
 	/* topics and filters, built once */
 	char *t_announce, *t_suback, *t_will, *t_credit, *f_req, *f_work, *f_fallback;
 	char *p_req, *p_work; /* "P/req/", "P/work/{group}/{wid}/" (credit: "P/job/...") */
+	char *t_dones; /* "P/done/{group}/{wid}": the dones of batched jobs, together */
+	/* dones of batched jobs not published yet: "uuid result" lines, sent
+	 * as one message before the loop sleeps */
+	char *dbuf;
+	size_t dlen, dcap;
+	ev_prepare dflush;
 	size_t l_req, l_work, l_prefix;
 	/* reservations: expiry times, oldest first */
 	double *resv;
@@ -370,10 +378,35 @@ static void pump(struct mqlb_worker *w)
 	check_drained(w);
 }
 
+/* The dones of batched jobs ended in this loop iteration: one message on
+ * P/done/group/wid, a line "uuid result" each (mqlb-protocol(7)). */
+static void dones_flush(struct mqlb_worker *w)
+{
+	if (!w->dlen)
+		return;
+	mq_publish(&w->mq, NULL, w->t_dones, w->dlen, w->dbuf, 1, 0, NULL);
+	w->dlen = 0;
+}
+
+static void dflush_cb(struct ev_loop *loop, ev_prepare *p, int revents) { dones_flush(p->data); }
+
 static void publish_done(struct mqlb_worker *w, const struct job *j, const char *result, int nfree)
 {
-	char *t = xprintf("%s/done/%s/%s/%s", w->prefix, w->group, w->wid, j->id);
-	char *pl = nfree >= 0 ? xprintf("%s free=%d", result, nfree) : xstrdup(result);
+	char *t, *pl;
+
+	if (j->batched && nfree < 0) {
+		size_t need = w->dlen + UUID_LEN + strlen(result) + 2;
+
+		if (need > w->dcap) {
+			w->dcap = need * 2;
+			if (!(w->dbuf = realloc(w->dbuf, w->dcap)))
+				die(EXIT_SYSERR, "out of memory");
+		}
+		w->dlen += (size_t)sprintf(w->dbuf + w->dlen, "%s %s\n", j->id, result);
+		return;
+	}
+	t = xprintf("%s/done/%s/%s/%s", w->prefix, w->group, w->wid, j->id);
+	pl = nfree >= 0 ? xprintf("%s free=%d", result, nfree) : xstrdup(result);
 
 	mq_publish(&w->mq, NULL, t, strlen(pl), pl, 1, 0, NULL);
 	free(t);
@@ -395,6 +428,8 @@ static void credit(struct mqlb_worker *w)
 		len = (size_t)snprintf(pl, cap, "%d+%d", w->slots, w->ahead);
 	else
 		len = (size_t)snprintf(pl, cap, "%d", w->draining ? 0 : w->slots);
+	if (w->batch && !w->draining)
+		len += (size_t)snprintf(pl + len, cap - len, " batch=%d", w->batch);
 	for (int q = 0; q < 2; q++)
 		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
 			if (j->remote && len + UUID_LEN + 2 <= cap)
@@ -403,22 +438,9 @@ static void credit(struct mqlb_worker *w)
 	free(pl);
 }
 
-static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
-		  const mosquitto_property *props)
+/* An awarded job: run it, keep it (ahead, or over-awarded), or refuse it. */
+static void take(struct mqlb_worker *w, struct job *j)
 {
-	const char *rest = m->topic + w->l_work, *uuid = NULL;
-	struct job *j;
-
-	if (!w->bidding) {
-		/* P/job/group/wid/uuid/mtopic */
-		if (strlen(rest) < UUID_LEN + 2 || rest[UUID_LEN] != '/' || !rec_uuid_ok(rest, UUID_LEN)) {
-			warnl("award on %s: no uuid in the topic; ignored", m->topic);
-			return;
-		}
-		uuid = rest;
-		rest += UUID_LEN + 1;
-	}
-	j = job_new(w, m, rest, props, 1, uuid);
 	w->st.awards++;
 	if (w->nresv > 0) {
 		/* An award consumes one reservation, whatever uuid it was for. */
@@ -441,6 +463,105 @@ static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
 		w->st.over_awards++;
 		enqueue(w, j);
 	}
+}
+
+/* One line of a batch award: "job uuid qos mtopic payload [props]". */
+static struct job *batch_job(struct mqlb_worker *w, struct rec *r, const char **why)
+{
+	mosquitto_property *props = NULL;
+	struct job *j;
+	unsigned long qos;
+	long plen;
+
+	*why = NULL;
+	if (!rec_is(r, 0, "job") || r->nf < 5 || r->nf > 6)
+		*why = "not \"job uuid qos mtopic payload [props]\"";
+	else if (!rec_uuid_ok(r->f[1], r->len[1]))
+		*why = "bad uuid";
+	else if (rec_ulong(r, 2, 2, &qos) < 0)
+		*why = "bad qos";
+	else if (rec_unescape(r, 3) <= 0 || strlen(r->f[3]) != r->len[3])
+		*why = "bad mtopic";
+	else if ((plen = rec_unescape(r, 4)) < 0)
+		*why = "bad payload escape";
+	else if (r->nf == 6 && rec_is(r, 5, "-"))
+		r->nf = 5;
+	if (*why)
+		return NULL;
+	if (r->nf == 6 && props_parse(r->f[5], &props, why) < 0)
+		return NULL;
+	if (!(j = calloc(1, sizeof *j)))
+		die(EXIT_SYSERR, "out of memory");
+	/* The same props field and reply details as a single award's. */
+	job_props(j, props);
+	mosquitto_property_free_all(&props);
+	free(j->id);
+	j->id = xprintf("%.36s", r->f[1]);
+	j->remote = j->batched = 1;
+	j->mtopic = xstrdup(r->f[3]);
+	j->qos = (int)qos;
+	j->len = (size_t)plen;
+	if (!(j->payload = calloc(1, j->len + 1)))
+		die(EXIT_SYSERR, "out of memory");
+	memcpy(j->payload, r->f[4], j->len);
+	return j;
+}
+
+/* P/job/group/wid/batch: several jobs in one message, a line each. */
+static void award_batch(struct mqlb_worker *w, const struct mosquitto_message *m)
+{
+	char *buf = malloc((size_t)m->payloadlen + 1), *line, *nl;
+	unsigned long n = 0;
+	int rc;
+
+	if (!buf)
+		die(EXIT_SYSERR, "out of memory");
+	memcpy(buf, m->payload, (size_t)m->payloadlen);
+	buf[m->payloadlen] = '\0';
+	w->st.batches++;
+	for (line = buf; *line; line = nl ? nl + 1 : line + strlen(line)) {
+		const char *why;
+		struct job *j;
+		struct rec r;
+
+		n++;
+		nl = strchr(line, '\n');
+		rc = rec_split(line, nl ? (size_t)(nl - line) : strlen(line), &r);
+		if (rc == 1)
+			continue;
+		if (rc < 0 || !(j = batch_job(w, &r, &why))) {
+			if (rc < 0)
+				why = "too many fields";
+			warnl("batch award on %s, line %lu: %s; skipped", m->topic, n, why);
+			continue;
+		}
+		take(w, j);
+	}
+	free(buf);
+}
+
+static void award(struct mqlb_worker *w, const struct mosquitto_message *m,
+		  const mosquitto_property *props)
+{
+	const char *rest = m->topic + w->l_work, *uuid = NULL;
+	struct job *j;
+
+	if (!w->bidding) {
+		if (w->batch && !strcmp(rest, "batch"))
+			return award_batch(w, m);
+		/* P/job/group/wid/uuid/mtopic */
+		if (strlen(rest) < UUID_LEN + 2 || rest[UUID_LEN] != '/' || !rec_uuid_ok(rest, UUID_LEN)) {
+			warnl("award on %s: no uuid in the topic; ignored", m->topic);
+			return;
+		}
+		uuid = rest;
+		rest += UUID_LEN + 1;
+	}
+	j = job_new(w, m, rest, props, 1, uuid);
+	/* A balancer that took our credit with batch=n reads our dones
+	 * together, whether its awards came together or not. */
+	j->batched = w->batch && !w->bidding && j->remote;
+	take(w, j);
 }
 
 static void fallback_delivery(struct mqlb_worker *w, const struct mosquitto_message *m,
@@ -787,7 +908,8 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	if (!loop || !cb || !cb->job || bad_level(o->group) || bad_level(prefix) ||
 	    (o->wid && bad_level(o->wid)) || !o->topic || !*o->topic ||
 	    mosquitto_sub_topic_check(o->topic) != MOSQ_ERR_SUCCESS || o->slots < 0 ||
-	    o->ahead < 0 || o->ahead > 65535 || (o->ahead && o->bid) ||
+	    o->ahead < 0 || o->ahead > 65535 || (o->ahead && o->bid) || o->batch < 0 ||
+	    o->batch > 65535 || (o->batch && o->bid) ||
 	    o->fallback < MQLB_FALLBACK_SHARE || o->fallback > MQLB_FALLBACK_NONE) {
 		errno = EINVAL;
 		return NULL;
@@ -815,6 +937,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->no_reply = o->no_reply;
 	w->bidding = o->bid;
 	w->ahead = o->ahead;
+	w->batch = o->batch;
 	w->keepalive = o->keepalive > 0 ? o->keepalive : 10;
 	w->reserve_timeout = o->reserve_timeout > 0 ? o->reserve_timeout : 1;
 	w->suback_timeout = o->suback_timeout > 0 ? o->suback_timeout : 2 * w->keepalive;
@@ -823,6 +946,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->t_suback = xprintf("%s/suback/%s", w->prefix, w->group);
 	w->t_will = xprintf("%s/gone/%s/%s", w->prefix, w->group, w->wid);
 	w->t_credit = xprintf("%s/credit/%s/%s", w->prefix, w->group, w->wid);
+	w->t_dones = xprintf("%s/done/%s/%s", w->prefix, w->group, w->wid);
 	w->f_req = xprintf("%s/req/+/%s", w->prefix, w->topic);
 	w->p_req = xprintf("%s/req/", w->prefix);
 	if (w->bidding) {
@@ -868,6 +992,14 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	ev_timer_init(&w->resv_t, resv_cb, 0, 0);
 	ev_timer_init(&w->drain_t, drain_cb, 0, 0);
 	w->announce_t.data = w->suback_t.data = w->resv_t.data = w->drain_t.data = w;
+	/* Before mq's own prepare watcher writes what is queued. */
+	ev_prepare_init(&w->dflush, dflush_cb);
+	ev_set_priority(&w->dflush, EV_MAXPRI);
+	w->dflush.data = w;
+	if (w->batch) {
+		ev_prepare_start(loop, &w->dflush);
+		ev_unref(loop);
+	}
 	w->st.slots = (unsigned long)w->slots;
 	return w;
 }
@@ -899,6 +1031,11 @@ void mqlb_worker_free(struct mqlb_worker *w)
 
 	if (!w)
 		return;
+	dones_flush(w);
+	if (ev_is_active(&w->dflush)) {
+		ev_ref(w->loop);
+		ev_prepare_stop(w->loop, &w->dflush);
+	}
 	mq_disconnect(&w->mq);
 	mq_destroy(&w->mq);
 	ev_timer_stop(w->loop, &w->announce_t);
@@ -923,6 +1060,8 @@ void mqlb_worker_free(struct mqlb_worker *w)
 	free(w->t_suback);
 	free(w->t_will);
 	free(w->t_credit);
+	free(w->t_dones);
+	free(w->dbuf);
 	free(w->f_req);
 	free(w->f_work);
 	free(w->f_fallback);

@@ -46,6 +46,13 @@ struct wstat {
 	unsigned long inflight; /* jobs awarded here and tracked, no done yet */
 	unsigned slots;         /* credit: announced slots; 0: a bidding worker */
 	unsigned ahead;         /* credit "slots+ahead": jobs it keeps waiting */
+	unsigned batch;         /* credit "batch=n": jobs it takes in one award message */
+	/* its award records of this loop iteration, written out together
+	 * behind one batch record before the loop sleeps (records.c) */
+	struct out *pend;
+	unsigned npend;
+	int listed; /* on S.pending */
+	struct wstat *pnext;
 	int blocked;            /* credit: said "fail busy"; none until its next done */
 	/* bidding: 1 once it sent a done or bid free=n (it acks), -1 once an
 	 * award passed --ack-timeout before either (it does not: MQTT 3.1.1,
@@ -142,6 +149,10 @@ struct auction {
 	double token_ttl, deadline, ack_timeout, credit_ttl;
 	double ahead; /* --ahead: award this long before a slot is expected free */
 	enum scheme scheme;
+	struct wstat *pending; /* workers with award records held in pend */
+	ev_prepare pend_flush;
+	ev_timer batch_t;
+	double batch_wait; /* --batch-wait */
 	struct cand *cands;
 	size_t ncands, ccap;
 	double retry[MAX_RETRY];
@@ -153,7 +164,7 @@ struct auction {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_progress, n_lost, n_ahead;
+		n_busy, n_held, n_progress, n_lost, n_ahead, n_batches, n_batched;
 };
 extern struct auction S;
 
@@ -211,6 +222,8 @@ void wait_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void emit_drop(const struct msg *m, const struct group *g, const char *reason);
 void emit_assign(const struct job *j);
 void emit_done(const struct job *j, const char *result, size_t n);
+void pend_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
+void batch_cb(struct ev_loop *loop, ev_timer *w, int revents);
 struct group *group_find(const char *name, size_t n);
 struct group *group_new(const char *name);
 int group_has(const struct group *g, const char *filter);

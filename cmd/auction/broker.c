@@ -183,21 +183,55 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 	}
 }
 
-/* P/credit/group/wid: "slots[+ahead] [uuid ...]", the slots of a credit
- * worker (and the jobs it keeps waiting beyond them) and the jobs it
- * holds. The jobs named are in progress: their --ack-timeout starts again,
+/* P/done/group/wid: the dones of jobs that came in batch awards, a line
+ * "uuid result" each. */
+static void on_dones(struct group *g, const char *wid, const void *payload, size_t n)
+{
+	char *buf = xmalloc(n + 1), *line, *nl;
+
+	memcpy(buf, payload, n);
+	buf[n] = '\0';
+	for (line = buf; *line; line = nl ? nl + 1 : line + strlen(line)) {
+		char *sp;
+
+		if ((nl = strchr(line, '\n')))
+			*nl = '\0';
+		if (!*line)
+			continue;
+		sp = strchr(line, ' ');
+		if (!sp || sp - line != 36 || !rec_uuid_ok(line, 36)) {
+			S.n_forged++;
+			warnl("dones from %s/%s: bad line \"%.60s\"; ignored", g->name, wid, line);
+			continue;
+		}
+		*sp = '\0';
+		on_done(g, wid, line, sp + 1, strlen(sp + 1));
+	}
+	free(buf);
+}
+
+/* P/credit/group/wid: "slots[+ahead] [batch=n] [uuid ...]", the slots of
+ * a credit worker (and the jobs it keeps waiting beyond them, and how many
+ * it takes in one award message) and the jobs it holds. The jobs named are in progress: their --ack-timeout starts again,
  * so a long job is not taken back from a live worker. */
 static void on_credit(struct group *g, const char *wid, char *payload)
 {
 	struct wstat *w;
-	unsigned long slots, ahead = 0;
+	unsigned long slots, ahead = 0, batch = 0;
 	char *end, *u;
 
 	slots = strtoul(payload, &end, 10);
 	if (*end == '+' && end > payload && end[1] >= '0' && end[1] <= '9')
 		ahead = strtoul(end + 1, &end, 10);
+	if (end > payload && !strncmp(end, " batch=", 7)) {
+		char *b = end + 7;
+
+		batch = b[0] >= '0' && b[0] <= '9' ? strtoul(b, &end, 10) : 0;
+		if (!batch)
+			end = payload; /* bad */
+	}
 	if (end == payload || (*end && *end != ' ') || slots > 65535 || ahead > 65535 ||
-	    *payload == '-' || *payload == '+') {
+	    batch > 65535 || *payload == '-' || *payload == '+') {
 		S.n_credit_bad++;
 		warnl("credit from %s/%s: bad payload \"%.40s\"; ignored", g->name, wid, payload);
 		return;
@@ -207,6 +241,7 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 	S.n_credit++;
 	w->slots = (unsigned)slots;
 	w->ahead = (unsigned)ahead;
+	w->batch = (unsigned)batch;
 	w->credit_t = mq_heard(&S.st.mq);
 	w->blocked = 0;
 	for (struct job *j = w->jobs; j; j = j->wnext)
@@ -321,6 +356,11 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		group_kick(g, 1);
 	} else if (!strncmp(t, "done/", 5)) {
 		k = levels(t + 5, lv, 3, &rest);
+		if (k == 2 && (g = group_find(lv[0], strlen(lv[0]))) && *lv[1] &&
+		    strlen(lv[1]) <= MAX_LEVEL) {
+			on_dones(g, lv[1], msg->payload, (size_t)msg->payloadlen);
+			goto out;
+		}
 		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
 		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
 			S.n_forged++;
@@ -352,6 +392,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		if (k == 2 && !rest && (g = group_find(lv[0], strlen(lv[0]))))
 			on_gone(g, lv[1]);
 	}
+out:
 	if (out_full(&S.st.out))
 		mq_pause_read(&S.st.mq, 1);
 }

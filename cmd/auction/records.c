@@ -14,12 +14,12 @@
 
 /* --- output records ------------------------------------------------------- */
 
-static void out_msgfields(const struct msg *m, int with_props)
+static void out_msgfields(struct out *o, const struct msg *m, int with_props)
 {
-	out_raw(&S.st.out, m->buf, m->mt_len);
-	out_raw(&S.st.out, m->buf + m->pl_off, m->pl_len);
+	out_raw(o, m->buf, m->mt_len);
+	out_raw(o, m->buf + m->pl_off, m->pl_len);
 	if (with_props && m->pr_len)
-		out_raw(&S.st.out, m->buf + m->pr_off, m->pr_len);
+		out_raw(o, m->buf + m->pr_off, m->pr_len);
 }
 
 /* drop <uuid> <reason> <group> <mtopic> <payload> [<props>]: the group
@@ -34,14 +34,14 @@ void emit_drop(const struct msg *m, const struct group *g, const char *reason)
 		out_str(&S.st.out, g->name);
 	else
 		out_raw(&S.st.out, "-", 1); /* a field of its own: out_str escapes it */
-	out_msgfields(m, 1);
+	out_msgfields(&S.st.out, m, 1);
 	out_end(&S.st.out);
 }
 
 /* The props field with exp= counting what is left of the message's life,
  * so time spent waiting here is not granted again at the broker. Names and
  * values are escaped, so ',' and '=' split the raw field safely. */
-static void out_props_exp(const struct msg *m)
+static void out_props_exp(struct out *o, const struct msg *m)
 {
 	const char *p = m->buf + m->pr_off, *end = p + m->pr_len;
 	ev_tstamp left = m->expires - ev_now(S.st.loop);
@@ -67,26 +67,107 @@ static void out_props_exp(const struct msg *m)
 		}
 		p += n + 1;
 	}
-	out_raw(&S.st.out, b, len);
+	out_raw(o, b, len);
 	free(b);
 }
 
+/* The award records held for w, behind "batch group wid n" when there are
+ * several: mqlb-dispatch then sends them in one message. */
+static void pend_write(struct wstat *w)
+{
+	if (w->npend > 1) {
+		out_raw(&S.st.out, "batch", 5);
+		out_str(&S.st.out, w->g->name);
+		out_str(&S.st.out, w->wid);
+		out_ulong(&S.st.out, w->npend);
+		out_end(&S.st.out);
+		S.n_batches++;
+		S.n_batched += w->npend;
+	}
+	out_append(&S.st.out, w->pend);
+	w->pend->len = 0;
+	w->npend = 0;
+}
+
+/* The most awards w can take in one message: its batch=n, or fewer when
+ * its slots (and jobs ahead) are fewer. */
+static unsigned pend_cap(const struct wstat *w)
+{
+	unsigned can = w->slots + w->ahead;
+
+	return can < w->batch ? can : w->batch;
+}
+
+/* Before the loop sleeps, and before the output is flushed (a higher
+ * priority): the awards of this iteration, a worker's together. While its
+ * group has jobs waiting, and it could take more in the message, a
+ * worker's awards wait up to --batch-wait for its next dones: its slots
+ * would get those jobs anyway, and one message instead of several is what
+ * lets the broker keep up (mqlb-auction(1)). */
+void pend_flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+	struct wstat *w, **pp = &S.pending;
+	int hold = 0;
+
+	while ((w = *pp)) {
+		if (p && S.batch_wait > 0 && w->npend && w->npend < pend_cap(w) &&
+		    w->g->waiting.head) {
+			hold = 1;
+			pp = &w->pnext;
+			continue;
+		}
+		*pp = w->pnext;
+		w->listed = 0;
+		if (w->npend)
+			pend_write(w);
+	}
+	if (!hold)
+		ev_timer_stop(loop, &S.batch_t);
+	else if (!ev_is_active(&S.batch_t)) {
+		ev_timer_set(&S.batch_t, S.batch_wait, 0);
+		ev_timer_start(loop, &S.batch_t);
+	}
+}
+
+void batch_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+	pend_flush_cb(loop, NULL, 0);
+}
+
 /* A credit worker takes its jobs on P/job/group/wid/uuid/mtopic (the
- * award record); a bidding worker on P/work/group/wid/mtopic (assign). */
+ * award record); a bidding worker on P/work/group/wid/mtopic (assign). A
+ * credit worker that takes batches (batch=n) has its awards held until
+ * the loop is about to sleep, so those made together travel together. */
 void emit_assign(const struct job *j)
 {
-	if (j->ws && j->ws->slots)
-		out_raw(&S.st.out, "award", 5);
+	struct wstat *w = j->ws;
+	struct out *o = &S.st.out;
+
+	if (w && w->slots && w->batch > 1) {
+		if (!w->pend && !(w->pend = calloc(1, sizeof *w->pend)))
+			die(EXIT_SYSERR, "out of memory");
+		if (!w->listed) {
+			w->listed = 1;
+			w->pnext = S.pending;
+			S.pending = w;
+		}
+		o = w->pend;
+		w->npend++;
+	}
+	if (w && w->slots)
+		out_raw(o, "award", 5);
 	else
-		out_raw(&S.st.out, "assign", 6);
-	out_raw(&S.st.out, j->m->uuid, 36);
-	out_str(&S.st.out, j->g->name);
-	out_str(&S.st.out, j->wid);
-	out_ulong(&S.st.out, (unsigned long)j->m->qos);
-	out_msgfields(j->m, !j->m->expires);
+		out_raw(o, "assign", 6);
+	out_raw(o, j->m->uuid, 36);
+	out_str(o, j->g->name);
+	out_str(o, j->wid);
+	out_ulong(o, (unsigned long)j->m->qos);
+	out_msgfields(o, j->m, !j->m->expires);
 	if (j->m->expires)
-		out_props_exp(j->m);
-	out_end(&S.st.out);
+		out_props_exp(o, j->m);
+	out_end(o);
+	if (w && w->npend && w->npend >= pend_cap(w))
+		pend_write(w);
 }
 
 void emit_done(const struct job *j, const char *result, size_t n)

@@ -158,6 +158,8 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("busy", S.n_busy);
 	STAT("held", S.n_held);
 	STAT("ahead", S.n_ahead);
+	STAT("batches", S.n_batches);
+	STAT("batched", S.n_batched);
 	STAT("progress", S.n_progress);
 	STAT("lost", S.n_lost);
 	STAT("oldest_us", us(oldest));

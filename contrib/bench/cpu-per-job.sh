@@ -4,15 +4,17 @@
 # time each process spent per job in the middle of the run, from /proc/PID/stat.
 set -eu
 
-usage() { echo "usage: cpu-per-job.sh [--bindir dir] [--mqlb | --share | --rabbit] [--duration s]"; }
+usage() { echo "usage: cpu-per-job.sh [--bindir dir] [--mqlb | --share | --rabbit] [--duration s] [--batch n]"; }
 bindir=
 side=--mqlb
 duration=12
+batch=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--bindir) bindir=$2; shift 2 ;;
 	--mqlb | --share | --rabbit) side=$1; shift ;;
 	--duration) duration=$2; shift 2 ;;
+	--batch) batch=$2; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "cpu-per-job.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
 	esac
@@ -29,7 +31,8 @@ snap() {
 	done | sort >"$1"
 }
 
-"$bench" --scenario 2 "$side" ${bindir:+--bindir "$bindir"} --duration "$duration" >"$tmp/out" 2>&1 &
+"$bench" --scenario 2 "$side" ${bindir:+--bindir "$bindir"} --duration "$duration" \
+	${batch:+--batch "$batch"} >"$tmp/out" 2>&1 &
 pid=$!
 # the middle of the run: past its start, before its end
 sleep 3

@@ -50,7 +50,7 @@ static const char usage[] =
 	"usage: mqlb-bench [-v] [--quiet] [--scenario 1|2|3|4] [--smoke]\n"
 	"                  [--sides mqlb,share,rabbit | --mqlb | --share | --rabbit]\n"
 	"                  [--parallel | --serial] [--rabbitmq-server path]\n"
-	"                  [--workers n] [--slots n] [--ahead n] [--service seconds,...]\n"
+	"                  [--workers n] [--slots n] [--ahead n] [--batch n] [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
 	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
 	"                  [--bindir dir]\n"
@@ -77,6 +77,7 @@ static const char *const side_name[NSIDES] = { "mqlb", "share", "rabbit" };
 static struct {
 	int workers, slots;
 	int ahead; /* mqlb workers: --ahead (mqlb-worker(1)) */
+	int batch; /* mqlb workers: --batch (mqlb-worker(1)); -1: slots in scenario 2, else 0 */
 	double service[MAXW];
 	int nservice;
 	double rate, load; /* jobs/s; or a fraction of capacity; both 0: max */
@@ -89,7 +90,7 @@ static struct {
 	const char *bindir, *broker, *plot, *label, *rabbitmq_server;
 } cf = {
 	.workers = 4, .slots = 1, .service = { 0.005 }, .nservice = 1, .rate = 100,
-	.duration = 10, .grace = 5, .window = 1000, .size = 0, .modes = ALL_SIDES,
+	.duration = 10, .grace = 5, .window = 1000, .size = 0, .modes = ALL_SIDES, .batch = -1,
 	.broker = "mosquitto", .rabbitmq_server = "rabbitmq-server",
 };
 
@@ -1417,6 +1418,7 @@ static void run_mode(struct result *r, enum side side)
 			o.wid = w->cid;
 			o.slots = cf.slots;
 			o.ahead = cf.ahead;
+			o.batch = cf.batch;
 			/* a broken balancer must show, not be hidden by $share */
 			o.fallback = MQLB_FALLBACK_NONE;
 			if (!(w->mw = mqlb_worker_new(loop, &o, &cb, w)))
@@ -1635,6 +1637,8 @@ static void describe(FILE *f)
 	for (i = 0; i < cf.workers; i++)
 		fprintf(f, "%s%g", i ? "," : " ", 1000 * cf.service[i < cf.nservice ? i : cf.nservice - 1]);
 	fprintf(f, " ms, ");
+	if (cf.batch > 0 || cf.ahead > 0)
+		fprintf(f, "mqlb workers --batch %d --ahead %d, ", cf.batch, cf.ahead);
 	if (rate > 0)
 		fprintf(f, "%.0f jobs/s offered", rate);
 	else
@@ -1789,7 +1793,7 @@ enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
 	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
 	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL, O_SIDES, O_RABBIT, O_RABBITMQ_SERVER,
-	O_AHEAD,
+	O_AHEAD, O_BATCH,
 };
 
 static const struct option longopts[] = {
@@ -1803,6 +1807,7 @@ static const struct option longopts[] = {
 	{ "workers", required_argument, NULL, O_WORKERS },
 	{ "slots", required_argument, NULL, O_SLOTS },
 	{ "ahead", required_argument, NULL, O_AHEAD },
+	{ "batch", required_argument, NULL, O_BATCH },
 	{ "service", required_argument, NULL, O_SERVICE },
 	{ "rate", required_argument, NULL, O_RATE },
 	{ "load", required_argument, NULL, O_LOAD },
@@ -1901,6 +1906,7 @@ static void opt(int c, const char *arg)
 	case O_WORKERS: cf.workers = (int)opt_long("--workers", arg, 1, MAXW); break;
 	case O_SLOTS: cf.slots = (int)opt_long("--slots", arg, 1, 1000); break;
 	case O_AHEAD: cf.ahead = (int)opt_long("--ahead", arg, 0, 1000); break;
+	case O_BATCH: cf.batch = (int)opt_long("--batch", arg, 0, 65535); break;
 	case O_SERVICE: {
 		char buf[512], *save = NULL, *tok;
 
@@ -1973,6 +1979,9 @@ int main(int argc, char **argv)
 		if (cf.rate <= 0 || cf.rate > 200)
 			cf.rate = 200;
 	}
+	/* Trivial jobs at the highest rate: the case batches are for. */
+	if (cf.batch < 0)
+		cf.batch = cf.scenario == 2 ? cf.slots : 0;
 	rate = cf.rate;
 	payload_len = (size_t)cf.size;
 	payload = xrealloc(NULL, payload_len + 64);
