@@ -338,7 +338,13 @@ static void batch_send(void)
 	f->plen = b->len;
 }
 
-static void batch_flush_cb(struct ev_loop *loop, ev_prepare *p, int revents) { batch_send(); }
+/* Before the loop sleeps; not while the broker is away (the rest of the
+ * input waits for it too). */
+static void batch_flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+	if (S.st.mq.connected)
+		batch_send();
+}
 
 /* batch <group> <wid> <n>: the next n records are awards to that worker,
  * which takes them in one message. */

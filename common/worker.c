@@ -422,6 +422,10 @@ static void credit(struct mqlb_worker *w)
 
 	if (w->bidding || !w->mq.connected || !(w->acked & 1 << SUB_WORK))
 		return;
+	/* Dones first: a job that ended is no longer named here, and its done
+	 * must not come after a credit message that leaves it out (the
+	 * balancer would take it for a lost award). */
+	dones_flush(w);
 	if (!(pl = malloc(cap)))
 		die(EXIT_SYSERR, "out of memory");
 	if (w->ahead && !w->draining)

@@ -279,6 +279,12 @@ static void on_gone(struct group *g, const char *wid)
 	S.n_gone++;
 	tokens_drop_wid(g, wid);
 	if ((w = wstat_find(g, wid))) {
+		/* Its awards not written yet are taken back below with the
+		 * rest: they go to nobody. */
+		if (w->npend) {
+			w->pend->len = 0;
+			w->npend = 0;
+		}
 		w->slots = 0; /* no credit: no more jobs until it announces again */
 		w->blocked = 0;
 		w->credit_at = 0;
