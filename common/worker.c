@@ -475,7 +475,7 @@ static struct job *batch_job(struct mqlb_worker *w, struct rec *r, const char **
 	mosquitto_property *props = NULL;
 	struct job *j;
 	unsigned long qos;
-	long plen;
+	long plen = 0;
 
 	*why = NULL;
 	if (!rec_is(r, 0, "job") || r->nf < 5 || r->nf > 6)

@@ -6,7 +6,8 @@
  * goes to a fake that checks the topic; the exit (stage_finish) is a timer
  * on a loop that never runs. Input:
  *   <record>                     a line on mqlb-auction's stdin
- *   @<topic after P/> <payload>  a message from the broker (rsp/, done/, gone/)
+ *   @<topic after P/> <payload>  a message from the broker (rsp/, done/, gone/,
+ *                                credit/); "\n" in the payload is a newline
  *   @tick                        0.25 s pass; timers run
  *   @term                        SIGTERM; @drain: the drain deadline */
 #include "config.h"
@@ -46,8 +47,9 @@ static int fuzz_mq_publish(struct mq *mq, int *mid, const char *topic, size_t n,
 #include "../cmd/auction/flow.c"
 #include "../cmd/auction/stats.c"
 
-static const char *const out_verbs[] = { "assign", "award", "drop", "done", "sent", NULL };
+static const char *const out_verbs[] = { "assign", "award", "batch", "drop", "done", "sent", NULL };
 static const struct fuzz_shape shapes[] = {
+	{ "batch", 4, 4, 1, 4 },
 	{ "assign", 7, 8, 1, 5 },
 	{ "award", 7, 8, 1, 5 },
 	{ "drop", 6, 7, 1, 4 },
@@ -73,6 +75,8 @@ static void setup(void)
 	S.st.drain_timeout = 1;
 	S.credit_ttl = 2;
 	S.ahead = 0.3; /* ticks of 0.25 s: jobs awarded ahead */
+	S.batch_wait = 0.3; /* and awards held for a batch */
+	ev_timer_init(&S.batch_t, batch_cb, 0, 0);
 	memcpy(S.retry, retry, sizeof retry);
 	S.nretry = 5;
 	S.hash = calloc(1024, sizeof *S.hash);
@@ -121,8 +125,13 @@ static void reset(void)
 	}
 	S.groups = NULL;
 	S.ngroups = 0;
+	ev_timer_stop(S.st.loop, &S.batch_t);
+	S.pending = NULL;
 	for (struct wstat *w = S.wlist, *next; w; w = next) {
 		next = w->lnext;
+		if (w->pend)
+			free(w->pend->buf);
+		free(w->pend);
 		free(w);
 	}
 	memset(S.wtab, 0, sizeof S.wtab);
@@ -143,7 +152,7 @@ static void broker_message(char *line, size_t n)
 {
 	struct mosquitto_message msg = { 0 };
 	char *sp = memchr(line, ' ', n), *topic, *payload;
-	size_t tl = sp ? (size_t)(sp - line) : n, pl = sp ? n - tl - 1 : 0;
+	size_t tl = sp ? (size_t)(sp - line) : n, pl = sp ? n - tl - 1 : 0, k = 0;
 
 	/* What libmosquitto hands over: a C string topic and a payload with a
 	 * NUL after it. */
@@ -155,8 +164,16 @@ static void broker_message(char *line, size_t n)
 	topic[S.plen] = '/';
 	memcpy(topic + S.plen + 1, line, tl);
 	topic[S.plen + 1 + tl] = '\0';
-	if (pl)
-		memcpy(payload, sp + 1, pl);
+	/* "\n" stands for a newline (a payload of several lines) */
+	for (size_t i = 0, n0 = pl; i < n0; i++) {
+		if (sp[1 + i] == '\\' && i + 1 < n0 && sp[2 + i] == 'n') {
+			payload[k++] = '\n';
+			i++;
+		} else {
+			payload[k++] = sp[1 + i];
+		}
+	}
+	pl = k;
 	payload[pl] = '\0';
 	msg.topic = topic;
 	msg.payload = payload;
@@ -192,6 +209,10 @@ static void tick(void)
 				wait_cb(S.st.loop, &m->wait, 0);
 			}
 		}
+	if (ev_is_active(&S.batch_t)) {
+		ev_timer_stop(S.st.loop, &S.batch_t);
+		batch_cb(S.st.loop, &S.batch_t, 0);
+	}
 	if (ev_is_active(&S.st.drain) && fuzz_clock >= fuzz_drain_at) {
 		ev_timer_stop(S.st.loop, &S.st.drain);
 		drain_cb(S.st.loop, &S.st.drain, 0);
@@ -216,6 +237,8 @@ static void one_line(char *line, size_t n)
 		S.st.in.lineno++;
 		on_line(&S.st.in, line, n, NULL);
 	}
+	/* The end of a loop turn: awards held for batches are written. */
+	pend_flush_cb(S.st.loop, &S.pend_flush, EV_PREPARE);
 	fuzz_check_out(&S.st.out, shapes);
 }
 

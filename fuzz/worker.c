@@ -94,6 +94,7 @@ static void setup(void)
 	S.wo.wid = "w1";
 	S.wo.slots = 2;
 	S.wo.queue = 3;
+	S.wo.batch = 2; /* awards on P/job/g/w1/batch too, dones together */
 	setup_opts();
 	S.loop = EV_DEFAULT;
 	out_init(&S.out, S.loop, -1, 1 << 20);
