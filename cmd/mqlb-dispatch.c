@@ -237,6 +237,7 @@ static void batch_add(struct rec *r, unsigned long qos)
 	b->len += (size_t)sprintf(b->buf + b->len, "job %.36s %lu", r->f[1], qos);
 	batch_field(b, r->f[5], r->len[5]);
 	batch_field(b, r->f[6], r->len[6]);
+	batch_reserve(b, np + 2);
 	if (np) {
 		b->buf[b->len++] = ' ';
 		memcpy(b->buf + b->len, S.props, np);
@@ -338,11 +339,13 @@ static void batch_send(void)
 	f->plen = b->len;
 }
 
-/* Before the loop sleeps; not while the broker is away (the rest of the
- * input waits for it too). */
+/* Before the loop sleeps, what the open batch holds; not while the broker
+ * is away (the rest of the input waits for it too). */
 static void batch_flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
 {
-	if (S.st.mq.connected)
+	/* A batch record whose awards are still in the pipe (read apart)
+	 * holds nothing yet: it stays open for them. */
+	if (S.st.mq.connected && S.b.have)
 		batch_send();
 }
 

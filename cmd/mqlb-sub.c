@@ -619,7 +619,8 @@ static void on_done(const struct mosquitto_message *m)
 		size_t n = nl ? (size_t)(nl - pl) : (size_t)(end - pl);
 		char id[37];
 
-		S.n_dones++;
+		if (n)
+			S.n_dones++;
 		if (n > 37 && pl[36] == ' ' && result_ok(pl + 37, n - 37)) {
 			memcpy(id, pl, 36);
 			id[36] = '\0';
