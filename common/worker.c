@@ -395,7 +395,8 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
 	char *t, *pl;
 
 	if (j->batched && nfree < 0) {
-		size_t need = w->dlen + UUID_LEN + strlen(result) + 2;
+		/* "uuid result\n", and sprintf's NUL */
+		size_t need = w->dlen + strlen(j->id) + strlen(result) + 3;
 
 		if (need > w->dcap) {
 			w->dcap = need * 2;

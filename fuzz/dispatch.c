@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* fuzz/dispatch.c: libFuzzer target for mqlb-dispatch's input: assign
- * records (and what it passes through), with the broker's acknowledgements.
+ * and award records, batches of them (and what it passes through), with the
+ * broker's acknowledgements.
  * The stage's own file is included, its main() renamed; publish goes to a
  * fake that hands out message ids and refuses what libmosquitto would; the
  * exit (stage_finish) is a timer on a loop that never runs.
@@ -8,6 +9,7 @@
  *   <record>       a line on mqlb-dispatch's stdin
  *   @ack <mid> <reason>   the broker's PUBACK/PUBCOMP (reason >= 128: refused)
  *   @fail          the next publish fails (connection lost)
+ *   @turn          the end of a loop turn: an open batch goes out
  *   @term          SIGTERM; @drain: the drain deadline */
 #include "config.h"
 
@@ -66,6 +68,7 @@ static void setup(void)
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
 	S.st.drain_timeout = 10;
+	S.batch_qos = 1; /* batches wait for their PUBACK (@ack) too */
 	S.fl = calloc(65536, sizeof *S.fl);
 	S.st.loop = EV_DEFAULT;
 	out_init(&S.st.out, S.st.loop, -1, 1 << 20);
@@ -87,6 +90,8 @@ static void reset(void)
 	for (int i = 0; i <= fuzz_mid; i++)
 		S.fl[i].used = 0;
 	S.inflight = 0;
+	S.b.open = 0;
+	S.b.have = 0;
 	S.st.stopping = S.st.draining = S.st.finishing = S.st.input_done = 0;
 	fuzz_mid = fuzz_fail = 0;
 	ev_timer_stop(S.st.loop, &S.st.drain);
@@ -105,6 +110,8 @@ static void one_line(char *line, size_t n)
 		mid = strtol(line + 5, &end, 10);
 		reason = strtol(end, NULL, 10);
 		on_published(&S.st.mq, (int)mid, (int)reason, NULL);
+	} else if (n == 5 && !memcmp(line, "@turn", 5)) {
+		batch_flush_cb(S.st.loop, &S.batch_flush, EV_PREPARE);
 	} else if (n == 5 && !memcmp(line, "@fail", 5)) {
 		fuzz_fail = 1;
 	} else if (n == 5 && !memcmp(line, "@term", 5)) {
