@@ -482,7 +482,11 @@ gated_sub() {
 	# the messages held off.
 	bg announcer sh -c 'while :; do mosquitto_pub -p "$1" -h 127.0.0.1 -q 1 -t "$2/sub/g1" \
 		-m "jobs/#"; sleep 0.5; done' sh "$BROKER_PORT" "$PREFIX"
-	sleep 5
+	# Paused (its output full) for longer than --group-ttl: the wait for
+	# the pause is an event (slow under sanitizers), the 3 s after it the
+	# point of the test.
+	wait_for 30 stat_is s paused 1
+	sleep 3
 	stat_is s paused 1
 	stat_is s groups 1
 	stat_is s groups_expired 0
