@@ -20,7 +20,8 @@ static const char usage[] =
 	"                    [--token-ttl seconds] [--retry seconds,...] [--deadline seconds]\n"
 	"                    [--max-pending n] [--ack-timeout seconds] [--max-attempts n]\n"
 	"                    [--drain-timeout seconds] [--scheme soonest|least|first]\n"
-	"                    [--credit-ttl seconds] [--ahead seconds] [--batch-wait seconds]\n";
+	"                    [--credit-ttl seconds] [--ahead seconds] [--batch-wait seconds]\n"
+	"                    [--collect seconds]\n";
 
 struct auction S;
 
@@ -82,7 +83,8 @@ int main(int argc, char **argv)
 	S.credit_ttl = 30;
 	S.ahead = 0.002;
 	S.batch_wait = 0.002;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_LISTEN | OPT_READY | OPT_COLLECT, "", longopts, opt,
+		  usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	if (!S.nretry) {

@@ -23,7 +23,7 @@ static const char usage[] =
 	"                     [--capath dir] [--cert file] [--key file] [--insecure]\n"
 	"                     [--prefix prefix] [--retries n] [--ready-fd n] [--listen path]\n"
 	"                     [--socket-mode mode] [--max-inflight n] [--drain-timeout secs]\n"
-	"                     [--batch-qos 0|1|2]\n";
+	"                     [--batch-qos 0|1|2] [--collect seconds]\n";
 
 /* An award the broker has not acknowledged yet, by message id. */
 struct flight {
@@ -567,7 +567,8 @@ int main(int argc, char **argv)
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
 	S.st.drain_timeout = 10;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY | OPT_COLLECT, "", longopts,
+		  opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	S.fl = calloc(65536, sizeof *S.fl);

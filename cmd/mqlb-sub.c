@@ -33,7 +33,7 @@ static const char usage[] =
 	"                [--socket-mode mode] [--share name] [--group-ttl seconds]\n"
 	"                [--max-groups n] [--retained] [--spool file | --no-spool]\n"
 	"                [--spool-sync] [--spool-ttl seconds] [--spool-replays n]\n"
-	"                [-t filter ...]\n";
+	"                [--collect seconds] [-t filter ...]\n";
 
 /* Subscription identifier of the announce subscription P/sub/+. */
 #define SUBID_ANNOUNCE 1
@@ -1058,7 +1058,8 @@ int main(int argc, char **argv)
 	S.max_groups = 100000;
 	S.orphans_tail = &S.orphans;
 	S.spool_replays = -1;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY, "ct:", longopts, opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY | OPT_COLLECT, "ct:",
+		  longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	/* opt_parse() turns a session without an id back to clean: ask first. */
@@ -1086,6 +1087,7 @@ int main(int argc, char **argv)
 	/* A file size limit on the spool is a write error, not a kill. */
 	signal(SIGXFSZ, SIG_IGN);
 	S.loop = EV_DEFAULT;
+	opt_collect(&S.cf, S.loop);
 	out_init(&S.out, S.loop, STDOUT_FILENO, 1 << 20);
 	S.out.on_drain = on_drain;
 	S.out.on_error = on_out_error;

@@ -392,6 +392,7 @@ void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 {
 	static int lib;
 
+
 	if (!lib++)
 		mosquitto_lib_init();
 	memset(mq, 0, sizeof *mq);

@@ -11,12 +11,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <ev.h>
+
 #include "log.h"
 #include "opt.h"
 
 enum {
 	O_CAFILE = 1000, O_CAPATH, O_CERT, O_KEY, O_INSECURE, O_PREFIX, O_QUIET,
-	O_HELP, O_VERSION, O_LISTEN, O_SOCKMODE, O_OUTPUT, O_READY, O_RETRIES,
+	O_HELP, O_VERSION, O_LISTEN, O_SOCKMODE, O_OUTPUT, O_READY, O_RETRIES, O_COLLECT,
 };
 
 struct shared {
@@ -44,6 +46,7 @@ static const struct shared shared[] = {
 	{ { "socket-mode", required_argument, NULL, O_SOCKMODE }, OPT_LISTEN },
 	{ { "output", required_argument, NULL, O_OUTPUT }, OPT_OUTPUT },
 	{ { "ready-fd", required_argument, NULL, O_READY }, OPT_READY },
+	{ { "collect", required_argument, NULL, O_COLLECT }, OPT_COLLECT },
 	{ { "verbose", no_argument, NULL, 'v' }, 0 },
 	{ { "quiet", no_argument, NULL, O_QUIET }, 0 },
 	{ { "help", no_argument, NULL, O_HELP }, 0 },
@@ -223,6 +226,12 @@ static void set_defaults(struct conf *cf)
 	cf->ready_fd = cf->ready_fd ? cf->ready_fd : -1;
 }
 
+void opt_collect(const struct conf *cf, struct ev_loop *loop)
+{
+	if (cf->collect > 0)
+		ev_set_io_collect_interval(loop, cf->collect);
+}
+
 int opt_parse(int *argcp, char ***argvp, unsigned groups, const char *shortopts,
 	      const struct option *longopts, opt_fn *fn, const char *usage, struct conf *cf)
 {
@@ -243,6 +252,7 @@ int opt_parse(int *argcp, char ***argvp, unsigned groups, const char *shortopts,
 	snprintf(sopts, sizeof sopts, ":%s%s%so:v", groups & OPT_MQTT ? "h:p:u:P:i:V:k:" : "",
 		 groups & OPT_QOS ? "q:" : "", shortopts ? shortopts : "");
 	cf->ready_fd = 0;
+	cf->collect = groups & OPT_COLLECT ? OPT_COLLECT_DEFAULT : 0;
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, sopts, all, NULL)) != -1) {
 		const char *name = argv[optind - 1];
@@ -286,6 +296,7 @@ int opt_parse(int *argcp, char ***argvp, unsigned groups, const char *shortopts,
 		}
 		case O_OUTPUT: cf->output = optarg; break;
 		case O_READY: cf->ready_fd = (int)opt_long("--ready-fd", optarg, 3, 1 << 20); break;
+		case O_COLLECT: cf->collect = opt_secs("--collect", optarg, 0, 0.1); break;
 		case 'v': log_set_level(log_level() < L_INFO ? L_INFO : L_DEBUG); break;
 		case O_QUIET: log_set_level(L_ERR); break;
 		case O_HELP: fputs(usage, stdout); exit(EXIT_OK);

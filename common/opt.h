@@ -16,7 +16,12 @@ enum {
 	OPT_OUTPUT = 1 << 2, /* --output */
 	OPT_READY = 1 << 3,  /* --ready-fd */
 	OPT_QOS = 1 << 4,    /* -q: where a QoS is the user's to choose */
+	OPT_COLLECT = 1 << 5, /* --collect: the stages of the pipeline */
 };
+
+/* --collect's default: input gathered this long before the next turn of a
+ * busy loop (libev's I/O collect interval). */
+#define OPT_COLLECT_DEFAULT 0.0005
 
 struct conf {
 	struct mq_opts mq;
@@ -25,7 +30,13 @@ struct conf {
 	const char *listen;
 	const char *output;
 	mode_t socket_mode;
+	double collect; /* --collect, seconds; -1 before opt_parse's default */
 };
+
+/* Apply --collect to the loop: after a turn, a busy loop waits up to that
+ * long before it polls again, so that the next turn takes all that came
+ * meanwhile (ev_set_io_collect_interval). */
+void opt_collect(const struct conf *cf, struct ev_loop *loop);
 
 /* A command's own option: its handler gets the getopt value and argument. */
 typedef void opt_fn(int c, const char *arg);

@@ -28,6 +28,7 @@ void stage_open(struct stage *st, const struct conf *cf, out_fn *on_drain, conn_
 {
 	signal(SIGPIPE, SIG_IGN);
 	st->loop = EV_DEFAULT;
+	opt_collect(cf, st->loop);
 	out_init(&st->out, st->loop, STDOUT_FILENO, 1 << 20);
 	st->out.on_drain = on_drain;
 	st->out.on_error = out_error;
