@@ -118,6 +118,17 @@ usage_error() {
 		usage_error "$c" -p 12x
 		[ "$err" = "$c: error: -p: bad number \"12x\" (1 to 65535)" ]
 	done
+	# --collect: the three stages of the pipeline, and only they
+	for c in mqlb-sub mqlb-auction mqlb-dispatch; do
+		usage_error "$c" --collect 0.2
+		[ "$err" = "$c: error: --collect: bad duration \"0.2\" (seconds, 0 to 0.1; or with ms)" ]
+		usage_error "$c" --collect -1
+		usage_error "$c" --collect x
+		run "$c" --collect 1ms --help
+		[ "$status" -eq 0 ]
+	done
+	usage_error mqlb-worker -g g -t t --collect 0.001
+	[ "$err" = "mqlb-worker: error: unknown option --collect" ]
 }
 
 @test "choices: -V 5 or 311, and topic levels" {
