@@ -491,11 +491,12 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	S.inflight--;
 	if (f->batch) {
 		if (reason >= 0x80) {
-			warnl("batch award to %s/%s refused by the broker (reason %d)", f->group, f->wid,
-			      reason);
+			warnl("batch award to %s/%s refused by the broker (reason %d)", f->group,
+			      f->wid, reason);
 			S.n_failed++;
 		}
-		batch_each(f->group, f->wid, f->payload, f->plen, reason >= 0x80 ? "refused" : NULL);
+		batch_each(f->group, f->wid, f->payload, f->plen,
+			   reason >= 0x80 ? "refused" : NULL);
 	} else if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);
@@ -567,8 +568,8 @@ int main(int argc, char **argv)
 	S.cf.mq.qos = 2;
 	S.max_inflight = 1000;
 	S.st.drain_timeout = 10;
-	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY | OPT_COLLECT, "", longopts,
-		  opt, usage, &S.cf);
+	opt_parse(&argc, &argv, OPT_MQTT | OPT_QOS | OPT_LISTEN | OPT_READY | OPT_COLLECT, "",
+		  longopts, opt, usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
 	S.fl = calloc(65536, sizeof *S.fl);

@@ -21,7 +21,8 @@
 
 static const char usage[] =
 	"usage: mqlb-worker -g group -t topic [-v] [--quiet] [-o file] [-j slots]\n"
-	"                   [--wid id] [--ahead n] [--batch n] [--bid] [--reserve-timeout seconds]\n"
+	"                   [--wid id] [--ahead n] [--batch n] [--bid]\n"
+	"                   [--reserve-timeout seconds]\n"
 	"                   [--suback-timeout seconds] [--fallback share|direct|none]\n"
 	"                   [--queue n] [--drain-timeout seconds] [--reply | --no-reply]\n"
 	"                   [-h host] [-p port] [-u user] [-P password] [-i id] [-q qos]\n"

@@ -212,8 +212,9 @@ static void on_dones(struct group *g, const char *wid, const void *payload, size
 
 /* P/credit/group/wid: "slots[+ahead] [batch=n] [uuid ...]", the slots of
  * a credit worker (and the jobs it keeps waiting beyond them, and how many
- * it takes in one award message) and the jobs it holds. The jobs named are in progress: their --ack-timeout starts again,
- * so a long job is not taken back from a live worker. */
+ * it takes in one award message) and the jobs it holds. The jobs named
+ * are in progress: their --ack-timeout starts again, so a long job is not
+ * taken back from a live worker. */
 static void on_credit(struct group *g, const char *wid, char *payload)
 {
 	struct wstat *w;
