@@ -87,6 +87,9 @@ int main(int argc, char **argv)
 		  usage, &S.cf);
 	if (optind < argc)
 		opt_usage_error("unexpected argument \"%s\"", argv[optind]);
+	if (S.ack_timeout > 0 && S.batch_wait >= S.ack_timeout)
+		opt_usage_error("--batch-wait (%g s) must be shorter than --ack-timeout (%g s)",
+				S.batch_wait, S.ack_timeout);
 	if (!S.nretry) {
 		memcpy(S.retry, default_retry, sizeof default_retry);
 		S.nretry = sizeof default_retry / sizeof *default_retry;

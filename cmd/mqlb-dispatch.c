@@ -169,6 +169,9 @@ static int hand_back(const char *uuid, const char *group, const char *wid, const
 	char *t, res[40];
 	int rc, n = snprintf(res, sizeof res, "fail %s", why);
 
+	/* libmosquitto would queue it and we may be on our way out: no. */
+	if (!S.st.mq.connected)
+		return 0;
 	if (asprintf(&t, "%s/done/%s/%s/%.36s", S.cf.prefix, group, wid, uuid) < 0)
 		die(EXIT_SYSERR, "out of memory");
 	rc = mq_publish(&S.st.mq, NULL, t, (size_t)n, res, 1, 0, NULL);
@@ -250,10 +253,14 @@ static void batch_add(struct rec *r, unsigned long qos)
 	S.n_assign++;
 }
 
-/* Each job of a batch's lines: sent, handed back, or dropped. */
-static void batch_each(const char *group, const char *wid, const char *pl, size_t n,
-		       const char *why)
+/* Each job of a batch's lines: sent (why NULL), handed back as a fail
+ * (why), or, when that cannot be published or hand is 0, dropped (why).
+ * Returns the number of jobs. */
+static unsigned long batch_each(const char *group, const char *wid, const char *pl, size_t n,
+				const char *why, int hand)
 {
+	unsigned long jobs = 0;
+
 	char *buf = malloc(n + 1), *line, *nl;
 
 	if (!buf)
@@ -268,12 +275,13 @@ static void batch_each(const char *group, const char *wid, const char *pl, size_
 			break;
 		if (rec_split(line, (size_t)(nl - line), &r) != 0 || r.nf < 5)
 			continue;
+		jobs++;
 		if (!why) {
 			S.n_sent++;
 			emit_sent(r.f[1], group, wid);
 			continue;
 		}
-		if (hand_back(r.f[1], group, wid, why))
+		if (hand && hand_back(r.f[1], group, wid, why))
 			continue;
 		rec_unescape(&r, 3);
 		plen = rec_unescape(&r, 4);
@@ -281,6 +289,7 @@ static void batch_each(const char *group, const char *wid, const char *pl, size_
 			    r.nf > 5 ? r.f[5] : NULL);
 	}
 	free(buf);
+	return jobs;
 }
 
 static void track(int mid, int credit, const char *uuid, const char *group, const char *wid)
@@ -316,6 +325,12 @@ static void batch_send(void)
 		return;
 	if (b->have < b->want)
 		debugl("batch for %s/%s: %lu of %lu awards", b->group, b->wid, b->have, b->want);
+	if (!S.st.mq.connected) {
+		/* At the drain deadline with the broker away: handed back as
+		 * the awards still in the pipe are. */
+		S.n_shutdown += batch_each(b->group, b->wid, b->buf, b->len, "shutdown", 0);
+		return;
+	}
 	if (asprintf(&t, "%s/job/%s/%s/batch", S.cf.prefix, b->group, b->wid) < 0)
 		die(EXIT_SYSERR, "out of memory");
 	S.n_batches++;
@@ -325,11 +340,11 @@ static void batch_send(void)
 		S.n_failed += b->have;
 		warnl("batch of %lu awards to %s/%s: %s", b->have, b->group, b->wid,
 		      mosquitto_strerror(rc));
-		batch_each(b->group, b->wid, b->buf, b->len, "unpublishable");
+		batch_each(b->group, b->wid, b->buf, b->len, "unpublishable", 1);
 		return;
 	}
 	if (b->qos == 0) {
-		batch_each(b->group, b->wid, b->buf, b->len, NULL);
+		batch_each(b->group, b->wid, b->buf, b->len, NULL, 0);
 		return;
 	}
 	track(mid, 1, NULL, b->group, b->wid);
@@ -490,13 +505,14 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	f->used = 0;
 	S.inflight--;
 	if (f->batch) {
+		unsigned long jobs = batch_each(f->group, f->wid, f->payload, f->plen,
+						reason >= 0x80 ? "refused" : NULL, 1);
+
 		if (reason >= 0x80) {
-			warnl("batch award to %s/%s refused by the broker (reason %d)", f->group,
-			      f->wid, reason);
-			S.n_failed++;
+			warnl("batch of %lu awards to %s/%s refused by the broker (reason %d)", jobs,
+			      f->group, f->wid, reason);
+			S.n_failed += jobs;
 		}
-		batch_each(f->group, f->wid, f->payload, f->plen,
-			   reason >= 0x80 ? "refused" : NULL);
 	} else if (reason >= 0x80) {
 		S.n_failed++;
 		warnl("award %s to %s/%s refused by the broker (reason %d)", f->uuid, f->group, f->wid, reason);

@@ -104,6 +104,7 @@ static struct {
 	int no_spool;
 	struct spool sp;
 	ev_prepare spool_flusher;
+	int unwritten; /* messages spooled since the last write to the file */
 	double spool_ttl;
 	long spool_replays;
 	int spool_sync;
@@ -232,11 +233,27 @@ static void unsubscribe(struct filt *f)
 	}
 }
 
+/* While the broker's acknowledgements wait corked (mq_hold_acks), the spool
+ * lines of the messages read so far go to the file every SPOOL_EVERY
+ * messages, and before we publish anything: Linux sends corked bytes once
+ * they fill a segment, and those must never hold the PUBACK of a message
+ * whose line is not written. 8 PUBACKs are under 300 bytes, with TLS too. */
+#define SPOOL_EVERY 8
+
+static void spool_catch_up(void)
+{
+	if (S.spool_path && S.unwritten) {
+		spool_write(&S.sp);
+		S.unwritten = 0;
+	}
+}
+
 static void suback(const struct pair *p)
 {
 	/* prefix and group are topic levels (opt_level(), announce()) */
 	char topic[MAX_LEVEL + sizeof "/suback/" + MAX_LEVEL];
 
+	spool_catch_up();
 	snprintf(topic, sizeof topic, "%s/suback/%s", S.cf.prefix, p->group);
 	mq_publish(&S.mq, NULL, topic, strlen(p->f->topic), p->f->topic, 1, 0, NULL);
 }
@@ -783,7 +800,9 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		spool_finish(&S.sp, e, "nogroup");
 	/* The spool lines of this loop turn are written by spool_prepare_cb
 	 * before the loop sleeps, and only then are their PUBACKs released
-	 * (mq_hold_acks): one write for the whole turn. */
+	 * (mq_hold_acks); on the way, every SPOOL_EVERY messages. */
+	if (S.spool_path && ++S.unwritten >= SPOOL_EVERY)
+		spool_catch_up();
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
 }
@@ -794,13 +813,17 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 static void *on_held(struct mq *mq, const struct mosquitto_message *m,
 		     const mosquitto_property *props, void *arg)
 {
+	struct spool_ent *e;
 	uint32_t id = 0;
 
 	if (!S.spool_path || has_prefix(m->topic) || (m->retain && !S.retained))
 		return NULL;
 	mosquitto_property_read_varint(props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, false);
 	/* written with the rest of the loop turn's, as in on_message */
-	return spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
+	e = spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
+	if (++S.unwritten >= SPOOL_EVERY)
+		spool_catch_up();
+	return e;
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -813,7 +836,14 @@ static void on_connected(struct mq *mq, int first, void *arg)
 			warnl("cannot subscribe %s: %s", S.announce_filter, mosquitto_strerror(rc));
 	}
 	if (S.spool_path) {
-		int rc = mq_subscribe(mq, &S.done_mid, S.done_filter, 1, 0);
+		char old[MAX_LEVEL + sizeof "/done/+/+/+"];
+		int rc;
+
+		/* A persistent session of an older mqlb-sub keeps its narrower
+		 * subscription, and would get each done twice. */
+		snprintf(old, sizeof old, "%s/done/+/+/+", S.cf.prefix);
+		mq_unsubscribe(mq, old);
+		rc = mq_subscribe(mq, &S.done_mid, S.done_filter, 1, 0);
 
 		if (rc != MOSQ_ERR_SUCCESS)
 			warnl("cannot subscribe %s: %s", S.done_filter, mosquitto_strerror(rc));
@@ -995,6 +1025,7 @@ static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	 * restart finds the spool as it was, the rest waits at the broker. */
 	if (spool_flush(&S.sp) < 0)
 		shutdown_now(EXIT_SYSERR);
+	S.unwritten = 0;
 	mq_release_acks(&S.mq);
 }
 

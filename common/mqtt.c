@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -137,13 +138,16 @@ static int read_burst(struct mq *mq)
 
 	for (int i = 0; i < MQ_READ_BURST; i++) {
 		unsigned long before = mq->ncb;
+		int fd, avail = 0;
 
 		rc = mosquitto_loop_read(mq->m, 1);
+		fd = mosquitto_socket(mq->m);
+		if (rc != MOSQ_ERR_SUCCESS || fd < 0 || mq->stopping || backlog_full(mq))
+			break;
 		/* No callback: the socket ran dry (one read said so), or half a
-		 * packet, or one without a callback (PINGRESP): epoll says when
-		 * there is more. */
-		if (rc != MOSQ_ERR_SUCCESS || mq->ncb == before || mosquitto_socket(mq->m) < 0 ||
-		    backlog_full(mq))
+		 * packet came, or a whole one that has none (PINGRESP, QoS 2's
+		 * PUBREC and PUBREL): go on only if more bytes wait. */
+		if (mq->ncb == before && (ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0))
 			break;
 	}
 	return rc;

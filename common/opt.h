@@ -30,7 +30,7 @@ struct conf {
 	const char *listen;
 	const char *output;
 	mode_t socket_mode;
-	double collect; /* --collect, seconds; -1 before opt_parse's default */
+	double collect; /* --collect, seconds (OPT_COLLECT_DEFAULT unless given) */
 };
 
 /* Apply --collect to the loop: after a turn, a busy loop waits up to that

@@ -863,7 +863,10 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	}
 	if (left)
 		warnl("drain timeout: %d job%s not finished", left, left == 1 ? "" : "s");
-	/* Gone, as the will would say: our credit ends here. */
+	/* Gone, as the will would say: our credit ends here. The dones go
+	 * first: one behind the will would come after its job was awarded
+	 * again. */
+	dones_flush(w);
 	if (!w->bidding && w->mq.connected)
 		mq_publish(&w->mq, NULL, w->t_will, 0, NULL, 1, 0, NULL);
 	if (w->cb.drained)

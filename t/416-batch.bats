@@ -133,6 +133,10 @@ tail_is() {
 		[ "$status" -eq 2 ]
 		[ "${stderr_lines[0]}" = "mqlb-auction: error: --batch-wait: bad duration \"$v\" (seconds, 0 to 1; or with ms)" ]
 	done
+	# an award held past --ack-timeout would be taken back before it is sent
+	run --separate-stderr mqlb-auction --batch-wait 0.5 --ack-timeout 0.5
+	[ "$status" -eq 2 ]
+	[ "${stderr_lines[0]}" = "mqlb-auction: error: --batch-wait (0.5 s) must be shorter than --ack-timeout (0.5 s)" ]
 }
 
 # four jobs for g/w1 (credit 2 batch=2, auction OPTIONS): U1 and U2 out in

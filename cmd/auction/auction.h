@@ -224,6 +224,8 @@ void emit_assign(const struct job *j);
 void emit_done(const struct job *j, const char *result, size_t n);
 void pend_flush_cb(struct ev_loop *loop, ev_prepare *w, int revents);
 void batch_cb(struct ev_loop *loop, ev_timer *w, int revents);
+/* Write out the awards held for w now. */
+void pend_write_now(struct wstat *w);
 struct group *group_find(const char *name, size_t n);
 struct group *group_new(const char *name);
 int group_has(const struct group *g, const char *filter);

@@ -239,6 +239,9 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 	}
 	if (!(w = wstat_of(g, wid)))
 		return;
+	/* Awards held for a batch go out first: made under the credit read
+	 * before, they are neither lost nor bigger than its batch=n. */
+	pend_write_now(w);
 	S.n_credit++;
 	w->slots = (unsigned)slots;
 	w->ahead = (unsigned)ahead;

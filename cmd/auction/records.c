@@ -89,6 +89,12 @@ static void pend_write(struct wstat *w)
 	w->npend = 0;
 }
 
+void pend_write_now(struct wstat *w)
+{
+	if (w->npend)
+		pend_write(w);
+}
+
 /* The most awards w can take in one message: its batch=n, or fewer when
  * its slots (and jobs ahead) are fewer. */
 static unsigned pend_cap(const struct wstat *w)
