@@ -7,7 +7,7 @@ set -euo pipefail
 usage() {
 	cat <<EOF
 usage: python-vs-rabbitmq.sh [--bindir dir] [--duration s] [--load f] [--service list]...
-                             [--side mqlb|rabbitmq|both] [--nodelay] [--auction-opts opts]
+                             [--side mqlb|rabbitmq|both] [--nagle] [--auction-opts opts]
                              [--worker-opts opts]
                              [--python path] [--keep] [--smoke]
 EOF
@@ -21,7 +21,9 @@ duration=30
 load=0.7
 services=()
 side=both
-nodelay=false
+# mosquitto as the README runs it, set_tcp_nodelay true (RabbitMQ sets TCP_NODELAY itself);
+# --nagle runs it with its stock setting, Nagle on.
+nodelay=true
 auction_opts=
 worker_opts=
 python=
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
 	--service) services+=("${2:?}"); shift ;;
 	--side) side=${2:?}; shift ;;
 	--nodelay) nodelay=true ;;
+	--nagle) nodelay=false ;;
 	--auction-opts) auction_opts=${2?}; shift ;;
 	--worker-opts) worker_opts=${2?}; shift ;;
 	--python) python=${2:?}; shift ;;
@@ -145,10 +148,17 @@ finish() {
 }
 # row SIDE SERVICES PUBLISHED: one line of the table from the workers' lines
 # "wid id topic ok FINISH SEQ PUBLISHED-AT" (a job's first run counts; later ones are dup).
+# Workers still running write as this reads: a last line without its newline is left out, or
+# it would count as a job run twice.
+whole_lines() {
+	local f l
+	for f; do while IFS= read -r l; do printf '%s\n' "$l"; done <"$f"; done
+}
 row() {
 	local per dup m p50 p99
-	cat "$run"/w*.out | awk '$4 == "ok" && NF >= 7 && !seen[$6]++' >"$run/firsts"
-	dup=$(($(cat "$run"/w*.out | awk '$4 == "ok"' | wc -l) - $(wc -l <"$run/firsts")))
+	whole_lines "$run"/w*.out | awk '$4 == "ok" && NF >= 7' >"$run/oks"
+	awk '!seen[$6]++' "$run/oks" >"$run/firsts"
+	dup=$(($(wc -l <"$run/oks") - $(wc -l <"$run/firsts")))
 	awk '{ printf "%.3f\n", ($5 - $7) * 1000 }' "$run/firsts" | sort -n >"$run/latencies"
 	m=$(wc -l <"$run/latencies")
 	p50=$(awk -v m="$m" 'NR == int((m + 1) / 2) { print }' "$run/latencies")
