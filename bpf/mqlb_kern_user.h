@@ -115,15 +115,20 @@ struct mqlb_ct4_bucket {
 	struct mqlb_ct4 e[MQLB_CT_WAYS];
 };
 
-/* Buckets for --max-conns n: n / MQLB_CT_WAYS, up to a power of two. */
-static inline __u32 mqlb_ct_buckets(__u32 conns)
-{
-	__u32 b = 1;
+/* Buckets for --max-conns n: n / MQLB_CT_WAYS, up to a power of two,
+ * 1 << mqlb_ct_bits(n); at most 1 << MQLB_CT_BITS_MAX (--max-conns 2^26). */
+#define MQLB_CT_BITS_MAX 24
 
-	while (b < 0x80000000u && (__u64)b * MQLB_CT_WAYS < conns)
-		b <<= 1;
-	return b;
+static inline __u32 mqlb_ct_bits(__u32 conns)
+{
+	__u32 n = 0;
+
+	while (n < MQLB_CT_BITS_MAX && ((__u64)MQLB_CT_WAYS << n) < conns)
+		n++;
+	return n;
 }
+
+static inline __u32 mqlb_ct_buckets(__u32 conns) { return 1u << mqlb_ct_bits(conns); }
 
 /* Loader-written settings (config array, index 0). */
 struct mqlb_config {
@@ -173,11 +178,12 @@ enum mqlb_stat {
 
 /* Per-CPU state of the balancer: the cpus array holds one per CPU and the
  * program takes its own by CPU number, one inlined lookup (a per-CPU map
- * costs a second, cold, indirection). The loader writes the settings, the
- * epoch and the port filter in every element through mmap, before it
+ * costs a second, cold, indirection). The loader writes the epoch, the
+ * clock and the port filter in every element through mmap, before it
  * attaches the program, and sums the counters over the elements. The
- * settings are here and not in .rodata: a packet then reads one page of
- * state less. */
+ * settings fixed at load time are not here but in the program's .rodata
+ * (bpf/mqlb_xdp.bpf.c): the verifier knows them, so no address a packet
+ * reads waits for a load of this page. */
 #define MQLB_PORT_BITS 4096 /* the port filter: bit (port in network order % 4096) */
 #define MQLB_ST_SLOTS 16
 
@@ -209,12 +215,8 @@ struct mqlb_cpu_real {
  * the reals' lines last, the first ones still in the first page. */
 struct mqlb_cpu {
 	__u64 epoch;                      /* see struct mqlb_ct4 */
-	__u32 ct_mask;                    /* conns4's buckets - 1 */
-	__u32 encap;                      /* MQLB_ENCAP_* */
-	__u32 ring_size;                  /* slots of each VIP's ring */
 	__u32 now;                        /* seconds, for the entries' age */
 	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
-	__u32 pad;
 	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
 	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */
 	struct mqlb_vstat vip[MQLB_MAX_VIPS];

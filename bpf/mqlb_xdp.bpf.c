@@ -91,6 +91,15 @@ struct {
 	__type(value, struct mqlb_config);
 } config SEC(".maps");
 
+/* Settings fixed at load time, which the loader writes before the program
+ * is verified. The section is frozen, so the verifier knows their values
+ * and keeps one arm of each choice made on them: the other encapsulation's
+ * code goes, and a packet's bucket is its hash masked by an immediate, so
+ * its address waits for no load (see ct4_index). */
+const volatile __u32 ct_bits = 0;                 /* conns4 has 1 << ct_bits buckets */
+const volatile __u32 encap = MQLB_ENCAP_L2;       /* MQLB_ENCAP_* */
+const volatile __u32 ring_size = MQLB_RING_DEFAULT; /* slots of each VIP's ring */
+
 /* One struct mqlb_cpu per possible CPU; the loader sizes it and maps it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -338,7 +347,7 @@ static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void
 {
 	__u32 len = (__u32)(end - data);
 
-	if (c->encap == MQLB_ENCAP_IPIP) {
+	if (encap == MQLB_ENCAP_IPIP) {
 		int v = encap4(c, ctx, (__u32)dest);
 
 		if (v != XDP_TX)
@@ -366,10 +375,29 @@ static __always_inline __u64 vip4_find(const struct mqlb_cpu *c, __u64 key)
 	return 0;
 }
 
-/* The bucket of a flow's key. */
-static __always_inline struct mqlb_ct4_bucket *ct4_bucket(const struct mqlb_cpu *c, __u64 h)
+/* The bucket index of a hash. ct_bits is known to the verifier, which
+ * keeps the one arm that matches it: the hash masked by an immediate. The
+ * mask, loaded instead (from .rodata or the state page), would hold up the
+ * bucket's address, and so its TLB and cache misses, until that load's own
+ * page walk were done. The empty asm keeps each arm an immediate: clang
+ * would turn the chain into (1 << ct_bits) - 1. */
+static __always_inline __u32 ct4_index(__u64 h)
 {
-	__u32 i = (__u32)h & c->ct_mask;
+	__u32 bits = ct_bits, m = 0;
+
+#pragma unroll
+	for (__u32 n = 0; n <= MQLB_CT_BITS_MAX; n++)
+		if (bits == n) {
+			m = (1u << n) - 1;
+			asm volatile("" : "+r"(m));
+		}
+	return (__u32)h & m;
+}
+
+/* The bucket of a flow's key. */
+static __always_inline struct mqlb_ct4_bucket *ct4_bucket(__u64 h)
+{
+	__u32 i = ct4_index(h);
 
 	return bpf_map_lookup_elem(&conns4, &i);
 }
@@ -384,7 +412,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u32 vn, slot, real, ring_size, way, now = c->now;
+	__u32 vn, slot, real, way, now = c->now, rs = ring_size;
 	__u64 k0, k1, h, val, dest, vip;
 
 	if ((void *)(ip + 1) + sizeof(__u32) > end)
@@ -392,7 +420,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
 	k1 = (__u64)ip->protocol << 32 | *(__u32 *)(ip + 1);
 	h = mqlb_hash64(k0, k1);
-	b = ct4_bucket(c, h);
+	b = ct4_bucket(h);
 	if (!b)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	way = ct4_way(b, k0, k1, now);
@@ -404,11 +432,10 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	c->vip[vn].lru_misses++;
 	if (!syn && ip->protocol == IPPROTO_TCP)
 		c->stats[MQLB_ST_MISS_NOT_SYN]++;
-	ring_size = c->ring_size;
 	if (vip & MQLB_VIP4_SRC_HASH)
-		slot = vn * ring_size + mqlb_ring_slot(mqlb_hash64(ip->saddr, 0), ring_size);
+		slot = vn * rs + mqlb_ring_slot(mqlb_hash64(ip->saddr, 0), rs);
 	else
-		slot = vn * ring_size + mqlb_ring_slot(h, ring_size);
+		slot = vn * rs + mqlb_ring_slot(h, rs);
 	real = ring_real(slot);
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
@@ -473,7 +500,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 	struct mqlb_vip *vip;
 	__u32 real = 0, vn = 0, len = (__u32)(end - data);
 	void *l4;
-	__u32 ring_size = c->ring_size;
+	__u32 rs = ring_size;
 	int syn = 0, v;
 
 	if ((void *)(ip6 + 1) > end)
@@ -527,7 +554,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		if (!syn && f.proto == IPPROTO_TCP)
 			c->stats[MQLB_ST_MISS_NOT_SYN]++;
 		h = mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH);
-		slot = vn * ring_size + mqlb_ring_slot(h, ring_size);
+		slot = vn * rs + mqlb_ring_slot(h, rs);
 		real = ring_real(slot);
 		gen = bpf_map_lookup_elem(&vipgen, &vn);
 		if (!real || real >= MQLB_MAX_REALS || !gen)
@@ -540,7 +567,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 	r = bpf_map_lookup_elem(&reals, &real);
 	if (!r || !(r->flags & MQLB_REAL_VALID))
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	if (c->encap == MQLB_ENCAP_IPIP) {
+	if (encap == MQLB_ENCAP_IPIP) {
 		v = encap6(c, ctx, r);
 		if (v != XDP_TX)
 			return v;
@@ -622,7 +649,7 @@ int mqlb_xdp(struct xdp_md *ctx)
 	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
 	k1 = (__u64)ip->protocol << 32 | ports;
 	h = mqlb_hash64(k0, k1);
-	b = ct4_bucket(c, h);
+	b = ct4_bucket(h);
 	if (!b || !(e = ct4_find(b, k0, k1, h)))
 		return schedule4(ctx, c, 0);
 	val = e->val;

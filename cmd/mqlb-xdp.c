@@ -1143,6 +1143,9 @@ static void load_lb(void)
 	bpf_map__set_max_entries(sk->maps.conns4, mqlb_ct_buckets((__u32)S.max_conns));
 	bpf_map__set_max_entries(sk->maps.conns6, (__u32)S.max_conns);
 	bpf_map__set_max_entries(sk->maps.cpus, (__u32)libbpf_num_possible_cpus());
+	sk->rodata->ct_bits = mqlb_ct_bits((__u32)S.max_conns);
+	sk->rodata->encap = (__u32)S.encap;
+	sk->rodata->ring_size = (__u32)S.ring_size;
 	if (S.pin) {
 		pin_dir();
 		set_pin(sk->maps.vips);
@@ -1171,11 +1174,11 @@ static void load_lb(void)
 	S.fd_members = bpf_map__fd(sk->maps.members);
 	S.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
 	S.fd_config = bpf_map__fd(sk->maps.config);
-	/* The settings and a new epoch go to every CPU before the program
-	 * is attached (or, taking over, before it replaces the running one:
-	 * entries the predecessor made are checked against the maps again). */
+	/* A new epoch goes to every CPU before the program is attached (or,
+	 * taking over, before it replaces the running one: entries the
+	 * predecessor made are checked against the maps again). */
 	if (pcpu_map(&S.pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(),
-		     mqlb_ct_buckets((__u32)S.max_conns) - 1, (__u32)S.encap, (__u32)S.ring_size) < 0)
+		     (__u32)S.encap) < 0)
 		die(EXIT_SYSERR, "cannot map the cpus map: %s", strerror(errno));
 	clock_cb(S.loop, &S.clock_timer, 0);
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)

@@ -208,6 +208,9 @@ static void lb_open(int encap)
 	bpf_map__set_max_entries(sk->maps.conns4, mqlb_ct_buckets(65536));
 	bpf_map__set_max_entries(sk->maps.conns6, 65536);
 	bpf_map__set_max_entries(sk->maps.cpus, (__u32)libbpf_num_possible_cpus());
+	sk->rodata->ct_bits = mqlb_ct_bits(65536);
+	sk->rodata->encap = (__u32)encap;
+	sk->rodata->ring_size = RING;
 	if (mqlb_xdp_bpf__load(sk) < 0) {
 		fprintf(stderr, "cannot load mqlb_xdp (root needed)\n");
 		exit(111);
@@ -220,8 +223,8 @@ static void lb_open(int encap)
 		perror("mmap ring");
 		exit(111);
 	}
-	if (pcpu_map(&pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(), mqlb_ct_buckets(65536) - 1,
-		     (__u32)encap, RING) < 0) {
+	if (pcpu_map(&pc, bpf_map__fd(sk->maps.cpus), libbpf_num_possible_cpus(),
+		     (__u32)encap) < 0) {
 		perror("mmap cpus");
 		exit(111);
 	}

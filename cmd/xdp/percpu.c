@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* percpu.c: the XDP balancer's per-CPU state seen from user space: the
- * mmap of its cpus map, settings, epoch, VIP table, clock and counters. */
+ * mmap of its cpus map, epoch, VIP table, copies, clock and counters. */
 #include "config.h"
 
 #include <string.h>
@@ -9,7 +9,7 @@
 
 #include "percpu.h"
 
-int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u32 ring_size)
+int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap)
 {
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	size_t len = ((size_t)n * sizeof *p->c + pg - 1) / pg * pg;
@@ -19,11 +19,7 @@ int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u3
 		return -1;
 	p->c = m;
 	p->n = n;
-	for (int i = 0; i < n; i++) {
-		__atomic_store_n(&p->c[i].ct_mask, ct_mask, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->c[i].encap, encap, __ATOMIC_RELAXED);
-		__atomic_store_n(&p->c[i].ring_size, ring_size, __ATOMIC_RELAXED);
-	}
+	p->encap = encap;
 	pcpu_bump(p);
 	return 0;
 }
@@ -84,7 +80,7 @@ void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r)
 	__u64 d = 0;
 
 	if (r->flags & MQLB_REAL_VALID) {
-		if (p->n && p->c[0].encap == MQLB_ENCAP_IPIP)
+		if (p->encap == MQLB_ENCAP_IPIP)
 			d = r->family == 4 ? r->addr[0] : 0;
 		else
 			memcpy(&d, r->mac, 6); /* the bytes in order, as the program writes them */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* percpu.h: the XDP balancer's per-CPU state (bpf/mqlb_xdp.bpf.c's cpus
  * map, one struct mqlb_cpu per CPU) from user space: mapped once, the
- * settings, epoch, VIP table and clock written on every CPU, the counters
+ * epoch, VIP table, copies and clock written on every CPU, the counters
  * summed. */
 #ifndef MQLB_PERCPU_H
 #define MQLB_PERCPU_H
@@ -13,11 +13,12 @@
 struct pcpu {
 	struct mqlb_cpu *c;
 	int n;
+	__u32 encap; /* the program's MQLB_ENCAP_*: what a real's copy holds */
 };
 
-/* Map the cpus map (n elements, BPF_F_MMAPABLE), give every CPU the
- * settings and a new epoch. Returns 0, or -1 with errno. */
-int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 ct_mask, __u32 encap, __u32 ring_size);
+/* Map the cpus map (n elements, BPF_F_MMAPABLE), give every CPU a new
+ * epoch. Returns 0, or -1 with errno. */
+int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap);
 
 /* A new epoch on every CPU: IPv4 connections check their real against the
  * maps again. Call it after a change that may end one (a member removed,
