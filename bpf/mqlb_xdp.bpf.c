@@ -403,9 +403,11 @@ static __always_inline struct mqlb_ct4_bucket *ct4_bucket(__u64 h)
 }
 
 /* An IPv4 TCP or UDP flow without a usable entry (the caller checked the
- * headers): its VIP's ring picks the real, the table remembers it. The
- * bucket is read first: its cache miss, likely for a new flow, then
- * overlaps the rest. */
+ * headers): its VIP's ring picks the real, the table remembers it. For a
+ * new flow the bucket (somewhere in the table) and the ring slot are both
+ * likely cache misses, the ring slot's after the state's: both lines are
+ * asked for before anything waits on either, the bucket's two first, and
+ * the way is chosen once the ring has been read. */
 static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -423,7 +425,9 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	b = ct4_bucket(h);
 	if (!b)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
-	way = ct4_way(b, k0, k1, now);
+	/* Loads of its two lines, in order, before any branch on them. */
+	(void)*(volatile __u64 *)&b->e[0].k1;
+	(void)*(volatile __u64 *)&b->e[MQLB_CT_WAYS / 2].k1;
 	vip = vip4_find(c, MQLB_VIP4_KEY(ip->daddr, (__u16)(k1 >> 16), ip->protocol));
 	if (!vip)
 		return count(c, MQLB_ST_PASS, XDP_PASS);
@@ -437,6 +441,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	else
 		slot = vn * rs + mqlb_ring_slot(h, rs);
 	real = ring_real(slot);
+	way = ct4_way(b, k0, k1, now);
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	dest = c->real[real].dest;
