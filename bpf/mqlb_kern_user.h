@@ -184,8 +184,17 @@ enum mqlb_stat {
  * settings fixed at load time are not here but in the program's .rodata
  * (bpf/mqlb_xdp.bpf.c): the verifier knows them, so no address a packet
  * reads waits for a load of this page. */
-#define MQLB_PORT_BITS 4096 /* the port filter: bit (port in network order % 4096) */
 #define MQLB_ST_SLOTS 16
+
+/* The port filter: bit mqlb_port_bit(port) set when some VIP may have the
+ * port (in network order). 256 bits, so that it shares the first cache
+ * line with the epoch, the clock and the pass counter: a packet for a VIP
+ * reads one line of state besides its counters', one for no VIP one line
+ * in all. A port that shares its bit with a VIP's is passed after the VIP
+ * lookup; the multiplication spreads neighbouring ports. */
+#define MQLB_PORT_BITS 256
+
+static inline __u32 mqlb_port_bit(__u16 port_be) { return ((__u32)port_be * 0x9e3779b1u) >> 24; }
 
 /* IPv4 VIPs by address, port and protocol, for a new flow: open addressing
  * over MQLB_VIP4_SLOTS words, from the slot of mqlb_vip4_slot(key) on to
@@ -211,8 +220,9 @@ struct mqlb_cpu_real {
 	struct mqlb_rstat st;
 };
 
-/* In the order of use: what every packet reads, then new flows' things;
- * the reals' lines last, the first ones still in the first page. */
+/* In the order of use: what every packet reads (the first line: epoch,
+ * clock, port filter, the pass counter), then new flows' things; the
+ * reals' lines last, the first ones still in the first page. */
 struct mqlb_cpu {
 	__u64 epoch;                      /* see struct mqlb_ct4 */
 	__u32 now;                        /* seconds, for the entries' age */
@@ -224,6 +234,9 @@ struct mqlb_cpu {
 	__u32 vipgen[MQLB_MAX_VIPS];      /* copies of the vipgen map */
 	struct mqlb_cpu_real real[MQLB_MAX_REALS];
 } __attribute__((aligned(4096))); /* a CPU's own pages: no line shared, its header in one page */
+
+_Static_assert(__builtin_offsetof(struct mqlb_cpu, stats[MQLB_ST_PASS + 1]) <= 64,
+	       "what every packet reads is in the first cache line");
 
 /* The murmur3 32-bit round, for the reals' Maglev permutations. */
 static inline __u32 mqlb_rotl(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }

@@ -135,7 +135,7 @@ static __always_inline int odd_packet(struct mqlb_cpu *c, const __u32 *dst, int 
  * as the packet has it). */
 static __always_inline int port_maybe_vip(const struct mqlb_cpu *c, __u16 port_be)
 {
-	__u32 p = port_be % MQLB_PORT_BITS;
+	__u32 p = mqlb_port_bit(port_be);
 
 	return (c->ports[p / 64] >> (p % 64)) & 1;
 }

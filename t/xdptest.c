@@ -504,7 +504,8 @@ static void t_ipip6(void)
 static void t_pass(void)
 {
 	struct flowspec other_port = flow4(40003, 1), other_addr = flow4(40003, 1),
-			udp = flow4(40003, 0);
+			udp = flow4(40003, 0), same_bit = flow4(40003, 1),
+			same_bit_est = flow4(40003, 0);
 	struct pkt in, out;
 	int v;
 
@@ -512,8 +513,15 @@ static void t_pass(void)
 	other_port.dport = 1884;
 	other_addr.dst = "10.0.0.101";
 	udp.proto = IPPROTO_UDP; /* the VIP is tcp only */
-	const struct flowspec *cases[] = { &other_port, &other_addr, &udp };
-	for (int i = 0; i < 3; i++) {
+	/* a port whose bit in the port filter is the VIP's: passed after the lookup */
+	same_bit.dport = 0;
+	for (__u16 p = 1024; !same_bit.dport; p++)
+		if (p != 1883 && mqlb_port_bit(htons(p)) == mqlb_port_bit(htons(1883)))
+			same_bit.dport = p;
+	same_bit_est.dport = same_bit.dport;
+	const struct flowspec *cases[] = { &other_port, &other_addr, &udp, &same_bit,
+					   &same_bit_est };
+	for (int i = 0; i < 5; i++) {
 		build(&in, cases[i]);
 		v = run(prog(), &in, &out, NULL);
 		CHECK(v == XDP_PASS_, "case %d: verdict %d, want XDP_PASS", i, v);
@@ -525,7 +533,7 @@ static void t_pass(void)
 	in.b[13] = 0x06;
 	in.len = 60;
 	CHECK(run(prog(), &in, &out, NULL) == XDP_PASS_, "ARP not passed");
-	CHECK(ctr(MQLB_ST_PASS) == 4 && ctr(MQLB_ST_FWD) == 0, "pass counter %llu",
+	CHECK(ctr(MQLB_ST_PASS) == 6 && ctr(MQLB_ST_FWD) == 0, "pass counter %llu",
 	      (unsigned long long)ctr(MQLB_ST_PASS));
 }
 

@@ -42,9 +42,9 @@ void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mql
 
 	for (int i = 0; i < n; i++) {
 		__u64 key = MQLB_VIP4_KEY(keys[i].addr[0], keys[i].port, keys[i].proto);
-		__u32 s = mqlb_vip4_slot(key);
+		__u32 s = mqlb_vip4_slot(key), pb = mqlb_port_bit(keys[i].port);
 
-		bits[keys[i].port % MQLB_PORT_BITS / 64] |= 1ull << (keys[i].port % 64);
+		bits[pb / 64] |= 1ull << (pb % 64);
 		if (keys[i].family != 4 || (vals[i].flags & MQLB_VIP_ADDR))
 			continue;
 		while (t[s]) /* at most MQLB_MAX_VIPS of MQLB_VIP4_SLOTS are taken */
