@@ -194,7 +194,7 @@ enum mqlb_stat {
  * lookup; the multiplication spreads neighbouring ports. */
 #define MQLB_PORT_BITS 256
 
-static inline __u32 mqlb_port_bit(__u16 port_be) { return ((__u32)port_be * 0x9e3779b1u) >> 24; }
+static inline __u32 mqlb_port_bit(__u16 port_be) { return ((__u32)port_be * 0x9e37u >> 8) & 0xff; }
 
 /* IPv4 VIPs by address, port and protocol, for a new flow: open addressing
  * over MQLB_VIP4_SLOTS words, from the slot of mqlb_vip4_slot(key) on to
