@@ -233,13 +233,8 @@ static void unsubscribe(struct filt *f)
 	}
 }
 
-/* While the broker's acknowledgements wait corked (mq_hold_acks), the spool
- * lines of the messages read so far go to the file every SPOOL_EVERY
- * messages, and before we publish anything: Linux sends corked bytes once
- * they fill a segment, and those must never hold the PUBACK of a message
- * whose line is not written. 8 PUBACKs are under 300 bytes, with TLS too. */
-#define SPOOL_EVERY 8
-
+/* The spool lines of the messages read so far, written out; what we write
+ * to the broker waits in user space (mq_hold_acks) until the turn ends. */
 static void spool_catch_up(void)
 {
 	if (S.spool_path && S.unwritten) {
@@ -800,9 +795,9 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		spool_finish(&S.sp, e, "nogroup");
 	/* The spool lines of this loop turn are written by spool_prepare_cb
 	 * before the loop sleeps, and only then are their PUBACKs released
-	 * (mq_hold_acks); on the way, every SPOOL_EVERY messages. */
-	if (S.spool_path && ++S.unwritten >= SPOOL_EVERY)
-		spool_catch_up();
+	 * (mq_hold_acks). */
+	if (S.spool_path)
+		S.unwritten++;
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
 }
@@ -821,8 +816,7 @@ static void *on_held(struct mq *mq, const struct mosquitto_message *m,
 	mosquitto_property_read_varint(props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, false);
 	/* written with the rest of the loop turn's, as in on_message */
 	e = spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
-	if (++S.unwritten >= SPOOL_EVERY)
-		spool_catch_up();
+	S.unwritten++;
 	return e;
 }
 

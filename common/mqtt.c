@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +15,7 @@
 
 #include "log.h"
 #include "mqtt.h"
+#include "sockbuf.h"
 
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
@@ -41,16 +41,20 @@ static void update_io(struct mq *mq)
 	if (fd >= 0) {
 		if (!backlog_full(mq))
 			ev |= EV_READ;
-		if (mosquitto_want_write(mq->m))
+		if (mosquitto_want_write(mq->m) || sb_blocked(fd))
 			ev |= EV_WRITE;
 	}
-	if (fd == mq->io.fd && ev == (mq->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&mq->io))
-		return;
-	ev_io_stop(mq->loop, &mq->io);
-	if (fd >= 0 && ev) {
-		ev_io_set(&mq->io, fd, ev);
-		ev_io_start(mq->loop, &mq->io);
+	if (fd != mq->io.fd || ev != (mq->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&mq->io)) {
+		ev_io_stop(mq->loop, &mq->io);
+		if (fd >= 0 && ev) {
+			ev_io_set(&mq->io, fd, ev);
+			ev_io_start(mq->loop, &mq->io);
+		}
 	}
+	/* Bytes already read from the socket wake nobody: read them in the next
+	 * loop turn (not this one, whose prepare watchers may have run). */
+	if ((ev & EV_READ) && sb_unread(fd) && !ev_is_active(&mq->kick))
+		ev_timer_start(mq->loop, &mq->kick);
 }
 
 static void schedule_retry(struct mq *mq)
@@ -99,15 +103,23 @@ static void lost_quietly(struct mq *mq, int rc)
 
 static void cork(struct mq *mq, int on)
 {
+	mq->corked = on;
+	sb_hold(mosquitto_socket(mq->m), on);
+}
+
+/* What libmosquitto wrote goes to the socket in one write(2) a loop turn,
+ * unless it is held (mq_hold_acks). A failed connection shows on the next
+ * read. */
+static void flush(struct mq *mq)
+{
 	int fd = mosquitto_socket(mq->m);
 
-	mq->corked = on;
-	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) < 0)
-		debugl("%s: TCP_CORK %d: %s", mq->name, on, strerror(errno));
+	if (!mq->corked && sb_flush(fd) < 0)
+		debugl("%s: write: %s", mq->name, strerror(errno));
 }
 
 /* A new socket of ours: closed by a crash, it resets the connection and
- * what it held corked is never sent. */
+ * what the kernel has not sent yet never is. */
 static void abort_on_close(struct mq *mq, int on)
 {
 	struct linger l = { .l_onoff = on, .l_linger = 0 };
@@ -119,6 +131,10 @@ static void abort_on_close(struct mq *mq, int on)
 
 void mq_hold_acks(struct mq *mq)
 {
+	/* Held in user space, or not at all: then every PUBACK would leave
+	 * before its message is safe. */
+	if (!sb_active())
+		die(EXIT_SYSERR, "%s: libmosquitto's writes cannot be held here", mq->name);
 	mq->hold_acks = 1;
 	abort_on_close(mq, 1);
 }
@@ -127,6 +143,8 @@ void mq_release_acks(struct mq *mq)
 {
 	if (mq->corked)
 		cork(mq, 0);
+	flush(mq);
+	update_io(mq);
 }
 
 /* libmosquitto 2.0 reads one packet a call, whatever max_packets says: read
@@ -147,7 +165,8 @@ static int read_burst(struct mq *mq)
 		/* No callback: the socket ran dry (one read said so), or half a
 		 * packet came, or a whole one that has none (PINGRESP, QoS 2's
 		 * PUBREC and PUBREL): go on only if more bytes wait. */
-		if (mq->ncb == before && (ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0))
+		if (mq->ncb == before && !sb_unread(fd) &&
+		    (ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0))
 			break;
 	}
 	return rc;
@@ -164,11 +183,21 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 		cork(mq, 1);
 	if (revents & EV_READ)
 		rc = read_burst(mq);
-	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0)
+	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0) {
+		flush(mq);
 		rc = mosquitto_loop_write(mq->m, 64);
+	}
 	mq->in_lib--;
 	lost_quietly(mq, rc);
 	update_io(mq);
+}
+
+static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	if (mosquitto_socket(mq->m) >= 0 && !backlog_full(mq))
+		io_cb(loop, &mq->io, EV_READ);
 }
 
 static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -182,6 +211,7 @@ static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	if (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
 		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
+	flush(mq);
 	lost_quietly(mq, rc);
 	update_io(mq);
 }
@@ -225,6 +255,7 @@ static void attempt(struct mq *mq)
 		return;
 	}
 	mq->corked = 0;
+	sb_attach(mosquitto_socket(mq->m));
 	if (mq->hold_acks)
 		abort_on_close(mq, 1);
 	update_io(mq);
@@ -406,7 +437,9 @@ void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 	mq->arg = arg;
 	mq->name = "broker";
 	mq->backoff = BACKOFF_MIN;
+	sb_capture_wakeup(1);
 	mq->m = mosquitto_new(o->id, o->clean || !o->id, mq);
+	sb_capture_wakeup(0);
 	if (!mq->m)
 		die(EXIT_SYSERR, "cannot create MQTT client: %s", strerror(errno));
 	mosquitto_int_option(mq->m, MOSQ_OPT_PROTOCOL_VERSION, o->version);
@@ -439,7 +472,12 @@ void mq_init(struct mq *mq, struct ev_loop *loop, const struct mq_opts *o,
 	ev_timer_init(&mq->retry, retry_cb, 0, 0);
 	mq->retry.data = mq;
 	ev_prepare_init(&mq->prep, prep_cb);
+	/* after every other prepare watcher: what they publish leaves with
+	 * this turn's one write */
+	ev_set_priority(&mq->prep, EV_MINPRI);
 	mq->prep.data = mq;
+	ev_timer_init(&mq->kick, kick_cb, 0, 0);
+	mq->kick.data = mq;
 	ev_timer_init(&mq->resume, resume_cb, 0, 0);
 	mq->resume.data = mq;
 	mq->backlog_tail = &mq->backlog;
@@ -535,6 +573,7 @@ void mq_destroy(struct mq *mq)
 	ev_timer_stop(mq->loop, &mq->retry);
 	ev_ref(mq->loop);
 	ev_prepare_stop(mq->loop, &mq->prep);
+	ev_timer_stop(mq->loop, &mq->kick);
 	ev_timer_stop(mq->loop, &mq->resume);
 	while (mq->backlog) {
 		struct mq_held *h = mq->backlog;

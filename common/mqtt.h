@@ -61,6 +61,7 @@ struct mq {
 	ev_io io;
 	ev_timer misc, retry;
 	ev_prepare prep;
+	ev_timer kick; /* reads what sockbuf.c holds read, when the socket wakes nobody */
 	const struct mq_opts *o;
 	const struct mq_cb *cb;
 	void *arg;
@@ -68,7 +69,7 @@ struct mq {
 	int connected, ever_connected, fails, stopping, read_paused;
 	unsigned long ncb; /* libmosquitto callbacks so far: a read that made none read no packet */
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
-	/* mq_hold_acks(): the socket corked while we read, and whether it is. */
+	/* mq_hold_acks(): writes held while we read, and whether they are. */
 	int hold_acks, corked;
 	/* Paused, the socket is still read, so that libmosquitto's keepalive
 	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
@@ -104,11 +105,11 @@ int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid
 int mq_unsubscribe(struct mq *mq, const char *filter);
 /* Acks after the consumer has kept the message. libmosquitto sends a QoS 1
  * PUBACK (QoS 2 PUBREC) while it reads, before the message callback: from
- * now on the socket is corked (TCP_CORK) while it is read, so what it writes
- * waits in the kernel, and closes with a reset (SO_LINGER 0), so what still
- * waits is discarded if we die. mq_release_acks() sends it: call it once
- * what was read is safe, before the loop blocks (a prepare watcher). The
- * kernel sends corked data on its own after 200 ms. */
+ * now on what it writes while the socket is read waits in our buffer
+ * (sockbuf.h), never in the kernel, and the socket closes with a reset
+ * (SO_LINGER 0). mq_release_acks() sends it: call it once what was read is
+ * safe, before the loop blocks (a prepare watcher). Dies in a program where
+ * libmosquitto's writes do not come through sockbuf.c (libmqlb). */
 void mq_hold_acks(struct mq *mq);
 void mq_release_acks(struct mq *mq);
 /* Send DISCONNECT and write it at once; no more reconnects. Not from inside

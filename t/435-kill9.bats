@@ -227,7 +227,7 @@ kill9() {
 
 @test "spool: the broker has no PUBACK for a job before the spool has it (kill -9 at the spool write: the broker sends the job again)" {
 	# libmosquitto writes a PUBACK while it reads, before our message
-	# callback; mqlb-sub holds it (corked) until the spool line is written.
+	# callback; mqlb-sub holds it in user space until the spool line is written.
 	# strace kills mqlb-sub at that write, the first to the spool once it is
 	# open: before this held PUBACK, the job was lost here.
 	command -v strace >/dev/null || { echo "strace is needed: contrib/deps installs it"; false; }
