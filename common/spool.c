@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -268,7 +269,9 @@ int spool_flush(struct spool *sp)
 	return 0;
 }
 
-int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r)
+/* An entry's line, from the file (map NULL) or from the whole file mapped
+ * (compaction: a read(2) a line is most of its time). */
+static int read_line(struct spool *sp, const struct spool_ent *e, const char *map, struct rec *r)
 {
 	ssize_t n;
 
@@ -279,7 +282,12 @@ int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r)
 		sp->rcap = e->len + 1024;
 		sp->rbuf = xalloc(sp->rbuf, sp->rcap);
 	}
-	n = pread(sp->fd, sp->rbuf, e->len, e->off);
+	if (map && e->off + (off_t)e->len <= sp->size) {
+		memcpy(sp->rbuf, map + e->off, e->len);
+		n = (ssize_t)e->len;
+	} else {
+		n = pread(sp->fd, sp->rbuf, e->len, e->off);
+	}
 	if (n != (ssize_t)e->len || sp->rbuf[e->len - 1] != '\n') {
 		errl("cannot read the spool %s at %lld: %s", sp->path, (long long)e->off,
 		     n < 0 ? strerror(errno) : "short or moved line");
@@ -289,6 +297,11 @@ int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r)
 	    memcmp(r->f[SPF_UUID], e->uuid, 36))
 		return -1;
 	return 0;
+}
+
+int spool_read(struct spool *sp, const struct spool_ent *e, struct rec *r)
+{
+	return read_line(sp, e, NULL, r);
 }
 
 /* --- the life of an entry ------------------------------------------------ */
@@ -610,6 +623,7 @@ static void compact(struct spool *sp)
 	struct out w;
 	off_t size;
 	int fd;
+	char *map;
 
 	if (spool_flush(sp) < 0)
 		die(EXIT_SYSERR, "the spool %s cannot be written", sp->path);
@@ -622,6 +636,10 @@ static void compact(struct spool *sp)
 			close(fd);
 		return;
 	}
+	map = sp->size > 0 ? mmap(NULL, (size_t)sp->size, PROT_READ, MAP_SHARED | MAP_POPULATE,
+				   sp->fd, 0) : MAP_FAILED;
+	if (map == MAP_FAILED)
+		map = NULL; /* read line by line instead */
 	out_init(&w, sp->loop, -1, 1 << 20);
 	ev_ref(sp->loop);
 	ev_prepare_stop(sp->loop, &w.flusher);
@@ -633,7 +651,7 @@ static void compact(struct spool *sp)
 			struct rec r;
 			size_t before = w.len;
 
-			if (spool_read(sp, e, &r) < 0) {
+			if (read_line(sp, e, map, &r) < 0) {
 				/* Keep it in place; the next compaction tries again. */
 				goto fail;
 			}
@@ -656,6 +674,8 @@ static void compact(struct spool *sp)
 	    rename(tmp, sp->path) < 0)
 		goto fail;
 	free(w.buf);
+	if (map)
+		munmap(map, (size_t)sp->size);
 	close(sp->fd);
 	sp->fd = fd;
 	sp->size = size;
