@@ -157,9 +157,9 @@ struct mqlb_rstat {
 enum mqlb_stat {
 	MQLB_ST_PASS,          /* not for a VIP: XDP_PASS */
 	MQLB_ST_FWD,           /* not counted by the program: the VIPs' packets */
-	MQLB_ST_NEW_FLOWS,     /* flows scheduled from a ring */
+	MQLB_ST_NEW_FLOWS,     /* not counted by the program: the VIPs' new_flows */
 	MQLB_ST_LRU_HIT,       /* not counted by the program: the VIPs' packets - new_flows */
-	MQLB_ST_LRU_MISS,      /* no entry, ring consulted */
+	MQLB_ST_LRU_MISS,      /* not counted by the program: the VIPs' lru_misses */
 	MQLB_ST_MISS_NOT_SYN,  /* TCP non-SYN without an entry (LB restart, eviction) */
 	MQLB_ST_DROP_FRAG,     /* IP fragment addressed to a VIP address */
 	MQLB_ST_DROP_OPTIONS,  /* IPv4 options or IPv6 extension headers to a VIP */
@@ -213,6 +213,13 @@ static inline __u32 mqlb_vip4_slot(__u64 key)
 	return (__u32)((key * 0x9e3779b97f4a7c15ull) >> 58) % MQLB_VIP4_SLOTS;
 }
 
+/* A VIP's line: its counters and the copy of its slot's generation (the
+ * vipgen map), which a new flow takes. */
+struct mqlb_cpu_vip {
+	struct mqlb_vstat st;
+	__u32 gen;
+} __attribute__((aligned(64)));
+
 /* A real's line: its counters and the copy of its dest, which a new flow
  * takes (struct mqlb_ct4; 0: it takes no IPv4 flows). */
 struct mqlb_cpu_real {
@@ -229,9 +236,8 @@ struct mqlb_cpu {
 	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
 	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
 	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */
-	struct mqlb_vstat vip[MQLB_MAX_VIPS];
+	struct mqlb_cpu_vip vip[MQLB_MAX_VIPS];
 	__u64 vip4[2][MQLB_VIP4_SLOTS];
-	__u32 vipgen[MQLB_MAX_VIPS];      /* copies of the vipgen map */
 	struct mqlb_cpu_real real[MQLB_MAX_REALS];
 } __attribute__((aligned(4096))); /* a CPU's own pages: no line shared, its header in one page */
 

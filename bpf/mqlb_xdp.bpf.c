@@ -214,11 +214,12 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, 
 	return (__u32)(same >= 0 ? same : empty >= 0 ? empty : old) % MQLB_CT_WAYS;
 }
 
-/* Counted once a packet leaves: the loader makes forwarded of the VIPs'
- * packets and lru_hits of packets - new_flows. */
+/* Counted once a packet leaves, per VIP and per real only: the loader
+ * makes forwarded of the VIPs' packets, lru_hits of packets - new_flows,
+ * and the global new_flows and lru_misses of the VIPs'. */
 static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u32 len, int new)
 {
-	struct mqlb_vstat *vs = &c->vip[vn % MQLB_MAX_VIPS];
+	struct mqlb_vstat *vs = &c->vip[vn % MQLB_MAX_VIPS].st;
 	struct mqlb_rstat *rs = &c->real[real % MQLB_MAX_REALS].st;
 
 	vs->packets++;
@@ -228,7 +229,6 @@ static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u32 
 	if (new) {
 		vs->new_flows++;
 		rs->new_flows++;
-		c->stats[MQLB_ST_NEW_FLOWS]++;
 	}
 	return XDP_TX;
 }
@@ -432,8 +432,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	if (!vip)
 		return count(c, MQLB_ST_PASS, XDP_PASS);
 	vn = MQLB_VIP4_NUM(vip);
-	c->stats[MQLB_ST_LRU_MISS]++;
-	c->vip[vn].lru_misses++;
+	c->vip[vn].st.lru_misses++;
 	if (!syn && ip->protocol == IPPROTO_TCP)
 		c->stats[MQLB_ST_MISS_NOT_SYN]++;
 	if (vip & MQLB_VIP4_SRC_HASH)
@@ -447,7 +446,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(h >> 32, c->vipgen[vn], vn, real);
+	val = MQLB_CT_VAL(h >> 32, c->vip[vn].gen, vn, real);
 	dest |= MQLB_CT_TAG(c->epoch, val);
 	e = &b->e[way];
 	e->k0 = k0;
@@ -465,7 +464,7 @@ static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, _
 	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
 	__u64 dest;
 
-	if ((c->vipgen[vn] & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
+	if ((c->vip[vn].gen & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
 		return 0;
 	dest = c->real[real].dest;
 	if (!dest)
@@ -554,8 +553,7 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		if (!vip || (vip->flags & MQLB_VIP_ADDR) || vip->num >= MQLB_MAX_VIPS)
 			return count(c, MQLB_ST_PASS, XDP_PASS);
 		vn = vip->num;
-		c->stats[MQLB_ST_LRU_MISS]++;
-		c->vip[vn].lru_misses++;
+		c->vip[vn].st.lru_misses++;
 		if (!syn && f.proto == IPPROTO_TCP)
 			c->stats[MQLB_ST_MISS_NOT_SYN]++;
 		h = mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH);

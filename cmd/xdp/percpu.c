@@ -72,7 +72,7 @@ void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mql
 void pcpu_vipgen(struct pcpu *p, int vn, __u32 gen)
 {
 	for (int i = 0; i < p->n; i++)
-		__atomic_store_n(&p->c[i].vipgen[vn], gen, __ATOMIC_RELAXED);
+		__atomic_store_n(&p->c[i].vip[vn].gen, gen, __ATOMIC_RELAXED);
 }
 
 void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r)
@@ -99,6 +99,17 @@ __u64 pcpu_stat(const struct pcpu *p, int stat)
 {
 	__u64 sum = 0;
 
+	/* The program counts these per VIP only: a new flow then writes one
+	 * line of counters less. */
+	if (stat == MQLB_ST_NEW_FLOWS || stat == MQLB_ST_LRU_MISS) {
+		for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
+			struct mqlb_vstat v;
+
+			pcpu_vstat(p, vn, &v);
+			sum += stat == MQLB_ST_NEW_FLOWS ? v.new_flows : v.lru_misses;
+		}
+		return sum;
+	}
 	for (int i = 0; i < p->n; i++)
 		sum += __atomic_load_n(&p->c[i].stats[stat], __ATOMIC_RELAXED);
 	return sum;
@@ -108,7 +119,7 @@ void pcpu_vstat(const struct pcpu *p, int vn, struct mqlb_vstat *sum)
 {
 	memset(sum, 0, sizeof *sum);
 	for (int i = 0; i < p->n; i++) {
-		const struct mqlb_vstat *v = &p->c[i].vip[vn];
+		const struct mqlb_vstat *v = &p->c[i].vip[vn].st;
 
 		sum->packets += __atomic_load_n(&v->packets, __ATOMIC_RELAXED);
 		sum->bytes += __atomic_load_n(&v->bytes, __ATOMIC_RELAXED);
