@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -45,12 +46,23 @@ static struct sb *get(int fd)
 	return fd >= 0 && fd < ntab ? tab[fd] : NULL;
 }
 
+/* A forked child shares the sockets, not what waits to be written on them:
+ * it never writes that, nor reads from the parent's buffers. */
+static void forked(void)
+{
+	tab = NULL;
+	ntab = 0;
+}
+
 static struct sb *add(int fd)
 {
+	static int atfork;
 	struct sb *b;
 
 	if (fd < 0)
 		return NULL;
+	if (!atfork && pthread_atfork(NULL, NULL, forked) == 0)
+		atfork = 1;
 	if (fd >= ntab) {
 		int n = fd < 64 ? 64 : fd * 2;
 		struct sb **t = realloc(tab, (size_t)n * sizeof *t);
