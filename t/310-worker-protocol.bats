@@ -4,26 +4,10 @@
 # seen from outside, with mosquitto_pub/mosquitto_sub playing the balancer
 # on a real broker.
 load helpers/common.bash
+load helpers/spy.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-U3=11111111-2222-4333-8444-555555555553
-
-# spy: every protocol message as "topic|payload" in $T/spy.out, running
-# before the function returns (a marker it saw proves the subscription).
-spy() {
-	bg spy mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t "$PREFIX/#" -F '%t|%p'
-	local i
-	for i in $(seq 1 100); do
-		pub "$PREFIX/mark" "$i"
-		grep -q "^$PREFIX/mark|" "$T/spy.out" && return 0
-		sleep 0.1
-	done
-	return 1
-}
-seen() { grep -qxF -- "$1" "$T/spy.out"; }
 # stats NAME: one value from the worker's stats socket.
 stats() {
 	perl -MIO::Socket::UNIX -e '

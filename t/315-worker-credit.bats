@@ -4,20 +4,10 @@
 # (mqlb-protocol(7)), seen from outside, with mosquitto_pub/mosquitto_sub
 # playing the balancer on a real broker, under MQTT 5 and 3.1.1.
 load helpers/common.bash
+load helpers/spy.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-U3=11111111-2222-4333-8444-555555555553
-
-# spy: every protocol message as "topic|payload" in $T/spy.out, running
-# before the function returns (a marker it saw proves the subscription).
-spy() {
-	bg spy mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t "$PREFIX/#" -F '%t|%p'
-	wait_for 5 eval "pub $PREFIX/mark m; grep -q '^$PREFIX/mark|' '$T/spy.out'"
-}
-seen() { grep -qxF -- "$1" "$T/spy.out"; }
 stats() { stat_in "$T/w.sock" "$1"; }
 stat_is() { [ "$(stats "$1")" = "$2" ]; }
 # worker [OPTIONS] [-- COMMAND]: start mqlb-worker w1 of group g1 on jobs/#.

@@ -5,23 +5,10 @@
 # real broker; then two batch workers behind the real pipeline.
 bats_require_minimum_version 1.5.0
 load helpers/common.bash
+load helpers/spy.bash
 setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
-U1=11111111-2222-4333-8444-555555555551
-U2=11111111-2222-4333-8444-555555555552
-U3=11111111-2222-4333-8444-555555555553
-
-# spy: every protocol message as "topic|payload" in $T/spy.out and as
-# "topic|hex payload" in $T/hex.out (a batch of dones has several lines),
-# both running before the function returns.
-spy() {
-	bg spy mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t "$PREFIX/#" -F '%t|%p'
-	bg hex mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -V 5 -t "$PREFIX/#" -F '%t|%x'
-	wait_for 5 eval "pub $PREFIX/mark m; grep -q '^$PREFIX/mark|' '$T/spy.out' &&
-		grep -qx '$PREFIX/mark|6d' '$T/hex.out'"
-}
-seen() { grep -qxF -- "$1" "$T/spy.out"; }
 # hex LINE...: the lines, each ended by a newline, in hex as the spy has them.
 hex() { printf '%s\n' "$@" | od -An -v -tx1 | tr -d ' \n'; }
 # seen_msg TOPIC LINE...: one message on TOPIC whose payload is exactly LINEs.
@@ -82,7 +69,7 @@ ran() {
 
 @test "--batch 4 -j 2: the credit reads exactly '2 batch=4'; without --batch no batch=" {
 	broker_start
-	spy
+	spy hex
 	solo --batch 4 -j 2 -- true
 	wait_for 5 seen "lb/credit/g1/w1|2 batch=4"
 	WID=w2 solo -j 2 -- true
@@ -93,7 +80,7 @@ ran() {
 
 @test "a batch of two: both jobs run with their topics and payloads (unescaped); their dones come as lines on P/done/group/wid" {
 	broker_start
-	spy
+	spy hex
 	mkdir "$T/jobs"
 	JOBDIR="$T/jobs" solo --batch 4 -j 2 -- sh -c "$RUN"
 	wait_for 5 seen "lb/credit/g1/w1|2 batch=4"
@@ -114,7 +101,7 @@ ran() {
 
 @test "record mode: a batch of two gives two work records; dones read in one go leave as ONE message on P/done/group/wid" {
 	broker_start
-	spy
+	spy hex
 	solo_records --batch 4 -j 2
 	wait_for 5 seen "lb/credit/g1/w1|2 batch=4"
 	batch "job $U1 1 jobs/a hello" "job $U2 0 jobs/b wor%20ld"
@@ -134,7 +121,7 @@ ran() {
 
 @test "a batch of two to a one-slot worker: the first runs, the second is answered 'fail busy' on P/done/group/wid" {
 	broker_start
-	spy
+	spy hex
 	mkdir "$T/jobs"
 	JOBDIR="$T/jobs" solo --batch 4 -j 1 -- sh -c "$HOLD"
 	wait_for 5 seen "lb/credit/g1/w1|1 batch=4"
@@ -153,7 +140,7 @@ ran() {
 
 @test "bad lines in a batch: one warning each, naming the line; the good lines still run" {
 	broker_start
-	spy
+	spy hex
 	mkdir "$T/jobs"
 	JOBDIR="$T/jobs" solo --batch 4 -j 2 -- sh -c "$RUN"
 	wait_for 5 seen "lb/credit/g1/w1|2 batch=4"
@@ -173,7 +160,7 @@ ran() {
 
 @test "props in a batch line: rt= and cd= make the job a request, answered on replies/1 with its correlation data" {
 	broker_start
-	spy
+	spy hex
 	solo -V 5 --reply --batch 4 -- sh -c 'echo "pong $(cat)"'
 	wait_for 5 seen "lb/credit/g1/w1|1 batch=4"
 	ready_fifo rr
@@ -205,7 +192,7 @@ ran() {
 
 @test "without --batch: a message on P/job/group/wid/batch is ignored with a warning and runs nothing" {
 	broker_start
-	spy
+	spy hex
 	mkdir "$T/jobs"
 	JOBDIR="$T/jobs" solo -j 2 -- sh -c "$RUN"
 	wait_for 5 seen "lb/credit/g1/w1|2"
