@@ -133,7 +133,7 @@ int sb_flush(int fd)
 {
 	struct sb *b = get(fd);
 
-	if (!b || b->wakeup)
+	if (!b || b->wakeup || b->hold)
 		return 0;
 	while (b->out_off < b->out_len) {
 		ssize_t w = __write(fd, b->out + b->out_off, b->out_len - b->out_off);

@@ -16,8 +16,9 @@ int sb_active(void);
 void sb_attach(int fd);
 /* While held, what is written waits; closing fd then discards it. */
 void sb_hold(int fd, int on);
-/* Send what waits, as far as the socket takes it: 0, or -1 with errno when
- * the connection failed (what waited is dropped; the next read says why). */
+/* Send what waits, unless held, as far as the socket takes it: 0, or -1
+ * with errno when the connection failed (what waited is dropped; the next
+ * read says why). */
 int sb_flush(int fd);
 /* Bytes read from the socket that nobody has taken yet. */
 size_t sb_unread(int fd);

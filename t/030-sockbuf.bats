@@ -1,0 +1,48 @@
+#!/usr/bin/env bats
+# SPDX-License-Identifier: MIT
+# 030-sockbuf: common/sockbuf.c, the buffers under libmosquitto's reads and
+# writes, on a socket pair, through the check program t/sbcheck.
+load helpers/common.bash
+setup() { mqlb_setup; }
+teardown() { mqlb_teardown; }
+
+@test "sockbuf: read(2) and write(2) of a program linked with libcommon are its own" {
+	run sbcheck active
+	[ "$output" = "ok active" ]
+}
+
+@test "sockbuf: writes wait for sb_flush, then leave in order" {
+	run sbcheck write-waits
+	[ "$output" = "ok write-waits" ]
+}
+
+@test "sockbuf: held writes stay until released; closed while held, they are never sent" {
+	run sbcheck hold close-held-discards
+	[ "$output" = "$(printf 'ok hold\nok close-held-discards')" ]
+}
+
+@test "sockbuf: close(2) sends what waits; the fd's next file is not buffered" {
+	run sbcheck close-sends fd-reused
+	[ "$output" = "$(printf 'ok close-sends\nok fd-reused')" ]
+}
+
+@test "sockbuf: one read(2) serves many small reads, then EAGAIN as the socket says" {
+	run sbcheck read-buffers
+	[ "$output" = "ok read-buffers" ]
+}
+
+@test "sockbuf: a forked child that closes the socket sends nothing of the parent's" {
+	run sbcheck fork
+	[ "$output" = "ok fork" ]
+}
+
+@test "sockbuf: libmosquitto's wake-up socket pair takes every byte and sends none" {
+	run sbcheck wakeup
+	[ "$output" = "ok wakeup" ]
+}
+
+@test "sbcheck: an unknown case fails" {
+	run sbcheck nosuch
+	[ "$status" -eq 1 ]
+	[ "$output" = "FAIL nosuch: no such case" ]
+}
