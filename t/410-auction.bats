@@ -271,6 +271,31 @@ bid() { pub "$PREFIX/rsp/$1/$2/$3/$4" "${5:-}" -V 5; }
 	[ "$(stat_of foreign)" = 2 ]
 }
 
+@test "kept tokens of two bidders: each award goes to the worker whose token it takes" {
+	# A candidate's wid pointed into the token ring, which closes up when
+	# a token is taken: the award went to the bidder whose token came next,
+	# which then got a job with no slot for it (fail busy).
+	broker_start
+	spy
+	auction --ack-timeout 5 --token-ttl 30
+	feed "group g jobs/#" "msg $U1 1 0 jobs/# jobs/a p"
+	wait_for 5 seen "$PREFIX/req/$U1/jobs/a|"
+	bid g w0 "$U1" jobs/a
+	wait_for 5 out_has "assign $U1 g w0 1 jobs/a p"
+	# bids that come after the award are free slots: tokens, w1's first
+	bid g w1 "$U1" jobs/a
+	wait_for 5 eval '[ "$(stat_of tokens)" = 1 ]'
+	bid g w2 "$U1" jobs/a
+	wait_for 5 eval '[ "$(stat_of tokens)" = 2 ]'
+	feed "msg $U2 1 0 jobs/# jobs/b p"
+	wait_for 5 eval '[ "$(stat_of tokens)" = 1 ]'
+	feed "msg $U3 1 0 jobs/# jobs/c p"
+	wait_for 5 eval '[ "$(stat_of tokens)" = 0 ]'
+	wait_for 5 eval '[ "$(grep -c "^assign" "$T/a.out")" = 3 ]'
+	[ "$(grep -c "^assign [^ ]* g w1 " "$T/a.out")" = 1 ]
+	[ "$(grep -c "^assign [^ ]* g w2 " "$T/a.out")" = 1 ]
+}
+
 @test "EOF on stdin: finishes what is pending, then exits 0" {
 	broker_start
 	spy

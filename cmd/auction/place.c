@@ -89,7 +89,8 @@ void reaward(struct job *j)
  * for --scheme soonest a busy credit worker expected free in avail seconds. */
 struct cand {
 	struct wstat *w; /* NULL for a bidder we have no figures for */
-	const char *wid;
+	/* A copy: a token's wid moves in its ring as tokens are taken. */
+	char wid[MAX_LEVEL + 1];
 	unsigned free;
 	unsigned ahead; /* busy: jobs it would still keep waiting (credit +ahead) */
 	int token;   /* free slots are tokens (bids), not credit */
@@ -164,7 +165,7 @@ static void cands_build(struct group *g)
 			continue;
 		c = cand_add();
 		c->w = w;
-		c->wid = w->wid;
+		snprintf(c->wid, sizeof c->wid, "%s", w->wid);
 		c->free = f;
 		c->svc = w->svc >= 0 ? w->svc : known;
 		if (!f)
@@ -186,7 +187,7 @@ static void cands_build(struct group *g)
 		if (!c) {
 			c = cand_add();
 			c->token = 1;
-			c->wid = t->wid;
+			snprintf(c->wid, sizeof c->wid, "%s", t->wid);
 			c->w = wstat_find(g, t->wid);
 			c->svc = c->w && c->w->svc >= 0 ? c->w->svc : known;
 		}
