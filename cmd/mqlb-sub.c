@@ -104,7 +104,6 @@ static struct {
 	int no_spool;
 	struct spool sp;
 	ev_prepare spool_flusher;
-	int unwritten; /* messages spooled since the last write to the file */
 	double spool_ttl;
 	long spool_replays;
 	int spool_sync;
@@ -233,22 +232,11 @@ static void unsubscribe(struct filt *f)
 	}
 }
 
-/* The spool lines of the messages read so far, written out; what we write
- * to the broker waits in user space (mq_hold_acks) until the turn ends. */
-static void spool_catch_up(void)
-{
-	if (S.spool_path && S.unwritten) {
-		spool_write(&S.sp);
-		S.unwritten = 0;
-	}
-}
-
 static void suback(const struct pair *p)
 {
 	/* prefix and group are topic levels (opt_level(), announce()) */
 	char topic[MAX_LEVEL + sizeof "/suback/" + MAX_LEVEL];
 
-	spool_catch_up();
 	snprintf(topic, sizeof topic, "%s/suback/%s", S.cf.prefix, p->group);
 	mq_publish(&S.mq, NULL, topic, strlen(p->f->topic), p->f->topic, 1, 0, NULL);
 }
@@ -795,9 +783,7 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		spool_finish(&S.sp, e, "nogroup");
 	/* The spool lines of this loop turn are written by spool_prepare_cb
 	 * before the loop sleeps, and only then are their PUBACKs released
-	 * (mq_hold_acks). */
-	if (S.spool_path)
-		S.unwritten++;
+	 * (mq_hold_acks): one write for the whole turn. */
 	if (out_full(&S.out))
 		mq_pause_read(&S.mq, 1);
 }
@@ -808,16 +794,13 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 static void *on_held(struct mq *mq, const struct mosquitto_message *m,
 		     const mosquitto_property *props, void *arg)
 {
-	struct spool_ent *e;
 	uint32_t id = 0;
 
 	if (!S.spool_path || has_prefix(m->topic) || (m->retain && !S.retained))
 		return NULL;
 	mosquitto_property_read_varint(props, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, false);
 	/* written with the rest of the loop turn's, as in on_message */
-	e = spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
-	S.unwritten++;
-	return e;
+	return spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
 }
 
 static void on_connected(struct mq *mq, int first, void *arg)
@@ -1019,7 +1002,6 @@ static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	 * restart finds the spool as it was, the rest waits at the broker. */
 	if (spool_flush(&S.sp) < 0)
 		shutdown_now(EXIT_SYSERR);
-	S.unwritten = 0;
 	mq_release_acks(&S.mq);
 }
 

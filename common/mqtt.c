@@ -101,9 +101,9 @@ static void lost_quietly(struct mq *mq, int rc)
 	failed_attempt(mq, why(rc));
 }
 
-static void cork(struct mq *mq, int on)
+static void hold(struct mq *mq, int on)
 {
-	mq->corked = on;
+	mq->held = on;
 	sb_hold(mosquitto_socket(mq->m), on);
 }
 
@@ -114,7 +114,7 @@ static void flush(struct mq *mq)
 {
 	int fd = mosquitto_socket(mq->m);
 
-	if (!mq->corked && sb_flush(fd) < 0)
+	if (sb_flush(fd) < 0)
 		debugl("%s: write: %s", mq->name, strerror(errno));
 }
 
@@ -141,8 +141,8 @@ void mq_hold_acks(struct mq *mq)
 
 void mq_release_acks(struct mq *mq)
 {
-	if (mq->corked)
-		cork(mq, 0);
+	if (mq->held)
+		hold(mq, 0);
 	flush(mq);
 	update_io(mq);
 }
@@ -179,8 +179,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 
 	mq->in_lib++;
 	*tls_error = '\0';
-	if ((revents & EV_READ) && mq->hold_acks && !mq->corked)
-		cork(mq, 1);
+	if ((revents & EV_READ) && mq->hold_acks && !mq->held)
+		hold(mq, 1);
 	if (revents & EV_READ)
 		rc = read_burst(mq);
 	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0) {
@@ -254,7 +254,7 @@ static void attempt(struct mq *mq)
 		failed_attempt(mq, why(rc));
 		return;
 	}
-	mq->corked = 0;
+	mq->held = 0;
 	sb_attach(mosquitto_socket(mq->m));
 	if (mq->hold_acks)
 		abort_on_close(mq, 1);
@@ -555,7 +555,7 @@ void mq_disconnect(struct mq *mq)
 		/* Acks released: a graceful close. Still held, the caller could
 		 * not keep what was read: the reset discards them with the
 		 * DISCONNECT, and the broker sends those messages again. */
-		if (mq->hold_acks && !mq->corked)
+		if (mq->hold_acks && !mq->held)
 			abort_on_close(mq, 0);
 		mosquitto_disconnect(mq->m);
 		/* Write what is queued (DISCONNECT included) right away. */

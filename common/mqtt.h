@@ -70,7 +70,7 @@ struct mq {
 	unsigned long ncb; /* libmosquitto callbacks so far: a read that made none read no packet */
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	/* mq_hold_acks(): writes held while we read, and whether they are. */
-	int hold_acks, corked;
+	int hold_acks, held;
 	/* Paused, the socket is still read, so that libmosquitto's keepalive
 	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
 	struct mq_held *backlog, **backlog_tail, *delivering;
