@@ -254,13 +254,12 @@ static void batch_add(struct rec *r, unsigned long qos)
 }
 
 /* Each job of a batch's lines: sent (why NULL), handed back as a fail
- * (why), or, when that cannot be published or hand is 0, dropped (why).
- * Returns the number of jobs. */
+ * (why), or, when that cannot be published (the broker away), dropped
+ * (why). Returns the number of jobs. */
 static unsigned long batch_each(const char *group, const char *wid, const char *pl, size_t n,
-				const char *why, int hand)
+				const char *why)
 {
 	unsigned long jobs = 0;
-
 	char *buf = malloc(n + 1), *line, *nl;
 
 	if (!buf)
@@ -281,7 +280,7 @@ static unsigned long batch_each(const char *group, const char *wid, const char *
 			emit_sent(r.f[1], group, wid);
 			continue;
 		}
-		if (hand && hand_back(r.f[1], group, wid, why))
+		if (hand_back(r.f[1], group, wid, why))
 			continue;
 		rec_unescape(&r, 3);
 		plen = rec_unescape(&r, 4);
@@ -328,7 +327,7 @@ static void batch_send(void)
 	if (!S.st.mq.connected) {
 		/* At the drain deadline with the broker away: handed back as
 		 * the awards still in the pipe are. */
-		S.n_shutdown += batch_each(b->group, b->wid, b->buf, b->len, "shutdown", 0);
+		S.n_shutdown += batch_each(b->group, b->wid, b->buf, b->len, "shutdown");
 		return;
 	}
 	if (asprintf(&t, "%s/job/%s/%s/batch", S.cf.prefix, b->group, b->wid) < 0)
@@ -340,11 +339,11 @@ static void batch_send(void)
 		S.n_failed += b->have;
 		warnl("batch of %lu awards to %s/%s: %s", b->have, b->group, b->wid,
 		      mosquitto_strerror(rc));
-		batch_each(b->group, b->wid, b->buf, b->len, "unpublishable", 1);
+		batch_each(b->group, b->wid, b->buf, b->len, "unpublishable");
 		return;
 	}
 	if (b->qos == 0) {
-		batch_each(b->group, b->wid, b->buf, b->len, NULL, 0);
+		batch_each(b->group, b->wid, b->buf, b->len, NULL);
 		return;
 	}
 	track(mid, 1, NULL, b->group, b->wid);
@@ -506,7 +505,7 @@ static void on_published(struct mq *mq, int mid, int reason, void *arg)
 	S.inflight--;
 	if (f->batch) {
 		unsigned long jobs = batch_each(f->group, f->wid, f->payload, f->plen,
-						reason >= 0x80 ? "refused" : NULL, 1);
+						reason >= 0x80 ? "refused" : NULL);
 
 		if (reason >= 0x80) {
 			warnl("batch of %lu awards to %s/%s refused by the broker (reason %d)", jobs,
