@@ -15,6 +15,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "sockbuf.h"
 
 /* glibc's own entry points, which nothing interposes */
@@ -46,6 +47,17 @@ static struct sb *get(int fd)
 	return fd >= 0 && fd < ntab ? tab[fd] : NULL;
 }
 
+static void drop(int fd)
+{
+	struct sb *b = get(fd);
+
+	if (b) {
+		free(b->out);
+		free(b);
+		tab[fd] = NULL;
+	}
+}
+
 /* A forked child shares the sockets, not what waits to be written on them:
  * it never writes that, nor reads from the parent's buffers. */
 static void forked(void)
@@ -68,26 +80,15 @@ static struct sb *add(int fd)
 		struct sb **t = realloc(tab, (size_t)n * sizeof *t);
 
 		if (!t)
-			return NULL;
+			die(EXIT_SYSERR, "out of memory");
 		memset(t + ntab, 0, (size_t)(n - ntab) * sizeof *t);
 		tab = t;
 		ntab = n;
 	}
-	free(tab[fd] ? tab[fd]->out : NULL);
-	free(tab[fd]);
-	b = tab[fd] = calloc(1, sizeof *b);
+	drop(fd);
+	if (!(b = tab[fd] = calloc(1, sizeof *b)))
+		die(EXIT_SYSERR, "out of memory");
 	return b;
-}
-
-static void drop(int fd)
-{
-	struct sb *b = get(fd);
-
-	if (b) {
-		free(b->out);
-		free(b);
-		tab[fd] = NULL;
-	}
 }
 
 int sb_active(void)
@@ -255,11 +256,7 @@ int socketpair(int domain, int type, int protocol, int sv[2])
 	}
 	rc = real(domain, type, protocol, sv);
 	if (rc == 0 && capturing && sb_active())
-		for (int i = 0; i < 2; i++) {
-			struct sb *b = add(sv[i]);
-
-			if (b)
-				b->wakeup = 1;
-		}
+		for (int i = 0; i < 2; i++)
+			add(sv[i])->wakeup = 1;
 	return rc;
 }
