@@ -75,40 +75,46 @@ struct mqlb_conn {
 };
 
 /* The IPv4 connection table (conns4): an array of 2^n buckets of
- * MQLB_CT_WAYS entries, indexed by the flow hash. An entry is four words,
- * each written with one store, so that readers on other CPUs need no lock:
- * a torn entry fails its checks and is a miss.
- *   k0   the source and destination address, as in the packet
- *   k1   the ports, as in the packet, | protocol << 32 | age << 40
- *   val  check << 32 | vipgen << 16 | vip << 10 | real; check is the upper
- *        half of the flow hash, so a val written for another key fails
- *   dest the real's MAC (l2) or IPv4 address (ipip), copied from reals,
- *        | tag << 48, tag = 0x8000 | ((epoch ^ val) & 0x7fff): a dest copied
- *        before the loader last bumped the epoch (a real left a VIP, a VIP
- *        was removed, a real's MAC changed), or for another real, is
- *        checked against the maps again and copied afresh; a dest never
- *        written (0) never passes.
+ * MQLB_CT_WAYS entries, indexed by the flow hash h; an entry is 16 bytes,
+ * a bucket one cache line (a new flow's bucket is a miss somewhere in the
+ * table: the smaller the table, the likelier a cache or TLB hit). An entry
+ * is two words, each written with one store, so that readers on other
+ * CPUs need no lock:
+ *   key  h, the flow hash (mqlb_hash64 of the addresses, the ports and the
+ *        protocol): two flows share an entry only if their 64-bit hashes
+ *        are equal
+ *   val  check << 48 | tag << 32 | age << 16 | vip << 10 | real; check is
+ *        h >> 48 again, so that a val written for another key (an entry
+ *        torn by two CPUs) fails; tag = 0x8000 | (epoch & 0x7fff), the
+ *        epoch when the entry was made or last checked: an older one (a
+ *        real left a VIP, a VIP was removed, a real's MAC changed since)
+ *        is checked against the VIP table and the members again; age is
+ *        the seconds of the loader's clock (struct mqlb_cpu's now, 16 bits)
+ *        when the entry was last written or used
+ * The real's destination (its MAC, l2, or IPv4 address, ipip) is read from
+ * its line of struct mqlb_cpu, which the packet's counters touch anyway.
+ * A writer stores val, then key, and a reader loads key, then val: on a
+ * CPU that keeps stores and loads in order a torn read is always an old
+ * key with a new val, which the check catches (elsewhere, in all but one
+ * case in 65536).
  * A new flow takes the bucket's entry of the same key, else the first empty
- * one, else the one least recently used (age: the seconds of the loader's
- * clock, struct mqlb_cpu's now, when the entry was last written or used).
- * No entry is ever emptied, so those in use are always the first ones. */
+ * one (val 0), else the one least recently used. No entry is ever emptied,
+ * so those in use are always the first ones. */
 #define MQLB_CT_WAYS 4
-#define MQLB_CT_KEY1 0xffffffffffull /* the key bits of k1 */
-#define MQLB_CT_AGE_SHIFT 40
-#define MQLB_CT_AGE_MASK 0xffffffu
-#define MQLB_CT_VAL(check, gen, vip, real) \
-	((__u64)(check) << 32 | (__u64)((gen) & 0xffff) << 16 | (__u64)(vip) << 10 | (__u64)(real))
+#define MQLB_CT_AGE_SHIFT 16
+#define MQLB_CT_AGE_MASK 0xffffu
+#define MQLB_CT_TAG(epoch) ((__u64)(0x8000 | ((epoch) & 0x7fff)) << 32)
+#define MQLB_CT_TAG_MASK (0xffffull << 32)
+#define MQLB_CT_VAL(h, tag, age, vip, real)                                                        \
+	((h) & 0xffff000000000000ull | (tag) |                                                     \
+	 (__u64)((age) & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT | (__u64)(vip) << 10 | (__u64)(real))
 #define MQLB_CT_REAL(val) ((__u32)(val) & (MQLB_MAX_REALS - 1))
 #define MQLB_CT_VIP(val) ((__u32)((val) >> 10) & (MQLB_MAX_VIPS - 1))
-#define MQLB_CT_GEN(val) ((__u32)((val) >> 16) & 0xffff)
-#define MQLB_CT_TAG(epoch, val) ((0x8000 | (((epoch) ^ (val)) & 0x7fff)) << 48)
-#define MQLB_CT_DEST 0xffffffffffffull
+#define MQLB_CT_AGE(val) ((__u32)((val) >> MQLB_CT_AGE_SHIFT) & MQLB_CT_AGE_MASK)
 
 struct mqlb_ct4 {
-	__u64 k0;
-	__u64 k1;
+	__u64 key;
 	__u64 val;
-	__u64 dest;
 };
 
 struct mqlb_ct4_bucket {

@@ -65,9 +65,9 @@ struct {
 /* The connection tables. IPv4: buckets in an array (mqlb_kern_user.h),
  * looked up and written inline: no hash-table helper, lock or LRU list on
  * the path of every packet. Mmapable for its layout: the values of such
- * an array start on a page, so a bucket is two cache lines, an entry one
- * (a plain array's start 312 bytes into a page). IPv6: an LRU hash with
- * per-CPU LRU lists. */
+ * an array start on a page, so a bucket is one cache line (a plain
+ * array's start 312 bytes into a page). IPv6: an LRU hash with per-CPU LRU
+ * lists. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -167,20 +167,23 @@ static __always_inline int member(__u32 vip, __u32 real)
 	return m && *m;
 }
 
-/* The entry of key (k0, k1) in its bucket, or NULL. A bucket's entries in
- * use are its first ones (an entry is never emptied, a new flow takes the
- * first empty one): the search ends at an empty entry. */
-static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1,
-						 __u64 h)
+/* The entry of hash h in its bucket, or NULL; *val its value. A bucket's
+ * entries in use are its first ones (an entry is never emptied, a new flow
+ * takes the first empty one): the search ends at an empty entry. The key
+ * is loaded before the value (see struct mqlb_ct4). */
+static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 h, __u64 *val)
 {
 #pragma unroll
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
 		struct mqlb_ct4 *e = &b->e[i];
+		__u64 k = *(volatile __u64 *)&e->key, v = *(volatile __u64 *)&e->val;
 
-		if (!e->k1)
+		if (!v)
 			break;
-		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1) && (e->val >> 32) == (h >> 32))
+		if (k == h && (v >> 48) == (h >> 48)) {
+			*val = v;
 			return e;
+		}
 	}
 	return NULL;
 }
@@ -188,7 +191,7 @@ static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u6
 /* The way a new flow's entry goes to: its own, else an empty one, else
  * the one used least recently. An index, not a pointer: the verifier
  * allows no arithmetic that clang makes of a choice between pointers. */
-static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, __u64 k1, __u32 now)
+static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 h, __u32 now)
 {
 	__u32 oldest = 0;
 	int same = -1, empty = -1, old = 0;
@@ -196,13 +199,14 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 k0, 
 #pragma unroll
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
 		const struct mqlb_ct4 *e = &b->e[i];
-		__u32 age = (now - (__u32)(e->k1 >> MQLB_CT_AGE_SHIFT)) & MQLB_CT_AGE_MASK;
+		__u64 v = e->val;
+		__u32 age = (now - MQLB_CT_AGE(v)) & MQLB_CT_AGE_MASK;
 
-		if (!e->k1) {
+		if (!v) {
 			empty = i; /* and the ones after it are empty too */
 			break;
 		}
-		if (e->k0 == k0 && !((e->k1 ^ k1) & MQLB_CT_KEY1)) {
+		if (e->key == h) {
 			same = i;
 			break;
 		}
@@ -340,8 +344,8 @@ static __always_inline int encap6(struct mqlb_cpu *c, struct xdp_md *ctx, const 
 	return XDP_TX;
 }
 
-/* An IPv4 packet for an entry's real (dest as in struct mqlb_ct4); the
- * caller checked the Ethernet header against end. */
+/* An IPv4 packet for an entry's real (dest as in struct mqlb_cpu_real);
+ * the caller checked the Ethernet header against end. */
 static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void *data, void *end,
 				    __u64 val, __u64 dest, int new)
 {
@@ -415,7 +419,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
 	__u32 vn, slot, real, way, now = c->now, rs = ring_size;
-	__u64 k0, k1, h, val, dest, vip;
+	__u64 k0, k1, h, val, vip, dest;
 
 	if ((void *)(ip + 1) + sizeof(__u32) > end)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
@@ -425,9 +429,8 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	b = ct4_bucket(h);
 	if (!b)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
-	/* Loads of its two lines, in order, before any branch on them. */
-	(void)*(volatile __u64 *)&b->e[0].k1;
-	(void)*(volatile __u64 *)&b->e[MQLB_CT_WAYS / 2].k1;
+	/* A load of its line before any branch on it. */
+	(void)*(volatile __u64 *)&b->e[0].val;
 	vip = vip4_find(c, MQLB_VIP4_KEY(ip->daddr, (__u16)(k1 >> 16), ip->protocol));
 	if (!vip)
 		return count(c, MQLB_ST_PASS, XDP_PASS);
@@ -440,38 +443,34 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	else
 		slot = vn * rs + mqlb_ring_slot(h, rs);
 	real = ring_real(slot);
-	way = ct4_way(b, k0, k1, now);
+	way = ct4_way(b, h, now);
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(h >> 32, c->vip[vn].gen, vn, real);
-	dest |= MQLB_CT_TAG(c->epoch, val);
+	val = MQLB_CT_VAL(h, MQLB_CT_TAG(c->epoch), now, vn, real);
 	e = &b->e[way];
-	e->k0 = k0;
-	e->k1 = k1 | (__u64)now << MQLB_CT_AGE_SHIFT;
-	e->val = val;
-	e->dest = dest;
+	*(volatile __u64 *)&e->val = val;
+	*(volatile __u64 *)&e->key = h;
 	return forward4(c, ctx, data, end, val, dest, 1);
 }
 
-/* An entry whose dest predates the epoch: is its VIP still the one it was
- * made for, and does the real still serve it? Then copy the real's dest
- * again; else 0. */
-static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val)
+/* An entry whose tag predates the epoch: is its VIP still the one of the
+ * packet's address, port and protocol, and does the real still serve it?
+ * Then tag it with the epoch and return its val; else 0. */
+static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val, __u64 k0,
+				 __u64 k1)
 {
 	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
-	__u64 dest;
+	__u64 vip =
+	    vip4_find(c, MQLB_VIP4_KEY((__u32)(k0 >> 32), (__u16)(k1 >> 16), (__u8)(k1 >> 32)));
 
-	if ((c->vip[vn].gen & 0xffff) != MQLB_CT_GEN(val) || !member(vn, real))
+	if (!vip || MQLB_VIP4_NUM(vip) != vn || !member(vn, real) || !c->real[real].dest)
 		return 0;
-	dest = c->real[real].dest;
-	if (!dest)
-		return 0;
-	dest |= MQLB_CT_TAG(c->epoch, val);
-	e->dest = dest;
-	return dest;
+	val = (val & ~MQLB_CT_TAG_MASK) | MQLB_CT_TAG(c->epoch);
+	e->val = val;
+	return val;
 }
 
 /* The real of an established IPv6 flow, or 0: the entry's VIP slot still
@@ -619,7 +618,7 @@ int mqlb_xdp(struct xdp_md *ctx)
 	struct mqlb_cpu *c = bpf_map_lookup_elem(&cpus, &cpu);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u64 k0, k1, h, val, dest;
+	__u64 k0, k1, h, val = 0, dest;
 	void *l4 = ip + 1;
 
 	if (!c)
@@ -653,17 +652,19 @@ int mqlb_xdp(struct xdp_md *ctx)
 	k1 = (__u64)ip->protocol << 32 | ports;
 	h = mqlb_hash64(k0, k1);
 	b = ct4_bucket(h);
-	if (!b || !(e = ct4_find(b, k0, k1, h)))
+	if (!b || !(e = ct4_find(b, h, &val)))
 		return schedule4(ctx, c, 0);
-	val = e->val;
-	dest = e->dest;
-	if ((dest ^ MQLB_CT_TAG(c->epoch, val)) >> 48) {
-		dest = refresh4(c, e, val);
-		if (!dest)
+	if ((val & MQLB_CT_TAG_MASK) != MQLB_CT_TAG(c->epoch)) {
+		val = refresh4(c, e, val, k0, k1);
+		if (!val)
 			return schedule4(ctx, c, 0);
 	}
-	if ((__u32)(e->k1 >> MQLB_CT_AGE_SHIFT) != c->now)
-		e->k1 = k1 | (__u64)c->now << MQLB_CT_AGE_SHIFT;
+	dest = c->real[MQLB_CT_REAL(val)].dest;
+	if (!dest)
+		return schedule4(ctx, c, 0);
+	if (MQLB_CT_AGE(val) != c->now)
+		e->val = (val & ~((__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)) |
+			 (__u64)(c->now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
 	return forward4(c, ctx, data, end, val, dest, 0);
 }
 

@@ -134,6 +134,13 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "a torn entry (one flow's key, another's value): the flow is a miss, not sent to the other's real" {
+	require_root
+	run xdptest torn
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
 @test "weights: 10k flows within 5% of weights 100:200:300" {
 	require_root
 	run xdptest weights
@@ -267,6 +274,21 @@ veth_ns() {
 	xdp_query "$T/sock2" "real 10.66.0.100:1883 10.66.0.11 10" >/dev/null
 	run xdp_query "$T/sock2" stats
 	[[ "$output" == *"stat ring_slots_written 0"* ]]
+}
+
+@test "--max-conns n: the IPv4 table is n / 4 buckets of one cache line" {
+	require_root
+	command -v bpftool >/dev/null || skip "no bpftool"
+	veth_ns
+	pin=$(pin_dir lb)
+	printf '%s\n' "vip 10.66.0.100:1883" >"$T/in"
+	bg_in a "$T/in" ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip \
+		--gateway-mac 02:00:00:00:00:fe --max-conns 4096 --pin "$pin" --listen "$T/sock"
+	wait_for 5 show_has "$T/sock" "^ok"
+	run bpftool map show pinned "$pin/conns4"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *"value 64B  max_entries 1024 "* ]]
 }
 
 @test "--stats-interval writes stat records to stdout" {

@@ -722,8 +722,8 @@ static void t_mac(void)
 	      (unsigned long long)ctr(MQLB_ST_LRU_MISS));
 }
 
-/* The conns4 bucket of a flow, as the program finds it. */
-static __u32 bucket_of(const struct flowspec *f)
+/* The flow hash of an IPv4 flow, its conns4 key, as the program makes it. */
+static __u64 hash_of(const struct flowspec *f)
 {
 	__u32 src, dst;
 	__u64 k0, k1;
@@ -732,7 +732,13 @@ static __u32 bucket_of(const struct flowspec *f)
 	inet_pton(AF_INET, f->dst, &dst);
 	k0 = (__u64)dst << 32 | src;
 	k1 = (__u64)f->proto << 32 | (__u32)htons(f->dport) << 16 | htons(f->sport);
-	return (__u32)mqlb_hash64(k0, k1) & (mqlb_ct_buckets(65536) - 1);
+	return mqlb_hash64(k0, k1);
+}
+
+/* The conns4 bucket of a flow, as the program finds it. */
+static __u32 bucket_of(const struct flowspec *f)
+{
+	return (__u32)hash_of(f) & (mqlb_ct_buckets(65536) - 1);
 }
 
 /* n flows (SYNs from one client, by source port) of one bucket. */
@@ -813,6 +819,68 @@ static void t_bucket(void)
 	      "the evicted flow went to %d, not its ring's %u", real_of(&out), predict(0, &f[1], 0));
 	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "the evicted flow's packet: %llu not-SYN misses",
 	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+}
+
+/* The entry of a flow in the conns4 table t (mapped), or NULL. */
+static struct mqlb_ct4 *entry_of(struct mqlb_ct4_bucket *t, const struct flowspec *f)
+{
+	__u64 h = hash_of(f);
+
+	for (int w = 0; w < MQLB_CT_WAYS; w++)
+		if (t[bucket_of(f)].e[w].key == h)
+			return &t[bucket_of(f)].e[w];
+	return NULL;
+}
+
+/* An entry torn by two CPUs writing it at once: one flow's key with
+ * another's value. The flow's next packet must not go to the other flow's
+ * real: the value's check fails, the packet is a miss and scheduled by the
+ * ring. */
+static void t_torn(void)
+{
+	size_t size = (size_t)mqlb_ct_buckets(65536) * sizeof(struct mqlb_ct4_bucket);
+	struct flowspec a = flow4(40041, 1), b = flow4(40042, 1);
+	struct mqlb_ct4_bucket *t;
+	struct mqlb_ct4 *ea, *eb;
+	struct pkt in, out;
+	int ra, rb;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	CHECK(sizeof(struct mqlb_ct4_bucket) == 64, "a bucket is %zu bytes, not a cache line",
+	      sizeof(struct mqlb_ct4_bucket));
+	while (predict(0, &b, 0) == predict(0, &a, 0))
+		b.sport++;
+	build(&in, &a);
+	run(prog(), &in, &out, NULL);
+	ra = real_of(&out);
+	build(&in, &b);
+	run(prog(), &in, &out, NULL);
+	rb = real_of(&out);
+	CHECK(ra != rb, "both flows went to %d", ra);
+	t = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, bpf_map__fd(sk->maps.conns4), 0);
+	if (t == MAP_FAILED) {
+		perror("mmap conns4");
+		exit(111);
+	}
+	ea = entry_of(t, &a);
+	eb = entry_of(t, &b);
+	CHECK(ea && eb, "no entries: %p %p", (void *)ea, (void *)eb);
+	if (ea && eb) {
+		CHECK(MQLB_CT_REAL(ea->val) == (__u32)ra && MQLB_CT_REAL(eb->val) == (__u32)rb,
+		      "entries of reals %u and %u, not %d and %d", MQLB_CT_REAL(ea->val),
+		      MQLB_CT_REAL(eb->val), ra, rb);
+		ea->val = eb->val;
+		a.syn = 0;
+		a.ack = 1;
+		build(&in, &a);
+		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "not forwarded");
+		CHECK(real_of(&out) == ra, "a torn entry sent the flow to %d, not %d", real_of(&out), ra);
+		CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "%llu not-SYN misses, want 1",
+		      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+		CHECK(MQLB_CT_REAL(ea->val) == (__u32)ra && (ea->val >> 48) == hash_of(&a) >> 48,
+		      "the entry was not written again");
+	}
+	munmap(t, size);
 }
 
 /* A VIP removed and its slot taken by another VIP (same port, same real):
@@ -1125,7 +1193,7 @@ static int conns(const char *path)
 	}
 	for (__u32 k = 0; k < info.max_entries; k++)
 		for (int w = 0; w < MQLB_CT_WAYS; w++)
-			n += b[k].e[w].k1 != 0;
+			n += b[k].e[w].val != 0;
 	printf("%u\n", n);
 	munmap((void *)b, size);
 	return 0;
@@ -1186,6 +1254,8 @@ int main(int argc, char **argv)
 		t_mac();
 	else if (!strcmp(t, "bucket"))
 		t_bucket();
+	else if (!strcmp(t, "torn"))
+		t_torn();
 	else if (!strcmp(t, "cpus"))
 		t_cpus();
 	else if (!strcmp(t, "weights"))
@@ -1197,7 +1267,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|mac|bucket|cpus|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|mac|bucket|torn|cpus|weights|moves|decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}
