@@ -220,7 +220,7 @@ static inline __u32 mqlb_vip4_slot(__u64 key)
 }
 
 /* A VIP's line: its counters and the copy of its slot's generation (the
- * vipgen map), which a new flow takes. */
+ * vipgen map), which an IPv6 entry holds and is checked against. */
 struct mqlb_cpu_vip {
 	struct mqlb_vstat st;
 	__u32 gen;

@@ -54,7 +54,9 @@ struct {
 	__type(value, __u32);
 } members SEC(".maps");
 
-/* vipgen[vip]: bumped by the loader each time a VIP takes the slot. */
+/* vipgen[vip]: bumped by the loader each time a VIP takes the slot. The
+ * program reads its copy in struct mqlb_cpu; the map keeps it for a
+ * successor (--pin). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MQLB_MAX_VIPS);
@@ -475,18 +477,18 @@ static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, _
 
 /* The real of an established IPv6 flow, or 0: the entry's VIP slot still
  * holds the VIP it was made for, and the real still serves it. */
-static __always_inline __u32 established6(const struct mqlb_flow *f, __u32 *vnum)
+static __always_inline __u32 established6(const struct mqlb_cpu *c, const struct mqlb_flow *f,
+					   __u32 *vnum)
 {
 	struct mqlb_conn *e = bpf_map_lookup_elem(&conns6, f);
-	__u32 *gen, vn;
+	__u32 vn;
 
 	if (!e)
 		return 0;
 	vn = e->vip;
 	if (vn >= MQLB_MAX_VIPS)
 		return 0;
-	gen = bpf_map_lookup_elem(&vipgen, &vn);
-	if (!gen || *gen != e->gen || !member(vn, e->real))
+	if (c->vip[vn].gen != e->gen || !member(vn, e->real))
 		return 0;
 	*vnum = vn;
 	return e->real;
@@ -539,9 +541,9 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		return count(c, MQLB_ST_PASS, XDP_PASS);
 
 	if (!syn)
-		real = established6(&f, &vn);
+		real = established6(c, &f, &vn);
 	if (!real) {
-		__u32 slot, *gen;
+		__u32 slot;
 		__u64 h;
 
 		__builtin_memcpy(vk.addr, f.dst, sizeof vk.addr);
@@ -558,12 +560,11 @@ static __always_inline int ip6(struct mqlb_cpu *c, struct xdp_md *ctx)
 		h = mqlb_flow_hash(&f, vip->flags & MQLB_VIP_SRC_HASH);
 		slot = vn * rs + mqlb_ring_slot(h, rs);
 		real = ring_real(slot);
-		gen = bpf_map_lookup_elem(&vipgen, &vn);
-		if (!real || real >= MQLB_MAX_REALS || !gen)
+		if (!real || real >= MQLB_MAX_REALS)
 			return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 		nc.real = real;
 		nc.vip = vn;
-		nc.gen = *gen;
+		nc.gen = c->vip[vn].gen;
 		bpf_map_update_elem(&conns6, &f, &nc, BPF_ANY);
 	}
 	r = bpf_map_lookup_elem(&reals, &real);
