@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: MIT
 # 710-bench-netns-smoke: contrib/bench/netns-lb.sh still runs: its smoke
 # mode wires mqlb-xdp, nftables and HAProxy in turn on one namespace
-# topology and measures connections and messages through each. No figure
+# topology and measures connections and messages through each, and without
+# a balancer (mode direct, straight to the brokers). No figure
 # is asserted beyond "some got through": timing belongs to the benchmark.
 
 load helpers/common.bash
@@ -22,16 +23,20 @@ netns_lb() { bash "$MQLB_SRCDIR/contrib/bench/netns-lb.sh" "$@"; }
 	[[ "$output" == *'usage: contrib/bench/netns-lb.sh'* ]]
 	run netns_lb --nat-return nope
 	[ "$status" -eq 2 ]
+	run netns_lb --modes xdp,dsr
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--modes: bad value "xdp,dsr"'* ]]
 }
 
-@test "smoke mode measures all three modes and leaves no namespace behind" {
+@test "smoke mode measures the three balancers and direct, and leaves no namespace behind" {
 	require_root
 	for c in nft haproxy; do
 		command -v "$c" >/dev/null || { echo "$c missing (contrib/deps)" >&2; return 1; }
 	done
-	netns_lb --smoke "$MQLB_BUILDDIR" >"$T/out" 2>"$T/err" || { cat "$T/out" "$T/err"; return 1; }
+	netns_lb --smoke --modes xdp,nft,haproxy,direct "$MQLB_BUILDDIR" >"$T/out" 2>"$T/err" ||
+		{ cat "$T/out" "$T/err"; return 1; }
 	cat "$T/out"
-	for m in xdp nft haproxy; do
+	for m in xdp nft haproxy direct; do
 		# | mode | conn/s | range | p50 | p99 | errors | msg/s | range | deliv/s |
 		awk -F'|' -v m="$m" '$2 ~ "^ *" m " *$" { f = 1; if (!($3 > 0 && $8 > 0 && $10 > 0)) exit 1 } END { exit !f }' "$T/out"
 	done

@@ -27,9 +27,11 @@
 #include "opt.h"
 
 static const char usage[] =
-	"usage: mqlb-connbench conn [-v] [--quiet] [-h host] [-p port] [--parallel n] [--duration seconds]\n"
-	"       mqlb-connbench msg [-v] [--quiet] [-h host] [-p port] [-q 0|1] [--publishers n] [--window n]\n"
-	"                      [--size bytes] [--duration seconds] --sub host[,host...] [--sub-source addr]\n";
+	"usage: mqlb-connbench conn [-v] [--quiet] [-h host[,host...]] [-p port] [--parallel n]\n"
+	"                       [--duration seconds]\n"
+	"       mqlb-connbench msg [-v] [--quiet] [-h host[,host...]] [-p port] [-q 0|1] [--publishers n]\n"
+	"                      [--window n] [--size bytes] [--duration seconds] --sub host[,host...]\n"
+	"                      [--sub-source addr]\n";
 
 #define MAXSUB 16
 
@@ -42,8 +44,11 @@ static struct {
 } cf = { .parallel = 64, .publishers = 24, .window = 16, .size = 64, .duration = 10 };
 
 static struct ev_loop *loop;
-static struct sockaddr_storage dst;
-static socklen_t dstlen;
+/* The addresses connected to: one, or several in turn (a connection, a
+ * publisher each), as a reference without a balancer. */
+static struct sockaddr_storage dst[MAXSUB];
+static socklen_t dstlen[MAXSUB];
+static int ndst;
 static int port, qos;
 static double t_start, t_end; /* the measuring window, ev_now */
 
@@ -72,6 +77,24 @@ static void resolve(const char *host, struct sockaddr_storage *ss, socklen_t *le
 	} else {
 		opt_usage_error("-h: \"%s\" is not a numeric address", host);
 	}
+}
+
+/* -h host[,host...] */
+static void resolve_all(const char *hosts)
+{
+	char buf[512], *save = NULL, *tok;
+
+	if (strlen(hosts) >= sizeof buf)
+		opt_usage_error("-h: list too long");
+	strcpy(buf, hosts);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		if (ndst == MAXSUB)
+			opt_usage_error("-h: at most %d hosts", MAXSUB);
+		resolve(tok, &dst[ndst], &dstlen[ndst]);
+		ndst++;
+	}
+	if (!ndst)
+		opt_usage_error("-h: no host");
 }
 
 /* A non-blocking TCP socket with Nagle off, bound to src if given,
@@ -296,7 +319,10 @@ static void cslot_start(struct cslot *s)
 
 	memset(s, 0, sizeof *s);
 	s->t0 = mono();
-	if ((fd = dial(&dst, dstlen, NULL)) < 0) {
+	static unsigned next;
+	int d = (int)(next++ % (unsigned)ndst);
+
+	if ((fd = dial(&dst[d], dstlen[d], NULL)) < 0) {
 		/* EADDRNOTAVAIL and the like: count it, try again in 10 ms. */
 		cs.errors++;
 		ev_timer_init(&s->retry, cslot_retry, 0.01, 0);
@@ -565,7 +591,7 @@ static void run_msg(void)
 	make_pubpkt();
 	for (i = 0; i < cf.publishers; i++) {
 		snprintf(id, sizeof id, "connbench-pub%d-%d", i, (int)getpid());
-		peer_connect(&pubs[i], &dst, dstlen, NULL, id, "publisher");
+		peer_connect(&pubs[i], &dst[i % ndst], dstlen[i % ndst], NULL, id, "publisher");
 		pubs[i].sub = -1;
 		ev_io_start(loop, &pubs[i].io);
 	}
@@ -642,7 +668,7 @@ int main(int argc, char **argv)
 	qos = c.mq.qos;
 	if (qos < 0 || qos > 1)
 		opt_usage_error("-q: 0 or 1");
-	resolve(c.mq.host ? c.mq.host : "127.0.0.1", &dst, &dstlen);
+	resolve_all(c.mq.host ? c.mq.host : "127.0.0.1");
 	signal(SIGPIPE, SIG_IGN);
 	loop = ev_default_loop(0);
 	if (!strcmp(argv[i], "conn")) {

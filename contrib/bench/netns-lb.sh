@@ -3,10 +3,12 @@
 # netns-lb.sh: MQTT connections/s and messages/s through a VIP balanced over
 # three mosquittos by mqlb-xdp, by nftables DNAT (numgen) and by HAProxy in
 # TCP mode, one after the other on one namespace topology in one run
-# (issue 7, scenario 5). Needs root; see contrib/bench/README.
+# (issue 7, scenario 5); mode direct, no balancer (each connection to the
+# next broker's own address), is the reference. Needs root; see
+# contrib/bench/README.
 #
 # usage: contrib/bench/netns-lb.sh [--smoke] [--rounds n] [--duration s] [--parallel n]
-#        [--publishers n] [--window n] [--size bytes] [--modes xdp,nft,haproxy]
+#        [--publishers n] [--window n] [--size bytes] [--modes xdp,nft,haproxy,direct]
 #        [--nat-return route|snat] [--keep] [builddir]
 set -eu
 
@@ -36,7 +38,7 @@ while [ $# -gt 0 ]; do
 	--publishers) npub=$(val "$1" "$2" "$N") ;;
 	--window) win=$(val "$1" "$2" "$N") ;;
 	--size) size=$(val "$1" "$2" '[0-9]+') ;;
-	--modes) modes=$(val "$1" "$2" '(xdp|nft|haproxy)(,(xdp|nft|haproxy))*') ;;
+	--modes) modes=$(val "$1" "$2" '(xdp|nft|haproxy|direct)(,(xdp|nft|haproxy|direct))*') ;;
 	--nat-return) natret=$(val "$1" "$2" 'route|snat') ;;
 	-*) echo "netns-lb.sh: unknown option $1" >&2; usage ;;
 	*) break ;;
@@ -247,6 +249,14 @@ haproxy_stop() {
 	wait "$HAP_PID" || true
 }
 
+# No balancer: the clients connect to the brokers' own addresses in turn,
+# what any balancer's figures are to be read against.
+direct_start() { :; }
+direct_info() { echo "no balancer: each connection, each publisher, to the next broker's address"; }
+direct_stop() { :; }
+# target MODE: the address(es) mqlb-connbench connects to.
+target() { if [ "$1" = direct ]; then echo "${REALS// /,}"; else echo "$VIP"; fi; }
+
 # segs_in NS...: TCP segments received in these namespaces (Tcp InSegs).
 # Per message, at the brokers and at the client, it shows how a balancer
 # packs publishes and acknowledgements into segments.
@@ -268,7 +278,7 @@ field() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 topology
 brokers
 for m in ${modes//,/ }; do
-	case $m in xdp | nft | haproxy) ;; *) rc=2 die "unknown mode $m" ;; esac
+	case $m in xdp | nft | haproxy | direct) ;; *) rc=2 die "unknown mode $m" ;; esac
 done
 echo "# netns-lb.sh $(date -u +%FT%TZ): $(uname -r), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg);" \
 	"$rounds rounds of the modes in turn, $dur s a measure; conn: $par parallel clients" \
@@ -279,11 +289,11 @@ echo "# netns-lb.sh $(date -u +%FT%TZ): $(uname -r), $(nproc) CPUs, load average
 for round in $(seq 1 "$rounds"); do
 	for m in ${modes//,/ }; do
 		"${m}_start"
-		c=$(nsx cl "$B/mqlb-connbench" conn -h "$VIP" -p "$PORT" --parallel "$par" --duration "$dur") ||
+		c=$(nsx cl "$B/mqlb-connbench" conn -h "$(target "$m")" -p "$PORT" --parallel "$par" --duration "$dur") ||
 			die "$m: mqlb-connbench conn failed"
 		sleep 0.5
 		g=$(segs_in b1 b2 b3) k=$(segs_in cl)
-		s=$(nsx cl "$B/mqlb-connbench" msg -h "$VIP" -p "$PORT" -q 1 --publishers "$npub" --window "$win" \
+		s=$(nsx cl "$B/mqlb-connbench" msg -h "$(target "$m")" -p "$PORT" -q 1 --publishers "$npub" --window "$win" \
 			--size "$size" --duration "$dur" --sub "${REALS// /,}" --sub-source "$SUBSRC") ||
 			die "$m: mqlb-connbench msg failed"
 		g=$(($(segs_in b1 b2 b3) - g)) k=$(($(segs_in cl) - k))
