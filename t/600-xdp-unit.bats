@@ -111,6 +111,13 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "readd: a VIP removed and added again keeps its flows on reals that still serve it" {
+	require_root
+	run xdptest readd
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
 @test "two CPUs: a flow keeps its real on either; a SYN reusing a 5-tuple moves it on both" {
 	require_root
 	[ "$(nproc)" -ge 2 ] || skip "needs two CPUs"

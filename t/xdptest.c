@@ -920,6 +920,34 @@ static void t_reuse(void)
 	CHECK(ctr(MQLB_ST_LRU_HIT) == 2, "lru hits %llu, want 2", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
 }
 
+/* A VIP removed and added again in its slot (a flapping health check, a
+ * reload): an established IPv4 flow whose real still serves it keeps that
+ * real, even where the VIP's ring now points elsewhere. */
+static void t_readd(void)
+{
+	struct flowspec syn = flow4(40051, 1), est = flow4(40051, 0);
+	struct pkt in, out;
+	int a;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	a = real_of(&out);
+	del_vip(0);
+	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++)
+		set_weight(0, i, i == a ? 0 : 100); /* a drained: the ring points elsewhere */
+	CHECK(predict(0, &est, 0) != (__u32)a, "the ring still points at %d", a);
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established flow not forwarded");
+	CHECK(real_of(&out) == a, "the flow moved from %d to %d", a, real_of(&out));
+	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 0, "%llu not-SYN misses", (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+	/* Not a member any more: it moves. */
+	set_weight(0, a, -1);
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) != a, "a removed real kept the flow");
+}
+
 static void on_cpu(int cpu)
 {
 	cpu_set_t set;
@@ -1250,6 +1278,8 @@ int main(int argc, char **argv)
 		t_drain();
 	else if (!strcmp(t, "reuse"))
 		t_reuse();
+	else if (!strcmp(t, "readd"))
+		t_readd();
 	else if (!strcmp(t, "mac"))
 		t_mac();
 	else if (!strcmp(t, "bucket"))
@@ -1267,7 +1297,7 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|mac|bucket|torn|cpus|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|readd|mac|bucket|torn|cpus|weights|moves|decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}
