@@ -166,15 +166,14 @@ static int read_burst(struct mq *mq)
 		 * packet came, or a whole one that has none (PINGRESP, QoS 2's
 		 * PUBREC and PUBREL): go on only if more bytes wait. */
 		if (mq->ncb == before && !sb_unread(fd) &&
-		    (ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0))
+		    (sb_dry(fd) || ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0))
 			break;
 	}
 	return rc;
 }
 
-static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+static void serve(struct mq *mq, int revents)
 {
-	struct mq *mq = w->data;
 	int rc = MOSQ_ERR_SUCCESS;
 
 	mq->in_lib++;
@@ -192,12 +191,23 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
 	update_io(mq);
 }
 
+static void io_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+	struct mq *mq = w->data;
+
+	if (revents & EV_READ)
+		sb_readable(w->fd);
+	serve(mq, revents);
+}
+
+/* Bytes read earlier wait in the buffer: serve them, asking the kernel for
+ * more only if the last read did not empty the socket. */
 static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	struct mq *mq = w->data;
 
 	if (mosquitto_socket(mq->m) >= 0 && !backlog_full(mq))
-		io_cb(loop, &mq->io, EV_READ);
+		serve(mq, EV_READ);
 }
 
 static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)

@@ -32,6 +32,7 @@ extern int __close(int fd);
 struct sb {
 	int wakeup; /* libmosquitto's wake-up pair: writes dropped */
 	int hold, blocked, err;
+	int dry; /* the kernel had no more at the last read: none until sb_readable() */
 	size_t in_off, in_len;
 	char *out;
 	size_t out_off, out_len, out_cap;
@@ -123,6 +124,21 @@ size_t sb_unread(int fd)
 	return b ? b->in_len - b->in_off : 0;
 }
 
+void sb_readable(int fd)
+{
+	struct sb *b = get(fd);
+
+	if (b)
+		b->dry = 0;
+}
+
+int sb_dry(int fd)
+{
+	struct sb *b = get(fd);
+
+	return b && b->dry && b->in_off == b->in_len;
+}
+
 int sb_blocked(int fd)
 {
 	struct sb *b = get(fd);
@@ -172,9 +188,19 @@ ssize_t read(int fd, void *buf, size_t n)
 	if (b->in_off == b->in_len) {
 		ssize_t r;
 
-		if (n >= SB_IN)
-			return __read(fd, buf, n);
+		/* A read that did not fill what it asked for emptied the socket;
+		 * asking again before it is readable again would say EAGAIN. */
+		if (b->dry) {
+			errno = EAGAIN;
+			return -1;
+		}
+		if (n >= SB_IN) {
+			r = __read(fd, buf, n);
+			b->dry = (r > 0 && (size_t)r < n) || (r < 0 && errno == EAGAIN);
+			return r;
+		}
 		r = __read(fd, b->in, SB_IN);
+		b->dry = (r > 0 && r < SB_IN) || (r < 0 && errno == EAGAIN);
 		if (r <= 0)
 			return r;
 		b->in_off = 0;

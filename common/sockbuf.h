@@ -22,6 +22,12 @@ void sb_hold(int fd, int on);
 int sb_flush(int fd);
 /* Bytes read from the socket that nobody has taken yet. */
 size_t sb_unread(int fd);
+/* The poller says fd is readable: its next read asks the kernel again. Until
+ * then, once a read has emptied the socket, reads say EAGAIN with no system
+ * call (level-triggered readiness says when to come back). */
+void sb_readable(int fd);
+/* Whether a read now would say EAGAIN for that reason (nothing unread). */
+int sb_dry(int fd);
 /* Whether written bytes wait for the socket to take them (EV_WRITE). */
 int sb_blocked(int fd);
 /* Sockets libmosquitto makes while on (its wake-up pair): writes to them

@@ -31,6 +31,11 @@ teardown() { mqlb_teardown; }
 	[ "$output" = "ok read-buffers" ]
 }
 
+@test "sockbuf: a read that emptied the socket makes the next EAGAIN until it is readable" {
+	run sbcheck dry full-read
+	[ "$output" = "$(printf 'ok dry\nok full-read')" ]
+}
+
 @test "sockbuf: a forked child that closes the socket sends nothing of the parent's" {
 	run sbcheck fork
 	[ "$output" = "ok fork" ]

@@ -76,6 +76,31 @@ static int run(const char *name)
 		CHECK(read(sv[0], buf, 4) == 4 && !memcmp(buf, "1234", 4), "next four");
 		CHECK(read(sv[0], buf, 64) == 5 && !memcmp(buf, "56789", 5), "the rest");
 		CHECK(read(sv[0], buf, 1) < 0 && errno == EAGAIN, "not EAGAIN when empty");
+	} else if (!strcmp(name, "dry")) {
+		/* a short read emptied the socket: no read(2) until it is readable */
+		CHECK(write(sv[1], "ab", 2) == 2, "peer write");
+		CHECK(read(sv[0], buf, 64) == 2, "first read");
+		CHECK(write(sv[1], "cd", 2) == 2, "peer write");
+		CHECK(sb_dry(sv[0]), "not dry after a short read");
+		CHECK(read(sv[0], buf, 64) < 0 && errno == EAGAIN, "the kernel was asked again");
+		sb_readable(sv[0]);
+		CHECK(!sb_dry(sv[0]), "dry after sb_readable");
+		CHECK(read(sv[0], buf, 64) == 2 && !memcmp(buf, "cd", 2), "not cd once readable");
+	} else if (!strcmp(name, "full-read")) {
+		/* a read that filled the buffer may have left more: ask again */
+		static char big[16 * 1024 + 10], in[16 * 1024];
+		size_t got = 0, n;
+		ssize_t r;
+
+		memset(big, 'x', sizeof big);
+		CHECK(write(sv[1], big, sizeof big) == (ssize_t)sizeof big, "peer write");
+		while ((n = sizeof in - got > 1000 ? 1000 : sizeof in - got) > 0 &&
+		       (r = read(sv[0], in + got, n)) > 0)
+			got += (size_t)r;
+		CHECK(got == sizeof in, "%zu bytes, not the buffer's", got);
+		CHECK(!sb_dry(sv[0]), "dry after a full read");
+		CHECK(read(sv[0], buf, 64) == 10, "the last 10 bytes");
+		CHECK(sb_dry(sv[0]), "not dry after the short read");
 	} else if (!strcmp(name, "fd-reused")) {
 		/* closed, its number taken by another file: that one is not ours */
 		int fd;
