@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "collect.h"
 #include "io.h"
 #include "log.h"
 #include "record.h"
@@ -45,6 +46,7 @@ static void in_lines(struct in *in)
 		in->last = in->off;
 		in->off += n + 1;
 		in->lineno++;
+		collect_note(1);
 		in->on_line(in, s, n, in->arg);
 	}
 	if (in->off == in->len)

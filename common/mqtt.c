@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "collect.h"
 #include "log.h"
 #include "mqtt.h"
 #include "sockbuf.h"
@@ -336,6 +337,7 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 	struct mq_held *h;
 
 	mq->ncb++;
+	collect_note(1);
 	if (!mq->cb->message)
 		return;
 	if (!mq->read_paused && !mq->backlog) {

@@ -13,6 +13,7 @@
 
 #include <ev.h>
 
+#include "collect.h"
 #include "log.h"
 #include "opt.h"
 
@@ -228,8 +229,7 @@ static void set_defaults(struct conf *cf)
 
 void opt_collect(const struct conf *cf, struct ev_loop *loop)
 {
-	if (cf->collect > 0)
-		ev_set_io_collect_interval(loop, cf->collect);
+	collect_start(loop, cf->collect);
 }
 
 int opt_parse(int *argcp, char ***argvp, unsigned groups, const char *shortopts,

@@ -19,9 +19,9 @@ enum {
 	OPT_COLLECT = 1 << 5, /* --collect: the stages of the pipeline */
 };
 
-/* --collect's default: input gathered this long before the next turn of a
- * busy loop (libev's I/O collect interval). */
-#define OPT_COLLECT_DEFAULT 0.0005
+/* --collect's default: the most a busy loop gathers input before its next
+ * turn (libev's I/O collect interval, following the load: collect.h). */
+#define OPT_COLLECT_DEFAULT 0.002
 
 struct conf {
 	struct mq_opts mq;
@@ -33,9 +33,9 @@ struct conf {
 	double collect; /* --collect, seconds (OPT_COLLECT_DEFAULT unless given) */
 };
 
-/* Apply --collect to the loop: after a turn, a busy loop waits up to that
- * long before it polls again, so that the next turn takes all that came
- * meanwhile (ev_set_io_collect_interval). */
+/* Apply --collect to the loop: after a crowded turn, the loop waits up to
+ * that long before it polls again, so that the next turn takes all that
+ * came meanwhile; after turns of one message, not at all (collect.h). */
 void opt_collect(const struct conf *cf, struct ev_loop *loop);
 
 /* A command's own option: its handler gets the getopt value and argument. */
