@@ -16,6 +16,16 @@ teardown() { mqlb_teardown; }
 	[ "$output" = "ok crowd-then-idle" ]
 }
 
+@test "collect: the first turn after a pause counts alone: a crowd gone leaves no gathering" {
+	run collectcheck pause
+	[ "$output" = "ok pause" ]
+}
+
+@test "collect: after crowded turns the loop waits the limit before it takes ready input" {
+	run collectcheck sleeps
+	[ "$output" = "ok sleeps" ]
+}
+
 @test "collect: six messages a turn gather 0.1 ms for each past the first" {
 	run collectcheck between
 	[ "$output" = "ok between" ]
