@@ -32,8 +32,8 @@ teardown() { mqlb_teardown; }
 }
 
 @test "sockbuf: a read that emptied the socket makes the next EAGAIN until it is readable" {
-	run sbcheck dry full-read
-	[ "$output" = "$(printf 'ok dry\nok full-read')" ]
+	run sbcheck dry full-read dry-direct
+	[ "$output" = "$(printf 'ok dry\nok full-read\nok dry-direct')" ]
 }
 
 @test "sockbuf: a forked child that closes the socket sends nothing of the parent's" {

@@ -101,6 +101,16 @@ static int run(const char *name)
 		CHECK(!sb_dry(sv[0]), "dry after a full read");
 		CHECK(read(sv[0], buf, 64) == 10, "the last 10 bytes");
 		CHECK(sb_dry(sv[0]), "not dry after the short read");
+	} else if (!strcmp(name, "dry-direct")) {
+		/* a read of 16 KiB or more goes straight to the kernel: the same */
+		static char in[16 * 1024];
+
+		CHECK(write(sv[1], "ab", 2) == 2, "peer write");
+		CHECK(read(sv[0], in, sizeof in) == 2, "first read");
+		CHECK(write(sv[1], "cd", 2) == 2, "peer write");
+		CHECK(read(sv[0], in, sizeof in) < 0 && errno == EAGAIN, "the kernel was asked again");
+		sb_readable(sv[0]);
+		CHECK(read(sv[0], in, sizeof in) == 2 && !memcmp(in, "cd", 2), "not cd once readable");
 	} else if (!strcmp(name, "fd-reused")) {
 		/* closed, its number taken by another file: that one is not ours */
 		int fd;
