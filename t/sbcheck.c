@@ -108,9 +108,9 @@ static int run(const char *name)
 		CHECK(write(sv[1], "ab", 2) == 2, "peer write");
 		CHECK(read(sv[0], in, sizeof in) == 2, "first read");
 		CHECK(write(sv[1], "cd", 2) == 2, "peer write");
-		CHECK(read(sv[0], in, sizeof in) < 0 && errno == EAGAIN, "the kernel was asked again");
+		CHECK(read(sv[0], in, sizeof in) < 0 && errno == EAGAIN, "asked the kernel again");
 		sb_readable(sv[0]);
-		CHECK(read(sv[0], in, sizeof in) == 2 && !memcmp(in, "cd", 2), "not cd once readable");
+		CHECK(read(sv[0], in, sizeof in) == 2 && !memcmp(in, "cd", 2), "not cd once ready");
 	} else if (!strcmp(name, "fd-reused")) {
 		/* closed, its number taken by another file: that one is not ours */
 		int fd;
