@@ -414,7 +414,7 @@ static __always_inline struct mqlb_ct4_bucket *ct4_bucket(__u64 h)
  * likely cache misses, the ring slot's after the state's: both lines are
  * asked for before anything waits on either, the bucket's two first, and
  * the way is chosen once the ring has been read. */
-static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
+static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn, __u64 epoch)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
@@ -451,7 +451,7 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(h, MQLB_CT_TAG(c->epoch), now, vn, real);
+	val = MQLB_CT_VAL(h, MQLB_CT_TAG(epoch), now, vn, real);
 	e = &b->e[way];
 	*(volatile __u64 *)&e->val = val;
 	*(volatile __u64 *)&e->key = h;
@@ -460,19 +460,14 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn)
 
 /* An entry whose tag predates the epoch: is its VIP still the one of the
  * packet's address, port and protocol, and does the real still serve it?
- * Then tag it with the epoch and return its val; else 0. */
-static __noinline __u64 refresh4(const struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val, __u64 k0,
-				 __u64 k1)
+ * Then the caller tags it with the epoch it loaded before this check. */
+static __noinline int still4(const struct mqlb_cpu *c, __u64 val, __u64 k0, __u64 k1)
 {
 	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
 	__u64 vip =
 	    vip4_find(c, MQLB_VIP4_KEY((__u32)(k0 >> 32), (__u16)(k1 >> 16), (__u8)(k1 >> 32)));
 
-	if (!vip || MQLB_VIP4_NUM(vip) != vn || !member(vn, real) || !c->real[real].dest)
-		return 0;
-	val = (val & ~MQLB_CT_TAG_MASK) | MQLB_CT_TAG(c->epoch);
-	e->val = val;
-	return val;
+	return vip && MQLB_VIP4_NUM(vip) == vn && member(vn, real);
 }
 
 /* The real of an established IPv6 flow, or 0: the entry's VIP slot still
@@ -607,9 +602,14 @@ static __noinline int other(struct xdp_md *ctx, struct mqlb_cpu *c)
 }
 
 /* The IPv4 path, in one function so that little spills to the stack: the
- * headers, the port filter, the flow's bucket; an entry whose dest is
- * current is forwarded at once. Header fields are read as whole words
- * (x86 and arm64 take them unaligned). */
+ * headers, the port filter, the flow's bucket; an entry tagged with the
+ * current epoch is forwarded at once. Header fields are read as whole
+ * words (x86 and arm64 take them unaligned).
+ * The epoch is loaded once, before anything is checked, and that value is
+ * the one an entry is tagged with: a bump after the load (the loader's last
+ * step of a change) leaves the entry older than the epoch, checked again by
+ * its next packet. A second load, after the checks, could tag with the new
+ * epoch an entry checked against the maps before the change. */
 SEC("xdp")
 int mqlb_xdp(struct xdp_md *ctx)
 {
@@ -619,7 +619,7 @@ int mqlb_xdp(struct xdp_md *ctx)
 	struct mqlb_cpu *c = bpf_map_lookup_elem(&cpus, &cpu);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u64 k0, k1, h, val = 0, dest;
+	__u64 k0, k1, h, val = 0, nval, dest, epoch;
 	void *l4 = ip + 1;
 
 	if (!c)
@@ -636,7 +636,7 @@ int mqlb_xdp(struct xdp_md *ctx)
 		 * ports. */
 		if ((((__u8 *)l4)[13] & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 			return port_maybe_vip(c, ((__u16 *)l4)[1])
-				   ? schedule4(ctx, c, 1)
+				   ? schedule4(ctx, c, 1, *(volatile __u64 *)&c->epoch)
 				   : count(c, MQLB_ST_PASS, XDP_PASS);
 	} else if (ip->protocol == IPPROTO_UDP) {
 		if (l4 + sizeof(struct udphdr) > end)
@@ -652,20 +652,23 @@ int mqlb_xdp(struct xdp_md *ctx)
 	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
 	k1 = (__u64)ip->protocol << 32 | ports;
 	h = mqlb_hash64(k0, k1);
+	epoch = *(volatile __u64 *)&c->epoch;
 	b = ct4_bucket(h);
 	if (!b || !(e = ct4_find(b, h, &val)))
-		return schedule4(ctx, c, 0);
-	if ((val & MQLB_CT_TAG_MASK) != MQLB_CT_TAG(c->epoch)) {
-		val = refresh4(c, e, val, k0, k1);
-		if (!val)
-			return schedule4(ctx, c, 0);
+		return schedule4(ctx, c, 0, epoch);
+	nval = val;
+	if ((val & MQLB_CT_TAG_MASK) != MQLB_CT_TAG(epoch)) {
+		if (!still4(c, val, k0, k1))
+			return schedule4(ctx, c, 0, epoch);
+		nval = (val & ~MQLB_CT_TAG_MASK) | MQLB_CT_TAG(epoch);
 	}
 	dest = c->real[MQLB_CT_REAL(val)].dest;
 	if (!dest)
-		return schedule4(ctx, c, 0);
-	if (MQLB_CT_AGE(val) != c->now)
-		e->val = (val & ~((__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)) |
-			 (__u64)(c->now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
+		return schedule4(ctx, c, 0, epoch);
+	nval = (nval & ~((__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)) |
+	       (__u64)(c->now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
+	if (nval != val)
+		e->val = nval;
 	return forward4(c, ctx, data, end, val, dest, 0);
 }
 

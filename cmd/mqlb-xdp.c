@@ -95,6 +95,7 @@ static struct {
 	struct real reals[MQLB_MAX_REALS];
 	__u32 *scratch;
 	unsigned long n_records, n_bad, n_slots;
+	int bump_due; /* a change may end IPv4 connections: settle() bumps the epoch */
 } S;
 
 enum {
@@ -358,7 +359,7 @@ static void write_member(int vn, int ri)
 	if (bpf_map_update_elem(S.fd_members, &k, &v, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the members map: %s", strerror(errno));
 	if (!v)
-		pcpu_bump(&S.pc); /* its IPv4 connections look again and move */
+		S.bump_due = 1; /* its IPv4 connections look again and move */
 }
 
 static void write_real(int ri)
@@ -376,7 +377,22 @@ static void write_real(int ri)
 	if (bpf_map_update_elem(S.fd_reals, &k, &br, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the reals map: %s", strerror(errno));
 	pcpu_dest(&S.pc, ri, &br);
-	pcpu_bump(&S.pc); /* IPv4 connections copy its MAC (or address) again */
+	S.bump_due = 1; /* its IPv4 connections check that it is still valid */
+}
+
+/* The end of every change: a new epoch, so that each IPv4 entry is checked
+ * against the maps as they are now. Only last: a packet checked during the
+ * change (against a member not yet removed, or scheduled by a ring not yet
+ * rebuilt) tagged its entry with the epoch before, and is checked again.
+ * A bump in the middle would let it tag the entry with the final epoch.
+ * So a change writes, in order: the ring (a real that leaves takes no new
+ * flow), members and reals, then settle(); a real that joins is a member,
+ * with its dest, before the ring gives it flows. */
+static void settle(void)
+{
+	if (S.bump_due)
+		pcpu_bump(&S.pc);
+	S.bump_due = 0;
 }
 
 /* A real takes ring slots once it can be reached: in l2 mode that needs
@@ -475,7 +491,7 @@ static void vip_newgen(int vn)
 	if (bpf_map_update_elem(S.fd_vipgen, &k, &g, BPF_ANY) < 0)
 		die(EXIT_SYSERR, "cannot update the vipgen map: %s", strerror(errno));
 	pcpu_vipgen(&S.pc, vn, g);
-	pcpu_bump(&S.pc);
+	S.bump_due = 1;
 }
 
 /* The program's VIP table of new IPv4 flows, and its port filter. */
@@ -528,22 +544,28 @@ static void real_unref(int ri)
 		write_real(ri);
 }
 
+/* In the order of settle(): the ring empty first (ready for the next VIP
+ * here), then the members, the reals and the VIP. */
 static void vip_del(int vn)
 {
 	struct vip *v = &S.vips[vn];
+	int gone[MQLB_MAX_REALS], n = 0;
 
+	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
+		if (v->weight[ri] >= 0) {
+			v->weight[ri] = -1;
+			gone[n++] = ri;
+		}
+	vip_rebuild(vn);
+	for (int i = 0; i < n; i++) {
+		write_member(vn, gone[i]);
+		real_unref(gone[i]);
+	}
 	bpf_map_delete_elem(S.fd_vips, &v->key);
 	v->used = 0;
 	vip_newgen(vn);
 	vip_addr_entry(&v->key);
 	vips_sync();
-	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
-		if (v->weight[ri] >= 0) {
-			v->weight[ri] = -1;
-			write_member(vn, ri);
-			real_unref(ri);
-		}
-	vip_rebuild(vn); /* all slots empty, ready for the next VIP here */
 }
 
 static const char *real_set(int vn, const __u32 addr[4], int family, int weight)
@@ -560,12 +582,16 @@ static const char *real_set(int vn, const __u32 addr[4], int family, int weight)
 			real_resolve(ri);
 			write_real(ri);
 		}
-	} else if (v->weight[ri] == weight) {
+		v->weight[ri] = weight;
+		write_member(vn, ri); /* a member, with its dest, before the ring picks it */
+		vip_rebuild(vn);
 		return NULL;
 	}
+	if (v->weight[ri] == weight)
+		return NULL;
 	v->weight[ri] = weight;
+	vip_rebuild(vn); /* the ring first (see settle) */
 	write_member(vn, ri);
-	vip_rebuild(vn);
 	return NULL;
 }
 
@@ -577,8 +603,8 @@ static const char *real_del(int vn, const __u32 addr[4], int family)
 	if (!ri || v->weight[ri] < 0)
 		return NULL; /* already gone: deletes are idempotent */
 	v->weight[ri] = -1;
+	vip_rebuild(vn); /* no new flow picks it, then the established ones leave it (settle) */
 	write_member(vn, ri);
-	vip_rebuild(vn);
 	real_unref(ri);
 	return NULL;
 }
@@ -603,6 +629,7 @@ static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			if (S.vips[vn].used && S.vips[vn].weight[ri] > 0)
 				vip_rebuild(vn);
 	}
+	settle();
 	if (!pending)
 		ev_timer_stop(loop, w);
 }
@@ -625,6 +652,7 @@ static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		      fmt_addr(r->addr, r->family, ab, sizeof ab),
 		      mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
 	}
+	settle();
 }
 
 /* ---- records ------------------------------------------------------------- */
@@ -697,6 +725,8 @@ static const char *record(struct rec *r)
 static void handle_rec(struct rec *r, int rc, unsigned long lineno, const char *who)
 {
 	const char *err = rc < 0 ? "too many fields" : record(r);
+
+	settle(); /* after all the VIPs the record names */
 
 	if (err) {
 		S.n_bad++;

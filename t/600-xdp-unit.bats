@@ -118,6 +118,14 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "window: a packet between the steps of a del does not keep its flow on the removed real" {
+	require_root
+	run xdptest window
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" == *'real del, step 2: '* ]]
+}
+
 @test "two CPUs: a flow keeps its real on either; a SYN reusing a 5-tuple moves it on both" {
 	require_root
 	[ "$(nproc)" -ge 2 ] || skip "needs two CPUs"

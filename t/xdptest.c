@@ -194,6 +194,13 @@ static struct tvip tv[4];
 static __u32 vgen[4]; /* what the vipgen map holds */
 static __u32 scratch[RING];
 static long slots_written;
+static void (*between)(void); /* called between the steps of a change (t_window) */
+
+static void step(void)
+{
+	if (between)
+		between();
+}
 
 static void lb_open(int encap)
 {
@@ -241,8 +248,8 @@ static void lb_open(int encap)
 
 static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
 
-/* As the loader: a new generation for the slot, a new epoch, the port
- * filter. */
+/* As the loader: a new generation for the slot, the port filter. The
+ * caller bumps the epoch last, as the loader's settle(). */
 static void vip_slot(int n)
 {
 	__u32 k = (__u32)n, g = ++vgen[n];
@@ -252,7 +259,6 @@ static void vip_slot(int n)
 
 	bpf_map_update_elem(bpf_map__fd(sk->maps.vipgen), &k, &g, BPF_ANY);
 	pcpu_vipgen(&pc, n, g);
-	pcpu_bump(&pc);
 	pcpu_tick(&pc, clock_now);
 	for (int i = 0; i < 4; i++)
 		if (tv[i].key.family) {
@@ -284,26 +290,7 @@ static void add_vip(int n, const char *addr, __u16 port, int proto, __u32 flags)
 		memcpy(ak.addr, t->key.addr, 16);
 		bpf_map_update_elem(bpf_map__fd(sk->maps.vips), &ak, &a, BPF_ANY);
 	}
-}
-
-/* As the loader's del: the entry and the members go, the slot's generation
- * moves on (the address-only entry stays, as another VIP may use it). */
-static void del_vip(int n)
-{
-	struct tvip *t = &tv[n];
-	__u32 zero = 0;
-
-	bpf_map_delete_elem(bpf_map__fd(sk->maps.vips), &t->key);
-	for (int r = 1; r < MQLB_MAX_REALS; r++)
-		if (t->weight[r] >= 0) {
-			__u32 k = (__u32)(n * MQLB_MAX_REALS + r);
-
-			t->weight[r] = -1;
-			bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &zero, BPF_ANY);
-			pcpu_bump(&pc);
-		}
-	memset(&t->key, 0, sizeof t->key);
-	vip_slot(n);
+	pcpu_bump(&pc);
 }
 
 /* Real i: address "10.0.0.<10+i>" (or fd00::<10+i>), MAC 02:00:00:00:01:<i>. */
@@ -321,6 +308,54 @@ static void real_addr(int i, int family, __u32 addr[4])
 	}
 }
 
+/* VIP n's ring from its weights, as the loader's vip_rebuild. */
+static void ring_rebuild(int n)
+{
+	struct tvip *t = &tv[n];
+	struct mg_backend b[MQLB_MAX_REALS];
+	int nb = 0;
+
+	for (int r = 1; r < MQLB_MAX_REALS; r++)
+		if (t->weight[r] >= 0) {
+			b[nb].id = (__u32)r;
+			b[nb].weight = (__u32)t->weight[r];
+			real_addr(r, t->key.family, b[nb].addr);
+			nb++;
+		}
+	maglev_build(scratch, RING, b, nb);
+	slots_written = maglev_sync(ring16 + (size_t)n * RING, t->ring, scratch, RING);
+}
+
+/* As the loader's del (vip_del), in its order: the ring emptied, the
+ * members, the VIP; the slot's generation moves on (the address-only entry
+ * stays, as another VIP may use it); the epoch last. */
+static void del_vip(int n)
+{
+	struct tvip *t = &tv[n];
+	int gone[MQLB_MAX_REALS], ng = 0;
+	__u32 zero = 0;
+
+	for (int r = 1; r < MQLB_MAX_REALS; r++)
+		if (t->weight[r] >= 0) {
+			t->weight[r] = -1;
+			gone[ng++] = r;
+		}
+	ring_rebuild(n);
+	step();
+	for (int i = 0; i < ng; i++) {
+		__u32 k = (__u32)(n * MQLB_MAX_REALS + gone[i]);
+
+		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &zero, BPF_ANY);
+		step();
+	}
+	bpf_map_delete_elem(bpf_map__fd(sk->maps.vips), &t->key);
+	step();
+	memset(&t->key, 0, sizeof t->key);
+	vip_slot(n);
+	step();
+	pcpu_bump(&pc);
+}
+
 static void add_real(int i, int family, int valid)
 {
 	struct mqlb_real r = { .family = (__u8)family, .flags = valid ? MQLB_REAL_VALID : 0 };
@@ -335,28 +370,29 @@ static void add_real(int i, int family, int valid)
 	pcpu_bump(&pc);
 }
 
+/* As the loader's real_set and real_del (weight -1), in their order: a
+ * real that joins is a member before the ring picks it; otherwise the ring
+ * first, then the member; the epoch last, when the real left. */
 static void set_weight(int n, int real, int weight)
 {
 	struct tvip *t = &tv[n];
-	struct mg_backend b[MQLB_MAX_REALS];
 	__u32 k = (__u32)(n * MQLB_MAX_REALS + real), m = weight < 0 ? 0 : (__u32)weight + 1;
-	int nb = 0;
-	long w;
+	int joins = t->weight[real] < 0;
 
 	t->weight[real] = weight;
-	bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
+	if (joins) {
+		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
+		step();
+		ring_rebuild(n);
+		step();
+	} else {
+		ring_rebuild(n);
+		step();
+		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
+		step();
+	}
 	if (!m)
-		pcpu_bump(&pc); /* as the loader: the real's flows leave it */
-	for (int r = 1; r < MQLB_MAX_REALS; r++)
-		if (t->weight[r] >= 0) {
-			b[nb].id = (__u32)r;
-			b[nb].weight = (__u32)t->weight[r];
-			real_addr(r, t->key.family, b[nb].addr);
-			nb++;
-		}
-	maglev_build(scratch, RING, b, nb);
-	w = maglev_sync(ring16 + (size_t)n * RING, t->ring, scratch, RING);
-	slots_written = w;
+		pcpu_bump(&pc); /* as the loader's settle(): the real's flows leave it */
 }
 
 static __u32 predict(int n, const struct flowspec *fs, int src_only)
@@ -948,6 +984,75 @@ static void t_readd(void)
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) != a, "a removed real kept the flow");
 }
 
+/* The established packet that t_window sends between the steps of a
+ * change, and where it went (0: not forwarded). */
+static struct pkt win_in;
+static int win_real[8], win_n;
+
+static void win_send(void)
+{
+	struct pkt out;
+
+	if (win_n < 8)
+		win_real[win_n++] = run(prog(), &win_in, &out, NULL) == XDP_TX_ ? real_of(&out) : 0;
+}
+
+/* A del of a real ends its connections' entries, even when a packet of one
+ * comes while the loader is between the steps of the change: each step
+ * here is the loader's (set_weight and del_vip follow its order), and the
+ * flow's packet goes through after every one. The real still serves a
+ * second VIP, so its dest stays: only the member says it left. The entry's
+ * tag is old when the change starts (an unrelated change bumped the epoch),
+ * so that the packets in between are checked against the maps. */
+static void t_window(void)
+{
+	struct flowspec syn = flow4(40061, 1), est = flow4(40061, 0);
+	struct pkt in, out;
+	int a, v;
+
+	lb_open(MQLB_ENCAP_L2);
+	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
+	add_vip(1, "10.0.0.100", 5683, IPPROTO_UDP, 0);
+	for (int i = 1; i <= 3; i++) {
+		add_real(i, 4, 1);
+		set_weight(0, i, 100);
+		set_weight(1, i, 100);
+	}
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	a = real_of(&out);
+	pcpu_bump(&pc);
+	build(&win_in, &est);
+	win_n = 0;
+	between = win_send;
+	set_weight(0, a, -1); /* del of the real */
+	between = NULL;
+	CHECK(win_n == 2, "%d steps, want 2", win_n);
+	for (int i = 0; i < win_n; i++)
+		printf("real del, step %d: real %d\n", i + 1, win_real[i]);
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "the flow not forwarded after the del");
+	CHECK(real_of(&out) != a, "the flow stayed on the removed real %d", a);
+	CHECK(real_of(&out) == (int)predict(0, &est, 0), "the flow went to %d, not the ring's %u",
+	      real_of(&out), predict(0, &est, 0));
+
+	/* The same for a del of the VIP: no packet of its flows is forwarded
+	 * after it, whatever came in between. */
+	set_weight(0, a, 100);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	pcpu_bump(&pc);
+	win_n = 0;
+	between = win_send;
+	del_vip(0);
+	between = NULL;
+	for (int i = 0; i < win_n; i++)
+		printf("VIP del, step %d: real %d\n", i + 1, win_real[i]);
+	build(&in, &est);
+	v = run(prog(), &in, &out, NULL);
+	CHECK(v == XDP_PASS_, "the removed VIP's flow: verdict %d, want XDP_PASS", v);
+}
+
 static void on_cpu(int cpu)
 {
 	cpu_set_t set;
@@ -1280,6 +1385,8 @@ int main(int argc, char **argv)
 		t_reuse();
 	else if (!strcmp(t, "readd"))
 		t_readd();
+	else if (!strcmp(t, "window"))
+		t_window();
 	else if (!strcmp(t, "mac"))
 		t_mac();
 	else if (!strcmp(t, "bucket"))
@@ -1297,7 +1404,8 @@ int main(int argc, char **argv)
 	else if (!strcmp(t, "bench"))
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
-		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|reuse|readd|mac|bucket|torn|cpus|weights|moves|decap|"
+		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|"
+				"reuse|readd|window|mac|bucket|torn|cpus|weights|moves|decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}

@@ -21,8 +21,10 @@ struct pcpu {
 int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap);
 
 /* A new epoch on every CPU: IPv4 connections check their real against the
- * maps again. Call it after a change that may end one (a member removed,
- * a VIP slot's generation bumped, a real's MAC or validity changed). */
+ * maps again. Call it once a change that may end one (a member removed, a
+ * VIP slot's generation bumped, a real's MAC or validity changed) is all
+ * written, and not before: an entry checked during the change must keep an
+ * older epoch's tag (mqlb-xdp.c's settle()). */
 void pcpu_bump(struct pcpu *p);
 
 /* The VIPs, all of them (keys[i] is vals[i].num's): the port filter, and
@@ -30,8 +32,8 @@ void pcpu_bump(struct pcpu *p);
 void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n);
 
 /* Copies of a VIP slot's generation and of a real's IPv4 destination (its
- * MAC, or with encap ipip its address; 0 when it takes no IPv4 flows), for
- * the path of new flows. Then bump the epoch. */
+ * MAC, or with encap ipip its address; 0 when it takes no IPv4 flows). The
+ * caller bumps the epoch when the change is done. */
 void pcpu_vipgen(struct pcpu *p, int vn, __u32 gen);
 void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r);
 
