@@ -81,33 +81,40 @@ struct mqlb_conn {
  * is two words, each written with one store, so that readers on other
  * CPUs need no lock:
  *   key  h, the flow hash (mqlb_hash64 of the addresses, the ports and the
- *        protocol): two flows share an entry only if their 64-bit hashes
- *        are equal
+ *        protocol)
  *   val  check << 48 | tag << 32 | age << 16 | vip << 10 | real; check is
- *        h >> 48 again, so that a val written for another key (an entry
- *        torn by two CPUs) fails; tag = 0x8000 | (epoch & 0x7fff), the
- *        epoch when the entry was made or last checked: an older one (a
- *        real left a VIP, a VIP was removed, a real's MAC changed since)
- *        is checked against the VIP table and the members again; age is
- *        the seconds of the loader's clock (struct mqlb_cpu's now, 16 bits)
- *        when the entry was last written or used
+ *        mqlb_ct_check of the same tuple, a function independent of h:
+ *        two flows share an entry only if their hashes and their checks
+ *        are equal (about 80 bits), and a val written for another key (an
+ *        entry torn by two CPUs) fails but in one case in 65536; tag =
+ *        0x8000 | (epoch & 0x7fff), the epoch the packet that made or last
+ *        checked the entry loaded before its checks: an older one (a real
+ *        left a VIP, a VIP was removed, a real's MAC changed since) is
+ *        checked against the VIP table and the members again; age is the
+ *        seconds of the loader's clock (struct mqlb_cpu's now, 16 bits)
+ *        when the entry was last written or used. The age wraps every
+ *        65536 s (18.2 h): an entry idle longer looks young to the choice
+ *        of the one to replace, which it only delays.
  * The real's destination (its MAC, l2, or IPv4 address, ipip) is read from
  * its line of struct mqlb_cpu, which the packet's counters touch anyway.
- * A writer stores val, then key, and a reader loads key, then val: on a
- * CPU that keeps stores and loads in order a torn read is always an old
- * key with a new val, which the check catches (elsewhere, in all but one
- * case in 65536).
- * A new flow takes the bucket's entry of the same key, else the first empty
- * one (val 0), else the one least recently used. No entry is ever emptied,
- * so those in use are always the first ones. */
+ * A new flow's writer stores val, then key, and a reader loads key, then
+ * val: on a CPU that keeps stores and loads in order a torn read is an old
+ * key with a new val, which the check catches but in one case in 65536.
+ * An established flow's packet changes only the tag and the age of its
+ * entry, with a compare-and-swap on the val it checked: if another CPU gave
+ * the entry to another flow meanwhile, the val differs and nothing is
+ * written (a plain store could pair that flow's key with this val).
+ * A new flow takes the bucket's entry of the same key and check, else the
+ * first empty one (val 0), else the one least recently used. No entry is
+ * ever emptied, so those in use are always the first ones. */
 #define MQLB_CT_WAYS 4
 #define MQLB_CT_AGE_SHIFT 16
 #define MQLB_CT_AGE_MASK 0xffffu
 #define MQLB_CT_TAG(epoch) ((__u64)(0x8000 | ((epoch) & 0x7fff)) << 32)
 #define MQLB_CT_TAG_MASK (0xffffull << 32)
-#define MQLB_CT_VAL(h, tag, age, vip, real)                                                        \
-	((h) & 0xffff000000000000ull | (tag) |                                                     \
-	 (__u64)((age) & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT | (__u64)(vip) << 10 | (__u64)(real))
+#define MQLB_CT_VAL(check, tag, age, vip, real)                                  \
+	((__u64)(check) << 48 | (tag) | (__u64)((age) & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT | \
+	 (__u64)(vip) << 10 | (__u64)(real))
 #define MQLB_CT_REAL(val) ((__u32)(val) & (MQLB_MAX_REALS - 1))
 #define MQLB_CT_VIP(val) ((__u32)((val) >> 10) & (MQLB_MAX_VIPS - 1))
 #define MQLB_CT_AGE(val) ((__u32)((val) >> MQLB_CT_AGE_SHIFT) & MQLB_CT_AGE_MASK)
@@ -226,8 +233,9 @@ struct mqlb_cpu_vip {
 	__u32 gen;
 } __attribute__((aligned(64)));
 
-/* A real's line: its counters and the copy of its dest, which a new flow
- * takes (struct mqlb_ct4; 0: it takes no IPv4 flows). */
+/* A real's line: its counters and its IPv4 destination, read by every
+ * packet sent to it (its MAC, l2, or IPv4 address, ipip; 0: it takes no
+ * IPv4 flows). */
 struct mqlb_cpu_real {
 	__u64 dest;
 	struct mqlb_rstat st;
@@ -290,9 +298,10 @@ static inline __u64 mqlb_hash64(__u64 a, __u64 b)
 	return x ^ x >> 32;
 }
 
-/* For IPv4, a is source | destination << 32 and b is the ports (as in the
- * packet) | protocol << 32, the first 8 bytes of each half of conns4's key:
- * the IPv6 words fold in only when they are not zero. */
+/* For IPv4, a is source | destination << 32 (the addresses as they lie in
+ * the packet) and b is the ports (as in the packet) | protocol << 32: the
+ * k0 and k1 of bpf/mqlb_xdp.bpf.c. The IPv6 words fold in only when they
+ * are not zero. */
 static inline __u64 mqlb_flow_hash(const struct mqlb_flow *f, int src_only)
 {
 	__u64 a = f->src[0], b = 0, w;
@@ -306,6 +315,15 @@ static inline __u64 mqlb_flow_hash(const struct mqlb_flow *f, int src_only)
 		     (__u64)f->dst[3] * 0x85ebca77c2b2ae63ull;
 	}
 	return mqlb_hash64(a ^ w, b);
+}
+
+/* The check of an IPv4 connection entry (struct mqlb_ct4), 16 bits of
+ * the tuple (k0, k1 as mqlb_hash64's a and b) by other multiplications
+ * than the flow hash's: a pair of tuples whose flow hashes collide has
+ * the same check only once in 65536. */
+static inline __u64 mqlb_ct_check(__u64 k0, __u64 k1)
+{
+	return ((k0 ^ k1 * 0xc2b2ae3d27d4eb4full) * 0x165667b19e3779f9ull) >> 48;
 }
 
 /* The ring slot of a hash, in [0, m): the upper 32 bits scaled, no division. */

@@ -169,11 +169,12 @@ static __always_inline int member(__u32 vip, __u32 real)
 	return m && *m;
 }
 
-/* The entry of hash h in its bucket, or NULL; *val its value. A bucket's
- * entries in use are its first ones (an entry is never emptied, a new flow
- * takes the first empty one): the search ends at an empty entry. The key
- * is loaded before the value (see struct mqlb_ct4). */
-static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 h, __u64 *val)
+/* The entry of hash h and check chk in its bucket, or NULL; *val its
+ * value. A bucket's entries in use are its first ones (an entry is never
+ * emptied, a new flow takes the first empty one): the search ends at an
+ * empty entry. The key is loaded before the value (see struct mqlb_ct4). */
+static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u64 h, __u64 chk,
+						 __u64 *val)
 {
 #pragma unroll
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
@@ -182,7 +183,7 @@ static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u6
 
 		if (!v)
 			break;
-		if (k == h && (v >> 48) == (h >> 48)) {
+		if (k == h && (v >> 48) == chk) {
 			*val = v;
 			return e;
 		}
@@ -190,10 +191,12 @@ static __always_inline struct mqlb_ct4 *ct4_find(struct mqlb_ct4_bucket *b, __u6
 	return NULL;
 }
 
-/* The way a new flow's entry goes to: its own, else an empty one, else
- * the one used least recently. An index, not a pointer: the verifier
- * allows no arithmetic that clang makes of a choice between pointers. */
-static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 h, __u32 now)
+/* The way a new flow's entry goes to: its own (same key and check), else
+ * an empty one, else the one used least recently. An index, not a pointer:
+ * the verifier allows no arithmetic that clang makes of a choice between
+ * pointers. */
+static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 h, __u64 chk,
+				     __u32 now)
 {
 	__u32 oldest = 0;
 	int same = -1, empty = -1, old = 0;
@@ -208,7 +211,7 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 h, _
 			empty = i; /* and the ones after it are empty too */
 			break;
 		}
-		if (e->key == h) {
+		if (e->key == h && (v >> 48) == chk) {
 			same = i;
 			break;
 		}
@@ -412,8 +415,8 @@ static __always_inline struct mqlb_ct4_bucket *ct4_bucket(__u64 h)
  * headers): its VIP's ring picks the real, the table remembers it. For a
  * new flow the bucket (somewhere in the table) and the ring slot are both
  * likely cache misses, the ring slot's after the state's: both lines are
- * asked for before anything waits on either, the bucket's two first, and
- * the way is chosen once the ring has been read. */
+ * asked for before anything waits on either, the bucket's first, and the
+ * way is chosen once the ring has been read. */
 static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn, __u64 epoch)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
@@ -421,13 +424,14 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn,
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
 	__u32 vn, slot, real, way, now = c->now, rs = ring_size;
-	__u64 k0, k1, h, val, vip, dest;
+	__u64 k0, k1, h, chk, val, vip, dest;
 
 	if ((void *)(ip + 1) + sizeof(__u32) > end)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
 	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
 	k1 = (__u64)ip->protocol << 32 | *(__u32 *)(ip + 1);
 	h = mqlb_hash64(k0, k1);
+	chk = mqlb_ct_check(k0, k1);
 	b = ct4_bucket(h);
 	if (!b)
 		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
@@ -445,13 +449,13 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn,
 	else
 		slot = vn * rs + mqlb_ring_slot(h, rs);
 	real = ring_real(slot);
-	way = ct4_way(b, h, now);
+	way = ct4_way(b, h, chk, now);
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(h, MQLB_CT_TAG(epoch), now, vn, real);
+	val = MQLB_CT_VAL(chk, MQLB_CT_TAG(epoch), now, vn, real);
 	e = &b->e[way];
 	*(volatile __u64 *)&e->val = val;
 	*(volatile __u64 *)&e->key = h;
@@ -654,7 +658,7 @@ int mqlb_xdp(struct xdp_md *ctx)
 	h = mqlb_hash64(k0, k1);
 	epoch = *(volatile __u64 *)&c->epoch;
 	b = ct4_bucket(h);
-	if (!b || !(e = ct4_find(b, h, &val)))
+	if (!b || !(e = ct4_find(b, h, mqlb_ct_check(k0, k1), &val)))
 		return schedule4(ctx, c, 0, epoch);
 	nval = val;
 	if ((val & MQLB_CT_TAG_MASK) != MQLB_CT_TAG(epoch)) {
@@ -667,8 +671,8 @@ int mqlb_xdp(struct xdp_md *ctx)
 		return schedule4(ctx, c, 0, epoch);
 	nval = (nval & ~((__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)) |
 	       (__u64)(c->now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
-	if (nval != val)
-		e->val = nval;
+	if (nval != val) /* only over the val checked (see struct mqlb_ct4) */
+		__sync_val_compare_and_swap(&e->val, val, nval);
 	return forward4(c, ctx, data, end, val, dest, 0);
 }
 

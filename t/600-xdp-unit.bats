@@ -126,6 +126,13 @@ usage_error() {
 	[[ "$output" == *'real del, step 2: '* ]]
 }
 
+@test "collide: two flows of one 64-bit hash, to two VIPs: the check keeps their entries apart" {
+	require_root
+	run xdptest collide
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
 @test "two CPUs: a flow keeps its real on either; a SYN reusing a 5-tuple moves it on both" {
 	require_root
 	[ "$(nproc)" -ge 2 ] || skip "needs two CPUs"

@@ -759,16 +759,31 @@ static void t_mac(void)
 }
 
 /* The flow hash of an IPv4 flow, its conns4 key, as the program makes it. */
-static __u64 hash_of(const struct flowspec *f)
+static void keys_of(const struct flowspec *f, __u64 *k0, __u64 *k1)
 {
 	__u32 src, dst;
-	__u64 k0, k1;
 
 	inet_pton(AF_INET, f->src, &src);
 	inet_pton(AF_INET, f->dst, &dst);
-	k0 = (__u64)dst << 32 | src;
-	k1 = (__u64)f->proto << 32 | (__u32)htons(f->dport) << 16 | htons(f->sport);
+	*k0 = (__u64)dst << 32 | src;
+	*k1 = (__u64)f->proto << 32 | (__u32)htons(f->dport) << 16 | htons(f->sport);
+}
+
+static __u64 hash_of(const struct flowspec *f)
+{
+	__u64 k0, k1;
+
+	keys_of(f, &k0, &k1);
 	return mqlb_hash64(k0, k1);
+}
+
+/* The check of its conns4 entry. */
+static __u64 check_of(const struct flowspec *f)
+{
+	__u64 k0, k1;
+
+	keys_of(f, &k0, &k1);
+	return mqlb_ct_check(k0, k1);
 }
 
 /* The conns4 bucket of a flow, as the program finds it. */
@@ -863,7 +878,7 @@ static struct mqlb_ct4 *entry_of(struct mqlb_ct4_bucket *t, const struct flowspe
 	__u64 h = hash_of(f);
 
 	for (int w = 0; w < MQLB_CT_WAYS; w++)
-		if (t[bucket_of(f)].e[w].key == h)
+		if (t[bucket_of(f)].e[w].key == h && t[bucket_of(f)].e[w].val >> 48 == check_of(f))
 			return &t[bucket_of(f)].e[w];
 	return NULL;
 }
@@ -871,7 +886,8 @@ static struct mqlb_ct4 *entry_of(struct mqlb_ct4_bucket *t, const struct flowspe
 /* An entry torn by two CPUs writing it at once: one flow's key with
  * another's value. The flow's next packet must not go to the other flow's
  * real: the value's check fails, the packet is a miss and scheduled by the
- * ring. */
+ * ring, and the flow has an entry again (another way: the torn one is not
+ * its own). */
 static void t_torn(void)
 {
 	size_t size = (size_t)mqlb_ct_buckets(65536) * sizeof(struct mqlb_ct4_bucket);
@@ -913,10 +929,85 @@ static void t_torn(void)
 		CHECK(real_of(&out) == ra, "a torn entry sent the flow to %d, not %d", real_of(&out), ra);
 		CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "%llu not-SYN misses, want 1",
 		      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
-		CHECK(MQLB_CT_REAL(ea->val) == (__u32)ra && (ea->val >> 48) == hash_of(&a) >> 48,
-		      "the entry was not written again");
+		ea = entry_of(t, &a);
+		CHECK(ea && MQLB_CT_REAL(ea->val) == (__u32)ra, "the entry was not written again");
 	}
 	munmap(t, size);
+}
+
+/* The inverse of an odd 64-bit multiplier (Newton's iteration). */
+static __u64 inv64(__u64 c)
+{
+	__u64 x = c;
+
+	for (int i = 0; i < 6; i++)
+		x *= 2 - c * x;
+	return x;
+}
+
+/* The k0 (addresses) whose flow hash with k1 (ports, protocol) is h:
+ * mqlb_hash64 undone step by step. */
+static __u64 unhash(__u64 h, __u64 k1)
+{
+	__u64 x = h ^ h >> 32;
+
+	x *= inv64(0xd6e8feb86659fd93ull);
+	x ^= x >> 32;
+	return ((x ^ k1) * inv64(0x9e3779b97f4a7c15ull)) ^ MQLB_HASH_SEED;
+}
+
+/* Two flows with the same 64-bit flow hash (made by undoing the public,
+ * unseeded hash: another source port, and the addresses that make up for
+ * it), to two VIPs: the second does not take the first's entry, its
+ * check differs; the first keeps its entry. */
+static void t_collide(void)
+{
+	struct flowspec a = flow4(40071, 1), b = flow4(40072, 0);
+	char src[INET_ADDRSTRLEN], dst[INET_ADDRSTRLEN];
+	__u64 k0, k1, bk0, bk1;
+	__u32 sa, da;
+	struct pkt in, out;
+	int ra;
+
+	lb_open(MQLB_ENCAP_L2);
+	keys_of(&a, &k0, &k1);
+	keys_of(&b, &bk0, &bk1);
+	bk0 = unhash(mqlb_hash64(k0, k1), bk1);
+	sa = (__u32)bk0;
+	da = (__u32)(bk0 >> 32);
+	inet_ntop(AF_INET, &sa, src, sizeof src);
+	inet_ntop(AF_INET, &da, dst, sizeof dst);
+	b.src = src;
+	b.dst = dst;
+	CHECK(hash_of(&b) == hash_of(&a), "no collision: %016llx %016llx",
+	      (unsigned long long)hash_of(&a), (unsigned long long)hash_of(&b));
+	printf("%s:%u and %s:%u -> %s: flow hash %016llx, checks %04llx %04llx\n", a.src, a.sport,
+	       b.src, b.sport, b.dst, (unsigned long long)hash_of(&a),
+	       (unsigned long long)check_of(&a), (unsigned long long)check_of(&b));
+	add_vip(0, a.dst, 1883, IPPROTO_TCP, 0);
+	add_vip(1, b.dst, 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++)
+		add_real(i, 4, 1);
+	set_weight(0, 1, 100);
+	set_weight(0, 2, 100);
+	set_weight(1, 3, 100);
+	build(&in, &a);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
+	ra = real_of(&out);
+	CHECK(ra == 1 || ra == 2, "the first flow went to %d", ra);
+	build(&in, &b);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "the second flow not forwarded");
+	CHECK(real_of(&out) == 3, "the second flow went to %d (the first's entry), not its VIP's 3",
+	      real_of(&out));
+	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "%llu not-SYN misses, want 1",
+	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+	a.syn = 0;
+	a.ack = 1;
+	build(&in, &a);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) == ra,
+	      "the first flow went to %d, not %d", real_of(&out), ra);
+	CHECK(ctr(MQLB_ST_LRU_MISS) == 2, "%llu misses, want 2 (the first flow lost its entry)",
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS));
 }
 
 /* A VIP removed and its slot taken by another VIP (same port, same real):
@@ -1393,6 +1484,8 @@ int main(int argc, char **argv)
 		t_bucket();
 	else if (!strcmp(t, "torn"))
 		t_torn();
+	else if (!strcmp(t, "collide"))
+		t_collide();
 	else if (!strcmp(t, "cpus"))
 		t_cpus();
 	else if (!strcmp(t, "weights"))
@@ -1405,7 +1498,8 @@ int main(int argc, char **argv)
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
 		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|"
-				"reuse|readd|window|mac|bucket|torn|cpus|weights|moves|decap|"
+				"reuse|readd|window|mac|bucket|torn|collide|cpus|weights|moves|"
+				"decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}
