@@ -111,7 +111,7 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
-@test "readd: a VIP removed and added again keeps its flows on reals that still serve it" {
+@test "readd: an IPv4 VIP removed and added again keeps flows on reals still serving it; IPv6 not" {
 	require_root
 	run xdptest readd
 	echo "$output"

@@ -1049,7 +1049,8 @@ static void t_reuse(void)
 
 /* A VIP removed and added again in its slot (a flapping health check, a
  * reload): an established IPv4 flow whose real still serves it keeps that
- * real, even where the VIP's ring now points elsewhere. */
+ * real, even where the VIP's ring now points elsewhere; an IPv6 flow is
+ * scheduled afresh. */
 static void t_readd(void)
 {
 	struct flowspec syn = flow4(40051, 1), est = flow4(40051, 0);
@@ -1073,6 +1074,27 @@ static void t_readd(void)
 	set_weight(0, a, -1);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) != a, "a removed real kept the flow");
+
+	/* IPv6 is not the same VIP again: its entries hold the slot's
+	 * generation, and the flow is scheduled afresh (mqlb-xdp.8). */
+	syn.family = est.family = 6;
+	syn.src = est.src = "2001:db8:1::7";
+	syn.dst = est.dst = "fd00::100";
+	setup3(MQLB_ENCAP_L2, 6);
+	build(&in, &syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "IPv6: SYN not forwarded");
+	a = real_of(&out);
+	del_vip(0);
+	add_vip(0, "fd00::100", 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++)
+		set_weight(0, i, i == a ? 0 : 100);
+	build(&in, &est);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "IPv6: established flow not forwarded");
+	CHECK(real_of(&out) != a && real_of(&out) == (int)predict(0, &est, 0),
+	      "IPv6: the flow went to %d (was on %d), not the ring's %u", real_of(&out), a,
+	      predict(0, &est, 0));
+	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "IPv6: %llu not-SYN misses, want 1",
+	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 }
 
 /* The established packet that t_window sends between the steps of a
