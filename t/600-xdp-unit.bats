@@ -156,7 +156,7 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
-@test "a torn entry (one flow's key, another's value): the flow is a miss, not sent to the other's real" {
+@test "a torn entry (a flow's key, another's val): a miss, the flow not sent to the other's real" {
 	require_root
 	run xdptest torn
 	echo "$output"
@@ -255,7 +255,8 @@ veth_ns() {
 	ns_add d
 	# A bridge device has no native XDP.
 	ip -n "$(ns d)" link add br0 type bridge
-	run ip netns exec "$(ns d)" mqlb-xdp -i br0 --encap ipip --gateway-mac 02:00:00:00:00:fe </dev/null
+	run ip netns exec "$(ns d)" mqlb-xdp -i br0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
+		</dev/null
 	echo "$output"
 	[ "$status" -eq 111 ]
 	[[ "$output" == *"cannot attach to br0 in native mode"*"try --mode generic"* ]]
@@ -282,8 +283,8 @@ veth_ns() {
 	for f in link conns4 conns6 vipgen ring; do
 		[ -e "$pin/$f" ] || { echo "not pinned: $pin/$f"; false; }
 	done
-	bg b ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
-		--pin "$pin" --listen "$T/sock2" -v
+	bg b ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip \
+		--gateway-mac 02:00:00:00:00:fe --pin "$pin" --listen "$T/sock2" -v
 	wait_for 5 show_has "$T/sock2" "^ok"
 	run xdp_query "$T/sock2" show
 	[ "${lines[0]}" = "vip 10.66.0.100:1883 tcp" ]
@@ -316,8 +317,8 @@ veth_ns() {
 @test "--stats-interval writes stat records to stdout" {
 	require_root
 	veth_ns
-	bg xdp ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe \
-		--stats-interval 0.2
+	bg xdp ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip \
+		--gateway-mac 02:00:00:00:00:fe --stats-interval 0.2
 	wait_for 5 lines_in "$T/xdp.out" 2 '^stat records 0$'
 	grep -q '^stat forwarded 0$' "$T/xdp.out"
 	! grep -qv '^stat ' "$T/xdp.out" || false
@@ -328,9 +329,11 @@ veth_ns() {
 	command -v systemd-socket-activate >/dev/null || skip "no systemd-socket-activate"
 	veth_ns
 	bg sa systemd-socket-activate -l "$T/sa.sock" \
-		ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip --gateway-mac 02:00:00:00:00:fe
+		ip netns exec "$(ns x)" mqlb-xdp -i veth0 --encap ipip \
+		--gateway-mac 02:00:00:00:00:fe
 	wait_for 5 test -S "$T/sa.sock"
-	xdp_query "$T/sa.sock" "vip 10.66.0.100:1883" "real 10.66.0.100:1883 10.66.0.11 3" >/dev/null
+	xdp_query "$T/sa.sock" "vip 10.66.0.100:1883" "real 10.66.0.100:1883 10.66.0.11 3" \
+		>/dev/null
 	wait_for 5 show_has "$T/sa.sock" "^real 10.66.0.100:1883 10.66.0.11 3$"
 	run xdp_query "$T/sa.sock" stats
 	[[ "$output" == *"stat records 2"* ]]

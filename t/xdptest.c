@@ -99,7 +99,8 @@ static void build(struct pkt *p, const struct flowspec *fs)
 {
 	struct ethhdr *eth = (void *)p->b;
 	__u8 *l3 = p->b + sizeof *eth, *l4;
-	size_t l4len = (fs->proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) + fs->payload;
+	size_t l4len = (fs->proto == IPPROTO_TCP ? sizeof(struct tcphdr) : sizeof(struct udphdr)) +
+		       fs->payload;
 	__u32 ps = 0;
 
 	memset(p, 0, sizeof *p);
@@ -438,7 +439,8 @@ static void setup3(int encap, int family)
 
 static struct flowspec flow4(__u16 sport, int syn)
 {
-	struct flowspec fs = { 4, "198.51.100.7", "10.0.0.100", sport, 1883, IPPROTO_TCP, syn, !syn, 10 };
+	struct flowspec fs = { 4, "198.51.100.7", "10.0.0.100", sport, 1883, IPPROTO_TCP,
+			       syn, !syn, 10 };
 
 	return fs;
 }
@@ -465,11 +467,13 @@ static void t_l2(int family)
 	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
 	CHECK(out.len == in.len, "length %zu, want %zu", out.len, in.len);
 	CHECK(want >= 1 && want <= 3, "ring predicts real %u", want);
-	CHECK(!memcmp(out.b, "\x02\0\0\0\x01", 5) && out.b[5] == want, "dest MAC is not real %u's", want);
+	CHECK(!memcmp(out.b, "\x02\0\0\0\x01", 5) && out.b[5] == want, "dest MAC is not real %u's",
+	      want);
 	CHECK(!memcmp(out.b + 6, LB_MAC, 6), "source MAC is not the balancer's");
 	CHECK(!memcmp(out.b + 12, in.b + 12, in.len - 12), "bytes after the MACs changed");
-	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 1 && ctr(MQLB_ST_FWD) == 1, "counters new_flows %llu forwarded %llu",
-	      (unsigned long long)ctr(MQLB_ST_NEW_FLOWS), (unsigned long long)ctr(MQLB_ST_FWD));
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 1 && ctr(MQLB_ST_FWD) == 1,
+	      "counters new_flows %llu forwarded %llu", (unsigned long long)ctr(MQLB_ST_NEW_FLOWS),
+	      (unsigned long long)ctr(MQLB_ST_FWD));
 }
 
 /* ipip: a new outer IPv4 header, checksum right, inner packet byte for byte. */
@@ -492,7 +496,8 @@ static void t_ipip(void)
 	CHECK(out.b[12] == 0x08 && out.b[13] == 0x00, "ethertype is not IPv4");
 	o = (void *)(out.b + 14);
 	CHECK(o->version == 4 && o->ihl == 5 && o->protocol == IPPROTO_IPIP && o->ttl == 64,
-	      "outer header: version %d ihl %d protocol %d ttl %d", o->version, o->ihl, o->protocol, o->ttl);
+	      "outer header: version %d ihl %d protocol %d ttl %d", o->version, o->ihl, o->protocol,
+	      o->ttl);
 	CHECK(ntohs(o->tot_len) == in.len - 14 + 20, "outer tot_len %u", ntohs(o->tot_len));
 	CHECK(ntohs(o->frag_off) == 0x4000, "outer DF not set");
 	inet_pton(AF_INET, "192.0.2.1", &a);
@@ -506,13 +511,15 @@ static void t_ipip(void)
 	fs.payload = 1500 - 40;
 	build(&in, &fs);
 	v = run(prog(), &in, &out, NULL);
-	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_TOO_BIG) == 1, "oversize: verdict %d, counter %llu", v,
+	CHECK(v == XDP_DROP_ && ctr(MQLB_ST_DROP_TOO_BIG) == 1,
+	      "oversize: verdict %d, counter %llu", v,
 	      (unsigned long long)ctr(MQLB_ST_DROP_TOO_BIG));
 }
 
 static void t_ipip6(void)
 {
-	struct flowspec fs = { 6, "2001:db8:1::7", "fd00::100", 40002, 1883, IPPROTO_TCP, 1, 0, 10 };
+	struct flowspec fs = { 6, "2001:db8:1::7", "fd00::100", 40002, 1883, IPPROTO_TCP,
+			       1, 0, 10 };
 	struct pkt in, out;
 	struct ipv6hdr *o;
 	__u32 want, a[4];
@@ -524,9 +531,11 @@ static void t_ipip6(void)
 	v = run(prog(), &in, &out, NULL);
 	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
 	CHECK(out.len == in.len + 40, "length %zu, want %zu", out.len, in.len + 40);
-	CHECK(!memcmp(out.b, GW_MAC, 6) && out.b[12] == 0x86 && out.b[13] == 0xdd, "Ethernet header");
+	CHECK(!memcmp(out.b, GW_MAC, 6) && out.b[12] == 0x86 && out.b[13] == 0xdd,
+	      "Ethernet header");
 	o = (void *)(out.b + 14);
-	CHECK(o->version == 6 && o->nexthdr == IPPROTO_IPV6 && o->hop_limit == 64, "outer header fields");
+	CHECK(o->version == 6 && o->nexthdr == IPPROTO_IPV6 && o->hop_limit == 64,
+	      "outer header fields");
 	CHECK(o->flow_lbl[2] == 0x42, "flow label not kept");
 	CHECK(ntohs(o->payload_len) == in.len - 14, "outer payload_len %u", ntohs(o->payload_len));
 	real_addr((int)want, 6, a);
@@ -561,7 +570,8 @@ static void t_pass(void)
 		build(&in, cases[i]);
 		v = run(prog(), &in, &out, NULL);
 		CHECK(v == XDP_PASS_, "case %d: verdict %d, want XDP_PASS", i, v);
-		CHECK(out.len == in.len && !memcmp(out.b, in.b, in.len), "case %d: bytes changed", i);
+		CHECK(out.len == in.len && !memcmp(out.b, in.b, in.len), "case %d: bytes changed",
+		      i);
 	}
 	/* ARP and a runt frame */
 	memset(&in, 0, sizeof in);
@@ -619,8 +629,8 @@ static void t_syn(void)
 	CHECK(predict(0, &syn, 0) != (__u32)first, "ring still points at %d", first);
 	build(&in, &est);
 	v = run(prog(), &in, &out, NULL);
-	CHECK(v == XDP_TX_ && real_of(&out) == first, "established packet went to %d, not %d", real_of(&out),
-	      first);
+	CHECK(v == XDP_TX_ && real_of(&out) == first, "established packet went to %d, not %d",
+	      real_of(&out), first);
 	CHECK(ctr(MQLB_ST_LRU_HIT) == 1, "lru_hits %llu", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
 	build(&in, &syn);
 	v = run(prog(), &in, &out, NULL);
@@ -668,8 +678,10 @@ static void t_srchash(void)
 		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "udp verdict");
 		seen[real_of(&out) & 3]++;
 	}
-	CHECK(seen[1] && seen[2] && seen[3], "UDP flows did not spread: %d %d %d", seen[1], seen[2], seen[3]);
-	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400, "new_flows %llu", (unsigned long long)ctr(MQLB_ST_NEW_FLOWS));
+	CHECK(seen[1] && seen[2] && seen[3], "UDP flows did not spread: %d %d %d", seen[1], seen[2],
+	      seen[3]);
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400, "new_flows %llu",
+	      (unsigned long long)ctr(MQLB_ST_NEW_FLOWS));
 	for (int i = 0; i < 200; i++) {
 		struct flowspec fs = flow4((__u16)(10000 + i * 7), 0);
 
@@ -678,8 +690,8 @@ static void t_srchash(void)
 		build(&in, &fs);
 		run(prog(), &in, &out, NULL);
 	}
-	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400 && ctr(MQLB_ST_LRU_HIT) == 200, "UDP second packets: hits %llu",
-	      (unsigned long long)ctr(MQLB_ST_LRU_HIT));
+	CHECK(ctr(MQLB_ST_NEW_FLOWS) == 400 && ctr(MQLB_ST_LRU_HIT) == 200,
+	      "UDP second packets: hits %llu", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
 }
 
 /* Drain: weight 0 gets no new flows, keeps its established ones; removal
@@ -707,7 +719,8 @@ static void t_drain(void)
 			onit++;
 			kept += real_of(&out) == drained;
 		} else {
-			CHECK(real_of(&out) == owner[i], "flow %d moved from %d to %d", i, owner[i], real_of(&out));
+			CHECK(real_of(&out) == owner[i], "flow %d moved from %d to %d", i, owner[i],
+			      real_of(&out));
 		}
 	}
 	CHECK(onit > 100 && kept == onit, "drained real kept %d of its %d flows", kept, onit);
@@ -752,8 +765,8 @@ static void t_mac(void)
 	pcpu_bump(&pc);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established packet not forwarded");
-	CHECK(!memcmp(out.b, "\x02\0\0\0\x02", 5) && out.b[5] == a, "established packet went to %02x:%02x, "
-	      "not real %d's new MAC", out.b[4], out.b[5], a);
+	CHECK(!memcmp(out.b, "\x02\0\0\0\x02", 5) && out.b[5] == a,
+	      "established packet went to %02x:%02x, not real %d's new MAC", out.b[4], out.b[5], a);
 	CHECK(ctr(MQLB_ST_LRU_MISS) == 1, "the MAC change cost the flow its entry (%llu misses)",
 	      (unsigned long long)ctr(MQLB_ST_LRU_MISS));
 }
@@ -825,7 +838,8 @@ static void t_bucket(void)
 	__u64 miss;
 
 	setup3(MQLB_ENCAP_L2, 4);
-	CHECK(same_bucket(f, MQLB_CT_WAYS + 1) == MQLB_CT_WAYS + 1, "no %d flows of one bucket", MQLB_CT_WAYS + 1);
+	CHECK(same_bucket(f, MQLB_CT_WAYS + 1) == MQLB_CT_WAYS + 1, "no %d flows of one bucket",
+	      MQLB_CT_WAYS + 1);
 	for (int i = 0; i < MQLB_CT_WAYS; i++) {
 		pcpu_tick(&pc, 100 + (__u32)i); /* flow i written at 100 + i */
 		build(&in, &f[i]);
@@ -840,7 +854,8 @@ static void t_bucket(void)
 			CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "flow %d: not forwarded", i);
 		}
 	miss = ctr(MQLB_ST_LRU_MISS);
-	CHECK(miss == MQLB_CT_WAYS, "%llu misses for %d flows", (unsigned long long)miss, MQLB_CT_WAYS);
+	CHECK(miss == MQLB_CT_WAYS, "%llu misses for %d flows", (unsigned long long)miss,
+	      MQLB_CT_WAYS);
 	/* A SYN again (a reused 5-tuple): its own entry, no other goes. */
 	f[2].syn = 1;
 	f[2].ack = 0;
@@ -851,8 +866,8 @@ static void t_bucket(void)
 	pcpu_tick(&pc, 111);
 	build(&in, &f[MQLB_CT_WAYS]);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "the extra flow's SYN not forwarded");
-	CHECK(ctr(MQLB_ST_LRU_MISS) == miss + 2, "misses %llu, want %llu", (unsigned long long)ctr(MQLB_ST_LRU_MISS),
-	      (unsigned long long)miss + 2);
+	CHECK(ctr(MQLB_ST_LRU_MISS) == miss + 2, "misses %llu, want %llu",
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS), (unsigned long long)miss + 2);
 	f[MQLB_CT_WAYS].syn = 0;
 	f[MQLB_CT_WAYS].ack = 1;
 	for (int i = 0; i <= MQLB_CT_WAYS; i++)
@@ -862,12 +877,14 @@ static void t_bucket(void)
 		}
 	CHECK(ctr(MQLB_ST_LRU_MISS) == miss + 2 && ctr(MQLB_ST_MISS_NOT_SYN) == 0,
 	      "a flow other than the least recently used lost its entry: misses %llu, not-SYN %llu",
-	      (unsigned long long)ctr(MQLB_ST_LRU_MISS), (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS),
+	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 	f[1].syn = 0;
 	f[1].ack = 1;
 	build(&in, &f[1]);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) == (int)predict(0, &f[1], 0),
-	      "the evicted flow went to %d, not its ring's %u", real_of(&out), predict(0, &f[1], 0));
+	      "the evicted flow went to %d, not its ring's %u", real_of(&out),
+	      predict(0, &f[1], 0));
 	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "the evicted flow's packet: %llu not-SYN misses",
 	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 }
@@ -926,7 +943,8 @@ static void t_torn(void)
 		a.ack = 1;
 		build(&in, &a);
 		CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "not forwarded");
-		CHECK(real_of(&out) == ra, "a torn entry sent the flow to %d, not %d", real_of(&out), ra);
+		CHECK(real_of(&out) == ra, "a torn entry sent the flow to %d, not %d",
+		      real_of(&out), ra);
 		CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 1, "%llu not-SYN misses, want 1",
 		      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 		ea = entry_of(t, &a);
@@ -1044,7 +1062,8 @@ static void t_reuse(void)
 	nv.ack = 1;
 	build(&in, &nv);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "new VIP: established flow not forwarded");
-	CHECK(ctr(MQLB_ST_LRU_HIT) == 2, "lru hits %llu, want 2", (unsigned long long)ctr(MQLB_ST_LRU_HIT));
+	CHECK(ctr(MQLB_ST_LRU_HIT) == 2, "lru hits %llu, want 2",
+	      (unsigned long long)ctr(MQLB_ST_LRU_HIT));
 }
 
 /* A VIP removed and added again in its slot (a flapping health check, a
@@ -1069,11 +1088,13 @@ static void t_readd(void)
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established flow not forwarded");
 	CHECK(real_of(&out) == a, "the flow moved from %d to %d", a, real_of(&out));
-	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 0, "%llu not-SYN misses", (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
+	CHECK(ctr(MQLB_ST_MISS_NOT_SYN) == 0, "%llu not-SYN misses",
+	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 	/* Not a member any more: it moves. */
 	set_weight(0, a, -1);
 	build(&in, &est);
-	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) != a, "a removed real kept the flow");
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_ && real_of(&out) != a,
+	      "a removed real kept the flow");
 
 	/* IPv6 is not the same VIP again: its entries hold the slot's
 	 * generation, and the flow is scheduled afresh (mqlb-xdp.8). */
@@ -1211,15 +1232,18 @@ static void t_cpus(void)
 	CHECK(b != a, "the SYN went to the drained real %d", a);
 	build(&in, &est);
 	run(prog(), &in, &out, NULL);
-	CHECK(real_of(&out) == b, "CPU 1: the new connection's packet went to %d, want %d", real_of(&out), b);
+	CHECK(real_of(&out) == b, "CPU 1: the new connection's packet went to %d, want %d",
+	      real_of(&out), b);
 	on_cpu(0);
 	run(prog(), &in, &out, NULL);
-	CHECK(real_of(&out) == b, "CPU 0: the new connection's packet went to %d, want %d (a stale copy)",
+	CHECK(real_of(&out) == b,
+	      "CPU 0: the new connection's packet went to %d, want %d (a stale copy)",
 	      real_of(&out), b);
 	/* A removed real's flows leave it, on either CPU. */
 	set_weight(0, b, -1);
 	run(prog(), &in, &out, NULL);
-	CHECK(real_of(&out) != b && real_of(&out) != 0, "a removed real's flow went to %d", real_of(&out));
+	CHECK(real_of(&out) != b && real_of(&out) != 0, "a removed real's flow went to %d",
+	      real_of(&out));
 	printf("two CPUs: %d -> %d on both\n", a, b);
 }
 
@@ -1232,7 +1256,8 @@ static __u32 rnd(void)
 
 static void random_flow(struct flowspec *fs, char *buf)
 {
-	snprintf(buf, 32, "%u.%u.%u.%u", 1 + rnd() % 223, rnd() % 256, rnd() % 256, 1 + rnd() % 254);
+	snprintf(buf, 32, "%u.%u.%u.%u", 1 + rnd() % 223, rnd() % 256, rnd() % 256,
+		 1 + rnd() % 254);
 	*fs = flow4((__u16)(1024 + rnd() % 60000), 1);
 	fs->src = buf;
 }
@@ -1264,7 +1289,8 @@ static void t_weights(void)
 		double want = 10000.0 * w[i] / 600, dev = (n[i] - want) / want;
 
 		printf("real %d weight %d: %d flows (%.1f%% off)\n", i, w[i], n[i], 100 * dev);
-		CHECK(dev <= 0.05 && dev >= -0.05, "real %d: %d flows, want %.0f +-5%%", i, n[i], want);
+		CHECK(dev <= 0.05 && dev >= -0.05, "real %d: %d flows, want %.0f +-5%%", i, n[i],
+		      want);
 	}
 }
 
@@ -1308,12 +1334,15 @@ static void t_moves(void)
 			to_new += real_of(&out) == 5;
 		}
 	}
-	printf("new flows moved: %d of 10000 (%d to the new real); limit %.0f\n", moved, to_new, 10000 * limit);
-	CHECK(moved <= 10000 * limit, "%d of 10000 new flows moved, limit %.0f", moved, 10000 * limit);
+	printf("new flows moved: %d of 10000 (%d to the new real); limit %.0f\n", moved, to_new,
+	       10000 * limit);
+	CHECK(moved <= 10000 * limit, "%d of 10000 new flows moved, limit %.0f", moved,
+	      10000 * limit);
 	/* Reweighting one of five down, same bound. */
 	set_weight(0, 2, 50);
 	printf("ring slots written for a reweight: %ld\n", slots_written);
-	CHECK(slots_written < (long)(RING * limit), "%ld slots rewritten on reweight", slots_written);
+	CHECK(slots_written < (long)(RING * limit), "%ld slots rewritten on reweight",
+	      slots_written);
 }
 
 /* decap: IPIP and IPv6-in-IPv6 become the inner packet; anything else passes. */
@@ -1343,7 +1372,8 @@ static void t_decap(void)
 	build(&inner, &fs6);
 	run(prog(), &inner, &encap, NULL);
 	v = run(bpf_program__fd(d->progs.mqlb_decap), &encap, &out, NULL);
-	CHECK(v == XDP_PASS_ && out.len == inner.len && !memcmp(out.b + 12, inner.b + 12, inner.len - 12),
+	CHECK(v == XDP_PASS_ && out.len == inner.len &&
+		  !memcmp(out.b + 12, inner.b + 12, inner.len - 12),
 	      "IPv6: verdict %d length %zu", v, out.len);
 	v = run(bpf_program__fd(d->progs.mqlb_decap), &inner, &out, NULL);
 	CHECK(v == XDP_PASS_ && out.len == inner.len && !memcmp(out.b, inner.b, inner.len),

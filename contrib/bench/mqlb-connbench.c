@@ -27,11 +27,11 @@
 #include "opt.h"
 
 static const char usage[] =
-	"usage: mqlb-connbench conn [-v] [--quiet] [-h host[,host...]] [-p port] [--parallel n]\n"
-	"                       [--duration seconds]\n"
-	"       mqlb-connbench msg [-v] [--quiet] [-h host[,host...]] [-p port] [-q 0|1] [--publishers n]\n"
-	"                      [--window n] [--size bytes] [--duration seconds] --sub host[,host...]\n"
-	"                      [--sub-source addr]\n";
+	"usage: mqlb-connbench conn [-v] [--quiet] [-h host[,host...]] [-p port]\n"
+	"                       [--parallel n] [--duration seconds]\n"
+	"       mqlb-connbench msg [-v] [--quiet] [-h host[,host...]] [-p port] [-q 0|1]\n"
+	"                      [--publishers n] [--window n] [--size bytes]\n"
+	"                      [--duration seconds] --sub host[,host...] [--sub-source addr]\n";
 
 #define MAXSUB 16
 
@@ -315,12 +315,11 @@ static void cslot_retry(struct ev_loop *l, ev_timer *w, int revents)
 
 static void cslot_start(struct cslot *s)
 {
-	int fd;
+	static unsigned next; /* the destination of the next connection, in turn */
+	int fd, d = (int)(next++ % (unsigned)ndst);
 
 	memset(s, 0, sizeof *s);
 	s->t0 = mono();
-	static unsigned next;
-	int d = (int)(next++ % (unsigned)ndst);
 
 	if ((fd = dial(&dst[d], dstlen[d], NULL)) < 0) {
 		/* EADDRNOTAVAIL and the like: count it, try again in 10 ms. */
@@ -495,8 +494,8 @@ static void peer_cb(struct ev_loop *l, ev_io *w, int revents)
 	if (r < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (r <= 0)
-		die(EXIT_UNREACH, "%s: connection lost: %s", p->sub < 0 ? "publisher" : "subscriber",
-		    r ? strerror(errno) : "closed");
+		die(EXIT_UNREACH, "%s: connection lost: %s",
+		    p->sub < 0 ? "publisher" : "subscriber", r ? strerror(errno) : "closed");
 	p->have += (size_t)r;
 	now = mono();
 	while ((n = packet_len(p->in + off, p->have - off))) {
@@ -604,8 +603,10 @@ static void run_msg(void)
 	ev_run(loop, 0);
 	ms.stopping = 1;
 	secs = cf.duration;
-	printf("msg qos=%d publishers=%d secs=%.2f sent_s=%.1f acked_s=%.1f delivered_s=%.1f per_sub=", qos,
-	       cf.publishers, secs, ms.sent / secs, qos ? ms.acked / secs : 0.0, ms.delivered / secs);
+	printf("msg qos=%d publishers=%d secs=%.2f sent_s=%.1f acked_s=%.1f delivered_s=%.1f",
+	       qos, cf.publishers, secs, ms.sent / secs, qos ? ms.acked / secs : 0.0,
+	       ms.delivered / secs);
+	printf(" per_sub=");
 	for (i = 0; i < cf.nsub; i++)
 		printf("%s%lu", i ? "," : "", ms.per_sub[i]);
 	printf("\n");

@@ -289,12 +289,14 @@ echo "# netns-lb.sh $(date -u +%FT%TZ): $(uname -r), $(nproc) CPUs, load average
 for round in $(seq 1 "$rounds"); do
 	for m in ${modes//,/ }; do
 		"${m}_start"
-		c=$(nsx cl "$B/mqlb-connbench" conn -h "$(target "$m")" -p "$PORT" --parallel "$par" --duration "$dur") ||
+		c=$(nsx cl "$B/mqlb-connbench" conn -h "$(target "$m")" -p "$PORT" \
+			--parallel "$par" --duration "$dur") ||
 			die "$m: mqlb-connbench conn failed"
 		sleep 0.5
 		g=$(segs_in b1 b2 b3) k=$(segs_in cl)
-		s=$(nsx cl "$B/mqlb-connbench" msg -h "$(target "$m")" -p "$PORT" -q 1 --publishers "$npub" --window "$win" \
-			--size "$size" --duration "$dur" --sub "${REALS// /,}" --sub-source "$SUBSRC") ||
+		s=$(nsx cl "$B/mqlb-connbench" msg -h "$(target "$m")" -p "$PORT" -q 1 \
+			--publishers "$npub" --window "$win" --size "$size" --duration "$dur" \
+			--sub "${REALS// /,}" --sub-source "$SUBSRC") ||
 			die "$m: mqlb-connbench msg failed"
 		g=$(($(segs_in b1 b2 b3) - g)) k=$(($(segs_in cl) - k))
 		[ "$round" = 1 ] && echo "$m: $("${m}_info")" >>"$T/notes"
