@@ -33,6 +33,7 @@
 #include "mqlb_kern_user.h"
 #include "mqlb_decap.skel.h"
 #include "mqlb_xdp.skel.h"
+#include "xdp/lbstate.h"
 #include "xdp/maglev.h"
 #include "xdp/percpu.h"
 
@@ -46,22 +47,6 @@ static const char usage[] =
 	"                [--ready-fd n]\n";
 
 #define MAX_SRCHASH 32
-
-struct real {
-	__u32 addr[4];
-	int family;
-	__u8 mac[6];
-	int have_mac;
-	int refs; /* VIPs it serves */
-};
-
-struct vip {
-	int used;
-	struct mqlb_vip_key key;
-	__u32 flags;
-	int weight[MQLB_MAX_REALS]; /* -1: not a member */
-	__u32 *ring;                /* what the BPF ring holds now */
-};
 
 static const char *const stat_names[MQLB_ST_MAX] = { MQLB_STAT_NAMES };
 
@@ -87,15 +72,10 @@ static struct {
 	struct mqlb_xdp_bpf *skel;
 	struct mqlb_decap_bpf *dskel;
 	int link_fd;
-	int fd_vips, fd_reals, fd_ring, fd_members, fd_config, fd_vipgen;
+	int fd_ring, fd_config;
 	struct pcpu pc; /* the program's per-CPU state (struct mqlb_cpu), mapped */
-	__u16 *ring;    /* the ring array, mapped */
-	struct vip vips[MQLB_MAX_VIPS];
-	__u32 vipgen[MQLB_MAX_VIPS]; /* what the vipgen map holds */
-	struct real reals[MQLB_MAX_REALS];
-	__u32 *scratch;
-	unsigned long n_records, n_bad, n_slots;
-	int bump_due; /* a change may end IPv4 connections: settle() bumps the epoch */
+	struct lbstate lb; /* the VIPs and reals, and their maps */
+	unsigned long n_records, n_bad;
 } S;
 
 enum {
@@ -221,20 +201,6 @@ static int parse_addrport(char *s, __u32 addr[4], int *family, __u16 *port)
 	return 0;
 }
 
-static const char *fmt_addr(const __u32 addr[4], int family, char *buf, size_t n)
-{
-	return inet_ntop(family == 4 ? AF_INET : AF_INET6, addr, buf, (socklen_t)n);
-}
-
-static const char *fmt_vip(const struct mqlb_vip_key *k, char *buf, size_t n)
-{
-	char a[INET6_ADDRSTRLEN];
-
-	fmt_addr(k->addr, k->family, a, sizeof a);
-	snprintf(buf, n, k->family == 6 ? "[%s]:%u" : "%s:%u", a, ntohs(k->port));
-	return buf;
-}
-
 /* ---- the neighbour table ------------------------------------------------- */
 
 /* Look addr up in the kernel's neighbour table (rtnetlink dump). */
@@ -344,108 +310,18 @@ static int vip_is_srchash(const struct mqlb_vip_key *k)
 {
 	char buf[80];
 
-	fmt_vip(k, buf, sizeof buf);
+	lb_fmt_vip(k, buf, sizeof buf);
 	for (int i = 0; i < S.nsrchash; i++)
 		if (!strcmp(S.srchash[i], "all") || !strcmp(S.srchash[i], buf))
 			return 1;
 	return 0;
 }
 
-static void write_member(int vn, int ri)
+static void real_resolve(struct lbstate *lb, int ri)
 {
-	__u32 k = (__u32)(vn * MQLB_MAX_REALS + ri);
-	__u32 v = S.vips[vn].weight[ri] < 0 ? 0 : (__u32)S.vips[vn].weight[ri] + 1;
+	struct lb_real *r = &lb->reals[ri];
 
-	if (bpf_map_update_elem(S.fd_members, &k, &v, BPF_ANY) < 0)
-		die(EXIT_SYSERR, "cannot update the members map: %s", strerror(errno));
-	if (!v)
-		S.bump_due = 1; /* its IPv4 connections look again and move */
-}
-
-static void write_real(int ri)
-{
-	struct real *r = &S.reals[ri];
-	struct mqlb_real br = { 0 };
-	__u32 k = (__u32)ri;
-
-	if (r->refs > 0) {
-		memcpy(br.addr, r->addr, 16);
-		memcpy(br.mac, r->mac, 6);
-		br.family = (__u8)r->family;
-		br.flags = MQLB_REAL_VALID;
-	}
-	if (bpf_map_update_elem(S.fd_reals, &k, &br, BPF_ANY) < 0)
-		die(EXIT_SYSERR, "cannot update the reals map: %s", strerror(errno));
-	pcpu_dest(&S.pc, ri, &br);
-	S.bump_due = 1; /* its IPv4 connections check that it is still valid */
-}
-
-/* The end of every change: a new epoch, so that each IPv4 entry is checked
- * against the maps as they are now. Only last: a packet checked during the
- * change (against a member not yet removed, or scheduled by a ring not yet
- * rebuilt) tagged its entry with the epoch before, and is checked again.
- * A bump in the middle would let it tag the entry with the final epoch.
- * So a change writes, in order: the ring (a real that leaves takes no new
- * flow), members and reals, then settle(); a real that joins is a member,
- * with its dest, before the ring gives it flows. */
-static void settle(void)
-{
-	if (S.bump_due)
-		pcpu_bump(&S.pc);
-	S.bump_due = 0;
-}
-
-/* A real takes ring slots once it can be reached: in l2 mode that needs
- * its MAC. */
-static int real_usable(int ri) { return S.encap == MQLB_ENCAP_IPIP || S.reals[ri].have_mac; }
-
-static void vip_rebuild(int vn)
-{
-	struct vip *v = &S.vips[vn];
-	struct mg_backend b[MQLB_MAX_REALS];
-	int n = 0;
-	long changed;
-	char buf[80];
-
-	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
-		if (v->weight[ri] >= 0) {
-			b[n].id = (__u32)ri;
-			b[n].weight = real_usable(ri) ? (__u32)v->weight[ri] : 0;
-			memcpy(b[n].addr, S.reals[ri].addr, 16);
-			n++;
-		}
-	if (maglev_build(S.scratch, (__u32)S.ring_size, b, n) < 0)
-		die(EXIT_SYSERR, "out of memory");
-	changed = maglev_sync(S.ring + (size_t)vn * S.ring_size, v->ring, S.scratch, (__u32)S.ring_size);
-	S.n_slots += (unsigned long)changed;
-	debugl("vip %s: %ld ring slots changed", fmt_vip(&v->key, buf, sizeof buf), changed);
-}
-
-static int real_find(const __u32 addr[4], int family, int create)
-{
-	int free_ri = 0;
-
-	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		struct real *r = &S.reals[ri];
-
-		if (r->refs > 0 && r->family == family && !memcmp(r->addr, addr, 16))
-			return ri;
-		if (!free_ri && r->refs == 0)
-			free_ri = ri;
-	}
-	if (!create || !free_ri)
-		return 0;
-	memset(&S.reals[free_ri], 0, sizeof S.reals[free_ri]);
-	memcpy(S.reals[free_ri].addr, addr, 16);
-	S.reals[free_ri].family = family;
-	return free_ri;
-}
-
-static void real_resolve(int ri)
-{
-	struct real *r = &S.reals[ri];
-
-	if (S.encap != MQLB_ENCAP_L2 || r->have_mac)
+	if (lb->encap != MQLB_ENCAP_L2 || r->have_mac)
 		return;
 	if (neigh_lookup(r->addr, r->family, r->mac) == 0) {
 		r->have_mac = 1;
@@ -456,165 +332,12 @@ static void real_resolve(int ri)
 		ev_timer_start(S.loop, &S.resolve_timer);
 }
 
-static int vip_find(const struct mqlb_vip_key *k)
-{
-	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-		if (S.vips[vn].used && !memcmp(&S.vips[vn].key, k, sizeof *k))
-			return vn;
-	return -1;
-}
-
-/* The address-only entry tells the program which fragments to drop. */
-static void vip_addr_entry(const struct mqlb_vip_key *k)
-{
-	struct mqlb_vip_key ak = { .family = k->family };
-	struct mqlb_vip av = { .flags = MQLB_VIP_ADDR };
-	int users = 0;
-
-	memcpy(ak.addr, k->addr, 16);
-	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-		if (S.vips[vn].used && S.vips[vn].key.family == k->family &&
-		    !memcmp(S.vips[vn].key.addr, k->addr, 16))
-			users++;
-	if (users)
-		bpf_map_update_elem(S.fd_vips, &ak, &av, BPF_ANY);
-	else
-		bpf_map_delete_elem(S.fd_vips, &ak);
-}
-
-/* A new generation for VIP slot vn, on add and on del: connection entries
- * made for the slot's previous VIP are never taken again. */
-static void vip_newgen(int vn)
-{
-	__u32 k = (__u32)vn, g = ++S.vipgen[vn];
-
-	if (bpf_map_update_elem(S.fd_vipgen, &k, &g, BPF_ANY) < 0)
-		die(EXIT_SYSERR, "cannot update the vipgen map: %s", strerror(errno));
-	pcpu_vipgen(&S.pc, vn, g);
-	S.bump_due = 1;
-}
-
-/* The program's VIP table of new IPv4 flows, and its port filter. */
-static void vips_sync(void)
-{
-	struct mqlb_vip_key keys[MQLB_MAX_VIPS];
-	struct mqlb_vip vals[MQLB_MAX_VIPS];
-	int n = 0;
-
-	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-		if (S.vips[vn].used) {
-			keys[n] = S.vips[vn].key;
-			vals[n].num = (__u32)vn;
-			vals[n++].flags = S.vips[vn].flags;
-		}
-	pcpu_vips(&S.pc, keys, vals, n);
-}
-
-static const char *vip_add(const struct mqlb_vip_key *k)
-{
-	struct mqlb_vip bv = { 0 };
-	int vn = vip_find(k);
-	struct vip *v;
-
-	if (vn >= 0)
-		return NULL; /* again, after a producer restart: nothing changes */
-	for (vn = 0; vn < MQLB_MAX_VIPS && S.vips[vn].used; vn++)
-		;
-	if (vn == MQLB_MAX_VIPS)
-		return "too many VIPs";
-	v = &S.vips[vn];
-	v->used = 1;
-	v->key = *k;
-	v->flags = vip_is_srchash(k) ? MQLB_VIP_SRC_HASH : 0;
-	for (int ri = 0; ri < MQLB_MAX_REALS; ri++)
-		v->weight[ri] = -1;
-	bv.num = (__u32)vn;
-	bv.flags = v->flags;
-	vip_newgen(vn);
-	if (bpf_map_update_elem(S.fd_vips, k, &bv, BPF_ANY) < 0)
-		die(EXIT_SYSERR, "cannot update the vips map: %s", strerror(errno));
-	vip_addr_entry(k);
-	vips_sync();
-	return NULL;
-}
-
-static void real_unref(int ri)
-{
-	if (--S.reals[ri].refs == 0)
-		write_real(ri);
-}
-
-/* In the order of settle(): the ring empty first (ready for the next VIP
- * here), then the members, the reals and the VIP. */
-static void vip_del(int vn)
-{
-	struct vip *v = &S.vips[vn];
-	int gone[MQLB_MAX_REALS], n = 0;
-
-	for (int ri = 1; ri < MQLB_MAX_REALS; ri++)
-		if (v->weight[ri] >= 0) {
-			v->weight[ri] = -1;
-			gone[n++] = ri;
-		}
-	vip_rebuild(vn);
-	for (int i = 0; i < n; i++) {
-		write_member(vn, gone[i]);
-		real_unref(gone[i]);
-	}
-	bpf_map_delete_elem(S.fd_vips, &v->key);
-	v->used = 0;
-	vip_newgen(vn);
-	vip_addr_entry(&v->key);
-	vips_sync();
-}
-
-static const char *real_set(int vn, const __u32 addr[4], int family, int weight)
-{
-	struct vip *v = &S.vips[vn];
-	int ri = real_find(addr, family, 0);
-
-	if (S.encap == MQLB_ENCAP_IPIP && family != v->key.family)
-		return "--encap ipip needs the real in the VIP's address family";
-	if (!ri || v->weight[ri] < 0) {
-		if (!ri && !(ri = real_find(addr, family, 1)))
-			return "too many reals";
-		if (S.reals[ri].refs++ == 0) {
-			real_resolve(ri);
-			write_real(ri);
-		}
-		v->weight[ri] = weight;
-		write_member(vn, ri); /* a member, with its dest, before the ring picks it */
-		vip_rebuild(vn);
-		return NULL;
-	}
-	if (v->weight[ri] == weight)
-		return NULL;
-	v->weight[ri] = weight;
-	vip_rebuild(vn); /* the ring first (see settle) */
-	write_member(vn, ri);
-	return NULL;
-}
-
-static const char *real_del(int vn, const __u32 addr[4], int family)
-{
-	struct vip *v = &S.vips[vn];
-	int ri = real_find(addr, family, 0);
-
-	if (!ri || v->weight[ri] < 0)
-		return NULL; /* already gone: deletes are idempotent */
-	v->weight[ri] = -1;
-	vip_rebuild(vn); /* no new flow picks it, then the established ones leave it (settle) */
-	write_member(vn, ri);
-	real_unref(ri);
-	return NULL;
-}
-
 static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	int pending = 0;
 
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		struct real *r = &S.reals[ri];
+		struct lb_real *r = &S.lb.reals[ri];
 
 		if (r->refs == 0 || r->have_mac)
 			continue;
@@ -624,12 +347,12 @@ static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			continue;
 		}
 		r->have_mac = 1;
-		write_real(ri);
+		lb_real_write(&S.lb, ri);
 		for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-			if (S.vips[vn].used && S.vips[vn].weight[ri] > 0)
-				vip_rebuild(vn);
+			if (S.lb.vips[vn].used && S.lb.vips[vn].weight[ri] > 0)
+				lb_vip_rebuild(&S.lb, vn);
 	}
-	settle();
+	lb_settle(&S.lb);
 	if (!pending)
 		ev_timer_stop(loop, w);
 }
@@ -639,7 +362,7 @@ static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		struct real *r = &S.reals[ri];
+		struct lb_real *r = &S.lb.reals[ri];
 		char ab[INET6_ADDRSTRLEN];
 		__u8 mac[6];
 
@@ -647,12 +370,12 @@ static void refresh_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		    !memcmp(mac, r->mac, 6))
 			continue;
 		memcpy(r->mac, mac, 6);
-		write_real(ri);
+		lb_real_write(&S.lb, ri);
 		infol("real %s: new MAC %02x:%02x:%02x:%02x:%02x:%02x",
-		      fmt_addr(r->addr, r->family, ab, sizeof ab),
+		      lb_fmt_addr(r->addr, r->family, ab, sizeof ab),
 		      mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
 	}
-	settle();
+	lb_settle(&S.lb);
 }
 
 /* ---- records ------------------------------------------------------------- */
@@ -687,7 +410,7 @@ static const char *record(struct rec *r)
 			else if (strcmp(r->f[2], "tcp"))
 				return "protocol is neither tcp nor udp";
 		}
-		return vip_add(&k);
+		return lb_vip_add(&S.lb, &k, vip_is_srchash(&k) ? MQLB_VIP_SRC_HASH : 0);
 	}
 	if (rec_is(r, 0, "real")) {
 		if (r->nf != 4)
@@ -704,18 +427,18 @@ static const char *record(struct rec *r)
 	}
 	/* real and del name addr:port; they apply to its tcp and udp VIPs. */
 	for (int vn = 0; vn < MQLB_MAX_VIPS && !err; vn++) {
-		struct vip *v = &S.vips[vn];
+		struct lb_vip *v = &S.lb.vips[vn];
 
 		if (!v->used || v->key.family != k.family || v->key.port != k.port ||
 		    memcmp(v->key.addr, k.addr, 16))
 			continue;
 		any = 1;
 		if (rec_is(r, 0, "real"))
-			err = real_set(vn, addr, family, (int)w);
+			err = lb_real_set(&S.lb, vn, addr, family, (int)w);
 		else if (r->nf == 3)
-			err = real_del(vn, addr, family);
+			err = lb_real_del(&S.lb, vn, addr, family);
 		else
-			vip_del(vn);
+			lb_vip_del(&S.lb, vn);
 	}
 	if (!any && rec_is(r, 0, "real"))
 		return "no such VIP (send its vip record first)";
@@ -726,7 +449,7 @@ static void handle_rec(struct rec *r, int rc, unsigned long lineno, const char *
 {
 	const char *err = rc < 0 ? "too many fields" : record(r);
 
-	settle(); /* after all the VIPs the record names */
+	lb_settle(&S.lb); /* after all the VIPs the record names */
 
 	if (err) {
 		S.n_bad++;
@@ -802,14 +525,14 @@ static void write_stats(struct out *o)
 			 i == MQLB_ST_FWD ? fwd : i == MQLB_ST_LRU_HIT ? hits : pcpu_stat(&S.pc, i));
 	out_stat(o, "records", S.n_records);
 	out_stat(o, "bad_records", S.n_bad);
-	out_stat(o, "ring_slots_written", S.n_slots);
+	out_stat(o, "ring_slots_written", S.lb.n_slots);
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
-		struct vip *v = &S.vips[vn];
+		struct lb_vip *v = &S.lb.vips[vn];
 		__u64 sum[5];
 
 		if (!v->used)
 			continue;
-		fmt_vip(&v->key, vb, sizeof vb);
+		lb_fmt_vip(&v->key, vb, sizeof vb);
 		pcpu_vstat(&S.pc, vn, &vs);
 		sum[0] = vs.packets;
 		sum[1] = vs.bytes;
@@ -825,9 +548,9 @@ static void write_stats(struct out *o)
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
 		__u64 sum[3];
 
-		if (S.reals[ri].refs == 0)
+		if (S.lb.reals[ri].refs == 0)
 			continue;
-		fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab);
+		lb_fmt_addr(S.lb.reals[ri].addr, S.lb.reals[ri].family, ab, sizeof ab);
 		pcpu_rstat(&S.pc, ri, &rs);
 		sum[0] = rs.packets;
 		sum[1] = rs.bytes;
@@ -845,11 +568,11 @@ static void write_show(struct out *o)
 	char vb[80], ab[INET6_ADDRSTRLEN], mac[18];
 
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
-		struct vip *v = &S.vips[vn];
+		struct lb_vip *v = &S.lb.vips[vn];
 
 		if (!v->used)
 			continue;
-		fmt_vip(&v->key, vb, sizeof vb);
+		lb_fmt_vip(&v->key, vb, sizeof vb);
 		out_str(o, "vip");
 		out_str(o, vb);
 		out_str(o, v->key.proto == IPPROTO_UDP ? "udp" : "tcp");
@@ -859,20 +582,21 @@ static void write_show(struct out *o)
 				continue;
 			out_str(o, "real");
 			out_str(o, vb);
-			out_str(o, fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab));
+			out_str(o, lb_fmt_addr(S.lb.reals[ri].addr, S.lb.reals[ri].family, ab,
+					       sizeof ab));
 			out_ulong(o, (unsigned long)v->weight[ri]);
 			out_end(o);
 		}
 	}
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
-		const __u8 *m = S.reals[ri].mac;
+		const __u8 *m = S.lb.reals[ri].mac;
 
-		if (S.reals[ri].refs == 0 || S.encap == MQLB_ENCAP_IPIP)
+		if (S.lb.reals[ri].refs == 0 || S.encap == MQLB_ENCAP_IPIP)
 			continue;
 		snprintf(mac, sizeof mac, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
 		out_str(o, "mac");
-		out_str(o, fmt_addr(S.reals[ri].addr, S.reals[ri].family, ab, sizeof ab));
-		out_str(o, S.reals[ri].have_mac ? mac : "unresolved");
+		out_str(o, lb_fmt_addr(S.lb.reals[ri].addr, S.lb.reals[ri].family, ab, sizeof ab));
+		out_str(o, S.lb.reals[ri].have_mac ? mac : "unresolved");
 		out_end(o);
 	}
 }
@@ -1022,54 +746,55 @@ static void recover(void)
 	struct mqlb_vip bv;
 	int n = 0;
 
-	while (bpf_map_get_next_key(S.fd_vips, prev, &k) == 0) {
+	while (bpf_map_get_next_key(S.lb.fd_vips, prev, &k) == 0) {
 		prev = &k;
-		if (bpf_map_lookup_elem(S.fd_vips, &k, &bv) < 0 || (bv.flags & MQLB_VIP_ADDR) ||
+		if (bpf_map_lookup_elem(S.lb.fd_vips, &k, &bv) < 0 || (bv.flags & MQLB_VIP_ADDR) ||
 		    bv.num >= MQLB_MAX_VIPS)
 			continue;
-		S.vips[bv.num].used = 1;
-		S.vips[bv.num].key = k;
-		S.vips[bv.num].flags = bv.flags;
+		S.lb.vips[bv.num].used = 1;
+		S.lb.vips[bv.num].key = k;
+		S.lb.vips[bv.num].flags = bv.flags;
 		n++;
 	}
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
 		__u32 key = (__u32)vn;
 
-		if (bpf_map_lookup_elem(S.fd_vipgen, &key, &S.vipgen[vn]) < 0)
-			S.vipgen[vn] = 0;
-		pcpu_vipgen(&S.pc, vn, S.vipgen[vn]);
+		if (bpf_map_lookup_elem(S.lb.fd_vipgen, &key, &S.lb.vipgen[vn]) < 0)
+			S.lb.vipgen[vn] = 0;
+		pcpu_vipgen(&S.pc, vn, S.lb.vipgen[vn]);
 	}
-	vips_sync();
+	lb_vips_sync(&S.lb);
 	for (int ri = 1; ri < MQLB_MAX_REALS; ri++) {
 		struct mqlb_real br = { 0 };
 		__u32 key = (__u32)ri;
 
 		/* The copies again too: this mqlb-xdp's --encap may differ. */
-		bpf_map_lookup_elem(S.fd_reals, &key, &br);
+		bpf_map_lookup_elem(S.lb.fd_reals, &key, &br);
 		pcpu_dest(&S.pc, ri, &br);
 		if (!(br.flags & MQLB_REAL_VALID))
 			continue;
-		memcpy(S.reals[ri].addr, br.addr, 16);
-		memcpy(S.reals[ri].mac, br.mac, 6);
-		S.reals[ri].family = br.family;
-		S.reals[ri].have_mac = 1;
+		memcpy(S.lb.reals[ri].addr, br.addr, 16);
+		memcpy(S.lb.reals[ri].mac, br.mac, 6);
+		S.lb.reals[ri].family = br.family;
+		S.lb.reals[ri].have_mac = 1;
 	}
 	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++) {
-		struct vip *v = &S.vips[vn];
+		struct lb_vip *v = &S.lb.vips[vn];
 
 		for (int ri = 0; ri < MQLB_MAX_REALS; ri++) {
 			__u32 key = (__u32)(vn * MQLB_MAX_REALS + ri), m = 0;
 
 			v->weight[ri] = -1;
-			if (v->used && ri > 0 && bpf_map_lookup_elem(S.fd_members, &key, &m) == 0 && m) {
+			if (v->used && ri > 0 &&
+			    bpf_map_lookup_elem(S.lb.fd_members, &key, &m) == 0 && m) {
 				v->weight[ri] = (int)m - 1;
-				S.reals[ri].refs++;
+				S.lb.reals[ri].refs++;
 			}
 		}
 		/* Know the slots as they are, so only real changes get written
 		 * (an unused VIP's slots were emptied by its del). */
 		for (__u32 i = 0; v->used && i < S.ring_size; i++)
-			v->ring[i] = S.ring[(size_t)vn * S.ring_size + i];
+			v->ring[i] = S.lb.ring[(size_t)vn * S.ring_size + i];
 	}
 	/* Entries the running program refreshed meanwhile took the copies
 	 * as they were. */
@@ -1196,13 +921,13 @@ static void load_lb(void)
 			    S.pin, strerror(-err), S.pin);
 		die(EXIT_SYSERR, "cannot load the XDP program: %s (root or CAP_BPF needed)", strerror(-err));
 	}
-	S.fd_vips = bpf_map__fd(sk->maps.vips);
-	S.fd_reals = bpf_map__fd(sk->maps.reals);
+	S.lb.fd_vips = bpf_map__fd(sk->maps.vips);
+	S.lb.fd_reals = bpf_map__fd(sk->maps.reals);
 	S.fd_ring = bpf_map__fd(sk->maps.ring);
-	if (!(S.ring = maglev_map(S.fd_ring, (__u32)S.ring_size)))
+	if (!(S.lb.ring = maglev_map(S.fd_ring, (__u32)S.ring_size)))
 		die(EXIT_SYSERR, "cannot map the ring: %s", strerror(errno));
-	S.fd_members = bpf_map__fd(sk->maps.members);
-	S.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
+	S.lb.fd_members = bpf_map__fd(sk->maps.members);
+	S.lb.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
 	S.fd_config = bpf_map__fd(sk->maps.config);
 	/* A new epoch goes to every CPU before the program is attached (or,
 	 * taking over, before it replaces the running one: entries the
@@ -1211,17 +936,12 @@ static void load_lb(void)
 		     (__u32)S.encap) < 0)
 		die(EXIT_SYSERR, "cannot map the cpus map: %s", strerror(errno));
 	clock_cb(S.loop, &S.clock_timer, 0);
-	for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-		if (!(S.vips[vn].ring = calloc(S.ring_size, sizeof(__u32))))
-			die(EXIT_SYSERR, "out of memory");
-	if (!(S.scratch = calloc(S.ring_size, sizeof(__u32))))
-		die(EXIT_SYSERR, "out of memory");
+	S.lb.pc = &S.pc;
+	S.lb.encap = S.encap;
+	S.lb.resolve = real_resolve;
+	lb_init(&S.lb, S.ring_size);
 	if (S.pin)
 		recover();
-	else
-		for (int vn = 0; vn < MQLB_MAX_VIPS; vn++)
-			for (int ri = 0; ri < MQLB_MAX_REALS; ri++)
-				S.vips[vn].weight[ri] = -1;
 	write_config();
 	attach(bpf_program__fd(sk->progs.mqlb_xdp));
 }

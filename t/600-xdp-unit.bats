@@ -118,12 +118,12 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
-@test "window: a packet between the steps of a del does not keep its flow on the removed real" {
+@test "window: mqlb-xdp's del of a real, a packet after each map write: the flow leaves the real" {
 	require_root
 	run xdptest window
 	echo "$output"
 	[ "$status" -eq 0 ]
-	[[ "$output" == *'real del, step 2: '* ]]
+	[[ "$output" == *'del-real: after write 2: '* ]]
 }
 
 @test "collide: two flows of one 64-bit hash, to two VIPs: the check keeps their entries apart" {

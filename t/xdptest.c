@@ -29,6 +29,7 @@
 #include "mqlb_decap.skel.h"
 #include "mqlb_xdp.skel.h"
 #include "xdp_floor.skel.h"
+#include "xdp/lbstate.h"
 #include "xdp/maglev.h"
 #include "xdp/percpu.h"
 
@@ -195,13 +196,6 @@ static struct tvip tv[4];
 static __u32 vgen[4]; /* what the vipgen map holds */
 static __u32 scratch[RING];
 static long slots_written;
-static void (*between)(void); /* called between the steps of a change (t_window) */
-
-static void step(void)
-{
-	if (between)
-		between();
-}
 
 static void lb_open(int encap)
 {
@@ -250,7 +244,7 @@ static void lb_open(int encap)
 static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
 
 /* As the loader: a new generation for the slot, the port filter. The
- * caller bumps the epoch last, as the loader's settle(). */
+ * caller bumps the epoch last, as the loader's lb_settle. */
 static void vip_slot(int n)
 {
 	__u32 k = (__u32)n, g = ++vgen[n];
@@ -309,7 +303,7 @@ static void real_addr(int i, int family, __u32 addr[4])
 	}
 }
 
-/* VIP n's ring from its weights, as the loader's vip_rebuild. */
+/* VIP n's ring from its weights, as the loader's lb_vip_rebuild. */
 static void ring_rebuild(int n)
 {
 	struct tvip *t = &tv[n];
@@ -327,7 +321,7 @@ static void ring_rebuild(int n)
 	slots_written = maglev_sync(ring16 + (size_t)n * RING, t->ring, scratch, RING);
 }
 
-/* As the loader's del (vip_del), in its order: the ring emptied, the
+/* As the loader's del (lb_vip_del), in its order: the ring emptied, the
  * members, the VIP; the slot's generation moves on (the address-only entry
  * stays, as another VIP may use it); the epoch last. */
 static void del_vip(int n)
@@ -342,18 +336,14 @@ static void del_vip(int n)
 			gone[ng++] = r;
 		}
 	ring_rebuild(n);
-	step();
 	for (int i = 0; i < ng; i++) {
 		__u32 k = (__u32)(n * MQLB_MAX_REALS + gone[i]);
 
 		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &zero, BPF_ANY);
-		step();
 	}
 	bpf_map_delete_elem(bpf_map__fd(sk->maps.vips), &t->key);
-	step();
 	memset(&t->key, 0, sizeof t->key);
 	vip_slot(n);
-	step();
 	pcpu_bump(&pc);
 }
 
@@ -371,7 +361,7 @@ static void add_real(int i, int family, int valid)
 	pcpu_bump(&pc);
 }
 
-/* As the loader's real_set and real_del (weight -1), in their order: a
+/* As the loader's lb_real_set and lb_real_del (weight -1), in their order: a
  * real that joins is a member before the ring picks it; otherwise the ring
  * first, then the member; the epoch last, when the real left. */
 static void set_weight(int n, int real, int weight)
@@ -383,17 +373,13 @@ static void set_weight(int n, int real, int weight)
 	t->weight[real] = weight;
 	if (joins) {
 		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
-		step();
 		ring_rebuild(n);
-		step();
 	} else {
 		ring_rebuild(n);
-		step();
 		bpf_map_update_elem(bpf_map__fd(sk->maps.members), &k, &m, BPF_ANY);
-		step();
 	}
 	if (!m)
-		pcpu_bump(&pc); /* as the loader's settle(): the real's flows leave it */
+		pcpu_bump(&pc); /* as the loader's lb_settle: the real's flows leave it */
 }
 
 static __u32 predict(int n, const struct flowspec *fs, int src_only)
@@ -1118,70 +1104,117 @@ static void t_readd(void)
 	      (unsigned long long)ctr(MQLB_ST_MISS_NOT_SYN));
 }
 
-/* The established packet that t_window sends between the steps of a
- * change, and where it went (0: not forwarded). */
+/* t_window drives mqlb-xdp's own code (cmd/xdp/lbstate.c) on the test's
+ * maps; its step hook sends an established packet after each map write of
+ * a change and notes where it went (0: not forwarded). */
+static struct lbstate lbs;
 static struct pkt win_in;
-static int win_real[8], win_n;
+static int win_real[16], win_n;
 
-static void win_send(void)
+static void win_step(struct lbstate *lb)
 {
 	struct pkt out;
 
-	if (win_n < 8)
+	(void)lb;
+	if (win_n < 16)
 		win_real[win_n++] = run(prog(), &win_in, &out, NULL) == XDP_TX_ ? real_of(&out) : 0;
 }
 
+/* As mqlb-xdp's neighbour lookup: real 10.0.0.<10+i> has MAC ...:01:<i>. */
+static void win_resolve(struct lbstate *lb, int ri)
+{
+	struct lb_real *r = &lb->reals[ri];
+	__u8 mac[6] = { 0x02, 0, 0, 0, 0x01, (__u8)(ntohl(r->addr[0]) - 10) };
+
+	memcpy(r->mac, mac, 6);
+	r->have_mac = 1;
+}
+
+static void win_open(void)
+{
+	lb_open(MQLB_ENCAP_L2);
+	pcpu_tick(&pc, clock_now);
+	lbs.fd_vips = bpf_map__fd(sk->maps.vips);
+	lbs.fd_reals = bpf_map__fd(sk->maps.reals);
+	lbs.fd_members = bpf_map__fd(sk->maps.members);
+	lbs.fd_vipgen = bpf_map__fd(sk->maps.vipgen);
+	lbs.pc = &pc;
+	lbs.ring = ring16;
+	lbs.encap = MQLB_ENCAP_L2;
+	lbs.resolve = win_resolve;
+	lb_init(&lbs, RING);
+}
+
+/* A change as a record makes it: the change, then lb_settle. */
+static void win_change(const char *what, int vn, int ri, int weight)
+{
+	__u32 addr[4];
+
+	real_addr(ri, 4, addr);
+	win_n = 0;
+	lbs.step = win_step;
+	if (!strcmp(what, "real"))
+		lb_real_set(&lbs, vn, addr, 4, weight);
+	else if (!strcmp(what, "del-real"))
+		lb_real_del(&lbs, vn, addr, 4);
+	else
+		lb_vip_del(&lbs, vn);
+	lbs.step = NULL;
+	lb_settle(&lbs);
+	for (int i = 0; i < win_n; i++)
+		printf("%s: after write %d: real %d\n", what, i + 1, win_real[i]);
+}
+
 /* A del of a real ends its connections' entries, even when a packet of one
- * comes while the loader is between the steps of the change: each step
- * here is the loader's (set_weight and del_vip follow its order), and the
- * flow's packet goes through after every one. The real still serves a
- * second VIP, so its dest stays: only the member says it left. The entry's
- * tag is old when the change starts (an unrelated change bumped the epoch),
- * so that the packets in between are checked against the maps. */
+ * comes while the loader is between the steps of the change. The loader's
+ * own code makes the changes here, and the flow's packet goes through
+ * after each of its map writes. The real still serves a second VIP, so its
+ * dest stays: only the member says it left. The entry's tag is old when
+ * the change starts (an unrelated change bumped the epoch), so that the
+ * packets in between are checked against the maps. */
 static void t_window(void)
 {
 	struct flowspec syn = flow4(40061, 1), est = flow4(40061, 0);
+	struct mqlb_vip_key k = { .port = htons(1883), .proto = IPPROTO_TCP, .family = 4 };
 	struct pkt in, out;
+	__u32 ring_says;
 	int a, v;
 
-	lb_open(MQLB_ENCAP_L2);
-	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
-	add_vip(1, "10.0.0.100", 5683, IPPROTO_UDP, 0);
+	win_open();
+	inet_pton(AF_INET, "10.0.0.100", k.addr);
+	lb_vip_add(&lbs, &k, 0);
+	k.port = htons(5683);
+	k.proto = IPPROTO_UDP;
+	lb_vip_add(&lbs, &k, 0);
 	for (int i = 1; i <= 3; i++) {
-		add_real(i, 4, 1);
-		set_weight(0, i, 100);
-		set_weight(1, i, 100);
+		__u32 addr[4];
+
+		real_addr(i, 4, addr);
+		lb_real_set(&lbs, 0, addr, 4, 100);
+		lb_real_set(&lbs, 1, addr, 4, 100);
 	}
+	lb_settle(&lbs);
 	build(&in, &syn);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
 	a = real_of(&out);
 	pcpu_bump(&pc);
 	build(&win_in, &est);
-	win_n = 0;
-	between = win_send;
-	set_weight(0, a, -1); /* del of the real */
-	between = NULL;
-	CHECK(win_n == 2, "%d steps, want 2", win_n);
-	for (int i = 0; i < win_n; i++)
-		printf("real del, step %d: real %d\n", i + 1, win_real[i]);
+	win_change("del-real", 0, a, 0);
+	CHECK(win_n == 2, "%d map writes, want 2 (the ring, the member)", win_n);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "the flow not forwarded after the del");
 	CHECK(real_of(&out) != a, "the flow stayed on the removed real %d", a);
-	CHECK(real_of(&out) == (int)predict(0, &est, 0), "the flow went to %d, not the ring's %u",
-	      real_of(&out), predict(0, &est, 0));
+	ring_says = lbs.vips[0].ring[mqlb_ring_slot(hash_of(&est), RING)];
+	CHECK(real_of(&out) == (int)ring_says, "the flow went to %d, not the ring's %u",
+	      real_of(&out), ring_says);
 
 	/* The same for a del of the VIP: no packet of its flows is forwarded
 	 * after it, whatever came in between. */
-	set_weight(0, a, 100);
+	win_change("real", 0, a, 100);
 	build(&in, &syn);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
 	pcpu_bump(&pc);
-	win_n = 0;
-	between = win_send;
-	del_vip(0);
-	between = NULL;
-	for (int i = 0; i < win_n; i++)
-		printf("VIP del, step %d: real %d\n", i + 1, win_real[i]);
+	win_change("del-vip", 0, 0, 0);
 	build(&in, &est);
 	v = run(prog(), &in, &out, NULL);
 	CHECK(v == XDP_PASS_, "the removed VIP's flow: verdict %d, want XDP_PASS", v);

@@ -24,7 +24,7 @@ int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap);
  * maps again. Call it once a change that may end one (a member removed, a
  * VIP slot's generation bumped, a real's MAC or validity changed) is all
  * written, and not before: an entry checked during the change must keep an
- * older epoch's tag (mqlb-xdp.c's settle()). */
+ * older epoch's tag (lb_settle, xdp/lbstate.c). */
 void pcpu_bump(struct pcpu *p);
 
 /* The VIPs, all of them (keys[i] is vals[i].num's): the port filter, and
