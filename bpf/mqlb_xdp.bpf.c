@@ -613,7 +613,9 @@ static __noinline int other(struct xdp_md *ctx, struct mqlb_cpu *c)
  * the one an entry is tagged with: a bump after the load (the loader's last
  * step of a change) leaves the entry older than the epoch, checked again by
  * its next packet. A second load, after the checks, could tag with the new
- * epoch an entry checked against the maps before the change. */
+ * epoch an entry checked against the maps before the change. (That the
+ * checks' loads follow the epoch's is x86's order of loads; a CPU that
+ * reorders loads would need a load-acquire here.) */
 SEC("xdp")
 int mqlb_xdp(struct xdp_md *ctx)
 {
