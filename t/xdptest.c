@@ -1058,20 +1058,32 @@ static void t_reuse(void)
  * reload): an established IPv4 flow whose real still serves it keeps that
  * real, even where the VIP's ring now points elsewhere; an IPv6 flow is
  * scheduled afresh. */
+/* Three reals of family, syn's flow set up on one of them, the VIP (vip:1883)
+ * removed and added again with that real drained: the ring points elsewhere.
+ * Returns the real. */
+static int readd_drained(int family, const char *vip, const struct flowspec *syn)
+{
+	struct pkt in, out;
+	int a;
+
+	setup3(MQLB_ENCAP_L2, family);
+	build(&in, syn);
+	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "IPv%d: SYN not forwarded", family);
+	a = real_of(&out);
+	del_vip(0);
+	add_vip(0, vip, 1883, IPPROTO_TCP, 0);
+	for (int i = 1; i <= 3; i++)
+		set_weight(0, i, i == a ? 0 : 100);
+	return a;
+}
+
 static void t_readd(void)
 {
 	struct flowspec syn = flow4(40051, 1), est = flow4(40051, 0);
 	struct pkt in, out;
 	int a;
 
-	setup3(MQLB_ENCAP_L2, 4);
-	build(&in, &syn);
-	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "SYN not forwarded");
-	a = real_of(&out);
-	del_vip(0);
-	add_vip(0, "10.0.0.100", 1883, IPPROTO_TCP, 0);
-	for (int i = 1; i <= 3; i++)
-		set_weight(0, i, i == a ? 0 : 100); /* a drained: the ring points elsewhere */
+	a = readd_drained(4, "10.0.0.100", &syn);
 	CHECK(predict(0, &est, 0) != (__u32)a, "the ring still points at %d", a);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "established flow not forwarded");
@@ -1089,14 +1101,7 @@ static void t_readd(void)
 	syn.family = est.family = 6;
 	syn.src = est.src = "2001:db8:1::7";
 	syn.dst = est.dst = "fd00::100";
-	setup3(MQLB_ENCAP_L2, 6);
-	build(&in, &syn);
-	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "IPv6: SYN not forwarded");
-	a = real_of(&out);
-	del_vip(0);
-	add_vip(0, "fd00::100", 1883, IPPROTO_TCP, 0);
-	for (int i = 1; i <= 3; i++)
-		set_weight(0, i, i == a ? 0 : 100);
+	a = readd_drained(6, "fd00::100", &syn);
 	build(&in, &est);
 	CHECK(run(prog(), &in, &out, NULL) == XDP_TX_, "IPv6: established flow not forwarded");
 	CHECK(real_of(&out) != a && real_of(&out) == (int)predict(0, &est, 0),
