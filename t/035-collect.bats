@@ -7,33 +7,27 @@ setup() { mqlb_setup; }
 teardown() { mqlb_teardown; }
 
 @test "collect: turns that take one message each gather nothing" {
-	run collectcheck one-at-a-time
-	[ "$output" = "ok one-at-a-time" ]
+	cases collectcheck one-at-a-time
 }
 
 @test "collect: crowded turns gather the limit, idle turns bring it back to none" {
-	run collectcheck crowd-then-idle
-	[ "$output" = "ok crowd-then-idle" ]
+	cases collectcheck crowd-then-idle
 }
 
 @test "collect: the first turn after a pause counts alone: a crowd gone leaves no gathering" {
-	run collectcheck pause
-	[ "$output" = "ok pause" ]
+	cases collectcheck pause
 }
 
 @test "collect: after crowded turns the loop waits the limit before it takes ready input" {
-	run collectcheck sleeps
-	[ "$output" = "ok sleeps" ]
+	cases collectcheck sleeps
 }
 
 @test "collect: six messages a turn gather 0.1 ms for each past the first" {
-	run collectcheck between
-	[ "$output" = "ok between" ]
+	cases collectcheck between
 }
 
 @test "collect: --collect 0 never gathers" {
-	run collectcheck off
-	[ "$output" = "ok off" ]
+	cases collectcheck off
 }
 
 @test "collectcheck: an unknown case fails" {

@@ -92,6 +92,17 @@ lines_in() {
 	[ "${n:-0}" -ge "$2" ]
 }
 
+# cases PROG CASE...: the check program PROG (t/sbcheck, t/collectcheck)
+# runs its CASEs, says "ok CASE" for each, and exits 0.
+cases() {
+	local prog=$1
+	shift
+	run "$prog" "$@"
+	echo "$output"
+	[ "$status" -eq 0 ] || return 1
+	[ "$output" = "$(printf 'ok %s\n' "$@")" ]
+}
+
 # exited PID: the process has ended (a zombie of this shell counts).
 exited() { ! kill -0 "$1" 2>/dev/null || [ "$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null)" = Z ]; }
 
