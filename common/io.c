@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "collect.h"
@@ -254,11 +255,20 @@ void out_stat(struct out *o, const char *name, unsigned long v)
 
 int out_full(const struct out *o) { return o->len - o->off >= o->hiwat; }
 
+static void hup_stop(struct out *o)
+{
+	if (ev_is_active(&o->hup)) {
+		ev_ref(o->loop);
+		ev_io_stop(o->loop, &o->hup);
+	}
+}
+
 static void out_failed(struct out *o, int err)
 {
 	o->err = err;
 	o->off = o->len = 0;
 	ev_io_stop(o->loop, &o->w);
+	hup_stop(o);
 	if (o->on_error)
 		o->on_error(o, o->arg);
 }
@@ -295,6 +305,26 @@ int out_flush(struct out *o)
 
 static void out_cb(struct ev_loop *loop, ev_io *w, int revents) { out_flush(w->data); }
 
+/* A pipe's write end is never readable: the poller says so only when the
+ * reader has gone. Then the output fails as a write would, at once, not at
+ * the next record (an idle stage would otherwise outlive its neighbour and
+ * keep its spool or socket from the pipeline started again). */
+static void hup_cb(struct ev_loop *loop, ev_io *w, int revents) { out_failed(w->data, EPIPE); }
+
+/* Watch fd for its reader's end, if it is a pipe (a tty or socket may be
+ * readable for other reasons); the watch keeps no loop running. */
+static void hup_watch(struct out *o)
+{
+	struct stat st;
+
+	hup_stop(o);
+	if (o->fd < 0 || fstat(o->fd, &st) < 0 || !S_ISFIFO(st.st_mode))
+		return;
+	ev_io_set(&o->hup, o->fd, EV_READ);
+	ev_io_start(o->loop, &o->hup);
+	ev_unref(o->loop);
+}
+
 static void flush_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct out *o = w->data;
@@ -313,6 +343,9 @@ void out_init(struct out *o, struct ev_loop *loop, int fd, size_t hiwat)
 		fd_nonblock(fd);
 	ev_io_init(&o->w, out_cb, fd, EV_WRITE);
 	o->w.data = o;
+	ev_init(&o->hup, hup_cb);
+	o->hup.data = o;
+	hup_watch(o);
 	ev_prepare_init(&o->flusher, flush_cb);
 	o->flusher.data = o;
 	ev_prepare_start(loop, &o->flusher);
@@ -328,6 +361,7 @@ void out_set_fd(struct out *o, int fd)
 	if (fd >= 0)
 		fd_nonblock(fd);
 	ev_io_set(&o->w, fd, EV_WRITE);
+	hup_watch(o);
 }
 
 int out_drain_blocking(struct out *o)

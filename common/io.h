@@ -40,6 +40,7 @@ typedef void out_fn(struct out *o, void *arg);
 struct out {
 	struct ev_loop *loop;
 	ev_io w;
+	ev_io hup; /* a pipe's reader gone (EPOLLERR), even while nothing is written */
 	ev_prepare flusher;
 	int fd;
 	char *buf;

@@ -56,6 +56,26 @@ killed() {
 	[ "$(sub_stat spool_replayed)" -gt 0 ]
 }
 
+@test "kill -9 of an idle mqlb-auction: mqlb-sub and mqlb-dispatch stop by themselves, so the three start again as they were" {
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline
+	worker w1 0
+	wait_balanced
+	publish 5
+	wait_for 20 eval '[ "$(ended)" -ge 5 ]'
+	# nothing is on its way now: mqlb-sub has no record to write
+	kill -KILL "$(cat "$T/auction.pid")"
+	wait_for 10 exited "$(cat "$T/sub.pid")"
+	wait_for 10 exited "$(cat "$T/dispatch.pid")"
+	# the same way again, without stopping anything first: the spool is free
+	pipeline
+	wait_balanced
+	publish 5 6
+	wait_for 20 eval '[ "$(ended)" -ge 10 ]'
+	account 10 | grep -qx 'lost 0'
+}
+
 @test "kill -9 of mqlb-sub under load, pipeline restarted on the spool: nothing lost" {
 	# The auction reads little (--max-pending), the pipe is full: records
 	# wait in mqlb-sub's output buffer (2 KB payloads), PUBACKed already.
