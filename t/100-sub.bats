@@ -519,7 +519,7 @@ gated_sub() {
 	[ "$(tail -c1 "$T/r.out" | od -An -c | tr -d ' ')" = '\n' ]
 }
 
-@test "EPIPE on stdout ends mqlb-sub cleanly" {
+@test "EPIPE on stdout ends mqlb-sub cleanly, as soon as the reader is gone" {
 	spy
 	mkfifo "$T/p"
 	bg h sh -c 'exec head -n1 <"$1"' sh "$T/p"
@@ -528,16 +528,13 @@ gated_sub() {
 	echo $! >"$T/s.pid"
 	echo $! >>"$T/pids"
 	wait_ready s
+	# head takes the group record and is gone; mqlb-sub, with nothing more
+	# to write, notices the closed pipe by itself (it may stop before its
+	# subscription is even acknowledged).
 	announce g1 'jobs/#'
-	wait_for 10 subacks_ge g1 'jobs/#' 1
-	# head has its line and is gone: the next records meet a closed pipe.
-	local i pid
+	local pid rc
 	pid=$(cat "$T/s.pid")
-	for i in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		pub jobs/x "$i" -q 1
-		sleep 0.1
-	done
+	wait_for 10 exited "$pid"
 	wait "$pid" && rc=0 || rc=$?
 	[ "$rc" -eq 0 ]
 	[ "$(cat "$T/h.out")" = 'group g1 jobs/#' ]

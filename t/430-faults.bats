@@ -328,7 +328,8 @@ stop_mid_job() {
 	wait_for 10 eval '[ "$(stat_of pending)" = 5 ]'
 	kill -KILL "$(cat "$T/dispatch.pid")"
 	wait_for 5 exited "$(cat "$T/dispatch.pid")"
-	# a worker's bid makes the auction write an award into the closed pipe
+	# the auction sees its output closed (at once, or at the award a
+	# worker's bid brings) and names what it held
 	worker w1 0.05
 	wait_for 10 exited "$(cat "$T/auction.pid")"
 	run wait "$(cat "$T/auction.pid")"
