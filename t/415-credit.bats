@@ -73,6 +73,29 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	no_drops
 }
 
+@test "--scheme soonest: a worker slow once is given a job again later, which measures it anew" {
+	broker_start
+	AUCTIONOPTS="--listen $T/a.sock" pipeline
+	# a's first job takes 1 s, its others no time, like b's; b has slots
+	# enough to keep up alone with what comes, even on a loaded machine
+	worker a 0 -- sh -c 'p=$(cat); echo "start $MQLB_WID $p" >>"$LOG"
+		[ -e "$LOG.a1" ] || { touch "$LOG.a1"; sleep 1; }; echo "end $MQLB_WID $p" >>"$LOG"'
+	worker b 0 -j 16
+	wait_balanced
+	# one job each: a is measured at 1 s, b at a few ms
+	publish 2
+	wait_for 10 eval '[ "$(ended)" -ge 2 ]'
+	[ "$(ran_on a)" = 1 ]
+	# so b gets everything, until a's time goes stale (200 awards and a
+	# second after a's last): a's next job measures it anew
+	publish_paced 300 50 3
+	wait_for 30 eval '[ "$(ended)" -ge 302 ]'
+	once 302
+	no_drops
+	[ "$(astat probes)" -ge 1 ]
+	[ "$(ran_on a)" -ge 2 ]
+}
+
 @test "--ahead: a one-slot worker taking one job ahead gets its next job before its done, runs one at a time, each once" {
 	broker_start
 	AUCTIONOPTS="--listen $T/a.sock --ahead 0.1" pipeline

@@ -61,6 +61,8 @@ struct wstat {
 	ev_tstamp credit_t;     /* mq_heard() at its last credit message */
 	ev_tstamp credit_at;    /* ev_now() then, for lost awards */
 	ev_tstamp last_award;
+	unsigned long award_no; /* its group's award count at its last award */
+	int probe;              /* awarded while its time was stale: the next ok sets it anew */
 	double last_done;       /* hist_now() at its last ok or fail (not busy); 0: none */
 	double svc;             /* award to done, moving average; < 0: none yet */
 	struct hist lat;        /* award to done */
@@ -108,6 +110,7 @@ struct group {
 	int ask_idx;  /* requests in this round so far */
 	ev_timer replace; /* --scheme soonest: look again when holding stops paying */
 	double rate;      /* jobs a second coming to the group, decaying average */
+	unsigned long awards; /* jobs awarded in the group */
 	ev_tstamp rate_t; /* when rate was last brought up to date */
 	struct wstat *workers;
 	struct group *next;
@@ -164,7 +167,7 @@ struct auction {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_progress, n_lost, n_ahead, n_batches, n_batched;
+		n_busy, n_held, n_probes, n_progress, n_lost, n_ahead, n_batches, n_batched;
 };
 extern struct auction S;
 

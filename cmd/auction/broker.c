@@ -122,7 +122,11 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			j->ws->ok++;
 			hist_add(&j->ws->lat, t);
 			j->ws->last_done = hist_now();
-			j->ws->svc = j->ws->svc < 0 ? t : j->ws->svc + EWMA * (t - j->ws->svc);
+			if (j->ws->svc < 0 || j->ws->probe)
+				j->ws->svc = t;
+			else
+				j->ws->svc += EWMA * (t - j->ws->svc);
+			j->ws->probe = 0;
 		}
 		emit_done(j, payload, n);
 		job_finish(j);

@@ -28,7 +28,9 @@ void award(struct job *j, const char *wid)
 	if ((j->ws = wstat_of(j->g, wid))) {
 		j->ws->awarded++;
 		j->ws->last_award = j->t;
+		j->ws->award_no = j->g->awards + 1;
 	}
+	j->g->awards++;
 	j->attempts++;
 	if (j->attempts == 1)
 		hist_add(&j->g->wait, j->heard_t - j->m->arrived);
@@ -95,6 +97,7 @@ struct cand {
 	unsigned ahead; /* busy: jobs it would still keep waiting (credit +ahead) */
 	int token;   /* free slots are tokens (bids), not credit */
 	int overrun; /* busy, and its soonest job is past the worker's usual time */
+	int stale;   /* free, and its time too old to go by: counts as the fastest */
 	double avail, svc;
 };
 
@@ -141,6 +144,21 @@ static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *ov
 	return (best < 0 ? svc : best) + waiting * svc / (w->slots ? w->slots : 1);
 }
 
+/* A worker's time is stale once its group has made this many awards and
+ * this many seconds have passed since its own last one: the next job it
+ * is free for measures it anew. Without it a worker that was slow once (a
+ * cold first job, a noisy round trip) would never be given the job that
+ * shows it is fast again. A worker benched for being truly slow gets one
+ * job in STALE_AWARDS at most. */
+#define STALE_AWARDS 200
+#define STALE_T 1.0
+
+static int stale(const struct wstat *w, ev_tstamp now)
+{
+	return w->svc >= 0 && !w->inflight && w->g->awards - w->award_no >= STALE_AWARDS &&
+	       now - w->last_award >= STALE_T;
+}
+
 /* The candidates of g: credit workers with free slots (and, for soonest,
  * the busy ones), and bidders holding live tokens. */
 static void cands_build(struct group *g)
@@ -168,6 +186,10 @@ static void cands_build(struct group *g)
 		snprintf(c->wid, sizeof c->wid, "%s", w->wid);
 		c->free = f;
 		c->svc = w->svc >= 0 ? w->svc : known;
+		if (f && S.scheme == SCHEME_SOONEST && stale(w, now)) {
+			c->stale = 1;
+			c->svc = known;
+		}
 		if (!f)
 			c->avail = next_end(w, c->svc, now, &c->overrun);
 		/* Jobs it may still keep waiting once its slots are taken; only
@@ -291,6 +313,15 @@ static void give(struct cand *c, struct job *j)
 	c->free--;
 	jq_remove(j);
 	award(j, c->wid);
+	if (c->stale) {
+		/* Its job measures it anew; until then it is what it was. */
+		c->stale = 0;
+		c->svc = c->w->svc;
+		if (j->st == J_AWARDED) {
+			c->w->probe = 1;
+			S.n_probes++;
+		}
+	}
 	if (c->free)
 		return;
 	if (c->token || !c->w || !c->w->slots)

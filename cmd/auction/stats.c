@@ -157,6 +157,7 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("credit_bad", S.n_credit_bad);
 	STAT("busy", S.n_busy);
 	STAT("held", S.n_held);
+	STAT("probes", S.n_probes);
 	STAT("ahead", S.n_ahead);
 	STAT("batches", S.n_batches);
 	STAT("batched", S.n_batched);
