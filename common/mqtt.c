@@ -274,6 +274,21 @@ static void attempt(struct mq *mq)
 
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) { attempt(w->data); }
 
+/* We hear nothing while reading is paused or, once connected, while the
+ * connection is down: mq_heard() stops for as long. Called after either
+ * changes. */
+static void deaf_update(struct mq *mq)
+{
+	ev_tstamp now = ev_now(mq->loop);
+	int deaf = mq->read_paused || (mq->ever_connected && !mq->connected);
+
+	if (deaf && !mq->deaf)
+		mq->deaf_at = now;
+	else if (!deaf && mq->deaf)
+		mq->deaf_total += now - mq->deaf_at;
+	mq->deaf = deaf;
+}
+
 static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const mosquitto_property *p)
 {
 	struct mq *mq = arg;
@@ -297,6 +312,7 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const 
 		infol("%s %s:%d: connected", mq->name, mq->o->host, mq->o->port);
 	mq->connected = 1;
 	mq->ever_connected = 1;
+	deaf_update(mq);
 	mq->fails = 0;
 	mq->backoff = BACKOFF_MIN;
 	if (mq->cb->connected)
@@ -310,6 +326,7 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 
 	mq->ncb++;
 	mq->connected = 0;
+	deaf_update(mq);
 	ev_io_stop(mq->loop, &mq->io);
 	if (mq->stopping)
 		return;
@@ -506,13 +523,8 @@ void mq_start(struct mq *mq)
 
 void mq_pause_read(struct mq *mq, int paused)
 {
-	ev_tstamp now = ev_now(mq->loop);
-
-	if (paused && !mq->read_paused)
-		mq->paused_at = now;
-	else if (!paused && mq->read_paused)
-		mq->paused_total += now - mq->paused_at;
 	mq->read_paused = paused;
+	deaf_update(mq);
 	if (!paused && mq->backlog)
 		ev_timer_start(mq->loop, &mq->resume);
 	update_io(mq);
@@ -522,7 +534,7 @@ ev_tstamp mq_heard(const struct mq *mq)
 {
 	ev_tstamp now = ev_now(mq->loop);
 
-	return now - mq->paused_total - (mq->read_paused ? now - mq->paused_at : 0);
+	return now - mq->deaf_total - (mq->deaf ? now - mq->deaf_at : 0);
 }
 
 int mq_v5(const struct mq *mq) { return mq->o->version == MQTT_PROTOCOL_V5; }

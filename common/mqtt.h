@@ -77,7 +77,8 @@ struct mq {
 	unsigned long backlog_n, backlog_max_seen;
 	size_t backlog_bytes;
 	ev_timer resume; /* delivers the backlog from the loop, not from a callback */
-	ev_tstamp paused_at, paused_total; /* see mq_heard() */
+	int deaf; /* reading paused, or the connection down: see mq_heard() */
+	ev_tstamp deaf_at, deaf_total;
 	double backoff;
 };
 
@@ -94,8 +95,9 @@ void *mq_held_tag(const struct mq *mq);
 /* At shutdown: deliver what the backlog holds, paused or not. Not from
  * inside an mq callback. */
 void mq_deliver_backlog(struct mq *mq);
-/* ev_now() less the time reading was paused: while we do not read, what
- * peers say (announces, bids, dones) waits unread at the broker, so their
+/* ev_now() less the time reading was paused, or the connection down: while
+ * we do not read, what peers say (announces, bids, dones) waits unread at
+ * the broker, and while we are away it cannot reach us; either way their
  * silence must not count towards a timeout. */
 ev_tstamp mq_heard(const struct mq *mq);
 int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
