@@ -392,6 +392,7 @@ static void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	out_stat(&c->out, "over_awards", st.over_awards);
 	out_stat(&c->out, "ahead", st.ahead);
 	out_stat(&c->out, "batches", st.batches);
+	out_stat(&c->out, "replayed", st.replayed);
 	out_stat(&c->out, "busy", st.busy);
 	out_stat(&c->out, "fallback", st.fallback);
 	out_stat(&c->out, "fallback_deliveries", st.fallback_deliveries);

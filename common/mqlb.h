@@ -78,6 +78,7 @@ struct mqlb_worker_stats {
 	unsigned long done_ok, done_fail, subacks, connected;
 	unsigned long ahead; /* awards taken while every slot ran */
 	unsigned long batches; /* award messages carrying several jobs */
+	unsigned long replayed; /* ok dones published again after a reconnect */
 };
 
 /* NULL with errno EINVAL when group, topic or wid is not acceptable. */

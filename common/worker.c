@@ -27,6 +27,18 @@ enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_N };
  * come later, and each is a new request that wants a new bid. */
 #define DUP_WINDOW 0.01
 #define UUID_LEN 36
+/* A broker that restarts forgets what it had not delivered, and after it a
+ * balancer may subscribe again later than we do: the ok dones published
+ * from REPLAY_BEFORE seconds before the connection went until the balancer
+ * is surely back are published again before our credit (the last REPLAY
+ * of them). A done the balancer had is ignored there; one it missed would
+ * otherwise have the job awarded again and run twice. */
+#define REPLAY 1024
+#define REPLAY_BEFORE 5.0
+/* After a reconnect we announce (and credit) again this soon, not a whole
+ * keepalive later: every stage retrying the broker is back by then (mqtt.c
+ * backs off to 5 s at most). */
+#define RESYNC 5.5
 
 struct job {
 	struct job *next;
@@ -68,6 +80,11 @@ struct mqlb_worker {
 	char recent[RECENT][UUID_LEN + 1];
 	double recent_at[RECENT];
 	int recent_i;
+	/* ok dones published lately, a ring, for a replay after a reconnect */
+	char oks[REPLAY][UUID_LEN + 1];
+	double oks_at[REPLAY];
+	int oks_i;
+	double lost_at, replay_until; /* the connection went; replays stop */
 	ev_timer announce_t, suback_t, resv_t, drain_t;
 	int fallback_on, draining, drained, ready, acked, pumping, again;
 	int mids[SUB_N];
@@ -394,6 +411,11 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
 {
 	char *t, *pl;
 
+	if (!strcmp(result, "ok") && strlen(j->id) == UUID_LEN) {
+		strcpy(w->oks[w->oks_i], j->id);
+		w->oks_at[w->oks_i] = ev_now(w->loop);
+		w->oks_i = (w->oks_i + 1) % REPLAY;
+	}
 	if (j->batched && nfree < 0) {
 		/* "uuid result\n", and sprintf's NUL */
 		size_t need = w->dlen + strlen(j->id) + strlen(result) + 3;
@@ -414,6 +436,32 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
 	free(pl);
 }
 
+/* Soon after a reconnect: the ok dones of around then again, in one
+ * message of "uuid ok" lines, as batched dones go. */
+static void replay(struct mqlb_worker *w)
+{
+	double now = ev_now(w->loop);
+	size_t len = 0;
+	char *buf;
+
+	if (now >= w->replay_until)
+		return;
+	buf = malloc(REPLAY * (UUID_LEN + 4));
+	if (!buf)
+		die(EXIT_SYSERR, "out of memory");
+	for (int k = 0; k < REPLAY; k++) {
+		int i = (w->oks_i + k) % REPLAY;
+
+		if (w->oks[i][0] && w->oks_at[i] >= w->lost_at - REPLAY_BEFORE) {
+			len += (size_t)sprintf(buf + len, "%s ok\n", w->oks[i]);
+			w->st.replayed++;
+		}
+	}
+	if (len)
+		mq_publish(&w->mq, NULL, w->t_dones, len, buf, 1, 0, NULL);
+	free(buf);
+}
+
 /* The credit message: our slots, then the uuids of the jobs we hold, so the
  * balancer sees them in progress (mqlb-protocol(7)). */
 static void credit(struct mqlb_worker *w)
@@ -427,6 +475,7 @@ static void credit(struct mqlb_worker *w)
 	 * must not come after a credit message that leaves it out (the
 	 * balancer would take it for a lost award). */
 	dones_flush(w);
+	replay(w);
 	if (!(pl = malloc(cap)))
 		die(EXIT_SYSERR, "out of memory");
 	if (w->ahead && !w->draining)
@@ -727,9 +776,18 @@ static void on_connected(struct mq *mq, int first, void *arg)
 	if (w->fallback_on && !w->draining)
 		fallback_sub(w);
 	ev_timer_stop(w->loop, &w->suback_t);
+	if (!first) {
+		/* The dones since a while before we lost the broker may have
+		 * gone with it, or reach no balancer yet: again with every
+		 * credit until the one a keepalive after the resync. */
+		w->replay_until = ev_now(w->loop) + RESYNC + w->keepalive + 0.5;
+	}
 	if (!w->draining) {
 		announce(w);
-		ev_timer_again(w->loop, &w->announce_t);
+		ev_timer_stop(w->loop, &w->announce_t);
+		ev_timer_set(&w->announce_t, !first && RESYNC < w->keepalive ? RESYNC : w->keepalive,
+			     w->keepalive);
+		ev_timer_start(w->loop, &w->announce_t);
 	}
 }
 
@@ -738,6 +796,7 @@ static void on_disconnected(struct mq *mq, void *arg)
 	struct mqlb_worker *w = arg;
 
 	w->st.connected = 0;
+	w->lost_at = ev_now(w->loop);
 	/* No suback can come now: do not fall back for a broker outage. */
 	ev_timer_stop(w->loop, &w->suback_t);
 }

@@ -6,6 +6,7 @@
 # published, processed (worker side), duplicated and dropped, and asserts
 # lost = 0.
 load helpers/common.bash
+load helpers/spy.bash
 setup() { mqlb_setup; }
 teardown() {
 	exec 5>&- 2>/dev/null || true
@@ -250,6 +251,72 @@ stop_mid_job() {
 	account 200
 	account 200 | grep -qx 'lost 0'
 	for s in sub auction dispatch; do kill -0 "$(cat "$T/$s.pid")"; done
+}
+
+# proxy_start: a TCP proxy to the broker on $PROXY_PORT (picked the first
+# time), for a stage to connect through; proxy_cut: it stops and so do the
+# connections through it, as when that stage loses the broker.
+proxy_start() {
+	local try
+	for try in $(seq 1 30); do
+		[ -n "${PROXY_PORT:-}" ] && break
+		PROXY_PORT=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+		port_open "$PROXY_PORT" && PROXY_PORT=
+	done
+	bg proxy socat "TCP-LISTEN:$PROXY_PORT,bind=127.0.0.1,reuseaddr,fork" \
+		"TCP:127.0.0.1:$BROKER_PORT"
+	wait_for 5 port_open "$PROXY_PORT"
+}
+proxy_cut() {
+	local pid
+	pid=$(cat "$T/proxy.pid")
+	pkill -KILL -P "$pid" socat || true
+	kill -KILL "$pid"
+	wait_for 5 exited "$pid"
+}
+
+@test "broker kill -9 mid-job, the auction back only after the worker's done: the done comes again, the job runs once" {
+	broker_start
+	touch "$T/log" "$T/records"
+	proxy_start
+	AUCTIONOPTS="--ack-timeout 30 -p $PROXY_PORT" pipeline
+	worker w1 3 --listen "$T/w1.sock"
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^start w1 job-1" "$T/log"'
+	# the broker restarts, empty; the worker, connected again, ends its
+	# job while the auction cannot reach the broker: its done reaches
+	# nobody
+	proxy_cut
+	kill -KILL "$(cat "$T/broker-b/pid")"
+	wait_for 5 exited "$(cat "$T/broker-b/pid")"
+	broker_run b
+	spy
+	wait_for 15 eval 'grep -q "^$PREFIX/done/g/w1/.*|ok$" "$T/spy.out"'
+	proxy_start
+	# the worker names the done again once it is back, before its credit
+	wait_for 30 eval 'grep -q "^done .* g w1 ok" "$T/records"'
+	[ "$(grep -c '^start ' "$T/log")" = 1 ]
+	[ "$(stat_in "$T/w1.sock" replayed)" -ge 1 ]
+}
+
+@test "the auction away from the broker for longer than --ack-timeout: that time does not count, the running job stays" {
+	broker_start
+	touch "$T/log" "$T/records"
+	proxy_start
+	AUCTIONOPTS="--ack-timeout 3 -p $PROXY_PORT" pipeline
+	worker w1 8 --listen "$T/w1.sock"
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^start w1 job-1" "$T/log"'
+	# one free to take the job, were it taken back
+	worker w2 0
+	proxy_cut
+	sleep 4 # away for longer than --ack-timeout: what the test is about
+	proxy_start
+	# the worker's credit names its job, every 5 s: it stays with it
+	wait_for 30 eval 'grep -q "^done .* g w1 ok" "$T/records"'
+	[ "$(grep -c '^start ' "$T/log")" = 1 ]
 }
 
 @test "balancer pipeline stopped with SIGTERM under load: what it held is handed on, nothing lost" {

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # worker.py: a complete mqlb credit-flow worker (mqlb-protocol(7)) on paho-mqtt 1.6: runs a
 # shell command per job with the payload on stdin (or sleeps --sleep MS), one line per job.
-import argparse, os, re, signal, subprocess, sys, threading, time, queue
+import argparse, collections, os, re, signal, subprocess, sys, threading, time, queue
 import paho.mqtt.client as mqtt
 
 def level(s):
@@ -34,9 +34,13 @@ c.will_set(f"{a.prefix}/gone/{me}", b"", 1)
 c.max_inflight_messages_set(0)  # no queue of ours: the dones leave in the order they were made
 lock = threading.Condition()  # held and every publish: a credit never lists a job already done
 held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event(), threading.Event(), False
+oks, lost_at, replay_until = collections.deque(maxlen=1024), None, 0.0  # see credit()
 
 def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
-    with lock:  # (and 0 slots once leaving)
+    with lock:  # (and 0 slots once leaving); after a reconnect, first the ok dones of around then
+        if time.time() < replay_until:  # again: the broker or a balancer may have missed them
+            again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5)
+            if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
         c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
         slots = "0" if stopping else f"{a.slots}+{a.ahead}" if a.ahead else str(a.slots)
         c.publish(f"{a.prefix}/credit/{me}", " ".join([slots] + sorted(held)), 1)
@@ -44,9 +48,18 @@ def credit():  # the announce and the credit with the jobs held: after SUBACK, e
 # wait out Nagle. A clean session loses what was in flight at a disconnect at either QoS; the
 # balancer takes back after --ack-timeout what no credit lists as held.
 def on_connect(cl, ud, flags, rc, props=None):
-    if rc == 0: c.subscribe(f"{a.prefix}/job/{me}/#", a.job_qos)
+    global replay_until
+    if rc != 0: return
+    c.subscribe(f"{a.prefix}/job/{me}/#", a.job_qos)
+    if lost_at is not None:  # a reconnect: credit again once every balancer is back too
+        replay_until = time.time() + 5.5 + a.keepalive + 0.5
+        t = threading.Timer(5.5, lambda: subscribed.is_set() and credit())
+        t.daemon = True
+        t.start()
 def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()
-def on_disconnect(cl, ud, rc, props=None): subscribed.clear()
+def on_disconnect(cl, ud, rc, props=None):
+    global lost_at
+    subscribed.clear(); lost_at = time.time()
 def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
     uuid, mtopic = m.topic[len(f"{a.prefix}/job/{me}/"):][:36], m.topic[len(f"{a.prefix}/job/{me}/") + 37:]
     if not re.fullmatch("[0-9a-f-]{36}", uuid): return
@@ -67,6 +80,7 @@ def run():  # one thread per slot: paho's network thread never waits for a job
         with lock:
             held.discard(uuid)
             c.publish(f"{a.prefix}/done/{me}/{uuid}", result, 1)
+            if result == "ok": oks.append((time.time(), uuid))
             print(a.wid, uuid, mtopic, result + stamp, flush=True)
             lock.notify_all()
 
