@@ -492,9 +492,26 @@ static void credit(struct mqlb_worker *w)
 	free(pl);
 }
 
+/* A job of the balancer's with this uuid runs or waits here. */
+static int holds(const struct mqlb_worker *w, const char *id)
+{
+	for (int q = 0; q < 2; q++)
+		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
+			if (j->remote && !strcmp(j->id, id))
+				return 1;
+	return 0;
+}
+
 /* An awarded job: run it, keep it (ahead, or over-awarded), or refuse it. */
 static void take(struct mqlb_worker *w, struct job *j)
 {
+	if (j->remote && holds(w, j->id)) {
+		/* Awarded again while we have it (the balancer took it for
+		 * lost): it runs once, its done ends both awards. */
+		warnl("job %s awarded again while it is here; the copy is dropped", j->id);
+		job_free(j);
+		return;
+	}
 	w->st.awards++;
 	if (w->nresv > 0) {
 		/* An award consumes one reservation, whatever uuid it was for. */

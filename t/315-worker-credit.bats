@@ -159,6 +159,25 @@ one_job() {
 	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
 }
 
+@test "the same award again while its job runs: the copy is dropped with one warning; one run, one done" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -j 2 -- sh -c "$JOB"' ; echo ran >>"$JOBDIR/runs"'
+	wait_for 5 seen "lb/credit/g1/w1|2"
+	job "$U1" jobs/a one
+	wait_for 5 test -e "$T/jobs/$U1"
+	job "$U1" jobs/a one
+	wait_for 5 grep -q "mqlb-worker: warning: job $U1 awarded again while it is here; the copy is dropped" "$T/w.err"
+	job "$U2" jobs/b two
+	touch "$T/jobs/go-a" "$T/jobs/go-b"
+	wait_for 5 seen "lb/done/g1/w1/$U2|ok"
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
+	[ "$(grep -c "^lb/done/g1/w1/$U1|" "$T/spy.out")" = 1 ]
+	[ "$(wc -l <"$T/jobs/runs")" = 2 ]
+	[ "$(stats awards)" = 2 ]
+}
+
 @test "after a broker restart: credit again 5.5 s on, each time after the ok dones of around the outage, again" {
 	broker_start
 	spy
