@@ -147,6 +147,25 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	! grep -q "^done $U2 " "$T/a.out" || false
 }
 
+@test "auction: credit 0+1, a worker leaving: no job awarded ahead to it" {
+	broker_start
+	auc --ahead 0.2
+	feed "group g jobs/#"
+	credit g w1 1+1
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	done_ g w1 "$U1" ok
+	wait_for 5 eval '[ "$(astat done_ok)" = 1 ]'
+	# its time is known and short: a slot would be expected free at once
+	credit g w1 0+1
+	wait_for 5 eval '[ "$(astat credit)" = 2 ]'
+	feed "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat waiting)" = 1 ]'
+	[ "$(awards_of "$U2")" = 0 ]
+	[ "$(astat ahead)" = 0 ]
+}
+
 @test "--scheme least: the worker with most free slots first" {
 	broker_start
 	pipeline --scheme least
