@@ -113,6 +113,7 @@ int main(int argc, char **argv)
 	ev_prepare_init(&S.pend_flush, pend_flush_cb);
 	ev_set_priority(&S.pend_flush, EV_MAXPRI);
 	ev_timer_init(&S.batch_t, batch_cb, 0, 0);
+	ev_timer_init(&S.unpark, unpark_cb, 0, 0);
 	ev_prepare_start(S.st.loop, &S.pend_flush);
 	ev_unref(S.st.loop);
 	stage_start(&S.st, &S.cf, &auction_cb, on_line, on_eof);

@@ -319,6 +319,47 @@ proxy_cut() {
 	[ "$(grep -c '^start ' "$T/log")" = 1 ]
 }
 
+@test "broker restarted (SIGTERM: it sends every worker's will) while jobs run: each runs once" {
+	broker_start
+	touch "$T/log" "$T/records"
+	AUCTIONOPTS="$AUCTIONOPTS --listen $T/a.sock" pipeline -v
+	for w in w1 w2; do worker "$w" 3 -j 2; done
+	wait_balanced
+	publish 2
+	wait_for 10 eval '[ "$(grep -c "^start " "$T/log")" = 2 ]'
+	broker_restart
+	wait_for 30 eval '[ "$(grep -c "^done .* ok$" "$T/records")" -ge 2 ]'
+	# the wills took both jobs back; their workers' credit named them
+	[ "$(stat_of kept)" = 2 ]
+	publish 1 3
+	wait_for 15 eval 'grep -q "^end .* job-3$" "$T/log"'
+	account 3
+	account 3 | grep -qx 'duplicated 0'
+	account 3 | grep -qx 'lost 0'
+}
+
+@test "broker restarted (SIGTERM) and a worker dead meanwhile: its job, kept for it a while, goes to another" {
+	broker_start
+	touch "$T/log" "$T/records"
+	AUCTIONOPTS="$AUCTIONOPTS --listen $T/a.sock" pipeline -v
+	worker w1 30
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^start w1 job-1$" "$T/log"'
+	worker w2 0
+	broker_stop
+	pid=$(cat "$T/w1.pid")
+	for c in $(cat /proc/"$pid"/task/*/children); do kill -KILL "$c"; done
+	kill -KILL "$pid"
+	wait_for 5 exited "$pid"
+	broker_run b
+	# w1's will is gone with the old broker: its job waits for its credit
+	# some seconds after the auction is back, then goes to w2
+	wait_for 30 eval 'grep -q "^end w2 job-1$" "$T/log"'
+	[ "$(stat_of kept)" = 0 ]
+	account 1 | grep -qx 'lost 0'
+}
+
 @test "balancer pipeline stopped with SIGTERM under load: what it held is handed on, nothing lost" {
 	broker_start
 	touch "$T/log" "$T/records"

@@ -75,9 +75,9 @@ void msg_arm(struct msg *m)
 {
 	ev_tstamp left = m->born + S.deadline - mq_heard(&S.st.mq);
 
-	/* Paused, the deadline stands still: look again now and then rather
+	/* Paused or away, the deadline stands still: look again now and then rather
 	 * than in a loop of timers due at once. */
-	if (S.st.mq.read_paused && left < 1)
+	if (S.st.mq.deaf && left < 1)
 		left = 1;
 	if (m->expires && m->expires - ev_now(S.st.loop) < left)
 		left = m->expires - ev_now(S.st.loop);

@@ -27,6 +27,7 @@ enum jstate { J_WAIT, J_AWARDED, J_FINISHED };
 enum scheme { SCHEME_SOONEST, SCHEME_LEAST, SCHEME_FIRST };
 #define EWMA 0.25 /* weight of the newest award-to-done time */
 #define PLACE_SCAN 1024 /* waiting jobs looked at per placement, at most */
+#define PARKED 1e300    /* a job's park_until while we wait to hear its worker again */
 
 struct job;
 struct group;
@@ -79,6 +80,9 @@ struct job {
 	int listed;       /* named by the credit message being read */
 	int ahead;        /* awarded ahead, while all the worker's slots ran */
 	ev_tstamp begun;  /* ahead: when a slot came free for it; 0: waits */
+	/* Taken back on its worker's will: not placed before this (PARKED:
+	 * until we are back with the broker, see broker.c) */
+	ev_tstamp park_until;
 	enum jstate st;
 	int attempts;
 	ev_tstamp t; /* when awarded */
@@ -155,6 +159,7 @@ struct auction {
 	struct wstat *pending; /* workers with award records held in pend */
 	ev_prepare pend_flush;
 	ev_timer batch_t;
+	ev_timer unpark; /* after a reconnect: parked jobs may go to anyone now */
 	double batch_wait; /* --batch-wait */
 	struct cand *cands;
 	size_t ncands, ccap;
@@ -167,7 +172,7 @@ struct auction {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_probes, n_progress, n_lost, n_ahead, n_batches, n_batched;
+		n_busy, n_held, n_probes, n_kept, n_progress, n_lost, n_ahead, n_batches, n_batched;
 };
 extern struct auction S;
 
@@ -237,6 +242,7 @@ void on_line(struct in *in, char *line, size_t n, void *arg);
 /* broker.c */
 extern const struct mq_cb auction_cb;
 void ack_cb(struct ev_loop *loop, ev_timer *w, int revents);
+void unpark_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* flow.c */
 void maybe_resume(void);

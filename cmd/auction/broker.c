@@ -33,8 +33,12 @@ static void offer(struct group *g, const char *wid, const char *uuid)
 		tokens_keep_fresh(g);
 		return;
 	}
+	/* Not a job parked after a will (see on_gone). */
+	if (j && j->park_until > ev_now(S.st.loop))
+		j = NULL;
 	if (!j)
-		j = g->waiting.head;
+		for (j = g->waiting.head; j && j->park_until > ev_now(S.st.loop); j = j->next)
+			;
 	if (j) {
 		jq_remove(j);
 		award(j, wid);
@@ -214,6 +218,42 @@ static void on_dones(struct group *g, const char *wid, const void *payload, size
 	free(buf);
 }
 
+/* A job taken back on a will waits this long before it is placed again. */
+#define WILL_GRACE 0.25
+/* After a reconnect, jobs taken back on wills just before the connection
+ * went wait this long for their workers to name them (mqtt.c's reconnect
+ * back-off is 5 s at most, the worker's credit after a reconnect 5.5 s). */
+#define RESYNC_WAIT 6.5
+
+/* A job taken back on wid's will that wid names in its credit: it runs
+ * there still (the will came from a broker going down): wid's again,
+ * with no award. */
+static void keep(struct group *g, struct wstat *w, const char *uuid)
+{
+	struct msg *m = msg_find(uuid);
+
+	for (int i = 0; m && i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+
+		if (j->g != g || j->st != J_WAIT || !j->nprev || strcmp(j->prev_wid[j->nprev - 1], w->wid))
+			continue;
+		infol("job %s is still with %s/%s: kept there", uuid, g->name, w->wid);
+		jq_remove(j);
+		snprintf(j->wid, sizeof j->wid, "%s", w->wid);
+		j->st = J_AWARDED;
+		j->ws = w;
+		j->ahead = 0;
+		j->begun = 0;
+		j->park_until = 0;
+		j->t = ev_now(S.st.loop);
+		j->heard_t = mq_heard(&S.st.mq);
+		j->listed = 1;
+		job_track(j);
+		jq_push(&g->awarded, j, 0);
+		S.n_kept++;
+	}
+}
+
 /* P/credit/group/wid: "slots[+ahead] [batch=n] [uuid ...]", the slots of
  * a credit worker (and the jobs it keeps waiting beyond them, and how many
  * it takes in one award message) and the jobs it holds. The jobs named
@@ -254,8 +294,10 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 	w->blocked = 0;
 	for (struct job *j = w->jobs; j; j = j->wnext)
 		j->listed = 0;
-	while ((u = strtok_r(end, " ", &end)))
-		for (struct job *j = w->jobs; j; j = j->wnext)
+	while ((u = strtok_r(end, " ", &end))) {
+		struct job *j;
+
+		for (j = w->jobs; j; j = j->wnext)
 			if (strlen(u) == 36 && !memcmp(j->m->uuid, u, 36)) {
 				S.n_progress++;
 				j->listed = 1;
@@ -263,6 +305,9 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 				jq_push(&g->awarded, j, 0);
 				break;
 			}
+		if (!j && strlen(u) == 36)
+			keep(g, w, u);
+	}
 	/* A job awarded before the last credit message came had reached the
 	 * worker by the time it wrote this one, or was lost on the way (an
 	 * award at QoS 0 the broker dropped): not named, it is not there. */
@@ -298,11 +343,14 @@ static void on_gone(struct group *g, const char *wid)
 		w->credit_at = 0;
 	}
 	/* From the newest: each goes back to the front of the queue, so the
-	 * oldest ends up first again. */
+	 * oldest ends up first again. Not placed for WILL_GRACE: a broker that
+	 * shuts down sends every worker's will, and then drops us too; such
+	 * jobs still run, and their workers name them when back. */
 	for (j = g->awarded.tail; j; j = next) {
 		next = j->prev;
 		if (!strcmp(j->wid, wid)) {
 			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
+			j->park_until = ev_now(S.st.loop) + WILL_GRACE;
 			reaward(j);
 		}
 	}
@@ -460,14 +508,49 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 {
 	if (n < 1 || granted[0] >= 0x80)
 		die(EXIT_UNREACH, "the broker refused a subscription under %s/", S.cf.prefix);
-	if (--S.subs_left == 0 && !S.ready) {
+	if (--S.subs_left)
+		return;
+	if (!S.ready) {
 		S.ready = 1;
 		ready_notify(S.cf.ready_fd);
+		return;
 	}
+	/* Back after a reconnect: jobs parked then wait for their workers'
+	 * credit a while more, then go to anyone. */
+	ev_timer_stop(S.st.loop, &S.unpark);
+	ev_timer_set(&S.unpark, RESYNC_WAIT, 0);
+	ev_timer_start(S.st.loop, &S.unpark);
+}
+
+void unpark_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	for (struct group *g = S.groups; g; g = g->next) {
+		for (struct job *j = g->waiting.head; j; j = j->next)
+			if (j->park_until >= PARKED)
+				j->park_until = 0;
+		place(g);
+		if (g->waiting.head)
+			group_kick(g, 0);
+	}
+}
+
+/* The connection went: jobs taken back on wills just before, still in
+ * their grace, wait until we are back (the wills were the broker's going
+ * down, most likely, and their workers still run them). */
+static void on_disconnected(struct mq *mq, void *arg)
+{
+	ev_tstamp now = ev_now(S.st.loop);
+
+	ev_timer_stop(S.st.loop, &S.unpark);
+	for (struct group *g = S.groups; g; g = g->next)
+		for (struct job *j = g->waiting.head; j; j = j->next)
+			if (j->park_until > now)
+				j->park_until = PARKED;
 }
 
 const struct mq_cb auction_cb = {
 	.connected = on_connected,
+	.disconnected = on_disconnected,
 	.message = on_message,
 	.subscribed = on_subscribed,
 };

@@ -404,9 +404,17 @@ void place(struct group *g)
 	cands_build(g);
 	rate = group_rate(g);
 	for (j = g->waiting.head; j && scanned < PLACE_SCAN; j = next, scanned++) {
-		struct cand *c = cand_pick(), *w, *a;
+		struct cand *c, *w, *a;
 
 		next = j->next;
+		if (j->park_until > ev_now(S.st.loop)) {
+			double d = j->park_until - ev_now(S.st.loop);
+
+			if (j->park_until < PARKED && (flip < 0 || d < flip))
+				flip = d;
+			continue;
+		}
+		c = cand_pick();
 		if (!c) {
 			/* No one free: a busy worker about to be may take it. */
 			if (S.scheme == SCHEME_SOONEST && S.ahead > 0 &&

@@ -158,6 +158,7 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("busy", S.n_busy);
 	STAT("held", S.n_held);
 	STAT("probes", S.n_probes);
+	STAT("kept", S.n_kept);
 	STAT("ahead", S.n_ahead);
 	STAT("batches", S.n_batches);
 	STAT("batched", S.n_batched);
