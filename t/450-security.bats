@@ -6,6 +6,7 @@
 # as ACCOUNT and $TLS are split into options on purpose.
 # shellcheck disable=SC2046,SC2086
 load helpers/common.bash
+load helpers/tls.bash
 
 setup() {
 	mqlb_setup
@@ -194,32 +195,9 @@ once_in() {
 	[ "$output" = "mqlb-worker: error: broker 127.0.0.1:$BROKER_PORT refused the connection: Not authorized" ]
 }
 
-# A CA, a server certificate for 127.0.0.1 only (not "localhost"), a client
-# certificate, and a CA nobody signed with, in $TLSDIR.
-make_ca() {
-	local d=$TLSDIR
-	mkdir -p "$d"
-	chmod 0755 "$d"
-	(
-		cd "$d" || exit 1
-		openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=mqlb-test-ca \
-			-keyout ca.key -out ca.crt
-		openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
-		echo "subjectAltName=IP:127.0.0.1" >server.ext
-		openssl x509 -req -days 2 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-			-extfile server.ext -out server.crt
-		openssl req -newkey rsa:2048 -nodes -subj /CN=mqlb-client -keyout client.key -out client.csr
-		openssl x509 -req -days 2 -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
-			-out client.crt
-		openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca \
-			-keyout other.key -out other.crt
-		chmod 0644 ./*
-	) >"$T/openssl.log" 2>&1
-}
-
 @test "TLS with a CA made here, the shipped mosquitto.conf and acl: a job end to end; a wrong CA or name is a clear error" {
 	TLSDIR=$PRIV/tls
-	make_ca
+	tls_certs "$TLSDIR"
 	# The shipped example, on our port and files: its TLS listener becomes
 	# broker_start's, its plain one goes, and client certificates are required.
 	local conf=()
