@@ -153,16 +153,7 @@ w1 $U3 jobs/x0 ok" ]
 	pub "lb/job/g/w1/$U1/jobs/a" 'one' -q 1
 	touch "$GO"
 	wait_for 5 seen "lb/done/g/w1/$U1|ok"
-	broker_restart
-	t0=$(date +%s.%N)
-	spy
-	bg ts mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -t lb/credit/g/w1 -F %U
-	# its first credit may come before the spies; one comes 5.5 s after
-	# the reconnect (a keepalive of 30 s would be much later)
-	wait_for 20 eval "awk -v t=$t0 '\$1 >= t + 5 { f = 1 } END { exit !f }' '$T/ts.out'"
-	# the done named again comes before that credit, on the dones topic
-	awk -v d="lb/done/g/w1|$U1 ok" '$0 == d && !c { r = 1 } /^lb\/credit\// { c = 1 }
-		END { exit !r }' "$T/spy.out"
+	restart_resync g w1 "$U1"
 }
 
 @test "--ahead 1: credit 1+1; a job awarded while the slot runs waits and runs after it; one more is refused fail busy" {

@@ -180,6 +180,23 @@ broker_stop_all() {
 	return 0
 }
 
+# restart_resync GROUP WID UUID: restart the broker; then worker WID (of
+# GROUP, started with a long keepalive, -k 30) credits again 5.5 s after
+# its reconnect, and names its ok done of UUID again on P/done/GROUP/WID
+# before that credit. Uses the test file's spy (every message in
+# $T/spy.out as "topic|payload"), which comes up after the worker may have
+# sent its first credit; a spy of its own stamps the credits.
+restart_resync() {
+	local t0
+	broker_restart
+	t0=$(date +%s.%N)
+	spy
+	bg ts mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -t "$PREFIX/credit/$1/$2" -F %U
+	wait_for 20 eval "awk -v t=$t0 '\$1 >= t + 5 { f = 1 } END { exit !f }' '$T/ts.out'"
+	awk -v d="$PREFIX/done/$1/$2|$3 ok" -v c="$PREFIX/credit/" \
+		'$0 == d && !seen { r = 1 } index($0, c) == 1 { seen = 1 } END { exit !r }' "$T/spy.out"
+}
+
 # pub TOPIC PAYLOAD [mosquitto_pub options]: publish one message.
 pub() {
 	local topic=$1 payload=$2
