@@ -73,16 +73,39 @@ no_drops() { ! grep '^drop ' "$T/records" || false; }
 	no_drops
 }
 
+# rworker NAME SLOTS FIRST: a worker of group g on jobs/# in record mode,
+# its jobs done by perl as they come (no process per job: its times stay
+# short on a loaded machine, however many run), logging to $T/log as JOB
+# does; its first job takes FIRST seconds.
+rworker() {
+	local n=$1
+	mkfifo "$T/$n.in" "$T/$n.work"
+	ready_fifo "$n"
+	# its input opened read-write: no wait for perl to open it
+	mqlb-worker -h 127.0.0.1 -p "$BROKER_PORT" -V 5 -g g -t 'jobs/#' --wid "$n" \
+		--fallback none -k 5 -j "$2" --ready-fd 3 <>"$T/$n.in" >"$T/$n.work" \
+		3>"$T/$n.ready" 2>"$T/$n.err" &
+	echo $! >>"$T/pids"
+	perl -e '($w, $first, $lf) = @ARGV; @ARGV = (); $| = 1; $n = 0;
+		open(L, ">>", $lf) or die; L->autoflush(1);
+		while (<STDIN>) { @f = split; next unless $f[0] eq "work";
+			print L "start $w $f[4]\n";
+			select(undef, undef, undef, $first) if !$n++ && $first > 0;
+			print L "end $w $f[4]\n"; print "done $f[1]\n" }' "$n" "$3" "$T/log" \
+		<"$T/$n.work" >"$T/$n.in" &
+	echo $! >>"$T/pids"
+	wait_ready "$n"
+}
+
 @test "--scheme soonest: a worker slow once is given a job again later, which measures it anew" {
 	broker_start
 	AUCTIONOPTS="--listen $T/a.sock" pipeline
-	# a's first job takes 1 s, its others no time, like b's; b has slots
-	# enough to keep up alone with what comes, even on a loaded machine
-	worker a 0 -- sh -c 'p=$(cat); echo "start $MQLB_WID $p" >>"$LOG"
-		[ -e "$LOG.a1" ] || { touch "$LOG.a1"; sleep 1; }; echo "end $MQLB_WID $p" >>"$LOG"'
-	worker b 0 -j 16
+	# a's first job takes 2 s, its others no time, like b's; b keeps up
+	# alone with what comes
+	rworker a 1 2
+	rworker b 8 0
 	wait_balanced
-	# one job each: a is measured at 1 s, b at a few ms
+	# one job each: a is measured at 2 s, b at a few ms
 	publish 2
 	wait_for 10 eval '[ "$(ended)" -ge 2 ]'
 	[ "$(ran_on a)" = 1 ]
