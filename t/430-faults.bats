@@ -304,19 +304,28 @@ proxy_cut() {
 	broker_start
 	touch "$T/log" "$T/records"
 	proxy_start
-	AUCTIONOPTS="--ack-timeout 3 -p $PROXY_PORT" pipeline
-	worker w1 8 --listen "$T/w1.sock"
-	wait_balanced
+	AUCTIONOPTS="--ack-timeout 3 -p $PROXY_PORT --listen $T/a.sock" pipeline
+	# announced until the spy sees the suback (it may subscribe late)
+	wait_for 15 eval 'announce g "jobs/#"; sleep 0.2; exited "$(cat "$T/suback.pid")"'
+	# the test is worker w1: one slot, then a credit naming its job every
+	# second, so that the gaps on either side of the cut stay short
+	pub "$PREFIX/credit/g/w1" 1 -q 1
+	wait_for 5 eval '[ "$(stat_of credit)" = 1 ]'
 	publish 1
-	wait_for 10 eval 'grep -q "^start w1 job-1" "$T/log"'
-	# one free to take the job, were it taken back
-	worker w2 0
+	wait_for 10 eval 'grep -q "^sent .* g w1$" "$T/records"'
+	u=$(awk '$1 == "sent" { print $2; exit }' "$T/records")
+	bg creditor sh -c 'while :; do mosquitto_pub -p "$1" -h 127.0.0.1 -t "$2" -m "1 $3" -q 1
+		sleep 1; done' sh "$BROKER_PORT" "$PREFIX/credit/g/w1" "$u"
 	proxy_cut
-	sleep 4 # away for longer than --ack-timeout: what the test is about
+	sleep 5 # away for longer than --ack-timeout: what the test is about
+	p=$(stat_of progress)
 	proxy_start
-	# the worker's credit names its job, every 5 s: it stays with it
-	wait_for 30 eval 'grep -q "^done .* g w1 ok" "$T/records"'
-	[ "$(grep -c '^start ' "$T/log")" = 1 ]
+	# back, and hearing the credit again
+	wait_for 20 eval '[ "$(stat_of progress)" -ge $((p + 2)) ]'
+	pub "$PREFIX/done/g/w1/$u" ok -q 1
+	wait_for 10 eval 'grep -q "^done $u g w1 ok$" "$T/records"'
+	! grep 'no done for' "$T/auction.err" || false
+	[ "$(grep -c "^sent $u " "$T/records")" = 1 ]
 }
 
 @test "broker restarted (SIGTERM: it sends every worker's will) while jobs run: each runs once" {
