@@ -369,6 +369,30 @@ proxy_cut() {
 	account 1 | grep -qx 'lost 0'
 }
 
+@test "broker restarted (SIGTERM), the worker back later than --deadline after the auction: its job is kept, not dropped" {
+	broker_start
+	touch "$T/log" "$T/records"
+	proxy_start
+	AUCTIONOPTS="$AUCTIONOPTS --listen $T/a.sock --deadline 1" pipeline -v
+	# the worker reaches the broker through the proxy, the stages not
+	worker w1 4 -p "$PROXY_PORT"
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^start w1 job-1$" "$T/log"'
+	# the broker goes down, sending the wills; the worker cannot come back
+	broker_stop
+	proxy_cut
+	broker_run b
+	# the auction is back, the worker not yet: longer than --deadline
+	wait_for 15 eval 'grep -q "connected" "$T/auction.err"'
+	sleep 2
+	proxy_start
+	wait_for 30 eval 'grep -q "^done .* g w1 ok$" "$T/records"'
+	! grep -q '^drop ' "$T/records" || false
+	[ "$(stat_of kept)" = 1 ]
+	[ "$(grep -c '^start ' "$T/log")" = 1 ]
+}
+
 @test "balancer pipeline stopped with SIGTERM under load: what it held is handed on, nothing lost" {
 	broker_start
 	touch "$T/log" "$T/records"

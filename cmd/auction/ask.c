@@ -95,9 +95,11 @@ void wait_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	if (expired(m))
 		return drop_expired(m);
 	for (int i = 0; i < m->njobs; i++)
-		if (m->jobs[i].st == J_WAIT && group_live(m->jobs[i].g)) {
-			/* Queued for a live credit worker's slot: someone will
-			 * take it; the deadline counts from when none is left. */
+		if (m->jobs[i].st == J_WAIT && (group_live(m->jobs[i].g) ||
+						    m->jobs[i].park_until > ev_now(S.st.loop))) {
+			/* Queued for a live credit worker's slot, or parked after
+			 * a will (its worker may run it still): someone will take
+			 * it; the deadline counts from when none is left. */
 			m->born = mq_heard(&S.st.mq);
 			return msg_arm(m);
 		}

@@ -245,8 +245,7 @@ static void keep(struct group *g, struct wstat *w, const char *uuid)
 		j->ahead = 0;
 		j->begun = 0;
 		j->park_until = 0;
-		j->t = ev_now(S.st.loop);
-		j->heard_t = mq_heard(&S.st.mq);
+		j->heard_t = mq_heard(&S.st.mq); /* j->t stays: its award's time */
 		j->listed = 1;
 		job_track(j);
 		jq_push(&g->awarded, j, 0);
@@ -350,7 +349,10 @@ static void on_gone(struct group *g, const char *wid)
 		next = j->prev;
 		if (!strcmp(j->wid, wid)) {
 			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
-			j->park_until = ev_now(S.st.loop) + WILL_GRACE;
+			/* Away, or just back (wills read late, from what was
+			 * held unread): as the others, until the resync wait. */
+			j->park_until = !S.st.mq.connected || ev_is_active(&S.unpark) ?
+						PARKED : ev_now(S.st.loop) + WILL_GRACE;
 			reaward(j);
 		}
 	}
@@ -504,6 +506,16 @@ static void on_connected(struct mq *mq, int first, void *arg)
 	}
 }
 
+/* Jobs parked until we are back with the broker wait now. */
+static int any_parked(void)
+{
+	for (struct group *g = S.groups; g; g = g->next)
+		for (struct job *j = g->waiting.head; j; j = j->next)
+			if (j->park_until >= PARKED)
+				return 1;
+	return 0;
+}
+
 static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
 {
 	if (n < 1 || granted[0] >= 0x80)
@@ -513,10 +525,12 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 	if (!S.ready) {
 		S.ready = 1;
 		ready_notify(S.cf.ready_fd);
-		return;
+		if (!any_parked())
+			return;
 	}
-	/* Back after a reconnect: jobs parked then wait for their workers'
-	 * credit a while more, then go to anyone. */
+	/* Back after a reconnect (or a first round cut short by one): jobs
+	 * parked then wait for their workers' credit a while more, then go
+	 * to anyone. */
 	ev_timer_stop(S.st.loop, &S.unpark);
 	ev_timer_set(&S.unpark, RESYNC_WAIT, 0);
 	ev_timer_start(S.st.loop, &S.unpark);
