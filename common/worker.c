@@ -436,6 +436,16 @@ static void publish_done(struct mqlb_worker *w, const struct job *j, const char 
 	free(pl);
 }
 
+/* A job of the balancer's with this uuid runs or waits here. */
+static int holds(const struct mqlb_worker *w, const char *id)
+{
+	for (int q = 0; q < 2; q++)
+		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
+			if (j->remote && !strcmp(j->id, id))
+				return 1;
+	return 0;
+}
+
 /* Soon after a reconnect: the ok dones of around then again, in one
  * message of "uuid ok" lines, as batched dones go. */
 static void replay(struct mqlb_worker *w)
@@ -446,13 +456,14 @@ static void replay(struct mqlb_worker *w)
 
 	if (now >= w->replay_until)
 		return;
-	buf = malloc(REPLAY * (UUID_LEN + 4));
+	buf = malloc(REPLAY * (UUID_LEN + 4) + 1); /* and sprintf's NUL */
 	if (!buf)
 		die(EXIT_SYSERR, "out of memory");
 	for (int k = 0; k < REPLAY; k++) {
 		int i = (w->oks_i + k) % REPLAY;
 
-		if (w->oks[i][0] && w->oks_at[i] >= w->lost_at - REPLAY_BEFORE) {
+		/* Not one held again: its ok would end the award it has now. */
+		if (w->oks[i][0] && w->oks_at[i] >= w->lost_at - REPLAY_BEFORE && !holds(w, w->oks[i])) {
 			len += (size_t)sprintf(buf + len, "%s ok\n", w->oks[i]);
 			w->st.replayed++;
 		}
@@ -492,16 +503,6 @@ static void credit(struct mqlb_worker *w)
 	free(pl);
 }
 
-/* A job of the balancer's with this uuid runs or waits here. */
-static int holds(const struct mqlb_worker *w, const char *id)
-{
-	for (int q = 0; q < 2; q++)
-		for (const struct job *j = q ? w->queue : w->run; j; j = j->next)
-			if (j->remote && !strcmp(j->id, id))
-				return 1;
-	return 0;
-}
-
 /* An awarded job: run it, keep it (ahead, or over-awarded), or refuse it. */
 static void take(struct mqlb_worker *w, struct job *j)
 {
@@ -509,6 +510,8 @@ static void take(struct mqlb_worker *w, struct job *j)
 		/* Awarded again while we have it (the balancer took it for
 		 * lost): it runs once, its done ends both awards. */
 		warnl("job %s awarded again while it is here; the copy is dropped", j->id);
+		if (w->nresv > 0)
+			unreserve_oldest(w); /* the bid it answered is spent */
 		job_free(j);
 		return;
 	}
@@ -813,7 +816,10 @@ static void on_disconnected(struct mq *mq, void *arg)
 	struct mqlb_worker *w = arg;
 
 	w->st.connected = 0;
-	w->lost_at = ev_now(w->loop);
+	/* Lost again before the replays of the last loss ended: those still
+	 * count from the first. */
+	if (ev_now(w->loop) >= w->replay_until)
+		w->lost_at = ev_now(w->loop);
 	/* No suback can come now: do not fall back for a broker outage. */
 	ev_timer_stop(w->loop, &w->suback_t);
 }

@@ -31,6 +31,7 @@ if (a.command is None) == (a.sleep is None): ap.error("give either a command or 
 me = f"{a.group}/{a.wid}"
 c = mqtt.Client(protocol=mqtt.MQTTv5 if a.version == "5" else mqtt.MQTTv311)
 c.will_set(f"{a.prefix}/gone/{me}", b"", 1)
+c.reconnect_delay_set(1, 5)  # back within 5 s of the broker: the balancer waits 6.5 s for us
 c.max_inflight_messages_set(0)  # no queue of ours: the dones leave in the order they were made
 lock = threading.Condition()  # held and every publish: a credit never lists a job already done
 held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event(), threading.Event(), False
@@ -39,7 +40,7 @@ oks, lost_at, replay_until = collections.deque(maxlen=1024), None, 0.0  # see cr
 def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
     with lock:  # (and 0 slots once leaving); after a reconnect, first the ok dones of around then
         if time.time() < replay_until:  # again: the broker or a balancer may have missed them
-            again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5)
+            again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5 and u not in held)
             if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
         c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
         slots = "0" if stopping else f"{a.slots}+{a.ahead}" if a.ahead else str(a.slots)
@@ -59,7 +60,8 @@ def on_connect(cl, ud, flags, rc, props=None):
 def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()
 def on_disconnect(cl, ud, rc, props=None):
     global lost_at
-    subscribed.clear(); lost_at = time.time()
+    subscribed.clear()
+    if time.time() >= replay_until: lost_at = time.time()  # else the replays of the last loss go on
 def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
     uuid, mtopic = m.topic[len(f"{a.prefix}/job/{me}/"):][:36], m.topic[len(f"{a.prefix}/job/{me}/") + 37:]
     if not re.fullmatch("[0-9a-f-]{36}", uuid): return
