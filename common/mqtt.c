@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,8 +182,10 @@ static void serve(struct mq *mq, int revents)
 	*tls_error = '\0';
 	if ((revents & EV_READ) && mq->hold_acks && !mq->held)
 		hold(mq, 1);
-	if (revents & EV_READ)
+	if (revents & EV_READ) {
 		rc = read_burst(mq);
+		mq->got = 1;
+	}
 	if (rc == MOSQ_ERR_SUCCESS && (revents & EV_WRITE) && mosquitto_socket(mq->m) >= 0) {
 		flush(mq);
 		rc = mosquitto_loop_write(mq->m, 64);
@@ -211,18 +214,44 @@ static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		serve(mq, EV_READ);
 }
 
+/* A broker with Nagle's algorithm on (mosquitto's default: no
+ * set_tcp_nodelay) holds its next small packet to a client (a job, an
+ * award, a done) until the client has acknowledged the last small one it
+ * sent (a PUBACK, a QoS 0 job, a PINGRESP), and the client's kernel delays
+ * that ACK up to 40 ms unless it has data to send: a worker waited that long
+ * for each next job. So a turn that read from the broker and wrote nothing,
+ * which would have carried the ACK, sends it at once: TCP_QUICKACK sends an
+ * ACK the kernel holds (tcp(7)). */
+static void quickack(struct mq *mq)
+{
+	int fd = mosquitto_socket(mq->m), one = 1;
+
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one) < 0)
+		debugl("%s: TCP_QUICKACK: %s", mq->name, strerror(errno));
+}
+
 static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct mq *mq = w->data;
 	int rc = MOSQ_ERR_SUCCESS;
 
+	int fd = mosquitto_socket(mq->m);
+	size_t pending = sb_pending(fd);
+	/* Whether this turn sends anything: what libmosquitto wrote outside a
+	 * callback went at once (libmqlb), what it queued inside one goes now. */
+	int sends = mq->npub != mq->npub_turn || (fd >= 0 && mosquitto_want_write(mq->m));
+
+	mq->npub_turn = mq->npub;
 	/* Publishes queued inside callbacks go out before the loop blocks. */
 	mq->in_lib++;
 	*tls_error = '\0';
-	if (mosquitto_socket(mq->m) >= 0 && mosquitto_want_write(mq->m))
+	if (fd >= 0 && mosquitto_want_write(mq->m))
 		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
 	flush(mq);
+	if (mq->got && !sends && !(pending && sb_pending(fd) < pending))
+		quickack(mq);
+	mq->got = 0;
 	lost_quietly(mq, rc);
 	update_io(mq);
 }
@@ -542,6 +571,7 @@ int mq_v5(const struct mq *mq) { return mq->o->version == MQTT_PROTOCOL_V5; }
 int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void *payload,
 	       int qos, int retain, const mosquitto_property *props)
 {
+	mq->npub++;
 	return mosquitto_publish_v5(mq->m, mid, topic, (int)n, payload, qos, retain,
 				    mq_v5(mq) ? props : NULL);
 }

@@ -71,6 +71,10 @@ struct mq {
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	/* mq_hold_acks(): writes held while we read, and whether they are. */
 	int hold_acks, held;
+	/* This loop turn read from the broker; publishes so far, and at the
+	 * last turn's end: see quickack(). */
+	int got;
+	unsigned long npub, npub_turn;
 	/* Paused, the socket is still read, so that libmosquitto's keepalive
 	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
 	struct mq_held *backlog, **backlog_tail, *delivering;

@@ -117,6 +117,13 @@ void sb_hold(int fd, int on)
 		b->hold = on;
 }
 
+size_t sb_pending(int fd)
+{
+	struct sb *b = get(fd);
+
+	return b ? b->out_len - b->out_off : 0;
+}
+
 size_t sb_unread(int fd)
 {
 	struct sb *b = get(fd);

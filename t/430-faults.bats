@@ -332,7 +332,9 @@ proxy_cut() {
 	broker_start
 	touch "$T/log" "$T/records"
 	AUCTIONOPTS="$AUCTIONOPTS --listen $T/a.sock" pipeline -v
-	for w in w1 w2; do worker "$w" 3 -j 2; done
+	# 8 s jobs: a worker back before the auction has its first credit
+	# lost, and names its job again 5.5 s later, still before its done
+	for w in w1 w2; do worker "$w" 8 -j 2; done
 	wait_balanced
 	publish 2
 	wait_for 10 eval '[ "$(grep -c "^start " "$T/log")" = 2 ]'

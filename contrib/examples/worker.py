@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # worker.py: a complete mqlb credit-flow worker (mqlb-protocol(7)) on paho-mqtt 1.6: runs a
 # shell command per job with the payload on stdin (or sleeps --sleep MS), one line per job.
-import argparse, collections, os, re, signal, subprocess, sys, threading, time, queue
+import argparse, collections, os, re, signal, socket, subprocess, sys, threading, time, queue
 import paho.mqtt.client as mqtt
 
 def level(s):
@@ -70,6 +70,9 @@ def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
         if len(held) >= a.slots + a.ahead or stopping: c.publish(f"{a.prefix}/done/{me}/{uuid}", "fail busy", 1); return
         held.add(uuid)
     jobs.put((uuid, mtopic, m.payload))
+def on_publish(cl, ud, mid):  # a PUBACK: ACK it now, or a broker with Nagle on (mosquitto's
+    sock = c.socket()        # default) holds our next job behind it until our delayed ACK, 40 ms
+    if sock and hasattr(socket, "TCP_QUICKACK"): sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 def run():  # one thread per slot: paho's network thread never waits for a job
     while True:
         uuid, mtopic, payload = jobs.get()
@@ -86,7 +89,7 @@ def run():  # one thread per slot: paho's network thread never waits for a job
             print(a.wid, uuid, mtopic, result + stamp, flush=True)
             lock.notify_all()
 
-c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message = on_connect, on_subscribe, on_disconnect, on_message
+c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message, c.on_publish = on_connect, on_subscribe, on_disconnect, on_message, on_publish
 for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, lambda *_: stop.set())
 try: c.connect(a.host, a.port, a.keepalive)
 except OSError as e: print(f"worker.py: cannot connect to {a.host}:{a.port}: {e}", file=sys.stderr); sys.exit(69)
