@@ -76,6 +76,23 @@ require_rabbitmq() {
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
 }
 
+@test "--nagle: the brokers keep mosquitto's stock setting (Nagle on), and both sides finish" {
+	bench --smoke --sides mqlb,share --nagle --keep -v >"$T/table" 2>"$T/err"
+	cat "$T/table" "$T/err"
+	dirs=$(grep -o 'kept /tmp/mqlb-bench\.[A-Za-z0-9]*' "$T/err" | cut -d' ' -f2)
+	for d in $dirs; do cp "$d/mosquitto.conf" "$T/conf.$(basename "$d")"; rm -rf "$d"; done
+	[ "$(grep -c 'kept /tmp/mqlb-bench' "$T/err")" -eq 2 ]
+	[ "$(cat "$T"/conf.* | grep -c '^set_tcp_nodelay false$')" -eq 2 ]
+	grep -q '^# mqlb-bench: .*, mosquitto without set_tcp_nodelay$' "$T/table"
+	both_sides_ran
+	# without it, the brokers set TCP_NODELAY (what the README asks)
+	bench --smoke --share --keep -v >"$T/table" 2>"$T/err"
+	d=$(grep -o 'kept /tmp/mqlb-bench\.[A-Za-z0-9]*' "$T/err" | cut -d' ' -f2)
+	cp "$d/mosquitto.conf" "$T/conf.default"
+	rm -rf "$d"
+	grep -qx 'set_tcp_nodelay true' "$T/conf.default"
+}
+
 @test "--csv prints a header and one row per mode" {
 	bench --smoke --share --csv >"$T/csv" 2>"$T/err"
 	head -n1 "$T/csv" | grep -q '^label,mode,ok,workers,slots,'

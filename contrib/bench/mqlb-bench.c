@@ -54,7 +54,7 @@ static const char usage[] =
 	"                  [--service seconds,...]\n"
 	"                  [--rate jobs/s | --load fraction | --max] [--duration seconds]\n"
 	"                  [--grace seconds] [--drain seconds] [--window n] [--size bytes]\n"
-	"                  [--bindir dir]\n"
+	"                  [--bindir dir] [--nagle]\n"
 	"                  [--broker path] [--csv] [--plot file.png] [--keep] [--label text]\n";
 
 #define MAXW 64
@@ -87,6 +87,7 @@ static struct {
 	long size;
 	int modes; /* a bit per enum side */
 	int csv, keep, smoke, scenario;
+	int nagle; /* the broker with mosquitto's stock setting: no set_tcp_nodelay */
 	int parallel; /* all sides at once, each but the first in a forked child */
 	const char *bindir, *broker, *plot, *label, *rabbitmq_server;
 } cf = {
@@ -350,7 +351,8 @@ static int open_log(const char *dir, const char *name)
 
 /* A private mosquitto on a free 127.0.0.1 port, the same for both sides:
  * the defaults a user gets (queue and inflight limits included), but
- * TCP_NODELAY (README) and $SYS every second for its drop counter. */
+ * TCP_NODELAY (README; not with --nagle) and $SYS every second for its
+ * drop counter. */
 static int broker_start(const char *dir)
 {
 	char conf[512];
@@ -364,9 +366,9 @@ static int broker_start(const char *dir)
 		if (!(f = fopen(conf, "w")))
 			die(EXIT_SYSERR, "%s: %s", conf, strerror(errno));
 		fprintf(f, "listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n"
-			   "set_tcp_nodelay true\nsys_interval 1\n"
+			   "set_tcp_nodelay %s\nsys_interval 1\n"
 			   "log_dest stderr\nlog_type error\nlog_type warning\n",
-			port);
+			port, cf.nagle ? "false" : "true");
 		fclose(f);
 		logfd = open_log(dir, "mosquitto.log");
 		{
@@ -1651,6 +1653,8 @@ static void describe(FILE *f)
 			cf.duration, cf.drain, cf.grace);
 	else
 		fprintf(f, ", %g s + %g s grace, QoS 1", cf.duration, cf.grace);
+	if (cf.nagle)
+		fprintf(f, ", mosquitto without set_tcp_nodelay");
 	fprintf(f, "%s\n", !cf.parallel || nsides() < 2 ? ""
 			   : nsides() == 2   ? ", both sides at once"
 					     : ", all three sides at once");
@@ -1794,7 +1798,7 @@ enum {
 	O_SCENARIO = 2000, O_SMOKE, O_MQLB, O_SHARE, O_WORKERS, O_SLOTS, O_SERVICE, O_RATE,
 	O_LOAD, O_MAX, O_DURATION, O_GRACE, O_DRAIN, O_WINDOW, O_SIZE, O_BINDIR, O_BROKER, O_CSV,
 	O_PLOT, O_KEEP, O_LABEL, O_PARALLEL, O_SERIAL, O_SIDES, O_RABBIT, O_RABBITMQ_SERVER,
-	O_AHEAD, O_BATCH,
+	O_AHEAD, O_BATCH, O_NAGLE,
 };
 
 static const struct option longopts[] = {
@@ -1826,6 +1830,7 @@ static const struct option longopts[] = {
 	{ "label", required_argument, NULL, O_LABEL },
 	{ "parallel", no_argument, NULL, O_PARALLEL },
 	{ "serial", no_argument, NULL, O_SERIAL },
+	{ "nagle", no_argument, NULL, O_NAGLE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -1906,6 +1911,7 @@ static void opt(int c, const char *arg)
 	case O_RABBITMQ_SERVER: cf.rabbitmq_server = arg; break;
 	case O_WORKERS: cf.workers = (int)opt_long("--workers", arg, 1, MAXW); break;
 	case O_SLOTS: cf.slots = (int)opt_long("--slots", arg, 1, 1000); break;
+	case O_NAGLE: cf.nagle = 1; break;
 	case O_AHEAD: cf.ahead = (int)opt_long("--ahead", arg, 0, 1000); break;
 	case O_BATCH: cf.batch = (int)opt_long("--batch", arg, 0, 65535); break;
 	case O_SERVICE: {
