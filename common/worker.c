@@ -751,8 +751,15 @@ static void suback(struct mqlb_worker *w, const struct mosquitto_message *m)
 
 static void announce(struct mqlb_worker *w)
 {
-	if (!w->mq.connected || w->draining)
+	if (!w->mq.connected)
 		return;
+	/* Draining: no announce, but the credit 0 naming what still runs, every
+	 * keepalive, or the balancer takes a long job back (--ack-timeout, or
+	 * a will at a broker restart) and it runs twice. */
+	if (w->draining) {
+		credit(w);
+		return;
+	}
 	mq_publish(&w->mq, NULL, w->t_announce, strlen(w->topic), w->topic, 1, 0, NULL);
 	credit(w);
 	/* Armed by the first announce that is not yet confirmed: a suback
@@ -802,8 +809,9 @@ static void on_connected(struct mq *mq, int first, void *arg)
 		 * credit until the one a keepalive after the resync. */
 		w->replay_until = ev_now(w->loop) + RESYNC + w->keepalive + 0.5;
 	}
-	if (!w->draining) {
+	if (!w->draining)
 		announce(w);
+	if (!w->drained) {
 		ev_timer_stop(w->loop, &w->announce_t);
 		ev_timer_set(&w->announce_t, !first && RESYNC < w->keepalive ? RESYNC : w->keepalive,
 			     w->keepalive);
@@ -934,6 +942,7 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 	if (w->drained)
 		return;
 	w->drained = 1;
+	ev_timer_stop(w->loop, &w->announce_t);
 	/* Hand back what we cannot finish, so the balancer awards it again. */
 	if (v5(w) || !w->bidding) {
 		for (struct job *j = w->run; j; j = j->next)
@@ -964,8 +973,7 @@ void mqlb_worker_drain(struct mqlb_worker *w, double timeout)
 		return;
 	}
 	w->draining = 1;
-	credit(w); /* 0: no more jobs, please */
-	ev_timer_stop(w->loop, &w->announce_t);
+	credit(w); /* 0: no more jobs, please (and again every keepalive) */
 	ev_timer_stop(w->loop, &w->suback_t);
 	free(w->late_mtopic);
 	w->late_mtopic = NULL;

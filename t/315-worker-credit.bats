@@ -148,6 +148,33 @@ one_job() {
 	wait "$(pidof_bg w)"
 }
 
+@test "SIGTERM during a long job: credit 0 naming it every keepalive, after a broker restart too, until its done" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -k 5 -j 1 --drain-timeout 60 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	job "$U3" jobs/c three
+	wait_for 5 test -e "$T/jobs/$U3"
+	kill -TERM "$(pidof_bg w)"
+	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+	# a keepalive later, again: the job is still in progress
+	wait_for 10 eval '[ "$(grep -cxF "lb/credit/g1/w1|0 $U3" "$T/spy.out")" -ge 2 ]'
+	# and after the broker comes back, again 5 s on (not only at once)
+	broker_restart
+	t0=$(date +%s.%N)
+	spy
+	bg ts mosquitto_sub -p "$BROKER_PORT" -h 127.0.0.1 -t "$PREFIX/credit/g1/w1" -F '%U %p'
+	wait_for 20 eval "awk -v t=$t0 -v c='0 $U3' '\$1 >= t + 4 && substr(\$0, index(\$0, \" \") + 1) == c { f = 1 }
+		END { exit !f }' '$T/ts.out'"
+	! grep -q "^lb/sub/" "$T/spy.out" || false
+	touch "$T/jobs/go-c"
+	wait_for 5 seen "lb/done/g1/w1/$U3|ok"
+	wait_for 5 seen "lb/gone/g1/w1|"
+	wait_for 5 exited "$(pidof_bg w)"
+	wait "$(pidof_bg w)"
+}
+
 @test "an award topic without a uuid: one warning, ignored; the worker goes on" {
 	broker_start
 	spy

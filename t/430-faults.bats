@@ -395,6 +395,25 @@ proxy_cut() {
 	[ "$(grep -c '^start ' "$T/log")" = 1 ]
 }
 
+@test "a worker stopped (SIGTERM) during a job longer than --ack-timeout: it runs once, never awarded again" {
+	broker_start
+	touch "$T/log" "$T/records"
+	# keepalive 5 (the helper's -k 5); --ack-timeout more than twice that
+	AUCTIONOPTS="$AUCTIONOPTS --ack-timeout 11" pipeline -v
+	worker w1 14 --drain-timeout 60
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^start w1 job-1$" "$T/log"'
+	kill -TERM "$(cat "$T/w1.pid")"
+	# another worker, free all along, to take the job if it were taken back
+	worker w2 0
+	wait_for 30 eval 'grep -q "^done .* g w1 ok$" "$T/records"'
+	wait_for 10 exited "$(cat "$T/w1.pid")"
+	! grep 'no done for' "$T/auction.err" || false
+	[ "$(grep -c '^start ' "$T/log")" = 1 ]
+	account 1 | grep -qx 'lost 0'
+}
+
 @test "balancer pipeline stopped with SIGTERM under load: what it held is handed on, nothing lost" {
 	broker_start
 	touch "$T/log" "$T/records"

@@ -42,7 +42,7 @@ def credit():  # the announce and the credit with the jobs held: after SUBACK, e
         if time.time() < replay_until:  # again: the broker or a balancer may have missed them
             again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5 and u not in held)
             if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
-        c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
+        if not stopping: c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
         slots = "0" if stopping else f"{a.slots}+{a.ahead}" if a.ahead else str(a.slots)
         c.publish(f"{a.prefix}/credit/{me}", " ".join([slots] + sorted(held)), 1)
 # Jobs at QoS 0 by default: the done is the one packet a job costs, with no PUBACK ahead of it to
