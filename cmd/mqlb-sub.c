@@ -854,9 +854,16 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 	int ok = n > 0 && granted[0] < 0x80;
 
 	if (mid == S.announce_mid && !S.standalone) {
+		char hello[MAX_LEVEL + sizeof "/hello"];
+
 		if (!ok)
 			die(EXIT_UNREACH, "the broker refused the subscription to %s", S.announce_filter);
 		S.announce_acked = 1;
+		/* Workers that announced before we listened (they started
+		 * first, or the broker lost our session) announce again now,
+		 * not a keepalive later: until then their jobs reach nobody. */
+		snprintf(hello, sizeof hello, "%s/hello", S.cf.prefix);
+		mq_publish(mq, NULL, hello, 0, NULL, 1, 0, NULL);
 		maybe_ready();
 		return;
 	}

@@ -19,7 +19,7 @@
 
 /* MQTT 5 subscription identifiers: a copy of a message says which of our
  * subscriptions it came through, so overlapping filters stay apart. */
-enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_N };
+enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_HELLO, SUB_N };
 
 #define RECENT 64 /* uuids we bid on lately: one bid per request */
 /* Copies of one request closer than this are one request delivered twice
@@ -59,7 +59,7 @@ struct mqlb_worker {
 	int slots, qmax, fallback, no_reply, qos, bidding, ahead, batch;
 	double reserve_timeout, suback_timeout, keepalive;
 	/* topics and filters, built once */
-	char *t_announce, *t_suback, *t_will, *t_credit, *f_req, *f_work, *f_fallback;
+	char *t_announce, *t_suback, *t_will, *t_credit, *t_hello, *f_req, *f_work, *f_fallback;
 	char *p_req, *p_work; /* "P/req/", "P/work/{group}/{wid}/" (credit: "P/job/...") */
 	char *t_dones; /* "P/done/{group}/{wid}": the dones of batched jobs, together */
 	/* dones of batched jobs not published yet: "uuid result" lines, sent
@@ -797,6 +797,8 @@ static void on_connected(struct mq *mq, int first, void *arg)
 	w->acked = 0;
 	/* Subscribed before the announce, so the suback cannot pass us by. */
 	mq_subscribe(mq, &w->mids[SUB_SUBACK], w->t_suback, 1, SUB_SUBACK);
+	/* A balancer that (re)starts asks for our announce and credit here. */
+	mq_subscribe(mq, &w->mids[SUB_HELLO], w->t_hello, 0, SUB_HELLO);
 	if (!w->draining && w->bidding)
 		mq_subscribe(mq, &w->mids[SUB_REQ], w->f_req, 0, SUB_REQ);
 	mq_subscribe(mq, &w->mids[SUB_WORK], w->f_work, w->qos, SUB_WORK);
@@ -879,6 +881,12 @@ static void dispatch(struct mqlb_worker *w, int sub, const struct mosquitto_mess
 		if (!strncmp(m->topic, w->p_work, w->l_work))
 			award(w, m, props);
 		break;
+	case SUB_HELLO:
+		/* A balancer just (re)subscribed: it missed our last announce
+		 * and credit, and its stages wait for them. */
+		if (!strcmp(m->topic, w->t_hello) && !w->drained)
+			announce(w);
+		break;
 	case SUB_FALLBACK:
 		/* A wide filter also sees the protocol itself: never work. */
 		if (!under_prefix(w, m->topic))
@@ -909,6 +917,8 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		dispatch(w, SUB_REQ, m, props);
 	else if (!strncmp(m->topic, w->p_work, w->l_work))
 		dispatch(w, SUB_WORK, m, props);
+	else if (!strcmp(m->topic, w->t_hello))
+		dispatch(w, SUB_HELLO, m, props);
 	else
 		dispatch(w, SUB_FALLBACK, m, props);
 }
@@ -1045,6 +1055,7 @@ struct mqlb_worker *mqlb_worker_new(struct ev_loop *loop, const struct mqlb_work
 	w->t_will = xprintf("%s/gone/%s/%s", w->prefix, w->group, w->wid);
 	w->t_credit = xprintf("%s/credit/%s/%s", w->prefix, w->group, w->wid);
 	w->t_dones = xprintf("%s/done/%s/%s", w->prefix, w->group, w->wid);
+	w->t_hello = xprintf("%s/hello", w->prefix);
 	w->f_req = xprintf("%s/req/+/%s", w->prefix, w->topic);
 	w->p_req = xprintf("%s/req/", w->prefix);
 	if (w->bidding) {
@@ -1159,6 +1170,7 @@ void mqlb_worker_free(struct mqlb_worker *w)
 	free(w->t_will);
 	free(w->t_credit);
 	free(w->t_dones);
+	free(w->t_hello);
 	free(w->dbuf);
 	free(w->f_req);
 	free(w->f_work);

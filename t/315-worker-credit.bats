@@ -175,6 +175,29 @@ one_job() {
 	wait "$(pidof_bg w)"
 }
 
+@test "P/hello (a balancer that just subscribed): announce and credit at once; while leaving, the credit 0 alone" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -k 60 -j 1 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	[ "$(grep -cxF "lb/sub/g1|jobs/#" "$T/spy.out")" = 1 ]
+	pub lb/hello ""
+	wait_for 5 eval '[ "$(grep -cxF "lb/credit/g1/w1|1" "$T/spy.out")" = 2 ]'
+	[ "$(grep -cxF "lb/sub/g1|jobs/#" "$T/spy.out")" = 2 ]
+	job "$U3" jobs/c three
+	wait_for 5 test -e "$T/jobs/$U3"
+	kill -TERM "$(pidof_bg w)"
+	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+	pub lb/hello ""
+	wait_for 5 eval '[ "$(grep -cxF "lb/credit/g1/w1|0 $U3" "$T/spy.out")" = 2 ]'
+	[ "$(grep -cxF "lb/sub/g1|jobs/#" "$T/spy.out")" = 2 ]
+	touch "$T/jobs/go-c"
+	wait_for 5 seen "lb/gone/g1/w1|"
+	wait_for 5 exited "$(pidof_bg w)"
+	wait "$(pidof_bg w)"
+}
+
 @test "an award topic without a uuid: one warning, ignored; the worker goes on" {
 	broker_start
 	spy

@@ -145,6 +145,16 @@ w1 $U3 jobs/x0 ok" ]
 	[ "$(grep -c "^lb/done/g/w1/$U1|" "$T/spy.out")" -eq 1 ]
 }
 
+@test "P/hello (a balancer that just subscribed): announce and credit at once" {
+	broker_start
+	spy
+	pyworker w1 2 -k 60
+	[ "$(grep -cxF "lb/sub/g|jobs/#" "$T/spy.out")" = 1 ]
+	pub lb/hello ""
+	wait_for 5 eval '[ "$(grep -cxF "lb/credit/g/w1|2" "$T/spy.out")" = 2 ]'
+	[ "$(grep -cxF "lb/sub/g|jobs/#" "$T/spy.out")" = 2 ]
+}
+
 @test "after a broker restart: credit again 5.5 s on, after the ok dones of around the outage, again" {
 	broker_start
 	spy

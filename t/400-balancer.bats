@@ -96,6 +96,25 @@ each_once() {
 	! grep -q '^drop ' "$T/records" || false
 }
 
+@test "workers up before the balancer: its stages say hello, the workers announce and credit at once, not a keepalive later" {
+	broker_start
+	touch "$T/log" "$T/records"
+	# keepalive 60: their next announce and credit are a minute away
+	worker w1 g 'jobs/#' 0 -k 60 --fallback none
+	worker w2 g 'jobs/#' 0 -k 60 --fallback none
+	bg hello mosquitto_sub -h 127.0.0.1 -p "$BROKER_PORT" -t "$PREFIX/hello" -t "$PREFIX/mark" \
+		-F '%t|%p'
+	wait_for 10 eval "mosquitto_pub -h 127.0.0.1 -p $BROKER_PORT -t $PREFIX/mark -m m;
+		grep -q '^$PREFIX/mark|' '$T/hello.out'"
+	pipeline
+	balanced w1 w2
+	publish 20 jobs/a
+	wait_for 15 runs_at_least 20
+	each_once 20
+	# one from mqlb-sub, one from mqlb-auction
+	[ "$(grep -cx "$PREFIX/hello|" "$T/hello.out")" -ge 2 ]
+}
+
 @test "two groups on overlapping filters: each message runs once per group" {
 	broker_start
 	pipeline

@@ -518,10 +518,16 @@ static int any_parked(void)
 
 static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, void *arg)
 {
+	char hello[300];
+
 	if (n < 1 || granted[0] >= 0x80)
 		die(EXIT_UNREACH, "the broker refused a subscription under %s/", S.cf.prefix);
 	if (--S.subs_left)
 		return;
+	/* Every worker's credit now, not a keepalive later: what each holds
+	 * (a job it still runs is not awarded again) and its free slots. */
+	snprintf(hello, sizeof hello, "%s/hello", S.cf.prefix);
+	mq_publish(mq, NULL, hello, 0, NULL, 1, 0, NULL);
 	if (!S.ready) {
 		S.ready = 1;
 		ready_notify(S.cf.ready_fd);

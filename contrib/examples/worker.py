@@ -34,11 +34,12 @@ c.will_set(f"{a.prefix}/gone/{me}", b"", 1)
 c.reconnect_delay_set(1, 5)  # back within 5 s of the broker: the balancer waits 6.5 s for us
 c.max_inflight_messages_set(0)  # no queue of ours: the dones leave in the order they were made
 lock = threading.Condition()  # held and every publish: a credit never lists a job already done
-held, jobs, subscribed, stop, stopping = set(), queue.Queue(), threading.Event(), threading.Event(), False
+held, jobs, subscribed, stop, stopping, gone = set(), queue.Queue(), threading.Event(), threading.Event(), False, None
 oks, lost_at, replay_until = collections.deque(maxlen=1024), None, 0.0  # see credit()
 
 def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
     with lock:  # (and 0 slots once leaving); after a reconnect, first the ok dones of around then
+        if gone is not None: return  # said gone: no credit after it
         if time.time() < replay_until:  # again: the broker or a balancer may have missed them
             again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5 and u not in held)
             if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
@@ -51,18 +52,20 @@ def credit():  # the announce and the credit with the jobs held: after SUBACK, e
 def on_connect(cl, ud, flags, rc, props=None):
     global replay_until
     if rc != 0: return
-    c.subscribe(f"{a.prefix}/job/{me}/#", a.job_qos)
+    c.subscribe([(f"{a.prefix}/hello", 0), (f"{a.prefix}/job/{me}/#", a.job_qos)])
     if lost_at is not None:  # a reconnect: credit again once every balancer is back too
         replay_until = time.time() + 5.5 + a.keepalive + 0.5
         t = threading.Timer(5.5, lambda: subscribed.is_set() and credit())
         t.daemon = True
         t.start()
-def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()
+def on_subscribe(cl, ud, mid, granted, props=None): subscribed.set(); credit()  # (both at once)
 def on_disconnect(cl, ud, rc, props=None):
     global lost_at
     subscribed.clear()
     if time.time() >= replay_until: lost_at = time.time()  # else the replays of the last loss go on
 def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
+    quickack()
+    if m.topic == f"{a.prefix}/hello": return credit()  # a balancer (re)started: it missed ours
     uuid, mtopic = m.topic[len(f"{a.prefix}/job/{me}/"):][:36], m.topic[len(f"{a.prefix}/job/{me}/") + 37:]
     if not re.fullmatch("[0-9a-f-]{36}", uuid): return
     with lock:
@@ -70,8 +73,8 @@ def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
         if len(held) >= a.slots + a.ahead or stopping: c.publish(f"{a.prefix}/done/{me}/{uuid}", "fail busy", 1); return
         held.add(uuid)
     jobs.put((uuid, mtopic, m.payload))
-def on_publish(cl, ud, mid):  # a PUBACK: ACK it now, or a broker with Nagle on (mosquitto's
-    sock = c.socket()        # default) holds our next job behind it until our delayed ACK, 40 ms
+def quickack(*_):  # ACK a PUBACK or a job now, or a broker with Nagle on (mosquitto's default)
+    sock = c.socket()  # holds the next job behind it until our delayed ACK, up to 40 ms
     if sock and hasattr(socket, "TCP_QUICKACK"): sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 def run():  # one thread per slot: paho's network thread never waits for a job
     while True:
@@ -89,7 +92,7 @@ def run():  # one thread per slot: paho's network thread never waits for a job
             print(a.wid, uuid, mtopic, result + stamp, flush=True)
             lock.notify_all()
 
-c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message, c.on_publish = on_connect, on_subscribe, on_disconnect, on_message, on_publish
+c.on_connect, c.on_subscribe, c.on_disconnect, c.on_message, c.on_publish = on_connect, on_subscribe, on_disconnect, on_message, quickack
 for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, lambda *_: stop.set())
 try: c.connect(a.host, a.port, a.keepalive)
 except OSError as e: print(f"worker.py: cannot connect to {a.host}:{a.port}: {e}", file=sys.stderr); sys.exit(69)
@@ -103,6 +106,7 @@ with lock:  # credit 0, finish the jobs held (a new one is answered "fail busy")
     while not lock.wait_for(lambda: not held, a.keepalive):
         if subscribed.is_set(): credit()
     gone = c.publish(f"{a.prefix}/gone/{me}", b"", 1)
-gone.wait_for_publish(5)
+try: gone.wait_for_publish(5)
+except (RuntimeError, ValueError): pass  # the broker is away: the will says it
 c.disconnect()
 c.loop_stop()
