@@ -233,23 +233,27 @@ static void quickack(struct mq *mq)
 static void prep_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 {
 	struct mq *mq = w->data;
-	int rc = MOSQ_ERR_SUCCESS;
+	int fd = mosquitto_socket(mq->m), rc = MOSQ_ERR_SUCCESS, queued, sent;
 
-	int fd = mosquitto_socket(mq->m);
-	size_t pending = sb_pending(fd);
-	/* Whether this turn sends anything: what libmosquitto wrote outside a
-	 * callback went at once (libmqlb), what it queued inside one goes now. */
-	int sends = mq->npub != mq->npub_turn || (fd >= 0 && mosquitto_want_write(mq->m));
-
-	mq->npub_turn = mq->npub;
 	/* Publishes queued inside callbacks go out before the loop blocks. */
+	queued = fd >= 0 && mosquitto_want_write(mq->m);
 	mq->in_lib++;
 	*tls_error = '\0';
-	if (fd >= 0 && mosquitto_want_write(mq->m))
+	if (queued)
 		rc = mosquitto_loop_write(mq->m, 64);
 	mq->in_lib--;
 	flush(mq);
-	if (mq->got && !sends && !(pending && sb_pending(fd) < pending))
+	/* Whether this turn sent anything, which carried the ACK: what
+	 * sockbuf.c handed the kernel (acks released, flushes, this one);
+	 * without it (libmqlb), what libmosquitto wrote now, or at once,
+	 * outside a callback, when we published. */
+	if (sb_active())
+		sent = sb_sent(fd) != mq->sent_turn;
+	else
+		sent = queued || mq->npub != mq->npub_turn;
+	mq->sent_turn = sb_sent(fd);
+	mq->npub_turn = mq->npub;
+	if (mq->got && !sent)
 		quickack(mq);
 	mq->got = 0;
 	lost_quietly(mq, rc);
@@ -318,6 +322,8 @@ static void deaf_update(struct mq *mq)
 	mq->deaf = deaf;
 }
 
+static void resend_reset(struct mq *mq, int present);
+
 static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const mosquitto_property *p)
 {
 	struct mq *mq = arg;
@@ -342,6 +348,7 @@ static void on_connect(struct mosquitto *m, void *arg, int rc, int flags, const 
 	mq->connected = 1;
 	mq->ever_connected = 1;
 	deaf_update(mq);
+	resend_reset(mq, flags & 1);
 	mq->fails = 0;
 	mq->backoff = BACKOFF_MIN;
 	if (mq->cb->connected)
@@ -370,6 +377,87 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 	}
 }
 
+/* A hash of a message's topic, length and payload (its first and last 256
+ * bytes: a resend is the same message, its packet identifier tells the
+ * rest apart). FNV-1a. */
+static uint64_t seen_hash(const struct mosquitto_message *msg)
+{
+	const unsigned char *p = msg->payload;
+	size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, i;
+	uint64_t h = 14695981039346656037ULL;
+
+	for (const unsigned char *t = (const unsigned char *)msg->topic; *t; t++)
+		h = (h ^ *t) * 1099511628211ULL;
+	h = (h ^ 0) * 1099511628211ULL;
+	for (i = 0; i < sizeof n; i++)
+		h = (h ^ ((n >> (8 * i)) & 0xff)) * 1099511628211ULL;
+	for (i = 0; i < n; i++) {
+		if (i == 256 && n > 512)
+			i = n - 256;
+		h = (h ^ p[i]) * 1099511628211ULL;
+	}
+	return h;
+}
+
+static void seen_add(struct mq *mq, int mid, uint64_t h)
+{
+	if (!mq->seen && !(mq->seen = calloc(MQ_SEEN, sizeof *mq->seen)))
+		die(EXIT_SYSERR, "out of memory");
+	mq->seen[mq->seen_n % MQ_SEEN] = (struct mq_seen){ .h = h, .mid = mid };
+	mq->seen_n++;
+}
+
+/* Connected: to the session we had (present), the broker sends first what
+ * it sent us before and has no PUBACK for; what we took of that is in
+ * this connection's ring, now the one before. To a new session, none. */
+static void resend_reset(struct mq *mq, int present)
+{
+	struct mq_seen *t = mq->prev;
+
+	mq->resend_check = present && mq->seen_n > 0;
+	mq->prev = mq->seen;
+	mq->prev_n = mq->resend_check ? mq->seen_n : 0;
+	mq->seen = t;
+	mq->seen_n = 0;
+	mq->resends = 0;
+}
+
+/* Whether a QoS 1 message is a resend of one taken on the connection
+ * before: the same packet identifier, topic and payload, among the first
+ * after the reconnect. The broker resends in the order it sent, and what
+ * reached us is the first part of that: the first message that is not
+ * one we had ends the check (a new one has the next identifier). Such a
+ * message is acknowledged (libmosquitto has) and dropped: taken twice, a
+ * job would run twice. */
+static int resent(struct mq *mq, const struct mosquitto_message *msg)
+{
+	uint64_t h;
+	unsigned long n;
+
+	if (msg->qos != 1)
+		return 0;
+	h = seen_hash(msg);
+	if (mq->resend_check) {
+		n = mq->prev_n < MQ_SEEN ? mq->prev_n : MQ_SEEN;
+		for (unsigned long i = 1; i <= n; i++) {
+			const struct mq_seen *e = &mq->prev[(mq->prev_n - i) % MQ_SEEN];
+
+			if (e->mid == msg->mid && e->h == h) {
+				seen_add(mq, msg->mid, h);
+				mq->resends++;
+				return 1;
+			}
+		}
+		mq->resend_check = 0;
+		if (mq->resends)
+			infol("%s %s:%d: %lu message%s the broker sent again after the reconnect "
+			      "had been taken before: dropped", mq->name, mq->o->host, mq->o->port,
+			      mq->resends, mq->resends == 1 ? "" : "s");
+	}
+	seen_add(mq, msg->mid, h);
+	return 0;
+}
+
 /* What a held message counts towards MQ_BACKLOG_BYTES. */
 static size_t held_size(const struct mosquitto_message *msg)
 {
@@ -384,7 +472,7 @@ static void on_message(struct mosquitto *m, void *arg, const struct mosquitto_me
 
 	mq->ncb++;
 	collect_note(1);
-	if (!mq->cb->message)
+	if (!mq->cb->message || resent(mq, msg))
 		return;
 	if (!mq->read_paused && !mq->backlog) {
 		mq->cb->message(mq, msg, p, mq->arg);
@@ -636,5 +724,8 @@ void mq_destroy(struct mq *mq)
 		held_free(mq, h);
 	}
 	mq->backlog_tail = &mq->backlog;
+	free(mq->seen);
+	free(mq->prev);
+	mq->seen = mq->prev = NULL;
 	mosquitto_destroy(mq->m);
 }

@@ -8,6 +8,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct mq_opts {
 	const char *host;
@@ -54,6 +55,13 @@ struct mq_held {
 /* How much a pause may hold before the socket itself stops being read. */
 #define MQ_BACKLOG_MSGS 100000
 #define MQ_BACKLOG_BYTES (64UL << 20)
+#define MQ_SEEN 1024 /* QoS 1 messages of a connection kept to know a resend */
+
+/* A QoS 1 message taken: its packet identifier and a hash of the rest. */
+struct mq_seen {
+	uint64_t h;
+	int mid;
+};
 
 struct mq {
 	struct mosquitto *m;
@@ -71,16 +79,22 @@ struct mq {
 	int in_lib; /* inside mosquitto_loop_*: its callback lock is held */
 	/* mq_hold_acks(): writes held while we read, and whether they are. */
 	int hold_acks, held;
-	/* This loop turn read from the broker; publishes so far, and at the
-	 * last turn's end: see quickack(). */
+	/* This loop turn read from the broker; publishes, and bytes sockbuf.c
+	 * sent, so far and at the last turn's end: see quickack(). */
 	int got;
-	unsigned long npub, npub_turn;
+	unsigned long npub, npub_turn, sent_turn;
 	/* Paused, the socket is still read, so that libmosquitto's keepalive
 	 * goes on; what arrives waits here, in order, up to MQ_BACKLOG_*. */
 	struct mq_held *backlog, **backlog_tail, *delivering;
 	unsigned long backlog_n, backlog_max_seen;
 	size_t backlog_bytes;
 	ev_timer resume; /* delivers the backlog from the loop, not from a callback */
+	/* The last MQ_SEEN QoS 1 messages of this connection and of the one
+	 * before (rings: the next slot is n % MQ_SEEN), and whether the
+	 * broker may still be sending again what we took: see on_message. */
+	struct mq_seen *seen, *prev;
+	unsigned long seen_n, prev_n, resends;
+	int resend_check;
 	int deaf; /* reading paused, or the connection down: see mq_heard() */
 	ev_tstamp deaf_at, deaf_total;
 	double backoff;

@@ -36,6 +36,7 @@ struct sb {
 	size_t in_off, in_len;
 	char *out;
 	size_t out_off, out_len, out_cap;
+	unsigned long sent; /* bytes the kernel took, ever */
 	char in[SB_IN];
 };
 
@@ -117,11 +118,11 @@ void sb_hold(int fd, int on)
 		b->hold = on;
 }
 
-size_t sb_pending(int fd)
+unsigned long sb_sent(int fd)
 {
 	struct sb *b = get(fd);
 
-	return b ? b->out_len - b->out_off : 0;
+	return b ? b->sent : 0;
 }
 
 size_t sb_unread(int fd)
@@ -174,6 +175,7 @@ int sb_flush(int fd)
 			return -1;
 		}
 		b->out_off += (size_t)w;
+		b->sent += (unsigned long)w;
 	}
 	b->out_off = b->out_len = 0;
 	b->blocked = 0;

@@ -20,8 +20,8 @@ void sb_hold(int fd, int on);
  * with errno when the connection failed (what waited is dropped; the next
  * read says why). */
 int sb_flush(int fd);
-/* Bytes written that wait for sb_flush() or the socket. */
-size_t sb_pending(int fd);
+/* Bytes handed to the kernel so far (0 for a socket not buffered). */
+unsigned long sb_sent(int fd);
 /* Bytes read from the socket that nobody has taken yet. */
 size_t sb_unread(int fd);
 /* The poller says fd is readable: its next read asks the kernel again. Until

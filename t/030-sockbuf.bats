@@ -10,7 +10,7 @@ teardown() { mqlb_teardown; }
 	cases sbcheck active
 }
 
-@test "sockbuf: writes wait for sb_flush, counted as pending, then leave in order" {
+@test "sockbuf: writes wait for sb_flush, then leave in order, counted as sent" {
 	cases sbcheck write-waits
 }
 

@@ -253,6 +253,35 @@ stop_mid_job() {
 	for s in sub auction dispatch; do kill -0 "$(cat "$T/$s.pid")"; done
 }
 
+@test "broker restarted (SIGTERM, persistence) before mqlb-sub's PUBACK of a job reached it: the job it sends again runs once" {
+	broker_start b "persistence true" "persistence_location $T/broker-b/"
+	touch "$T/log" "$T/records"
+	SUBOPTS="$SUBOPTS -v" pipeline
+	worker w1 0
+	wait_balanced
+	publish 1
+	wait_for 10 eval 'grep -q "^end w1 job-1$" "$T/log"'
+	# mqlb-sub stopped: the broker sends it job-2, which waits unread in its
+	# socket, and goes down with no PUBACK for it (kept, with the session)
+	sub=$(cat "$T/sub.pid")
+	kill -STOP "$sub"
+	publish 1 2
+	wait_for 10 eval "ss -tnpH state established |
+		awk -v p='pid=$sub,' 'index(\$0, p) && \$1 > 0 { f = 1 } END { exit !f }'"
+	broker_stop
+	broker_run b
+	# mqlb-sub reads job-2 from the old connection, then the broker sends it
+	# again on the new one
+	kill -CONT "$sub"
+	wait_for 20 eval 'grep -q "^end w1 job-2$" "$T/log"'
+	publish 1 3
+	wait_for 15 eval 'grep -q "^end w1 job-3$" "$T/log"'
+	grep 'sent again after the reconnect had been taken before' "$T/sub.err"
+	account 3
+	account 3 | grep -qx 'duplicated 0'
+	account 3 | grep -qx 'lost 0'
+}
+
 # proxy_start: a TCP proxy to the broker on $PROXY_PORT (picked the first
 # time), for a stage to connect through; proxy_cut: it stops and so do the
 # connections through it, as when that stage loses the broker.
