@@ -977,9 +977,12 @@ static void drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
 void mqlb_worker_drain(struct mqlb_worker *w, double timeout)
 {
 	if (w->draining) {
-		/* Asked twice: stop waiting. */
+		/* Asked twice: stop waiting, from the loop, not from inside the
+		 * caller (a job callback, within libmosquitto's), as drained may
+		 * free the worker. */
 		ev_timer_stop(w->loop, &w->drain_t);
-		drain_cb(w->loop, &w->drain_t, 0);
+		ev_timer_set(&w->drain_t, 0, 0);
+		ev_timer_start(w->loop, &w->drain_t);
 		return;
 	}
 	w->draining = 1;

@@ -175,6 +175,24 @@ one_job() {
 	wait "$(pidof_bg w)"
 }
 
+@test "a second SIGTERM while leaving: the running job is handed back (fail drain-timeout) at once, then gone; exit 0" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -k 5 -j 1 --drain-timeout 60 -- sh -c "$JOB"
+	wait_for 5 seen "lb/credit/g1/w1|1"
+	job "$U3" jobs/c three
+	wait_for 5 test -e "$T/jobs/$U3"
+	kill -TERM "$(pidof_bg w)"
+	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+	kill -TERM "$(pidof_bg w)"
+	wait_for 5 seen "lb/done/g1/w1/$U3|fail drain-timeout"
+	wait_for 5 seen "lb/gone/g1/w1|"
+	wait_for 5 exited "$(pidof_bg w)"
+	wait "$(pidof_bg w)"
+	grep -q 'drain timeout: 1 job not finished' "$T/w.err"
+}
+
 @test "P/hello (a balancer that just subscribed): announce and credit at once; while leaving, the credit 0 alone" {
 	broker_start
 	spy
