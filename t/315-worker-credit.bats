@@ -148,7 +148,10 @@ one_job() {
 	wait "$(pidof_bg w)"
 }
 
-@test "SIGTERM during a long job: credit 0 naming it every keepalive, after a broker restart too, until its done" {
+# leaving_with_job: worker w1 (keepalive 5, --drain-timeout 60) runs job
+# U3, which waits for $T/jobs/go-c, and has been sent SIGTERM: it leaves,
+# with credit 0 naming the job.
+leaving_with_job() {
 	broker_start
 	spy
 	mkdir "$T/jobs"
@@ -158,6 +161,10 @@ one_job() {
 	wait_for 5 test -e "$T/jobs/$U3"
 	kill -TERM "$(pidof_bg w)"
 	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+}
+
+@test "SIGTERM during a long job: credit 0 naming it every keepalive, after a broker restart too, until its done" {
+	leaving_with_job
 	# a keepalive later, again: the job is still in progress
 	wait_for 10 eval '[ "$(grep -cxF "lb/credit/g1/w1|0 $U3" "$T/spy.out")" -ge 2 ]'
 	# and after the broker comes back, again 5 s on (not only at once)
@@ -176,15 +183,7 @@ one_job() {
 }
 
 @test "a second SIGTERM while leaving: the running job is handed back (fail drain-timeout) at once, then gone; exit 0" {
-	broker_start
-	spy
-	mkdir "$T/jobs"
-	JOBDIR="$T/jobs" worker -k 5 -j 1 --drain-timeout 60 -- sh -c "$JOB"
-	wait_for 5 seen "lb/credit/g1/w1|1"
-	job "$U3" jobs/c three
-	wait_for 5 test -e "$T/jobs/$U3"
-	kill -TERM "$(pidof_bg w)"
-	wait_for 5 seen "lb/credit/g1/w1|0 $U3"
+	leaving_with_job
 	kill -TERM "$(pidof_bg w)"
 	wait_for 5 seen "lb/done/g1/w1/$U3|fail drain-timeout"
 	wait_for 5 seen "lb/gone/g1/w1|"
