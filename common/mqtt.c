@@ -434,7 +434,8 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 	uint64_t h;
 	unsigned long n;
 
-	if (msg->qos != 1)
+	/* A clean session is never present again: nothing to keep. */
+	if (msg->qos != 1 || mq->o->clean || !mq->o->id)
 		return 0;
 	h = seen_hash(msg);
 	if (mq->resend_check) {

@@ -480,7 +480,8 @@ static void credit(struct mqlb_worker *w)
 	size_t cap = 32 + (size_t)(w->running + w->nqueue) * (UUID_LEN + 1), len;
 	char *pl;
 
-	if (w->bidding || !w->mq.connected || !(w->acked & 1 << SUB_WORK))
+	/* drained: gone said, no credit after it */
+	if (w->bidding || w->drained || !w->mq.connected || !(w->acked & 1 << SUB_WORK))
 		return;
 	/* Dones first: a job that ended is no longer named here, and its done
 	 * must not come after a credit message that leaves it out (the
@@ -811,8 +812,7 @@ static void on_connected(struct mq *mq, int first, void *arg)
 		 * credit until the one a keepalive after the resync. */
 		w->replay_until = ev_now(w->loop) + RESYNC + w->keepalive + 0.5;
 	}
-	if (!w->draining)
-		announce(w);
+	announce(w); /* draining, only the credit, once SUB_WORK is acked */
 	if (!w->drained) {
 		ev_timer_stop(w->loop, &w->announce_t);
 		ev_timer_set(&w->announce_t, !first && RESYNC < w->keepalive ? RESYNC : w->keepalive,
@@ -884,7 +884,7 @@ static void dispatch(struct mqlb_worker *w, int sub, const struct mosquitto_mess
 	case SUB_HELLO:
 		/* A balancer just (re)subscribed: it missed our last announce
 		 * and credit, and its stages wait for them. */
-		if (!strcmp(m->topic, w->t_hello) && !w->drained)
+		if (!strcmp(m->topic, w->t_hello))
 			announce(w);
 		break;
 	case SUB_FALLBACK:
