@@ -9,9 +9,11 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/random.h>
 #include <uuid/uuid.h>
@@ -100,6 +102,12 @@ static struct {
 	size_t plen; /* strlen(prefix) */
 	char announce_filter[MAX_LEVEL + sizeof "/sub/+"];
 	char done_filter[MAX_LEVEL + sizeof "/done/#"];
+	/* The spool's entries are written out again only once what the broker
+	 * kept for our session has come (its dones finish some of them): a
+	 * message of ours to ourselves, published after it, marks the end. */
+	char sync_topic[MAX_LEVEL + sizeof "/sync/0123456789abcdef"];
+	int sync_mid, synced;
+	ev_timer sync_t;
 	const char *spool_path; /* NULL: no spool */
 	int no_spool;
 	struct spool sp;
@@ -170,6 +178,7 @@ static int has_prefix(const char *topic)
 
 static void replay(struct filt *f);
 static void spool_replay(struct filt *f);
+static void synced(const char *why);
 
 static struct filt *filt_by_subid(uint32_t id)
 {
@@ -212,7 +221,7 @@ static void subscribe(struct filt *f)
 	rc = mq_subscribe(&S.mq, &f->mid, t, S.cf.mq.qos, f->subid);
 	f->state = rc == MOSQ_ERR_SUCCESS ? F_PENDING : F_NONE;
 	/* What the last run wrote out and saw no done for comes first. */
-	if (S.spool_path && S.sp.loaded.head)
+	if (S.spool_path && S.sp.loaded.head && S.synced)
 		spool_replay(f);
 	if (S.orphans)
 		replay(f);
@@ -551,6 +560,11 @@ static void spool_replay(struct filt *f)
 			spool_finish(&S.sp, e, "ok");
 			continue;
 		}
+		/* An earlier run wrote it out: a worker may run it still, and
+		 * names it in its credit (mqlb-auction keeps it there). */
+		out_raw(&S.out, "replay", 6);
+		out_raw(&S.out, e->uuid, 36);
+		out_end(&S.out);
 		out_raw(&S.out, "msg", 3);
 		out_raw(&S.out, e->uuid, 36);
 		out_raw(&S.out, r.f[SPF_QOS], r.len[SPF_QOS]);
@@ -597,6 +611,23 @@ static int result_ok(const char *pl, size_t n)
 	return n >= 2 && !memcmp(pl, "ok", 2) && (n == 2 || pl[2] == ' ');
 }
 
+/* An ok for the job of group g (gn bytes) of uuid, from worker w (wn). Its
+ * entry written out again from an earlier run's file, the record "done
+ * uuid group wid ok" tells mqlb-auction, which may have started after
+ * the done was sent (it keeps no session) and waits for the job's worker
+ * to name it before it awards it again. */
+static void done_ok(const char *uuid, const char *g, size_t gn, const char *w, size_t wn)
+{
+	if (!spool_ok(&S.sp, uuid, spool_ghash(g, gn)) || !wn)
+		return;
+	out_raw(&S.out, "done", 4);
+	out_raw(&S.out, uuid, 36);
+	out_field(&S.out, g, gn);
+	out_field(&S.out, w, wn);
+	out_raw(&S.out, "ok", 2);
+	out_end(&S.out);
+}
+
 /* P/done/{group}/{wid}/{uuid}: "ok" (maybe " free=n") finishes the job for
  * that group; a fail is retried by the auction, so it finishes nothing.
  * P/done/{group}/{wid}: the dones of batched jobs, a line "uuid result"
@@ -605,13 +636,15 @@ static void on_done(const struct mosquitto_message *m)
 {
 	const char *g = m->topic + S.plen + 6, *w = strchr(g, '/'), *u = w ? strchr(w + 1, '/') : NULL;
 	const char *pl = m->payload, *end = pl + m->payloadlen;
+	size_t wn;
 
 	if (!w || w == g || !w[1])
 		return;
+	wn = u ? (size_t)(u - w - 1) : strlen(w + 1);
 	if (u) {
 		S.n_dones++;
 		if (strlen(u + 1) == 36 && result_ok(pl, (size_t)m->payloadlen))
-			spool_ok(&S.sp, u + 1, spool_ghash(g, (size_t)(w - g)));
+			done_ok(u + 1, g, (size_t)(w - g), w + 1, wn);
 		return;
 	}
 	while (pl < end) {
@@ -624,7 +657,7 @@ static void on_done(const struct mosquitto_message *m)
 		if (n > 37 && pl[36] == ' ' && result_ok(pl + 37, n - 37)) {
 			memcpy(id, pl, 36);
 			id[36] = '\0';
-			spool_ok(&S.sp, id, spool_ghash(g, (size_t)(w - g)));
+			done_ok(id, g, (size_t)(w - g), w + 1, wn);
 		}
 		pl += n + 1;
 	}
@@ -730,6 +763,10 @@ static void on_message(struct mq *mq, const struct mosquitto_message *m,
 		on_done(m);
 		return;
 	}
+	if (S.spool_path && !strcmp(m->topic, S.sync_topic)) {
+		synced("");
+		return;
+	}
 	/* Announces arrive by subscription id 1 or, without ids, by topic. */
 	for (p = props; (p = mosquitto_property_read_varint(p, MQTT_PROP_SUBSCRIPTION_IDENTIFIER, &id, any));) {
 		any = 1;
@@ -803,6 +840,26 @@ static void *on_held(struct mq *mq, const struct mosquitto_message *m,
 	return spool_held(m, props, id == SUBID_ANNOUNCE ? 0 : id);
 }
 
+/* What the broker kept for our session has all come (why: "", or why we
+ * stop waiting): the spool's entries go out now, to the filters we have. */
+static void synced(const char *why)
+{
+	if (S.synced)
+		return;
+	if (*why)
+		warnl("%s; the spool is written out again now", why);
+	S.synced = 1;
+	ev_timer_stop(S.loop, &S.sync_t);
+	for (struct filt *f = S.filts; f && S.sp.loaded.head; f = f->next)
+		if (f->state == F_PENDING || f->state == F_ACKED)
+			spool_replay(f);
+}
+
+static void sync_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	synced("no echo on the sync topic in 5 s (an ACL?)");
+}
+
 static void on_connected(struct mq *mq, int first, void *arg)
 {
 	/* A clean session forgot everything: subscribe all over again. */
@@ -824,6 +881,8 @@ static void on_connected(struct mq *mq, int first, void *arg)
 
 		if (rc != MOSQ_ERR_SUCCESS)
 			warnl("cannot subscribe %s: %s", S.done_filter, mosquitto_strerror(rc));
+		if (!S.synced && mq_subscribe(mq, &S.sync_mid, S.sync_topic, 1, 0) != MOSQ_ERR_SUCCESS)
+			synced("cannot subscribe the sync topic");
 	}
 	for (struct filt *f = S.filts; f; f = f->next)
 		subscribe(f);
@@ -865,6 +924,14 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 		snprintf(hello, sizeof hello, "%s/hello", S.cf.prefix);
 		mq_publish(mq, NULL, hello, 0, NULL, 1, 0, NULL);
 		maybe_ready();
+		return;
+	}
+	if (S.spool_path && mid == S.sync_mid && !S.synced) {
+		/* After every message the broker kept for us, in order. */
+		if (!ok || mq_publish(mq, NULL, S.sync_topic, 0, NULL, 1, 0, NULL) != MOSQ_ERR_SUCCESS)
+			return synced("the broker refused the sync topic");
+		ev_timer_stop(S.loop, &S.sync_t);
+		ev_timer_start(S.loop, &S.sync_t);
 		return;
 	}
 	if (S.spool_path && mid == S.done_mid) {
@@ -1023,6 +1090,25 @@ static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
  * id, or without -i the first of mqlb-sub.spool, mqlb-sub.2.spool... that no
  * other mqlb-sub holds (instances without -i are alike: clean sessions on
  * the same broker, as a rule). */
+/* <prefix>/sync/<16 hex digits>: of the client id, the same in every run
+ * (the session keeps the subscription); a clean session without one is
+ * new each time, and so is its topic. */
+static void sync_topic(void)
+{
+	uint64_t h = 14695981039346656037ULL;
+	char pid[32];
+	const char *id = S.cf.mq.id;
+
+	if (!id) {
+		snprintf(pid, sizeof pid, "%ld.%ld", (long)getpid(), (long)time(NULL));
+		id = pid;
+	}
+	for (const unsigned char *c = (const unsigned char *)id; *c; c++)
+		h = (h ^ *c) * 1099511628211ULL;
+	snprintf(S.sync_topic, sizeof S.sync_topic, "%s/sync/%016llx", S.cf.prefix,
+		 (unsigned long long)h);
+}
+
 static void open_spool(void)
 {
 	char *dir, *path, base[32];
@@ -1096,6 +1182,7 @@ int main(int argc, char **argv)
 		S.group_ttl = 3.0 * S.cf.mq.keepalive;
 	snprintf(S.announce_filter, sizeof S.announce_filter, "%s/sub/+", S.cf.prefix);
 	snprintf(S.done_filter, sizeof S.done_filter, "%s/done/#", S.cf.prefix);
+	sync_topic();
 
 	signal(SIGPIPE, SIG_IGN);
 	/* A file size limit on the spool is a write error, not a kill. */
@@ -1119,6 +1206,7 @@ int main(int argc, char **argv)
 	ev_signal_init(&S.sigint, signal_cb, SIGINT);
 	ev_signal_start(S.loop, &S.sigterm);
 	ev_signal_start(S.loop, &S.sigint);
+	ev_timer_init(&S.sync_t, sync_cb, 5, 0);
 	ev_timer_init(&S.expiry, expire_cb, 1, S.group_ttl < 4 ? S.group_ttl / 4 : 1);
 	if (!S.standalone)
 		ev_timer_start(S.loop, &S.expiry);

@@ -313,8 +313,10 @@ void spool_out(struct spool *sp, struct spool_ent *e, const uint64_t *g, int ng)
 		if (e->tries < MAX_TRIES)
 			e->tries++;
 		line_uuid(sp, "r", e, NULL);
-		if (e->state == SP_LOADED)
+		if (e->state == SP_LOADED) {
 			sp->n_replayed++;
+			e->again = 1;
+		}
 	}
 	if (e->on)
 		list_del(e);
@@ -333,19 +335,21 @@ void spool_finish(struct spool *sp, struct spool_ent *e, const char *why)
 	ent_free(sp, e);
 }
 
-void spool_ok(struct spool *sp, const char *uuid, uint64_t gh)
+int spool_ok(struct spool *sp, const char *uuid, uint64_t gh)
 {
 	struct spool_ent *e = find(sp, uuid);
+	int again;
 
 	if (!e)
-		return;
+		return 0;
 	if (e->state == SP_LOADED) {
 		/* Finished by a stage of the earlier run: not for it again. */
 		gset_add(e, gh);
-		return;
+		return 0;
 	}
 	if (e->state != SP_OUT)
-		return;
+		return 0;
+	again = e->again;
 	for (int i = 0; i < e->ng; i++)
 		if (e->g[i] == gh) {
 			e->g[i] = e->g[--e->ng];
@@ -353,6 +357,7 @@ void spool_ok(struct spool *sp, const char *uuid, uint64_t gh)
 		}
 	if (!e->ng)
 		spool_finish(sp, e, "ok");
+	return again;
 }
 
 void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid)

@@ -40,6 +40,7 @@ struct spool_ent {
 	char uuid[37];
 	unsigned char state;
 	unsigned short tries; /* times written out, over every run */
+	unsigned char again;  /* written out again in this run, from an earlier run's file */
 	uint16_t ng, gcap;
 	uint32_t subid; /* its filter's subscription identifier; 0: none */
 	uint32_t len;   /* of its "m" line */
@@ -101,8 +102,9 @@ struct spool_ent *spool_end(struct spool *sp);
 void spool_out(struct spool *sp, struct spool_ent *e, const uint64_t *g, int ng);
 /* Its job is over (ok, nogroup, given-up...): forget it. */
 void spool_finish(struct spool *sp, struct spool_ent *e, const char *why);
-/* Group gh reported "ok" for uuid. */
-void spool_ok(struct spool *sp, const char *uuid, uint64_t gh);
+/* Group gh reported "ok" for uuid. 1 if its entry was written out again
+ * from an earlier run's file (spool_ent.again), else 0. */
+int spool_ok(struct spool *sp, const char *uuid, uint64_t gh);
 /* Group gh left the filter of subscription identifier subid (ungroup): no
  * entry of that filter waits for its done any more. */
 void spool_forget_group(struct spool *sp, uint64_t gh, uint32_t subid);

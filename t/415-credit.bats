@@ -349,6 +349,84 @@ U3=11111111-2222-4333-8444-555555555553
 	[ "$(astat progress)" = 2 ]
 }
 
+# A msg after a replay record was written out by an earlier run of
+# mqlb-sub: an earlier mqlb-auction may have awarded it, and a worker may
+# run it still.
+@test "auction: replay: a job a credit named before its msg came is that worker's, with no award; a free worker gets the next" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 "1 $U1"
+	credit g w2 1
+	wait_for 5 eval '[ "$(astat credit)" = 2 ]'
+	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 out_has "award $U2 g w2 1 jobs/b p2"
+	[ "$(astat kept)" = 1 ]
+	[ "$(astat replayed)" = 1 ]
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "done $U1 g w1 ok"
+	[ "$(awards_of "$U1")" = 0 ]
+}
+
+@test "auction: replay: a waiting job a credit names is that worker's; a done for one ends it; after a fail it goes to anyone" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	# no worker free: they wait, whatever the time
+	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1"
+	feed "replay $U2" "msg $U2 1 0 jobs/# jobs/b p2"
+	feed "replay $U3" "msg $U3 1 0 jobs/# jobs/c p3"
+	wait_for 5 eval '[ "$(astat replayed)" = 3 ]'
+	credit g w1 "1 $U1"
+	wait_for 5 eval '[ "$(astat kept)" = 1 ]'
+	done_ g w2 "$U2" ok
+	wait_for 5 out_has "done $U2 g w2 ok"
+	done_ g w3 "$U3" "fail exit%201"
+	credit g w3 1
+	wait_for 5 out_has "award $U3 g w3 1 jobs/c p3"
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "done $U1 g w1 ok"
+	[ "$(awards_of "$U1")" = 0 ]
+	[ "$(awards_of "$U2")" = 0 ]
+	! grep -q '^drop ' "$T/a.out" || false
+}
+
+@test "auction: replay: mqlb-sub's done record for it ends a job no worker named; for a job awarded elsewhere, or malformed, nothing" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1"
+	feed "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat replayed)" = 1 ]'
+	feed "done $U1 g w1 ok"
+	wait_for 5 out_has "done $U1 g w1 ok"
+	# not a replayed message: ignored; it goes to the worker free now
+	feed "done $U2 g w1 ok"
+	credit g w2 1
+	wait_for 5 out_has "award $U2 g w2 1 jobs/b p2"
+	feed "done $U3 g w1 ok" "done $U1 g w1 fail%20x"
+	wait_for 5 grep -q 'line 8: malformed done record; skipped' "$T/a.err"
+	[ "$(grep -c '^done ' "$T/a.out")" = 1 ]
+	[ "$(awards_of "$U1")" = 0 ]
+}
+
+@test "auction: replay: a job no worker names goes to a free one after a moment; a msg without a replay record at once" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 2
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1"
+	wait_for 5 out_has "award $U1 g w1 1 jobs/a p1"
+	# a replay record for another uuid does not hold the msg after it
+	feed "replay $U3" "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 out_has "award $U2 g w1 1 jobs/b p2"
+	[ "$(astat replayed)" = 1 ]
+	# a malformed one: a warning, and the stage goes on
+	feed "replay nope"
+	wait_for 5 grep -q 'malformed replay record; skipped' "$T/a.err"
+}
+
 @test "auction: bad credit: one warning line each, counted; the stage goes on" {
 	broker_start
 	auc

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 # 435-kill9: mqlb-sub --spool. Each balancer stage killed (kill -9, and
 # SIGTERM) under load and the pipeline restarted on the same spool: every
-# message published is processed by a worker (duplicates counted, lost 0).
+# message published is processed by a worker, once.
 # Then the spool itself: its records, replay, corrupt lines, giving up.
 load helpers/common.bash
 setup() {
@@ -46,6 +46,9 @@ killed() {
 	account $n
 	account $n | grep -qx 'lost 0'
 	account $n | grep -qx 'dropped 0'
+	# and none twice: a job a worker still ran, or had ended, when the
+	# new run wrote it out again is not awarded again
+	account $n | grep -qx 'duplicated 0'
 	# the new run wrote out again what the old one had not seen done
 	echo "ended before the restart: $before; replayed: $(sub_stat spool_replayed)"
 	for s in sub auction dispatch; do kill -0 "$(cat "$T/$s.pid")"; done
@@ -74,6 +77,50 @@ killed() {
 	publish 5 6
 	wait_for 20 eval '[ "$(ended)" -ge 10 ]'
 	account 10 | grep -qx 'lost 0'
+}
+
+# held_at_kill SECONDS: w1 runs job-1 (SECONDS long) while three other
+# workers are free; mqlb-auction is killed with -9 and mqlb-sub and
+# mqlb-dispatch stop by themselves.
+held_at_kill() {
+	AUCTIONOPTS="$AUCTIONOPTS --listen $T/auction.sock"
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline
+	worker w1 "$1"
+	wait_balanced
+	publish 1
+	wait_for 10 grep -q '^start w1 job-1$' "$T/log"
+	for w in w2 w3 w4; do worker "$w" 0; done
+	kill -KILL "$(cat "$T/auction.pid")"
+	wait_for 10 exited "$(cat "$T/sub.pid")"
+	wait_for 10 exited "$(cat "$T/dispatch.pid")"
+}
+
+@test "kill -9 of mqlb-auction while a job runs: started again, the worker's credit keeps it there; no free worker runs it too" {
+	held_at_kill 4
+	pipeline
+	wait_balanced
+	wait_for 20 grep -q '^end w1 job-1$' "$T/log"
+	[ "$(stat_in "$T/auction.sock" kept)" = 1 ]
+	# a second run would have begun by now (HELLO_WAIT after the start)
+	[ "$(grep -c ' job-1$' "$T/log")" = 2 ]
+	# and the balancer goes on: the next jobs run, job-1 once
+	publish 4 2
+	wait_for 20 settled 5 || { account 5; false; }
+	account 5 | grep -qx 'duplicated 0'
+}
+
+@test "kill -9 of mqlb-auction while a job runs, which ends before the start again: it does not run again" {
+	held_at_kill 1
+	wait_for 10 grep -q '^end w1 job-1$' "$T/log"
+	pipeline
+	wait_balanced
+	publish 4 2
+	wait_for 20 settled 5 || { account 5; false; }
+	# anything written out again had HELLO_WAIT to show up
+	sleep 1.5
+	account 5 | grep -qx 'duplicated 0'
 }
 
 @test "kill -9 of mqlb-sub under load, pipeline restarted on the spool: nothing lost" {
@@ -110,6 +157,7 @@ killed() {
 	account 180
 	account 180 | grep -qx 'lost 0'
 	account 180 | grep -qx 'dropped 0'
+	account 180 | grep -qx 'duplicated 0'
 }
 
 # --- the spool itself -----------------------------------------------------------
@@ -172,6 +220,12 @@ kill9() {
 	grep -qxF "$(grep " $u2 " "$T/msgs1")" "$T/s2.out"
 	grep -qxF "$(grep " $u3 " "$T/msgs1")" "$T/s2.out"
 	! grep -q " $u1 " "$T/s2.out" || false
+	# each right after a replay record naming it (mqlb-auction then keeps
+	# it for a worker that still runs it); the first run wrote none
+	[ "$(grep -A1 -x "replay $u2" "$T/s2.out" | sed -n 2p | cut -d' ' -f1,2)" = "msg $u2" ]
+	[ "$(grep -A1 -x "replay $u3" "$T/s2.out" | sed -n 2p | cut -d' ' -f1,2)" = "msg $u3" ]
+	[ "$(grep -c '^replay ' "$T/s2.out")" = 2 ]
+	! grep -q '^replay ' "$T/s1.out" || false
 	[ "$(sub_stat spool_replayed)" = 2 ]
 	# compacted at the start: u1 is gone from the file
 	! grep -q "$u1" "$T/spool" || false
@@ -187,6 +241,52 @@ kill9() {
 	wait_for 5 grep -q "^f $u3 ok\$" "$T/spool"
 	[ "$(sub_stat spool_live)" = 0 ]
 	[ "$(sub_stat spool_finished)" = 2 ]
+}
+
+@test "spool: a done the broker kept for the session while mqlb-sub was down ends its entry before anything is written out again" {
+	broker_start
+	sub s1
+	announced s1 g
+	pub jobs/a 'p 1' -q 1
+	pub jobs/a 'p 2' -q 1
+	wait_for 5 lines_in "$T/s1.out" 2 '^msg '
+	u1=$(awk '$1 == "msg" && $7 == "p%201" { print $2 }' "$T/s1.out")
+	u2=$(awk '$1 == "msg" && $7 == "p%202" { print $2 }' "$T/s1.out")
+	kill9 s1
+	# kept by the broker for the session, in this order: the group's
+	# announce (its filter is subscribed again as it comes), then u1's done
+	announce g 'jobs/#'
+	done_ok g "$u1"
+	sub s2
+	wait_for 5 grep -q "^f $u1 ok\$" "$T/spool"
+	wait_for 5 grep -q "^msg $u2 " "$T/s2.out"
+	! grep -q " $u1 " "$T/s2.out" || false
+	[ "$(sub_stat spool_replayed)" = 1 ]
+}
+
+@test "spool: an ok for a message written out again is a done record too (mqlb-auction may have missed it); for a new one, none" {
+	broker_start
+	sub s1
+	announced s1 g
+	pub jobs/a 'p 1' -q 1
+	wait_for 5 lines_in "$T/s1.out" 1 '^msg '
+	u1=$(awk '$1 == "msg" { print $2 }' "$T/s1.out")
+	kill9 s1
+	sub s2
+	announced s2 g
+	wait_for 5 grep -q "^msg $u1 " "$T/s2.out"
+	pub jobs/a 'p 2' -q 1
+	wait_for 5 lines_in "$T/s2.out" 2 '^msg '
+	u2=$(awk '$1 == "msg" && $7 == "p%202" { print $2 }' "$T/s2.out")
+	# a fail finishes nothing and says nothing; an ok, batched or not
+	done_ok g "$u1" "fail exit%201"
+	pub "$PREFIX/done/g/w%20x" "$u1 ok" -q 1
+	done_ok g "$u2"
+	wait_for 5 grep -q "^f $u2 ok\$" "$T/spool"
+	wait_for 5 grep -q "^f $u1 ok\$" "$T/spool"
+	cat "$T/s2.out"
+	[ "$(grep -c '^done ' "$T/s2.out")" = 1 ]
+	grep -qx "done $u1 g w%2520x ok" "$T/s2.out"
 }
 
 @test "spool: compacted while running once dead lines dominate; nothing done is written out again" {

@@ -28,6 +28,10 @@ enum scheme { SCHEME_SOONEST, SCHEME_LEAST, SCHEME_FIRST };
 #define EWMA 0.25 /* weight of the newest award-to-done time */
 #define PLACE_SCAN 1024 /* waiting jobs looked at per placement, at most */
 #define PARKED 1e300    /* a job's park_until while we wait to hear its worker again */
+/* A job an earlier run of mqlb-sub wrote out (a replay record) waits this
+ * long after we are up for a worker's credit to name it: every worker
+ * answers our hello at once. */
+#define HELLO_WAIT 1.0
 
 struct job;
 struct group;
@@ -68,6 +72,10 @@ struct wstat {
 	double svc;             /* award to done, moving average; < 0: none yet */
 	struct hist lat;        /* award to done */
 	struct job *jobs;       /* its tracked jobs */
+	/* Jobs its last credit named that we have no msg for (yet): an
+	 * earlier run of ours awarded them; a replayed msg of one stays here. */
+	char (*claims)[36];
+	unsigned nclaims, claimcap;
 	struct wstat *next, *lnext, *gnext; /* hash chain; all, in first-seen order; the group's */
 };
 
@@ -136,6 +144,7 @@ struct msg {
 	ev_tstamp arrived; /* mq_heard() when its msg record was read */
 	ev_tstamp expires; /* MQTT 5 message expiry, counted from reading; 0: none */
 	ev_timer wait;  /* its deadline or expiry, while a job of it waits */
+	int replayed;   /* after a replay record: a worker may run it already */
 	struct msg *hnext; /* hash chain, or free list */
 };
 
@@ -165,6 +174,9 @@ struct auction {
 	size_t ncands, ccap;
 	double retry[MAX_RETRY];
 	int nretry, max_attempts, ready, subs_left;
+	int lost_once; /* the broker connection went once: parked jobs wait RESYNC_WAIT */
+	char replay_uuid[36]; /* the replay record just read, for the msg after it */
+	int replay_next;
 	size_t plen;
 	char *topicbuf;
 	size_t topiccap;
@@ -172,7 +184,8 @@ struct auction {
 		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
-		n_busy, n_held, n_probes, n_kept, n_progress, n_lost, n_ahead, n_batches, n_batched;
+		n_busy, n_held, n_probes, n_kept, n_progress, n_lost, n_ahead, n_batches, n_batched,
+		n_replayed;
 };
 extern struct auction S;
 
@@ -209,6 +222,8 @@ void tokens_keep_fresh(struct group *g);
 struct wstat *wstat_find(const struct group *g, const char *wid);
 struct wstat *wstat_of(struct group *g, const char *wid);
 int credit_live(const struct wstat *w);
+void claim_add(struct wstat *w, const char *uuid);
+struct wstat *claimant(const struct group *g, const char *uuid);
 int group_live(const struct group *g);
 
 /* place.c */
@@ -216,6 +231,8 @@ void award(struct job *j, const char *wid);
 /* A slot of w came free (a done): the job it kept waiting longest runs. */
 void ahead_begins(struct wstat *w);
 void reaward(struct job *j);
+void job_attach(struct job *j, struct wstat *w);
+void replay_park(struct msg *m);
 void place(struct group *g);
 void group_arrival(struct group *g);
 void replace_cb(struct ev_loop *loop, ev_timer *w, int revents);
@@ -241,6 +258,8 @@ void on_line(struct in *in, char *line, size_t n, void *arg);
 
 /* broker.c */
 extern const struct mq_cb auction_cb;
+/* P/done/group/wid/uuid: "ok" or "fail reason", maybe " free=n" */
+void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n);
 void ack_cb(struct ev_loop *loop, ev_timer *w, int revents);
 void unpark_cb(struct ev_loop *loop, ev_timer *w, int revents);
 

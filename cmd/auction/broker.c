@@ -62,7 +62,7 @@ static struct job *job_late(struct msg *m, const struct group *g, const char *wi
 	return NULL;
 }
 
-static void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
+void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
 {
 	struct msg *m = msg_find(uuid);
 	struct job *j = NULL, *late;
@@ -108,6 +108,21 @@ static void on_done(struct group *g, const char *wid, const char *uuid, char *pa
 			job_finish(late);
 		} else {
 			debugl("late \"%s\" for %s from %s/%s: the job is elsewhere", payload, uuid, g->name, wid);
+		}
+	} else if (!j && n && m && m->replayed && (late = job_of(m, g, J_WAIT)) && !late->nprev) {
+		/* Written out again by mqlb-sub and waiting for its worker to
+		 * name it: it ran there (an earlier run of ours awarded it). An
+		 * ok ends it; after a fail it goes to anyone now. */
+		if (!strcmp(payload, "ok")) {
+			S.n_done_late++;
+			infol("done for %s from %s/%s, awarded before we started: accepted", uuid,
+			      g->name, wid);
+			snprintf(late->wid, sizeof late->wid, "%s", wid);
+			emit_done(late, payload, n);
+			job_finish(late);
+		} else {
+			late->attempts++;
+			late->park_until = 0;
 		}
 	} else if (!j && n) {
 		if (m && job_of(m, g, J_AWARDED)) {
@@ -225,31 +240,25 @@ static void on_dones(struct group *g, const char *wid, const void *payload, size
  * back-off is 5 s at most, the worker's credit after a reconnect 5.5 s). */
 #define RESYNC_WAIT 6.5
 
-/* A job taken back on wid's will that wid names in its credit: it runs
- * there still (the will came from a broker going down): wid's again,
- * with no award. */
+/* A job w's credit names that is not w's here. Taken back on w's will, it
+ * runs there still (the will came from a broker going down); never
+ * awarded here, an earlier run of ours awarded it (mqlb-sub wrote it out
+ * again): w's, with no award. Not here yet: w's if it comes (a claim). */
 static void keep(struct group *g, struct wstat *w, const char *uuid)
 {
 	struct msg *m = msg_find(uuid);
 
-	for (int i = 0; m && i < m->njobs; i++) {
+	if (!m) {
+		if (!recent_has(uuid))
+			claim_add(w, uuid);
+		return;
+	}
+	for (int i = 0; i < m->njobs; i++) {
 		struct job *j = &m->jobs[i];
 
-		if (j->g != g || j->st != J_WAIT || !j->nprev || strcmp(j->prev_wid[j->nprev - 1], w->wid))
-			continue;
-		infol("job %s is still with %s/%s: kept there", uuid, g->name, w->wid);
-		jq_remove(j);
-		snprintf(j->wid, sizeof j->wid, "%s", w->wid);
-		j->st = J_AWARDED;
-		j->ws = w;
-		j->ahead = 0;
-		j->begun = 0;
-		j->park_until = 0;
-		j->heard_t = mq_heard(&S.st.mq); /* j->t stays: its award's time */
-		j->listed = 1;
-		job_track(j);
-		jq_push(&g->awarded, j, 0);
-		S.n_kept++;
+		if (j->g == g && j->st == J_WAIT &&
+		    (j->nprev ? !strcmp(j->prev_wid[j->nprev - 1], w->wid) : m->replayed))
+			job_attach(j, w);
 	}
 }
 
@@ -291,6 +300,7 @@ static void on_credit(struct group *g, const char *wid, char *payload)
 	w->batch = (unsigned)batch;
 	w->credit_t = mq_heard(&S.st.mq);
 	w->blocked = 0;
+	w->nclaims = 0;
 	for (struct job *j = w->jobs; j; j = j->wnext)
 		j->listed = 0;
 	while ((u = strtok_r(end, " ", &end))) {
@@ -340,6 +350,7 @@ static void on_gone(struct group *g, const char *wid)
 		w->slots = 0; /* no credit: no more jobs until it announces again */
 		w->blocked = 0;
 		w->credit_at = 0;
+		w->nclaims = 0;
 	}
 	/* From the newest: each goes back to the front of the queue, so the
 	 * oldest ends up first again. Not placed for WILL_GRACE: a broker that
@@ -536,9 +547,10 @@ static void on_subscribed(struct mq *mq, int mid, int n, const int *granted, voi
 	}
 	/* Back after a reconnect (or a first round cut short by one): jobs
 	 * parked then wait for their workers' credit a while more, then go
-	 * to anyone. */
+	 * to anyone. Up for the first time, only replayed jobs are parked,
+	 * and every worker answers the hello at once. */
 	ev_timer_stop(S.st.loop, &S.unpark);
-	ev_timer_set(&S.unpark, RESYNC_WAIT, 0);
+	ev_timer_set(&S.unpark, S.lost_once ? RESYNC_WAIT : HELLO_WAIT, 0);
 	ev_timer_start(S.st.loop, &S.unpark);
 }
 
@@ -561,6 +573,7 @@ static void on_disconnected(struct mq *mq, void *arg)
 {
 	ev_tstamp now = ev_now(S.st.loop);
 
+	S.lost_once = 1;
 	ev_timer_stop(S.st.loop, &S.unpark);
 	for (struct group *g = S.groups; g; g = g->next)
 		for (struct job *j = g->waiting.head; j; j = j->next)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "auction.h"
+#include "log.h"
 
 /* --- awarding ------------------------------------------------------------- */
 
@@ -83,6 +84,51 @@ void reaward(struct job *j)
 		msg_arm(j->m);
 	}
 	group_kick(j->g, 1);
+}
+
+/* A waiting job w says it runs (its credit names it): w's, with no award.
+ * Either its will came from a broker going down and w runs it still, or an
+ * earlier run of ours awarded it and mqlb-sub wrote it out again. */
+void job_attach(struct job *j, struct wstat *w)
+{
+	infol("job %s is with %s/%s: kept there", j->m->uuid, j->g->name, w->wid);
+	jq_remove(j);
+	snprintf(j->wid, sizeof j->wid, "%s", w->wid);
+	j->st = J_AWARDED;
+	j->ws = w;
+	j->ahead = 0;
+	j->begun = 0;
+	j->park_until = 0;
+	if (!j->attempts) {
+		/* never awarded here: it was, by the run before */
+		j->attempts = 1;
+		j->t = ev_now(S.st.loop);
+	} /* else j->t stays: its award's time */
+	j->heard_t = mq_heard(&S.st.mq);
+	j->listed = 1;
+	job_track(j);
+	jq_push(&j->g->awarded, j, 0);
+	S.n_kept++;
+}
+
+/* m came after a replay record: an earlier run of ours may have awarded
+ * it, and a worker may run it still. A worker whose credit named it
+ * keeps it; for the others, it waits HELLO_WAIT (or, while we are not
+ * connected, until we are and then that long) for a credit or done to
+ * name it before it goes to anyone. */
+void replay_park(struct msg *m)
+{
+	S.n_replayed++;
+	for (int i = 0; i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+		struct wstat *w = claimant(j->g, m->uuid);
+
+		if (w)
+			job_attach(j, w);
+		else
+			j->park_until = S.st.mq.connected && S.ready ? ev_now(S.st.loop) + HELLO_WAIT
+								      : PARKED;
+	}
 }
 
 /* --- placement: which free worker gets the next job ---------------------- */

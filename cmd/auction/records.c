@@ -263,14 +263,50 @@ static void rec_ungroup(struct rec *r)
 		g->tlen = 0;
 }
 
+/* replay <uuid>: the msg record after it was written out by an earlier run
+ * of mqlb-sub (replay_park). */
+static void rec_replay(struct rec *r)
+{
+	if (r->nf != 2 || !rec_uuid_ok(r->f[1], r->len[1]))
+		return bad("malformed replay record");
+	memcpy(S.replay_uuid, r->f[1], 36);
+	S.replay_next = 1;
+}
+
+/* done <uuid> <group> <wid> ok: mqlb-sub saw this ok for a message it wrote
+ * out again (replay), which we may have missed: not subscribed yet when
+ * it was sent. It ends the job if it still waits here for its worker to
+ * name it, or is that worker's; else it says nothing new. */
+static void rec_done(struct rec *r)
+{
+	struct group *g;
+	struct msg *m;
+	char ok[] = "ok";
+
+	if (r->nf != 5 || !rec_uuid_ok(r->f[1], r->len[1]) || rec_unescape_from(r, 2) >= 0 ||
+	    !r->len[2] || !r->len[3] || strlen(r->f[2]) != r->len[2] ||
+	    strlen(r->f[3]) != r->len[3] || strcmp(r->f[4], "ok"))
+		return bad("malformed done record");
+	if (!(g = group_find(r->f[2], r->len[2])) || !(m = msg_find(r->f[1])) || !m->replayed)
+		return;
+	for (int i = 0; i < m->njobs; i++) {
+		struct job *j = &m->jobs[i];
+
+		if (j->g == g && (j->st == J_WAIT || (j->st == J_AWARDED && !strcmp(j->wid, r->f[3]))))
+			return on_done(g, r->f[3], m->uuid, ok, 2);
+	}
+}
+
 static void rec_msg(struct rec *r)
 {
 	unsigned long qos, retain;
 	struct msg *m;
 	size_t need;
 	long mtl;
+	int replayed = S.replay_next;
 
 	/* msg <uuid> <qos> <retain> <filter> <mtopic> <payload> [<props>] */
+	S.replay_next = 0;
 	if (r->nf != 7 && r->nf != 8)
 		return bad("msg record needs 7 or 8 fields");
 	if (!rec_uuid_ok(r->f[1], r->len[1]))
@@ -293,6 +329,7 @@ static void rec_msg(struct rec *r)
 	m = msg_new();
 	memcpy(m->uuid, r->f[1], 36);
 	m->uuid[36] = '\0';
+	m->replayed = replayed && !memcmp(S.replay_uuid, m->uuid, 36);
 	m->qos = (int)qos;
 	need = r->len[5] + r->len[6] + (r->nf == 8 ? r->len[7] : 0);
 	if (need > m->cap) {
@@ -385,6 +422,8 @@ static void rec_msg(struct rec *r)
 		jq_push(&m->jobs[i].g->waiting, &m->jobs[i], 0);
 		group_arrival(m->jobs[i].g);
 	}
+	if (m->replayed)
+		replay_park(m);
 	/* Free workers get it at once; the rest wait for bids or for a slot.
 	 * Only the last award can free m, and only when nothing is left
 	 * waiting; a freed m stays readable (it is on the free list). */
@@ -415,6 +454,10 @@ void on_line(struct in *in, char *line, size_t n, void *arg)
 		return bad("too many fields");
 	if (rec_is(&r, 0, "msg"))
 		rec_msg(&r);
+	else if (rec_is(&r, 0, "replay"))
+		rec_replay(&r);
+	else if (rec_is(&r, 0, "done"))
+		rec_done(&r);
 	else if (rec_is(&r, 0, "group"))
 		rec_group(&r);
 	else if (rec_is(&r, 0, "ungroup"))

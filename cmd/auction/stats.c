@@ -159,6 +159,7 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("held", S.n_held);
 	STAT("probes", S.n_probes);
 	STAT("kept", S.n_kept);
+	STAT("replayed", S.n_replayed);
 	STAT("ahead", S.n_ahead);
 	STAT("batches", S.n_batches);
 	STAT("batched", S.n_batched);

@@ -70,3 +70,26 @@ int group_live(const struct group *g)
 			return 1;
 	return 0;
 }
+
+/* A job w's credit names that we have no msg for. At most 65535 a credit,
+ * as slots (a worker holds no more than it has slots and jobs ahead). */
+void claim_add(struct wstat *w, const char *uuid)
+{
+	if (w->nclaims == 65535)
+		return;
+	if (w->nclaims == w->claimcap) {
+		w->claimcap = w->claimcap ? w->claimcap * 2 : 4;
+		w->claims = xrealloc(w->claims, w->claimcap * sizeof *w->claims);
+	}
+	memcpy(w->claims[w->nclaims++], uuid, 36);
+}
+
+/* The worker of g whose last credit named uuid before its msg came. */
+struct wstat *claimant(const struct group *g, const char *uuid)
+{
+	for (struct wstat *w = g->workers; w; w = w->gnext)
+		for (unsigned i = 0; i < w->nclaims; i++)
+			if (!memcmp(w->claims[i], uuid, 36))
+				return w;
+	return NULL;
+}
