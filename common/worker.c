@@ -35,6 +35,10 @@ enum { SUB_SUBACK = 1, SUB_REQ, SUB_WORK, SUB_FALLBACK, SUB_HELLO, SUB_N };
  * otherwise have the job awarded again and run twice. */
 #define REPLAY 1024
 #define REPLAY_BEFORE 5.0
+/* A balancer that (re)starts says hello: it may have been down while jobs
+ * ended here, and keep no session that held their dones meanwhile. The ok
+ * dones of this long before go again before the credit that answers it. */
+#define HELLO_REPLAY 60.0
 /* After a reconnect we announce (and credit) again this soon, not a whole
  * keepalive later: every stage retrying the broker is back by then (mqtt.c
  * backs off to 5 s at most). */
@@ -85,6 +89,7 @@ struct mqlb_worker {
 	double oks_at[REPLAY];
 	int oks_i;
 	double lost_at, replay_until; /* the connection went; replays stop */
+	int hello; /* answering a hello: replay() sends the last HELLO_REPLAY s too */
 	ev_timer announce_t, suback_t, resv_t, drain_t;
 	int fallback_on, draining, drained, ready, acked, pumping, again;
 	int mids[SUB_N];
@@ -446,15 +451,23 @@ static int holds(const struct mqlb_worker *w, const char *id)
 	return 0;
 }
 
-/* Soon after a reconnect: the ok dones of around then again, in one
- * message of "uuid ok" lines, as batched dones go. */
+/* Soon after a reconnect, the ok dones of around then again; after a
+ * hello, those of the last HELLO_REPLAY seconds: in one message of "uuid
+ * ok" lines, as batched dones go. */
 static void replay(struct mqlb_worker *w)
 {
-	double now = ev_now(w->loop);
+	double now = ev_now(w->loop), since = now;
 	size_t len = 0;
 	char *buf;
 
-	if (now >= w->replay_until)
+	if (now < w->replay_until)
+		since = w->lost_at - REPLAY_BEFORE;
+	if (w->hello) {
+		w->hello = 0;
+		if (now - HELLO_REPLAY < since)
+			since = now - HELLO_REPLAY;
+	}
+	if (since >= now)
 		return;
 	buf = malloc(REPLAY * (UUID_LEN + 4) + 1); /* and sprintf's NUL */
 	if (!buf)
@@ -463,7 +476,7 @@ static void replay(struct mqlb_worker *w)
 		int i = (w->oks_i + k) % REPLAY;
 
 		/* Not one held again: its ok would end the award it has now. */
-		if (w->oks[i][0] && w->oks_at[i] >= w->lost_at - REPLAY_BEFORE && !holds(w, w->oks[i])) {
+		if (w->oks[i][0] && w->oks_at[i] >= since && !holds(w, w->oks[i])) {
 			len += (size_t)sprintf(buf + len, "%s ok\n", w->oks[i]);
 			w->st.replayed++;
 		}
@@ -884,8 +897,11 @@ static void dispatch(struct mqlb_worker *w, int sub, const struct mosquitto_mess
 	case SUB_HELLO:
 		/* A balancer just (re)subscribed: it missed our last announce
 		 * and credit, and its stages wait for them. */
-		if (!strcmp(m->topic, w->t_hello))
+		if (!strcmp(m->topic, w->t_hello)) {
+			w->hello = 1; /* the recent dones go again first (replay) */
 			announce(w);
+			w->hello = 0;
+		}
 		break;
 	case SUB_FALLBACK:
 		/* A wide filter also sees the protocol itself: never work. */

@@ -215,6 +215,30 @@ leaving_with_job() {
 	wait "$(pidof_bg w)"
 }
 
+@test "P/hello: first the ok dones of the last minute again, in one message (a balancer down meanwhile missed them); not a fail, not a job held" {
+	broker_start
+	spy
+	mkdir "$T/jobs"
+	JOBDIR="$T/jobs" worker -k 60 -j 2 -- sh -c "$JOB"' && [ "$MQLB_TOPIC" != jobs/f ]'
+	wait_for 5 seen "lb/credit/g1/w1|2"
+	job "$U1" jobs/a one
+	job "$U2" jobs/f two
+	touch "$T/jobs/go-a" "$T/jobs/go-f"
+	wait_for 5 seen "lb/done/g1/w1/$U1|ok"
+	wait_for 5 seen "lb/done/g1/w1/$U2|fail exit=1"
+	job "$U3" jobs/c three
+	wait_for 5 test -e "$T/jobs/$U3"
+	pub lb/hello ""
+	wait_for 5 seen "lb/credit/g1/w1|2 $U3"
+	cat "$T/spy.out"
+	# "uuid ok\n": its line, then the empty one after the newline
+	[ "$(grep -c '^lb/done/g1/w1|' "$T/spy.out")" = 1 ]
+	again=$(grep -n "^lb/done/g1/w1|" "$T/spy.out" | cut -d: -f1)
+	[ "$(sed -n "${again}p" "$T/spy.out")" = "lb/done/g1/w1|$U1 ok" ]
+	[ "$(sed -n "$((again + 1))p" "$T/spy.out")" = "" ]
+	[ "$again" -lt "$(grep -nxF "lb/credit/g1/w1|2 $U3" "$T/spy.out" | cut -d: -f1)" ]
+}
+
 @test "an award topic without a uuid: one warning, ignored; the worker goes on" {
 	broker_start
 	spy

@@ -155,6 +155,23 @@ w1 $U3 jobs/x0 ok" ]
 	[ "$(grep -cxF "lb/sub/g|jobs/#" "$T/spy.out")" = 2 ]
 }
 
+@test "P/hello: first the ok dones of the last minute again, in one message; not a fail" {
+	broker_start
+	spy
+	pyworker w1 2 -k 60 -- 'cat >/dev/null; [ "$MQLB_TOPIC" != jobs/f ]'
+	pub "lb/job/g/w1/$U1/jobs/a" 'one' -q 1
+	pub "lb/job/g/w1/$U2/jobs/f" 'two' -q 1
+	wait_for 5 seen "lb/done/g/w1/$U1|ok"
+	wait_for 5 seen "lb/done/g/w1/$U2|fail exit"
+	pub lb/hello ""
+	wait_for 5 eval '[ "$(grep -cxF "lb/credit/g/w1|2" "$T/spy.out")" = 2 ]'
+	cat "$T/spy.out"
+	[ "$(grep -c '^lb/done/g/w1|' "$T/spy.out")" = 1 ]
+	again=$(grep -n "^lb/done/g/w1|" "$T/spy.out" | cut -d: -f1)
+	[ "$(sed -n "${again}p" "$T/spy.out")" = "lb/done/g/w1|$U1 ok" ]
+	[ "$again" -lt "$(grep -nxF "lb/credit/g/w1|2" "$T/spy.out" | tail -n1 | cut -d: -f1)" ]
+}
+
 @test "after a broker restart: credit again 5.5 s on, after the ok dones of around the outage, again" {
 	broker_start
 	spy

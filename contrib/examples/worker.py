@@ -37,12 +37,13 @@ lock = threading.Condition()  # held and every publish: a credit never lists a j
 held, jobs, subscribed, stop, stopping, gone = set(), queue.Queue(), threading.Event(), threading.Event(), False, None
 oks, lost_at, replay_until = collections.deque(maxlen=1024), None, 0.0  # see credit()
 
-def credit():  # the announce and the credit with the jobs held: after SUBACK, every keepalive
-    with lock:  # (and 0 slots once leaving); after a reconnect, first the ok dones of around then
-        if gone is not None: return  # said gone: no credit after it
-        if time.time() < replay_until:  # again: the broker or a balancer may have missed them
-            again = "".join(f"{u} ok\n" for t, u in oks if t >= lost_at - 5 and u not in held)
-            if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
+def credit(hello=False):  # the announce and the credit with the jobs held: after SUBACK, every
+    with lock:  # keepalive (0 slots once leaving); first the ok dones of around a reconnect and,
+        if gone is not None: return  # on a hello, of the last minute: said gone, no credit after
+        since = [time.time() - 60] if hello else []  # a balancer may have been down meanwhile,
+        if time.time() < replay_until: since.append(lost_at - 5)  # or the broker lost them
+        again = "".join(f"{u} ok\n" for t, u in oks if since and t >= min(since) and u not in held)
+        if again: c.publish(f"{a.prefix}/done/{me}", again, 1)
         if not stopping: c.publish(f"{a.prefix}/sub/{a.group}", a.filter, 1)
         slots = "0" if stopping else f"{a.slots}+{a.ahead}" if a.ahead else str(a.slots)
         c.publish(f"{a.prefix}/credit/{me}", " ".join([slots] + sorted(held)), 1)
@@ -65,7 +66,7 @@ def on_disconnect(cl, ud, rc, props=None):
     if time.time() >= replay_until: lost_at = time.time()  # else the replays of the last loss go on
 def on_message(cl, ud, m):  # P/job/group/wid/UUID/MTOPIC
     quickack()
-    if m.topic == f"{a.prefix}/hello": return credit()  # a balancer (re)started: it missed ours
+    if m.topic == f"{a.prefix}/hello": return credit(True)  # a balancer (re)started: it missed ours
     uuid, mtopic = m.topic[len(f"{a.prefix}/job/{me}/"):][:36], m.topic[len(f"{a.prefix}/job/{me}/") + 37:]
     if not re.fullmatch("[0-9a-f-]{36}", uuid): return
     with lock:
