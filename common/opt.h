@@ -20,8 +20,11 @@ enum {
 };
 
 /* --collect's default: the most a busy loop gathers input before its next
- * turn (libev's I/O collect interval, following the load: collect.h). */
-#define OPT_COLLECT_DEFAULT 0.002
+ * turn (libev's I/O collect interval, following the load: collect.h). A
+ * slot comes back to the balancer once per round through three stages'
+ * gathers: at 2 ms that, not CPU, capped trivial jobs at 15000 a second
+ * (contrib/bench/README, 2026-12-06 evening). */
+#define OPT_COLLECT_DEFAULT 0.0005
 
 struct conf {
 	struct mq_opts mq;
