@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <uuid/uuid.h>
 
+#include "hash.h"
 #include "io.h"
 #include "log.h"
 #include "mqtt.h"
@@ -193,10 +194,8 @@ static struct filt *filt_by_subid(uint32_t id)
  * (FNV-1a, probing on the rare collision). */
 static int subid_for(const char *topic)
 {
-	uint32_t h = 2166136261u;
+	uint32_t h = fnv32_str(FNV32_BASIS, topic);
 
-	for (const unsigned char *c = (const unsigned char *)topic; *c; c++)
-		h = (h ^ *c) * 16777619u;
 	h = SUBID_ANNOUNCE + 1 + h % (268435455u - SUBID_ANNOUNCE - 1);
 	while (filt_by_subid(h))
 		h = h == 268435455u ? SUBID_ANNOUNCE + 1 : h + 1;
@@ -1095,7 +1094,6 @@ static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
  * new each time, and so is its topic. */
 static void sync_topic(void)
 {
-	uint64_t h = 14695981039346656037ULL;
 	char pid[32];
 	const char *id = S.cf.mq.id;
 
@@ -1103,10 +1101,8 @@ static void sync_topic(void)
 		snprintf(pid, sizeof pid, "%ld.%ld", (long)getpid(), (long)time(NULL));
 		id = pid;
 	}
-	for (const unsigned char *c = (const unsigned char *)id; *c; c++)
-		h = (h ^ *c) * 1099511628211ULL;
 	snprintf(S.sync_topic, sizeof S.sync_topic, "%s/sync/%016llx", S.cf.prefix,
-		 (unsigned long long)h);
+		 (unsigned long long)fnv64_str(FNV64_BASIS, id));
 }
 
 static void open_spool(void)

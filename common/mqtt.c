@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "collect.h"
+#include "hash.h"
 #include "log.h"
 #include "mqtt.h"
 #include "sockbuf.h"
@@ -383,20 +384,16 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 static uint64_t seen_hash(const struct mosquitto_message *msg)
 {
 	const unsigned char *p = msg->payload;
-	size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0, i;
-	uint64_t h = 14695981039346656037ULL;
+	size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+	uint64_t h = fnv64(FNV64_BASIS, msg->topic, strlen(msg->topic) + 1);
+	unsigned char len[sizeof n];
 
-	for (const unsigned char *t = (const unsigned char *)msg->topic; *t; t++)
-		h = (h ^ *t) * 1099511628211ULL;
-	h = (h ^ 0) * 1099511628211ULL;
-	for (i = 0; i < sizeof n; i++)
-		h = (h ^ ((n >> (8 * i)) & 0xff)) * 1099511628211ULL;
-	for (i = 0; i < n; i++) {
-		if (i == 256 && n > 512)
-			i = n - 256;
-		h = (h ^ p[i]) * 1099511628211ULL;
-	}
-	return h;
+	for (size_t i = 0; i < sizeof n; i++)
+		len[i] = (unsigned char)(n >> (8 * i));
+	h = fnv64(h, len, sizeof len);
+	if (n > 512)
+		return fnv64(fnv64(h, p, 256), p + n - 256, 256);
+	return fnv64(h, p, n);
 }
 
 static void seen_add(struct mq *mq, int mid, uint64_t h)

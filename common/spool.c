@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hash.h"
 #include "log.h"
 #include "spool.h"
 
@@ -38,20 +39,12 @@ static void *xalloc(void *p, size_t n)
 
 uint64_t spool_ghash(const char *group, size_t n)
 {
-	uint64_t h = 14695981039346656037ull;
-
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)group[i]) * 1099511628211ull;
-	return h;
+	return fnv64(FNV64_BASIS, group, n);
 }
 
 static size_t uhash(const char *u)
 {
-	size_t h = 2166136261u;
-
-	for (int i = 0; i < 36; i++)
-		h = (h ^ (unsigned char)u[i]) * 16777619u;
-	return h;
+	return (size_t)fnv64(FNV64_BASIS, u, 36);
 }
 
 static int is_uuid(const char *s, size_t n)

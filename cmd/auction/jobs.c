@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "auction.h"
+#include "hash.h"
 #include "log.h"
 
 void *xmalloc(size_t n)
@@ -76,11 +77,7 @@ void jq_push(struct jq *q, struct job *j, int front)
 
 size_t uuid_hash(const char *u)
 {
-	size_t h = 14695981039346656037ULL;
-
-	for (int i = 0; i < 36; i++)
-		h = (h ^ (unsigned char)u[i]) * 1099511628211ULL;
-	return h;
+	return (size_t)fnv64(FNV64_BASIS, u, 36);
 }
 
 /* Uuids of messages finished lately, in two generations of RECENT_MAX

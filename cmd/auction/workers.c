@@ -8,15 +8,12 @@
 #include <string.h>
 
 #include "auction.h"
+#include "hash.h"
 #include "log.h"
 
 static size_t wstat_hash(const struct group *g, const char *wid)
 {
-	size_t h = (size_t)g * 31;
-
-	while (*wid)
-		h = (h ^ (unsigned char)*wid++) * 16777619u;
-	return h % WSTAT_BUCKETS;
+	return (size_t)fnv64_str((uint64_t)(uintptr_t)g * 31, wid) % WSTAT_BUCKETS;
 }
 
 struct wstat *wstat_find(const struct group *g, const char *wid)
