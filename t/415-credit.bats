@@ -368,6 +368,41 @@ U3=11111111-2222-4333-8444-555555555553
 	[ "$(awards_of "$U1")" = 0 ]
 }
 
+@test "auction: replay: a job a credit names before its msg came takes that worker's slot: the next msg waits for a free one" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 "1 $U1"
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	# U2 comes before U1 is written out again: w1 runs U1 all the same
+	feed "msg $U2 1 0 jobs/# jobs/b p2"
+	credit g w2 1
+	wait_for 5 out_has "award $U2 g w2 1 jobs/b p2"
+	[ "$(awards_of "$U2")" = 1 ]
+	# U1 comes: w1's, a job of its now; U3 waits for a slot
+	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U3 1 0 jobs/# jobs/c p3"
+	wait_for 5 eval '[ "$(astat kept)" = 1 ]'
+	# w1's done (no credit message after it) frees the slot: U3 goes there
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "award $U3 g w1 1 jobs/c p3"
+	[ "$(awards_of "$U1")" = 0 ]
+	[ "$(awards_of "$U3")" = 1 ]
+}
+
+@test "auction: replay: a done for a job a credit named, whose msg never came, frees the slot it took" {
+	broker_start
+	auc
+	feed "group g jobs/#"
+	credit g w1 "1 $U1"
+	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	feed "msg $U2 1 0 jobs/# jobs/b p2"
+	wait_for 5 eval '[ "$(astat msg)" = 1 ]'
+	# mqlb-sub had U1's done: it does not write U1 out again
+	done_ g w1 "$U1" ok
+	wait_for 5 out_has "award $U2 g w1 1 jobs/b p2"
+	[ "$(awards_of "$U2")" = 1 ]
+}
+
 @test "auction: replay: a waiting job a credit names is that worker's; a done for one ends it; after a fail it goes to anyone" {
 	broker_start
 	auc

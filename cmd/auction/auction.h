@@ -223,6 +223,7 @@ struct wstat *wstat_find(const struct group *g, const char *wid);
 struct wstat *wstat_of(struct group *g, const char *wid);
 int credit_live(const struct wstat *w);
 void claim_add(struct wstat *w, const char *uuid);
+void claim_drop(struct wstat *w, const char *uuid);
 struct wstat *claimant(const struct group *g, const char *uuid);
 int group_live(const struct group *g);
 

@@ -198,6 +198,7 @@ void on_done(struct group *g, const char *wid, const char *uuid, char *payload, 
 			w->blocked = 0;
 			ahead_begins(w);
 		}
+		claim_drop(w, uuid); /* it named the job, whose msg never came */
 		place(g);
 	} else if (g->waiting.head) {
 		/* A bidder that finished may be free: ask now rather than after

@@ -123,9 +123,10 @@ void replay_park(struct msg *m)
 		struct job *j = &m->jobs[i];
 		struct wstat *w = claimant(j->g, m->uuid);
 
-		if (w)
+		if (w) {
 			job_attach(j, w);
-		else
+			claim_drop(w, m->uuid);
+		} else
 			j->park_until = S.st.mq.connected && S.ready ? ev_now(S.st.loop) + HELLO_WAIT
 								      : PARKED;
 	}
@@ -201,8 +202,8 @@ static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *ov
 
 static int stale(const struct wstat *w, ev_tstamp now)
 {
-	return w->svc >= 0 && !w->inflight && w->g->awards - w->award_no >= STALE_AWARDS &&
-	       now - w->last_award >= STALE_T;
+	return w->svc >= 0 && !w->inflight && !w->nclaims &&
+	       w->g->awards - w->award_no >= STALE_AWARDS && now - w->last_award >= STALE_T;
 }
 
 /* The candidates of g: credit workers with free slots (and, for soonest,
@@ -221,10 +222,13 @@ static void cands_build(struct group *g)
 	for (struct wstat *w = g->workers; w; w = w->gnext) {
 		struct cand *c;
 		unsigned f, over;
+		/* A job its credit named before the job's msg came (a claim:
+		 * an earlier run of ours awarded it) takes a slot as ours do. */
+		unsigned long busy = w->inflight + w->nclaims;
 
 		if (!credit_live(w) || w->blocked)
 			continue;
-		f = w->slots > w->inflight ? w->slots - (unsigned)w->inflight : 0;
+		f = w->slots > busy ? w->slots - (unsigned)busy : 0;
 		if (!f && S.scheme != SCHEME_SOONEST)
 			continue;
 		c = cand_add();
@@ -240,7 +244,7 @@ static void cands_build(struct group *g)
 			c->avail = next_end(w, c->svc, now, &c->overrun);
 		/* Jobs it may still keep waiting once its slots are taken; only
 		 * on a time of its own, measured. */
-		over = w->inflight > w->slots ? (unsigned)w->inflight - w->slots : 0;
+		over = busy > w->slots ? (unsigned)busy - w->slots : 0;
 		if (w->svc >= 0 && over < w->ahead)
 			c->ahead = w->ahead - over;
 	}

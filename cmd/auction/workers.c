@@ -81,6 +81,16 @@ void claim_add(struct wstat *w, const char *uuid)
 	memcpy(w->claims[w->nclaims++], uuid, 36);
 }
 
+/* uuid's msg came: w's claim is a job of w's now. */
+void claim_drop(struct wstat *w, const char *uuid)
+{
+	for (unsigned i = 0; i < w->nclaims; i++)
+		if (!memcmp(w->claims[i], uuid, 36)) {
+			memcpy(w->claims[i], w->claims[--w->nclaims], 36);
+			return;
+		}
+}
+
 /* The worker of g whose last credit named uuid before its msg came. */
 struct wstat *claimant(const struct group *g, const char *uuid)
 {
