@@ -181,7 +181,8 @@ struct auction {
 	char *topicbuf;
 	size_t topiccap;
 	unsigned long n_msg, n_asked, n_retries, n_awarded, n_tokens_used, n_tokens_kept,
-		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_drop_nobid, n_drop_nogroup,
+		n_tokens_expired, n_bids, n_bids_ignored, n_foreign, n_done_nogroup, n_drop_nobid,
+		n_drop_nogroup,
 		n_drop_failed, n_drop_shutdown, n_drop_expired, n_done_ok, n_done_fail, n_done_late,
 		n_reawards, n_forged, n_bad_records, n_gone, n_untracked, n_credit, n_credit_bad,
 		n_busy, n_held, n_probes, n_kept, n_progress, n_lost, n_ahead, n_batches, n_batched,

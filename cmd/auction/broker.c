@@ -431,20 +431,28 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		/* A bid shows free slots: more of the queue may find takers. */
 		group_kick(g, 1);
 	} else if (!strncmp(t, "done/", 5)) {
+		/* done/{group}/{wid}: several; done/{group}/{wid}/{uuid}: one */
 		k = levels(t + 5, lv, 3, &rest);
-		if (k == 2 && (g = group_find(lv[0], strlen(lv[0]))) && *lv[1] &&
-		    strlen(lv[1]) <= MAX_LEVEL) {
-			on_dones(g, lv[1], msg->payload, (size_t)msg->payloadlen);
-			goto out;
-		}
-		if (k != 3 || rest || !(g = group_find(lv[0], strlen(lv[0]))) || !*lv[1] ||
-		    strlen(lv[1]) > MAX_LEVEL || !rec_uuid_ok(lv[2], strlen(lv[2]))) {
+		if (k < 2 || rest || !*lv[0] || !*lv[1] || strlen(lv[1]) > MAX_LEVEL ||
+		    (k == 3 && !rec_uuid_ok(lv[2], strlen(lv[2])))) {
 			S.n_forged++;
 			unlevel(lv, k, rest);
 			warnl("bad done topic %s; ignored", msg->topic);
 			return;
 		}
-		on_done(g, lv[1], lv[2], msg->payload ? msg->payload : "", (size_t)msg->payloadlen);
+		if (!(g = group_find(lv[0], strlen(lv[0])))) {
+			/* Before mqlb-sub's group record (a worker answering
+			 * P/hello right after its announce): we awarded the
+			 * group nothing, and mqlb-sub has the dones it needs. */
+			S.n_done_nogroup++;
+			debugl("done from %s/%s: no such group yet; ignored", lv[0], lv[1]);
+			return;
+		}
+		if (k == 2)
+			on_dones(g, lv[1], msg->payload, (size_t)msg->payloadlen);
+		else
+			on_done(g, lv[1], lv[2], msg->payload ? msg->payload : "",
+				(size_t)msg->payloadlen);
 	} else if (!strncmp(t, "credit/", 7)) {
 		k = levels(t + 7, lv, 2, &rest);
 		if (k != 2 || rest || !*lv[0] || !*lv[1] || strlen(lv[0]) > MAX_LEVEL ||
@@ -468,7 +476,6 @@ static void on_message(struct mq *mq, const struct mosquitto_message *msg,
 		if (k == 2 && !rest && (g = group_find(lv[0], strlen(lv[0]))))
 			on_gone(g, lv[1]);
 	}
-out:
 	if (out_full(&S.st.out))
 		mq_pause_read(&S.st.mq, 1);
 }

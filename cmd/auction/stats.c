@@ -143,6 +143,7 @@ void stats_line(struct conn *c, char *line, size_t n, void *arg)
 	STAT("reawards", S.n_reawards);
 	STAT("gone", S.n_gone);
 	STAT("forged", S.n_forged);
+	STAT("done_nogroup", S.n_done_nogroup);
 	STAT("drop_nobid", S.n_drop_nobid);
 	STAT("drop_nogroup", S.n_drop_nogroup);
 	STAT("drop_failed", S.n_drop_failed);
