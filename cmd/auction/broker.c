@@ -360,11 +360,17 @@ static void on_gone(struct group *g, const char *wid)
 	for (j = g->awarded.tail; j; j = next) {
 		next = j->prev;
 		if (!strcmp(j->wid, wid)) {
-			infol("worker %s/%s is gone: job %s awarded again", g->name, wid, j->m->uuid);
 			/* Away, or just back (wills read late, from what was
 			 * held unread): as the others, until the resync wait. */
 			j->park_until = !S.st.mq.connected || ev_is_active(&S.unpark) ?
 						PARKED : ev_now(S.st.loop) + WILL_GRACE;
+			if (j->park_until == PARKED)
+				infol("worker %s/%s is gone: job %s awarded again %gs after the "
+				      "broker is back, unless the worker names it",
+				      g->name, wid, j->m->uuid, RESYNC_WAIT);
+			else
+				infol("worker %s/%s is gone: job %s awarded again in %gs", g->name,
+				      wid, j->m->uuid, WILL_GRACE);
 			reaward(j);
 		}
 	}
