@@ -111,6 +111,42 @@ held_at_kill() {
 	account 5 | grep -qx 'duplicated 0'
 }
 
+@test "kill -9 of mqlb-auction while the only worker runs a job, one more published meanwhile: it waits for that job's end, not awarded into the busy slot" {
+	AUCTIONOPTS="$AUCTIONOPTS --listen $T/auction.sock"
+	broker_start
+	touch "$T/log" "$T/records"
+	pipeline
+	worker w1 3
+	wait_balanced
+	publish 1
+	wait_for 10 grep -q '^start w1 job-1$' "$T/log"
+	kill -KILL "$(cat "$T/auction.pid")"
+	wait_for 10 exited "$(cat "$T/sub.pid")"
+	wait_for 10 exited "$(cat "$T/dispatch.pid")"
+	# kept for mqlb-sub's session
+	publish 1 2
+	# Started again, the auction first: w1's credit, naming job-1, is in
+	# before mqlb-sub starts, whose session then gives job-2 at once;
+	# job-1 comes out of the spool only after mqlb-sub's sync.
+	m="-h 127.0.0.1 -p $BROKER_PORT"
+	rm -f "$T/msgs" "$T/awards"
+	mkfifo "$T/msgs" "$T/awards"
+	# shellcheck disable=SC2086
+	mqlb-dispatch $m $DISPATCHOPTS <"$T/awards" >>"$T/records" 2>>"$T/dispatch.err" &
+	echo $! >>"$T/pids"
+	# shellcheck disable=SC2086
+	mqlb-auction $m $AUCTIONOPTS <>"$T/msgs" >"$T/awards" 2>>"$T/auction.err" &
+	echo $! >>"$T/pids"
+	wait_for 10 eval '[ "$(stat_in "$T/auction.sock" credit)" -ge 1 ]'
+	# shellcheck disable=SC2086
+	mqlb-sub $m $SUBOPTS >"$T/msgs" 2>>"$T/sub.err" &
+	echo $! >>"$T/pids"
+	wait_for 20 grep -q '^end w1 job-2$' "$T/log"
+	[ "$(stat_in "$T/auction.sock" busy)" = 0 ]
+	! grep -q 'fail%20busy\|fail busy' "$T/records" || false
+	[ "$(grep -n '' "$T/log" | tr '\n' ' ')" = "1:start w1 job-1 2:end w1 job-1 3:start w1 job-2 4:end w1 job-2 " ]
+}
+
 # ended_while_down: w1's job-1 ends while the stages are down; started
 # again, they do not run it again (an ok the restarted stages may have
 # missed: mqlb-sub's session kept it, or the workers say their recent dones
