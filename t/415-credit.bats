@@ -374,6 +374,8 @@ U3=11111111-2222-4333-8444-555555555553
 	feed "group g jobs/#"
 	credit g w1 "1 $U1"
 	wait_for 5 eval '[ "$(astat credit)" = 1 ]'
+	[ "$(astat worker.g/w1.inflight)" = 1 ]
+	[ "$(astat group.g.inflight)" = 1 ]
 	# U2 comes before U1 is written out again: w1 runs U1 all the same
 	feed "msg $U2 1 0 jobs/# jobs/b p2"
 	credit g w2 1
@@ -382,6 +384,7 @@ U3=11111111-2222-4333-8444-555555555553
 	# U1 comes: w1's, a job of its now; U3 waits for a slot
 	feed "replay $U1" "msg $U1 1 0 jobs/# jobs/a p1" "msg $U3 1 0 jobs/# jobs/c p3"
 	wait_for 5 eval '[ "$(astat kept)" = 1 ]'
+	[ "$(astat worker.g/w1.inflight)" = 1 ]
 	# w1's done (no credit message after it) frees the slot: U3 goes there
 	done_ g w1 "$U1" ok
 	wait_for 5 out_has "award $U3 g w1 1 jobs/c p3"
