@@ -81,7 +81,8 @@ void claim_add(struct wstat *w, const char *uuid)
 	memcpy(w->claims[w->nclaims++], uuid, 36);
 }
 
-/* uuid's msg came: w's claim is a job of w's now. */
+/* w holds uuid no more as a claim: its msg came (a job of w's now), or its
+ * done did. */
 void claim_drop(struct wstat *w, const char *uuid)
 {
 	for (unsigned i = 0; i < w->nclaims; i++)
