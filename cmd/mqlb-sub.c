@@ -1085,10 +1085,6 @@ static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)
 	out_flush(&S.out);
 }
 
-/* The spool named by --spool, else the default one: named after the client
- * id, or without -i the first of mqlb-sub.spool, mqlb-sub.2.spool... that no
- * other mqlb-sub holds (instances without -i are alike: clean sessions on
- * the same broker, as a rule). */
 /* <prefix>/sync/<16 hex digits>: of the client id, the same in every run
  * (the session keeps the subscription); a clean session without one is
  * new each time, and so is its topic. */
@@ -1105,6 +1101,10 @@ static void sync_topic(void)
 		 (unsigned long long)fnv64_str(FNV64_BASIS, id));
 }
 
+/* The spool named by --spool, else the default one: named after the client
+ * id, or without -i the first of mqlb-sub.spool, mqlb-sub.2.spool... that no
+ * other mqlb-sub holds (instances without -i are alike: clean sessions on
+ * the same broker, as a rule). */
 static void open_spool(void)
 {
 	char *dir, *path, base[32];
