@@ -462,11 +462,8 @@ static void replay(struct mqlb_worker *w)
 
 	if (now < w->replay_until)
 		since = w->lost_at - REPLAY_BEFORE;
-	if (w->hello) {
-		w->hello = 0;
-		if (now - HELLO_REPLAY < since)
-			since = now - HELLO_REPLAY;
-	}
+	if (w->hello && now - HELLO_REPLAY < since)
+		since = now - HELLO_REPLAY;
 	if (since >= now)
 		return;
 	buf = malloc(REPLAY * (UUID_LEN + 4) + 1); /* and sprintf's NUL */
