@@ -223,6 +223,9 @@ void tokens_keep_fresh(struct group *g);
 struct wstat *wstat_find(const struct group *g, const char *wid);
 struct wstat *wstat_of(struct group *g, const char *wid);
 int credit_live(const struct wstat *w);
+/* The jobs w holds: ours awarded and tracked, and those its credit named
+ * before their msg came (claims: an earlier run of ours awarded them). */
+static inline unsigned long wstat_busy(const struct wstat *w) { return w->inflight + w->nclaims; }
 void claim_add(struct wstat *w, const char *uuid);
 void claim_drop(struct wstat *w, const char *uuid);
 struct wstat *claimant(const struct group *g, const char *uuid);

@@ -62,6 +62,16 @@ static struct job *job_late(struct msg *m, const struct group *g, const char *wi
 	return NULL;
 }
 
+/* An ok from wid for job j, which is not wid's here (taken back from it,
+ * or awarded by an earlier run of ours): it ran there, so it is done. */
+static void done_elsewhere(struct job *j, const char *wid, const char *payload, size_t n)
+{
+	S.n_done_late++;
+	snprintf(j->wid, sizeof j->wid, "%s", wid);
+	emit_done(j, payload, n);
+	job_finish(j);
+}
+
 void on_done(struct group *g, const char *wid, const char *uuid, char *payload, size_t n)
 {
 	struct msg *m = msg_find(uuid);
@@ -101,11 +111,8 @@ void on_done(struct group *g, const char *wid, const char *uuid, char *payload, 
 		 * it was awarded again meanwhile (that run is the duplicate). A
 		 * late fail changes nothing: the job is already elsewhere. */
 		if (!strcmp(payload, "ok")) {
-			S.n_done_late++;
 			infol("late done for %s from %s/%s, which had lost it: accepted", uuid, g->name, wid);
-			snprintf(late->wid, sizeof late->wid, "%s", wid);
-			emit_done(late, payload, n);
-			job_finish(late);
+			done_elsewhere(late, wid, payload, n);
 		} else {
 			debugl("late \"%s\" for %s from %s/%s: the job is elsewhere", payload, uuid, g->name, wid);
 		}
@@ -114,12 +121,9 @@ void on_done(struct group *g, const char *wid, const char *uuid, char *payload, 
 		 * name it: it ran there (an earlier run of ours awarded it). An
 		 * ok ends it; after a fail it goes to anyone now. */
 		if (!strcmp(payload, "ok")) {
-			S.n_done_late++;
 			infol("done for %s from %s/%s, awarded before we started: accepted", uuid,
 			      g->name, wid);
-			snprintf(late->wid, sizeof late->wid, "%s", wid);
-			emit_done(late, payload, n);
-			job_finish(late);
+			done_elsewhere(late, wid, payload, n);
 		} else {
 			late->attempts++;
 			late->park_until = 0;

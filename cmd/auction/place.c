@@ -202,8 +202,8 @@ static double next_end(const struct wstat *w, double svc, ev_tstamp now, int *ov
 
 static int stale(const struct wstat *w, ev_tstamp now)
 {
-	return w->svc >= 0 && !w->inflight && !w->nclaims &&
-	       w->g->awards - w->award_no >= STALE_AWARDS && now - w->last_award >= STALE_T;
+	return w->svc >= 0 && !wstat_busy(w) && w->g->awards - w->award_no >= STALE_AWARDS &&
+	       now - w->last_award >= STALE_T;
 }
 
 /* The candidates of g: credit workers with free slots (and, for soonest,
@@ -222,9 +222,7 @@ static void cands_build(struct group *g)
 	for (struct wstat *w = g->workers; w; w = w->gnext) {
 		struct cand *c;
 		unsigned f, over;
-		/* A job its credit named before the job's msg came (a claim:
-		 * an earlier run of ours awarded it) takes a slot as ours do. */
-		unsigned long busy = w->inflight + w->nclaims;
+		unsigned long busy = wstat_busy(w); /* a claim takes a slot too */
 
 		if (!credit_live(w) || w->blocked)
 			continue;

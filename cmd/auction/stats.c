@@ -46,7 +46,7 @@ static void worker_stats(struct out *o)
 	for (struct wstat *w = S.wlist; w; w = w->lnext) {
 #define WSTAT(field, v) \
 	(snprintf(name, sizeof name, "worker.%s/%s." field, w->g->name, w->wid), out_stat(o, name, v))
-		WSTAT("inflight", w->inflight + w->nclaims);
+		WSTAT("inflight", wstat_busy(w));
 		WSTAT("slots", credit_live(w) ? w->slots : 0);
 		WSTAT("svc_us", w->svc < 0 ? 0 : (unsigned long)(w->svc * 1e6));
 		WSTAT("awarded", w->awarded);
@@ -86,7 +86,7 @@ static void group_stats(struct out *o, struct group *g)
 		known++;
 		live += credit_live(w) || w->inflight;
 		slots += credit_live(w) ? w->slots : 0;
-		inflight += w->inflight + w->nclaims;
+		inflight += wstat_busy(w);
 	}
 	for (struct job *j = g->waiting.head; j; j = j->next)
 		waiting++;
