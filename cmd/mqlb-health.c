@@ -257,6 +257,10 @@ static void on_ready(void)
 			die(EXIT_SYSERR, "cannot write records: %s", strerror(o->err));
 		exit(state_any_up() ? EXIT_OK : EXIT_NEGATIVE);
 	}
+	/* Ready means written: a reader woken by it finds the whole state in
+	 * the file or pipe, not an empty one (the loop flushes only later). */
+	if (!H.cf.output)
+		out_flush(o);
 	ready_notify(H.cf.ready_fd);
 }
 
