@@ -15,11 +15,24 @@ mqlb_setup() {
 
 mqlb_teardown() {
 	local pids
+	[ -n "${BATS_TEST_COMPLETED:-}" ] || show_outputs
 	if [ -s "$T/pids" ]; then
 		mapfile -t pids <"$T/pids"
 		stop_pids "${pids[@]}"
 	fi
 	broker_stop_all
+}
+
+# show_outputs: the last lines of what the background processes wrote
+# (bg's $T/NAME.out and .err), for the log of a test that failed: a flaky
+# failure in CI then says what the processes saw, not only which check.
+show_outputs() {
+	local f
+	for f in "$T"/*.out "$T"/*.err; do
+		[ -f "$f" ] && [ -s "$f" ] || continue
+		echo "# --- ${f#"$T"/} (last 15 lines)"
+		tail -n 15 "$f" | cut -c1-300 | LC_ALL=C tr -c '[:print:]\t\n' '?' | sed 's/^/#   /'
+	done
 }
 
 # stop_pids PID...: SIGTERM, 0.2 s to end, then SIGKILL; but not while one
