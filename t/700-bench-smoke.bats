@@ -159,13 +159,13 @@ require_rabbitmq() {
 	if [ "${#plot[@]}" -gt 0 ]; then
 		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
 	fi
-	# The node was stopped and its directory removed.
-	node=$(sed -n 's/.*rabbit: starting node \([^ ]*\) .*logs in \(.*\)$/\1/p' "$T/err")
-	dir=$(sed -n 's/.*rabbit: starting node .*logs in \(.*\)$/\1/p' "$T/err")
-	[ -n "$node" ]
-	[ -n "$dir" ]
-	! pgrep -f -- "$node" >/dev/null || false
-	[ ! -e "$dir" ]
+	# The node was stopped and its directory removed (each node: one that
+	# lost a port before it listened starts again on others).
+	grep -q 'rabbit: starting node ' "$T/err"
+	while read -r node dir; do
+		! pgrep -f -- "$node" >/dev/null || false
+		[ ! -e "$dir" ]
+	done < <(sed -n 's/.*rabbit: starting node \([^ ]*\) .*logs in \(.*\)$/\1 \2/p' "$T/err")
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
 }
 

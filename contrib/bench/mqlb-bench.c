@@ -312,17 +312,46 @@ static pid_t spawn(char *const argv[], int in, int out, int err, int ready)
 	return pid;
 }
 
+/* A free 127.0.0.1 port below the kernel's ephemeral range, where the
+ * connections of every other program take theirs: a port found free
+ * there can be one's by the time a slow server (RabbitMQ, 10 s) binds
+ * it. The kernel's pick when that range starts too low to leave room. */
 static int free_port(void)
 {
+	static uint64_t x;
+	static pid_t seeded;
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof a;
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+	int fd, port = -1, lo = 32768, hi;
+	FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
 
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+	if (f) {
+		if (fscanf(f, "%d %d", &lo, &hi) != 2)
+			lo = 32768;
+		fclose(f);
+	}
+	if (seeded != getpid()) { /* --parallel's sides are forks: each its own */
+		seeded = getpid();
+		x = ((uint64_t)now_ns() ^ (uint64_t)seeded << 32) | 1;
+	}
+	for (int i = 0; lo > 11024 && i < 200 && port < 0; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		a.sin_port = htons((uint16_t)(10000 + x % (uint64_t)(lo - 10000)));
+		if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+			return -1;
+		if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
+			port = ntohs(a.sin_port);
+		close(fd);
+	}
+	if (port >= 0)
+		return port;
+	a.sin_port = 0;
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
 	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
 		port = ntohs(a.sin_port);
-	if (fd >= 0)
-		close(fd);
+	close(fd);
 	return port;
 }
 
@@ -698,7 +727,7 @@ static const struct mq_cb share_cb = {
  * --parallel) and stopped with rabbitmqctl on every way out. */
 static struct {
 	pid_t pid, owner;
-	int amqp, mqtt, dist, exited, status, keep;
+	int amqp, mqtt, dist, exited, status, keep, atexit_set, port_taken;
 	char dir[64], node[64], server[512], ctl[512];
 	ev_child cw;
 } rmq;
@@ -1095,10 +1124,28 @@ static const char *rabbit_last_words(void)
 	return last;
 }
 
+/* Whether rabbitmq-server printed s (its log, in the node's dir, is a few
+ * KiB; only its first MiB is read). */
+static int rabbit_log_has(const char *s)
+{
+	static char buf[1 << 20];
+	char path[128];
+	size_t n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/rabbitmq-server.log", rmq.dir);
+	if ((f = fopen(path, "re"))) {
+		n = fread(buf, 1, sizeof buf - 1, f);
+		fclose(f);
+	}
+	buf[n] = 0;
+	return strstr(buf, s) != NULL;
+}
+
 /* A private node: its own dir, free ports for AMQP, MQTT and the Erlang
  * distribution, a unique name, the MQTT plugin on. Returns 0 once it accepts
  * AMQP and MQTT and the queue is bound; -1 and why if it does not come up. */
-static int rabbit_start(char *why, size_t whylen)
+static int rabbit_start_once(char *why, size_t whylen, int last)
 {
 	char conf[512], amqp_why[200] = "";
 	struct passwd *pw = NULL;
@@ -1138,7 +1185,8 @@ static int rabbit_start(char *why, size_t whylen)
 		rmq.exited = 0;
 		rmq.owner = getpid();
 		rmq.pid = rabbit_exec(argv, "rabbitmq-server.log");
-		atexit(rabbit_stop);
+		if (!rmq.atexit_set++)
+			atexit(rabbit_stop);
 		ev_child_init(&rmq.cw, rabbit_child_cb, rmq.pid, 0);
 		ev_child_start(loop, &rmq.cw);
 	}
@@ -1156,7 +1204,9 @@ static int rabbit_start(char *why, size_t whylen)
 			return 0;
 		}
 	}
-	rmq.keep = 1;
+	/* Its dir is kept for its logs, but not when it starts again. */
+	rmq.port_taken = rabbit_gone() && rabbit_log_has("eaddrinuse");
+	rmq.keep = last || !rmq.port_taken;
 	if (rabbit_gone())
 		snprintf(why, whylen, "%.100s %s %d before it accepted connections: \"%.100s\" (logs in %s)",
 			 rmq.server, WIFSIGNALED(rmq.status) ? "was killed by signal" : "exited with status",
@@ -1167,6 +1217,21 @@ static int rabbit_start(char *why, size_t whylen)
 			 RABBIT_UP_SECS, amqp_why[0] ? ": " : "", amqp_why, rmq.dir);
 	rabbit_stop();
 	return -1;
+}
+
+/* A port found free can be taken before the node binds it (it starts in
+ * about 10 s): the node then exits at once with eaddrinuse, and it starts
+ * again on other ports, twice at most. */
+static int rabbit_start(char *why, size_t whylen)
+{
+	for (int tries = 1;; tries++) {
+		if (rabbit_start_once(why, whylen, tries == 3) == 0)
+			return 0;
+		if (tries == 3 || !rmq.port_taken)
+			return -1;
+		warnl("rabbit: node %s: a port was taken before it listened (eaddrinuse); "
+		      "again on other ports", rmq.node);
+	}
 }
 
 /* ---- publisher and control ------------------------------------------------ */
