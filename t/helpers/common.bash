@@ -24,11 +24,12 @@ mqlb_teardown() {
 }
 
 # show_outputs: the last lines of what the background processes wrote
-# (bg's $T/NAME.out and .err), for the log of a test that failed: a flaky
-# failure in CI then says what the processes saw, not only which check.
+# (bg's $T/NAME.out and .err, and a test's own $T/out or $T/err), for the
+# log of a test that failed: a flaky failure in CI then says what the
+# processes saw, not only which check.
 show_outputs() {
 	local f
-	for f in "$T"/*.out "$T"/*.err; do
+	for f in "$T"/*out "$T"/*err; do
 		[ -f "$f" ] && [ -s "$f" ] || continue
 		echo "# --- ${f#"$T"/} (last 15 lines)"
 		tail -n 15 "$f" | cut -c1-300 | LC_ALL=C tr -c '[:print:]\t\n' '?' | sed 's/^/#   /'
