@@ -66,14 +66,17 @@ require_rabbitmq() {
 @test "smoke mode runs both sides and prints the table (and a plot)" {
 	plot=()
 	command -v gnuplot >/dev/null && plot=(--plot "$T/cdf.png")
-	bench --smoke --sides mqlb,share "${plot[@]}" >"$T/table" 2>"$T/err"
+	bench --smoke --sides mqlb,share -v "${plot[@]}" >"$T/table" 2>"$T/err"
 	grep -q '^mode  *jobs/s' "$T/table"
 	both_sides_ran
 	if [ "${#plot[@]}" -gt 0 ]; then
 		[ "$(head -c 4 "$T/cdf.png" | tail -c 3)" = PNG ]
 	fi
-	# No child is left behind.
+	# No child is left behind, nor a side's directory (logs, sockets, spool).
 	! pgrep -f "$T/bin/mqlb-" >/dev/null || false
+	dirs=$(sed -n 's/.*: broker on 127\.0\.0\.1:[0-9]*, logs in \(.*\)$/\1/p' "$T/err")
+	[ "$(wc -w <<<"$dirs")" -eq 2 ]
+	for d in $dirs; do [ ! -e "$d" ]; done
 }
 
 @test "--nagle: the brokers keep mosquitto's stock setting (Nagle on), and both sides finish" {

@@ -1567,14 +1567,8 @@ out:
 	if (side == S_RABBIT) {
 		rmq.keep |= !r->ok; /* rabbit_stop() removes the node's dir */
 	} else if (r->ok && !cf.keep) {
-		const char *f[] = { "mosquitto.conf", "mosquitto.log", "records", "pipeline.log" };
-		char p[600];
-
-		for (i = 0; i < 4; i++) {
-			snprintf(p, sizeof p, "%s/%s", dir, f[i]);
-			unlink(p);
-		}
-		rmdir(dir);
+		/* the dir is this run's (mkdtemp): logs, sockets, the spool */
+		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	} else if (cf.keep) {
 		infol("%s: kept %s", r->mode, dir);
 	}
