@@ -423,9 +423,19 @@ static const uint64_t *filt_groups(struct filt *f, int *n)
 	return f->gh;
 }
 
-/* The msg record just written (at offset at of the output) goes to the
- * spool: a new entry, or one held or loaded that is written out again. */
-static void spool_msg(struct filt *f, struct spool_ent *e, size_t at)
+/* A QoS 1 message of a persistent session: its packet identifier goes to
+ * the spool with it, so that a run after a kill before its PUBACK left
+ * knows the broker's resend (see seed_resends). */
+static void spool_note_mid(struct spool_ent *e, const struct mosquitto_message *m)
+{
+	if (m->qos == 1 && !S.cf.mq.clean && S.cf.mq.id)
+		spool_mid(&S.sp, e, m->mid);
+}
+
+/* The msg record of m just written (at offset at of the output) goes to
+ * the spool: a new entry, or one held or loaded that is written out again. */
+static void spool_msg(const struct mosquitto_message *m, struct filt *f, struct spool_ent *e,
+		      size_t at)
 {
 	int ng;
 	const uint64_t *g = filt_groups(f, &ng);
@@ -437,6 +447,7 @@ static void spool_msg(struct filt *f, struct spool_ent *e, size_t at)
 
 		out_raw(spool_begin(&S.sp, rec + 4, (uint32_t)f->subid, 1), rec + 41, n - 42);
 		e = spool_end(&S.sp);
+		spool_note_mid(e, m);
 	}
 	if (ng)
 		spool_out(&S.sp, e, g, ng);
@@ -467,7 +478,7 @@ static void emit_msg(const struct mosquitto_message *m, const mosquitto_property
 	out_end(&S.out);
 	S.n_msg++;
 	if (S.spool_path)
-		spool_msg(f, e, at);
+		spool_msg(m, f, e, at);
 }
 
 /* drop <uuid> nogroup - <mtopic> <payload> [<props>]: no group took it. */
@@ -667,6 +678,7 @@ static void on_done(const struct mosquitto_message *m)
 static struct spool_ent *spool_held(const struct mosquitto_message *m,
 				    const mosquitto_property *props, uint32_t subid)
 {
+	struct spool_ent *e;
 	char id[37];
 	struct out *w;
 
@@ -678,7 +690,9 @@ static struct spool_ent *spool_held(const struct mosquitto_message *m,
 	out_str(w, m->topic);
 	out_field(w, m->payload, (size_t)m->payloadlen);
 	props_write(w, props);
-	return spool_end(&S.sp);
+	e = spool_end(&S.sp);
+	spool_note_mid(e, m);
+	return e;
 }
 
 /* e: its spool entry if it has one already (read while paused). */
@@ -1002,10 +1016,13 @@ static void shutdown_now(int code)
 				unsubscribe(f);
 	/* What was read is in the spool before the broker hears it was
 	 * received; if it cannot be, the acks die with the connection. */
-	if (S.spool_path && spool_flush(&S.sp) < 0)
+	if (S.spool_path && spool_flush(&S.sp) < 0) {
 		code = EXIT_SYSERR;
-	else
+	} else {
+		if (S.spool_path)
+			spool_acked(&S.sp);
 		mq_release_acks(&S.mq);
+	}
 	mq_disconnect(&S.mq);
 	/* Taken from the broker during a pause: written out too. */
 	mq_deliver_backlog(&S.mq);
@@ -1075,6 +1092,7 @@ static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	 * restart finds the spool as it was, the rest waits at the broker. */
 	if (spool_flush(&S.sp) < 0)
 		shutdown_now(EXIT_SYSERR);
+	spool_acked(&S.sp);
 	mq_release_acks(&S.mq);
 }
 
@@ -1146,6 +1164,30 @@ static const struct mq_cb callbacks = {
 	.subscribed = on_subscribed,
 };
 
+/* The spool's messages from a run killed before their PUBACKs left (after
+ * its last "a" line): the broker sends them again, with the same packet
+ * identifiers, first thing on the session; they are written out from the
+ * spool, and the resends dropped (mq_seen_add). */
+static void seed_resends(void)
+{
+	unsigned long n = 0;
+
+	for (struct spool_ent *e = S.sp.loaded.head; e; e = e->next) {
+		struct rec r;
+		long tl, pl;
+
+		if (!spool_mid_open(&S.sp, e) || spool_read(&S.sp, e, &r) < 0)
+			continue;
+		if ((tl = rec_unescape(&r, SPF_MTOPIC)) < 0 || (pl = rec_unescape(&r, SPF_PAYLOAD)) < 0)
+			continue;
+		mq_seen_add(&S.mq, e->mid, r.f[SPF_MTOPIC], (size_t)tl, r.f[SPF_PAYLOAD], (size_t)pl);
+		n++;
+	}
+	if (n)
+		infol("spool %s: %lu message%s without a PUBACK when the last run ended: a resend "
+		      "from the broker is dropped", S.sp.path, n, n == 1 ? "" : "s");
+}
+
 int main(int argc, char **argv)
 {
 
@@ -1209,8 +1251,10 @@ int main(int argc, char **argv)
 
 	mq_init(&S.mq, S.loop, &S.cf.mq, &callbacks, NULL);
 	/* A job's PUBACK waits until spool_prepare_cb has written it. */
-	if (S.spool_path)
+	if (S.spool_path) {
 		mq_hold_acks(&S.mq);
+		seed_resends();
+	}
 	S.started = heard();
 	mq_start(&S.mq);
 	ev_run(S.loop, 0);

@@ -381,11 +381,10 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 /* A hash of a message's topic, length and payload (its first and last 256
  * bytes: a resend is the same message, its packet identifier tells the
  * rest apart). FNV-1a. */
-static uint64_t seen_hash(const struct mosquitto_message *msg)
+static uint64_t seen_hash_of(const char *topic, size_t tlen, const void *payload, size_t n)
 {
-	const unsigned char *p = msg->payload;
-	size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
-	uint64_t h = fnv64(FNV64_BASIS, msg->topic, strlen(msg->topic) + 1);
+	const unsigned char *p = payload, nul = 0;
+	uint64_t h = fnv64(fnv64(FNV64_BASIS, topic, tlen), &nul, 1);
 	unsigned char len[sizeof n];
 
 	for (size_t i = 0; i < sizeof n; i++)
@@ -396,12 +395,24 @@ static uint64_t seen_hash(const struct mosquitto_message *msg)
 	return fnv64(h, p, n);
 }
 
+static uint64_t seen_hash(const struct mosquitto_message *msg)
+{
+	return seen_hash_of(msg->topic, strlen(msg->topic), msg->payload,
+			    msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
+}
+
 static void seen_add(struct mq *mq, int mid, uint64_t h)
 {
 	if (!mq->seen && !(mq->seen = calloc(MQ_SEEN, sizeof *mq->seen)))
 		die(EXIT_SYSERR, "out of memory");
 	mq->seen[mq->seen_n % MQ_SEEN] = (struct mq_seen){ .h = h, .mid = mid };
 	mq->seen_n++;
+}
+
+void mq_seen_add(struct mq *mq, int mid, const char *topic, size_t tlen, const void *payload,
+		 size_t n)
+{
+	seen_add(mq, mid, seen_hash_of(topic, tlen, payload, n));
 }
 
 /* Connected: to the session we had (present), the broker sends first what

@@ -130,6 +130,12 @@ int mq_unsubscribe(struct mq *mq, const char *filter);
  * (SO_LINGER 0). mq_release_acks() sends it: call it once what was read is
  * safe, before the loop blocks (a prepare watcher). Dies in a program where
  * libmosquitto's writes do not come through sockbuf.c (libmqlb). */
+/* A QoS 1 message an earlier run took (packet identifier mid) whose
+ * PUBACK may not have reached the broker: before mq_start(), so that the
+ * first connection to the session knows the broker's resend of it, as one
+ * of the connection before (see on_message). */
+void mq_seen_add(struct mq *mq, int mid, const char *topic, size_t tlen, const void *payload,
+		 size_t n);
 void mq_hold_acks(struct mq *mq);
 void mq_release_acks(struct mq *mq);
 /* Send DISCONNECT and write it at once; no more reconnects. Not from inside

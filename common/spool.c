@@ -6,6 +6,8 @@
  *   m <uuid> <since> <tries> <subid> <qos> <retain> <filter> <mtopic> <payload> [<props>]
  *   r <uuid>             written out once more (a replay)
  *   f <uuid> <why>       finished: ok, nogroup, given-up
+ *   i <uuid> <mid>       came as QoS 1 with packet identifier mid
+ *   a                    the PUBACKs of every message above went out
  * An "m" line is appended before its msg record leaves; a crash can lose
  * only what no record was written for. Compaction rewrites the live "m"
  * lines, tries updated, to FILE.tmp and renames it over FILE. */
@@ -226,6 +228,33 @@ struct spool_ent *spool_end(struct spool *sp)
 	e->state = e->tries ? SP_OUT : SP_HELD;
 	list_add(e->tries ? &sp->out : &sp->held, e);
 	return e;
+}
+
+void spool_mid(struct spool *sp, struct spool_ent *e, int mid)
+{
+	size_t before = sp->ob.len - sp->ob.off;
+
+	if (mid <= 0 || mid > 65535)
+		return;
+	e->mid = (uint16_t)mid;
+	e->mgen = sp->mgen;
+	out_raw(&sp->ob, "i", 1);
+	out_raw(&sp->ob, e->uuid, 36);
+	out_ulong(&sp->ob, (unsigned long)mid);
+	out_end(&sp->ob);
+	sp->size += (off_t)(sp->ob.len - sp->ob.off - before);
+	sp->mids_open++;
+}
+
+void spool_acked(struct spool *sp)
+{
+	if (!sp->mids_open)
+		return;
+	out_raw(&sp->ob, "a", 1);
+	out_end(&sp->ob);
+	sp->size += 2;
+	sp->mgen++;
+	sp->mids_open = 0;
 }
 
 int spool_write(struct spool *sp)
@@ -568,8 +597,12 @@ static void load(struct spool *sp)
 			bad_line(sp, lineno, "too many fields");
 			continue;
 		}
-		if (r.len[0] != 1 || !strchr("mrf", r.f[0][0])) {
+		if (r.len[0] != 1 || !strchr("mrfia", r.f[0][0])) {
 			bad_line(sp, lineno, "unknown line");
+			continue;
+		}
+		if (r.f[0][0] == 'a') {
+			sp->mgen++;
 			continue;
 		}
 		if (r.nf < 2 || !is_uuid(r.f[1], r.len[1])) {
@@ -601,6 +634,13 @@ static void load(struct spool *sp)
 		} else if (r.f[0][0] == 'r') {
 			if (e->tries < MAX_TRIES)
 				e->tries++;
+		} else if (r.f[0][0] == 'i') {
+			if (r.nf != 3 || rec_ulong(&r, 2, 65535, &v) < 0 || !v) {
+				bad_line(sp, lineno, "bad packet identifier");
+				continue;
+			}
+			e->mid = (uint16_t)v;
+			e->mgen = sp->mgen;
 		} else {
 			ent_free(sp, e);
 		}
@@ -610,6 +650,12 @@ static void load(struct spool *sp)
 	free(line);
 	fclose(f);
 	sp->size = off;
+	/* Only what came after the last "a" line may lack its PUBACK. */
+	for (struct spool_ent *e = sp->loaded.head; e; e = e->next)
+		if (spool_mid_open(sp, e))
+			sp->mids_open++;
+		else
+			e->mid = 0;
 }
 
 /* Rewrite the live entries into path.tmp and put it in place; the offsets
@@ -663,6 +709,15 @@ static void compact(struct spool *sp)
 			sp->live += (off_t)(w.len - before) - e->len;
 			e->len = (uint32_t)(w.len - before);
 			size += e->len;
+			/* a kill before the next "a" line may still meet its resend */
+			if (spool_mid_open(sp, e)) {
+				before = w.len;
+				out_raw(&w, "i", 1);
+				out_raw(&w, e->uuid, 36);
+				out_ulong(&w, e->mid);
+				out_end(&w);
+				size += (off_t)(w.len - before);
+			}
 			if (w.len >= 1 << 20 && write(fd, w.buf, w.len) != (ssize_t)w.len)
 				goto fail;
 			if (w.len >= 1 << 20)

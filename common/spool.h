@@ -43,6 +43,10 @@ struct spool_ent {
 	unsigned char again;  /* written out again in this run, from an earlier run's file */
 	uint16_t ng, gcap;
 	uint32_t subid; /* its filter's subscription identifier; 0: none */
+	/* The QoS 1 packet identifier it came with (its "i" line), kept while
+	 * the broker may not have its PUBACK (no "a" line since); else 0. */
+	uint16_t mid;
+	uint32_t mgen; /* the count of "a" lines when its "i" line was written */
 	uint32_t len;   /* of its "m" line */
 	off_t off;      /* of its "m" line in the file */
 	ev_tstamp t;    /* written out (SP_OUT), for --spool-ttl */
@@ -71,6 +75,8 @@ struct spool {
 	int ltries;
 	uint32_t lsubid;
 	char luuid[37];
+	uint32_t mgen;      /* "a" lines so far */
+	unsigned mids_open; /* "i" lines since the last "a" */
 	unsigned long n_spooled, n_finished, n_replayed, n_given_up, n_bad_lines, n_errors,
 	    n_compactions;
 };
@@ -96,6 +102,21 @@ char *spool_name(const char *dir, const char *id);
  * tries is 1 for a record written out now, 0 for a held message. */
 struct out *spool_begin(struct spool *sp, const char *uuid, uint32_t subid, int tries);
 struct spool_ent *spool_end(struct spool *sp);
+
+/* The entry came as a QoS 1 message with packet identifier mid: an "i"
+ * line, so that a run after a kill knows the broker's resend of it (the
+ * PUBACK leaves after the spool write: a kill between the two leaves the
+ * message both here and at the broker). */
+void spool_mid(struct spool *sp, struct spool_ent *e, int mid);
+/* The PUBACKs of every message spooled so far go to the broker now: an "a"
+ * line (written with the next lines, if any) closes the "i" lines before. */
+void spool_acked(struct spool *sp);
+/* Whether e may still lack its PUBACK at the broker: its "i" line came after
+ * the last "a" line (e.mid is its packet identifier). */
+static inline int spool_mid_open(const struct spool *sp, const struct spool_ent *e)
+{
+	return e->mid && e->mgen == sp->mgen;
+}
 
 /* The entry's msg record was written out, now for these groups: from a held
  * or loaded entry, that is a replay. */
