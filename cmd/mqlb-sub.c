@@ -1156,12 +1156,21 @@ static void open_spool(void)
 	    dir, MAX_ANON_SPOOLS);
 }
 
+/* The broker's resends are over: the last run's open i lines close with
+ * the next a line (spool_carry_end). */
+static void on_resends_over(struct mq *mq, void *arg)
+{
+	if (S.spool_path)
+		spool_carry_end(&S.sp);
+}
+
 static const struct mq_cb callbacks = {
 	.connected = on_connected,
 	.disconnected = on_disconnected,
 	.message = on_message,
 	.held = on_held,
 	.subscribed = on_subscribed,
+	.resends_over = on_resends_over,
 };
 
 /* The spool's messages from a run killed before their PUBACKs left (after

@@ -428,6 +428,8 @@ static void resend_reset(struct mq *mq, int present)
 	mq->seen = t;
 	mq->seen_n = 0;
 	mq->resends = 0;
+	if (!mq->resend_check && mq->cb->resends_over)
+		mq->cb->resends_over(mq, mq->arg);
 }
 
 /* Whether a QoS 1 message is a resend of one taken on the connection
@@ -462,6 +464,8 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 			infol("%s %s:%d: %lu message%s the broker sent again after the reconnect "
 			      "had been taken before: dropped", mq->name, mq->o->host, mq->o->port,
 			      mq->resends, mq->resends == 1 ? "" : "s");
+		if (mq->cb->resends_over)
+			mq->cb->resends_over(mq, mq->arg);
 	}
 	seen_add(mq, msg->mid, h);
 	return 0;

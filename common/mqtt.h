@@ -42,6 +42,10 @@ struct mq_cb {
 	 * back from mq_held_tag() while that message is delivered. */
 	void *(*held)(struct mq *mq, const struct mosquitto_message *msg,
 		      const mosquitto_property *props, void *arg);
+	/* Optional: what the broker sends again after a connection, of what
+	 * we took before (dropped, see on_message), is over: a message that
+	 * is not one came, or the session is new, or there was nothing to know. */
+	void (*resends_over)(struct mq *mq, void *arg);
 };
 
 /* A message read while paused, waiting for mq_pause_read(mq, 0). */

@@ -160,6 +160,8 @@ static void ent_free(struct spool *sp, struct spool_ent *e)
 		list_del(e);
 	if (e->g != e->ginl)
 		free(e->g);
+	if (e->carry)
+		sp->ncarry--;
 	sp->live -= e->len;
 	sp->n--;
 	e->hnext = sp->free;
@@ -230,24 +232,32 @@ struct spool_ent *spool_end(struct spool *sp)
 	return e;
 }
 
-void spool_mid(struct spool *sp, struct spool_ent *e, int mid)
+/* An "i" line for e, open until the next "a" line. */
+static void line_mid(struct spool *sp, struct spool_ent *e)
 {
 	size_t before = sp->ob.len - sp->ob.off;
 
-	if (mid <= 0 || mid > 65535)
-		return;
-	e->mid = (uint16_t)mid;
 	e->mgen = sp->mgen;
 	out_raw(&sp->ob, "i", 1);
 	out_raw(&sp->ob, e->uuid, 36);
-	out_ulong(&sp->ob, (unsigned long)mid);
+	out_ulong(&sp->ob, e->mid);
 	out_end(&sp->ob);
 	sp->size += (off_t)(sp->ob.len - sp->ob.off - before);
+}
+
+void spool_mid(struct spool *sp, struct spool_ent *e, int mid)
+{
+	if (mid <= 0 || mid > 65535)
+		return;
+	e->mid = (uint16_t)mid;
+	line_mid(sp, e);
 	sp->mids_open++;
 }
 
 void spool_acked(struct spool *sp)
 {
+	struct spool_list *lists[] = {&sp->loaded, &sp->out};
+
 	if (!sp->mids_open)
 		return;
 	out_raw(&sp->ob, "a", 1);
@@ -255,6 +265,23 @@ void spool_acked(struct spool *sp)
 	sp->size += 2;
 	sp->mgen++;
 	sp->mids_open = 0;
+	for (size_t l = 0; sp->ncarry && l < sizeof lists / sizeof lists[0]; l++)
+		for (struct spool_ent *e = lists[l]->head; e; e = e->next)
+			if (e->carry)
+				line_mid(sp, e);
+}
+
+void spool_carry_end(struct spool *sp)
+{
+	struct spool_list *lists[] = {&sp->loaded, &sp->out};
+
+	for (size_t l = 0; sp->ncarry && l < sizeof lists / sizeof lists[0]; l++)
+		for (struct spool_ent *e = lists[l]->head; e; e = e->next)
+			if (e->carry) {
+				e->carry = 0;
+				sp->ncarry--;
+				sp->mids_open++;
+			}
 }
 
 int spool_write(struct spool *sp)
@@ -652,10 +679,12 @@ static void load(struct spool *sp)
 	sp->size = off;
 	/* Only what came after the last "a" line may lack its PUBACK. */
 	for (struct spool_ent *e = sp->loaded.head; e; e = e->next)
-		if (spool_mid_open(sp, e))
-			sp->mids_open++;
-		else
+		if (spool_mid_open(sp, e)) {
+			e->carry = 1;
+			sp->ncarry++;
+		} else {
 			e->mid = 0;
+		}
 }
 
 /* Rewrite the live entries into path.tmp and put it in place; the offsets

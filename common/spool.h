@@ -41,6 +41,7 @@ struct spool_ent {
 	unsigned char state;
 	unsigned short tries; /* times written out, over every run */
 	unsigned char again;  /* written out again in this run, from an earlier run's file */
+	unsigned char carry;  /* open "i" line of the last run: kept open, see spool_carry_end() */
 	uint16_t ng, gcap;
 	uint32_t subid; /* its filter's subscription identifier; 0: none */
 	/* The QoS 1 packet identifier it came with (its "i" line), kept while
@@ -77,6 +78,7 @@ struct spool {
 	char luuid[37];
 	uint32_t mgen;      /* "a" lines so far */
 	unsigned mids_open; /* "i" lines since the last "a" */
+	unsigned ncarry;    /* entries with carry set */
 	unsigned long n_spooled, n_finished, n_replayed, n_given_up, n_bad_lines, n_errors,
 	    n_compactions;
 };
@@ -111,6 +113,12 @@ void spool_mid(struct spool *sp, struct spool_ent *e, int mid);
 /* The PUBACKs of every message spooled so far go to the broker now: an "a"
  * line (written with the next lines, if any) closes the "i" lines before. */
 void spool_acked(struct spool *sp);
+/* The broker's resends on the first connection are over (or it had none
+ * to send): the last run's open "i" lines are closed by the next "a" line,
+ * which follows the release of the PUBACKs of the resends dropped. Until
+ * then each "a" line is followed by them again: a kill meanwhile finds
+ * them open still. */
+void spool_carry_end(struct spool *sp);
 /* Whether e may still lack its PUBACK at the broker: its "i" line came after
  * the last "a" line (e.mid is its packet identifier). */
 static inline int spool_mid_open(const struct spool *sp, const struct spool_ent *e)

@@ -465,6 +465,34 @@ kill9() {
 	[ "$(grep -c '^replay ' "$T/s3.out")" = 2 ]
 }
 
+@test "spool: killed in that gap, then again at the next run's first spool write: the job still written out once" {
+	# The next run must keep the i line open until the broker's resend of
+	# it is over and its PUBACK has left, not close it at its first a line.
+	command -v strace >/dev/null || { echo "strace is needed: contrib/deps installs it"; false; }
+	broker_start
+	killed_at_fdatasync() {
+		bg "$1" strace -f -qq -o /dev/null -P "$T/spool" -e trace=fdatasync \
+			-e inject=fdatasync:signal=KILL:when=1 \
+			mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool --spool "$T/spool" \
+			--spool-sync --listen "$T/sub.sock" -v
+	}
+	killed_at_fdatasync s1
+	announced s1 g
+	pub jobs/a once -q 1
+	wait_for 10 exited "$(cat "$T/s1.pid")"
+	cat "$T/spool"
+	killed_at_fdatasync s2
+	wait_for 10 exited "$(cat "$T/s2.pid")"
+	cat "$T/spool" "$T/s2.err"
+	grep -q ': 1 message without a PUBACK when the last run ended' "$T/s2.err"
+	sub s3 -v
+	announced s3 g
+	pub jobs/a after -q 1
+	wait_for 10 grep -q '^msg [0-9a-f-]* 1 0 jobs/# jobs/a after$' "$T/s3.out"
+	cat "$T/s2.out" "$T/s3.out"
+	[ "$(cat "$T/s2.out" "$T/s3.out" | grep -c '^msg .* jobs/a once$')" = 1 ]
+}
+
 @test "spool: messages read while stdout is full are spooled as they arrive and survive kill -9" {
 	broker_start
 	# s1 writes into a pipe nobody reads: it pauses and holds what comes
