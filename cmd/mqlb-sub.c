@@ -1018,10 +1018,8 @@ static void shutdown_now(int code)
 	 * received; if it cannot be, the acks die with the connection. */
 	if (S.spool_path && spool_flush(&S.sp) < 0) {
 		code = EXIT_SYSERR;
-	} else {
-		if (S.spool_path)
-			spool_acked(&S.sp);
-		mq_release_acks(&S.mq);
+	} else if (mq_release_acks(&S.mq) && S.spool_path) {
+		spool_acked(&S.sp);
 	}
 	mq_disconnect(&S.mq);
 	/* Taken from the broker during a pause: written out too. */
@@ -1092,8 +1090,8 @@ static void spool_prepare_cb(struct ev_loop *loop, ev_prepare *w, int revents)
 	 * restart finds the spool as it was, the rest waits at the broker. */
 	if (spool_flush(&S.sp) < 0)
 		shutdown_now(EXIT_SYSERR);
-	spool_acked(&S.sp);
-	mq_release_acks(&S.mq);
+	if (mq_release_acks(&S.mq))
+		spool_acked(&S.sp);
 }
 
 static void out_ready_cb(struct ev_loop *loop, ev_io *w, int revents)

@@ -142,12 +142,16 @@ void mq_hold_acks(struct mq *mq)
 	abort_on_close(mq, 1);
 }
 
-void mq_release_acks(struct mq *mq)
+int mq_release_acks(struct mq *mq)
 {
+	int fd = mosquitto_socket(mq->m);
+
 	if (mq->held)
 		hold(mq, 0);
 	flush(mq);
 	update_io(mq);
+	return mq->connected && fd >= 0 && fd == mosquitto_socket(mq->m) && !sb_unsent(fd) &&
+	       !mq->resend_check;
 }
 
 /* libmosquitto 2.0 reads one packet a call, whatever max_packets says: read

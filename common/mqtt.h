@@ -141,7 +141,11 @@ int mq_unsubscribe(struct mq *mq, const char *filter);
 void mq_seen_add(struct mq *mq, int mid, const char *topic, size_t tlen, const void *payload,
 		 size_t n);
 void mq_hold_acks(struct mq *mq);
-void mq_release_acks(struct mq *mq);
+/* The held writes go: 1 if the PUBACK of every message taken so far is now
+ * in the kernel, on the connection (up, nothing left unwritten, and the
+ * broker's resends after its connect over: the PUBACKs lost with an earlier
+ * connection have been written again). */
+int mq_release_acks(struct mq *mq);
 /* Send DISCONNECT and write it at once; no more reconnects. Not from inside
  * an mq callback (libmosquitto holds its lock there): defer to the loop. */
 void mq_disconnect(struct mq *mq);

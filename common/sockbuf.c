@@ -154,6 +154,13 @@ int sb_blocked(int fd)
 	return b && b->blocked && !b->hold;
 }
 
+size_t sb_unsent(int fd)
+{
+	struct sb *b = get(fd);
+
+	return b ? b->out_len - b->out_off : 0;
+}
+
 int sb_flush(int fd)
 {
 	struct sb *b = get(fd);

@@ -32,6 +32,8 @@ void sb_readable(int fd);
 int sb_dry(int fd);
 /* Whether written bytes wait for the socket to take them (EV_WRITE). */
 int sb_blocked(int fd);
+/* Bytes written to fd that the kernel does not have yet (held or blocked). */
+size_t sb_unsent(int fd);
 /* Sockets libmosquitto makes while on (its wake-up pair): writes to them
  * are dropped, as nothing here reads them. */
 void sb_capture_wakeup(int on);
