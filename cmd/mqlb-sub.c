@@ -428,8 +428,10 @@ static const uint64_t *filt_groups(struct filt *f, int *n)
  * knows the broker's resend (see seed_resends). */
 static void spool_note_mid(struct spool_ent *e, const struct mosquitto_message *m)
 {
-	if (m->qos == 1 && !S.cf.mq.clean && S.cf.mq.id)
-		spool_mid(&S.sp, e, m->mid);
+	/* From the backlog of a pause, its PUBACK left long ago (and its
+	 * first entry, spooled as it came, has the line). */
+	if (m->qos == 1 && !S.cf.mq.clean && S.cf.mq.id && !mq_held_tag(&S.mq))
+		spool_mid(&S.sp, e, m->mid, mq_seen_hash(m));
 }
 
 /* The msg record of m just written (at offset at of the output) goes to
@@ -1155,11 +1157,11 @@ static void open_spool(void)
 }
 
 /* The broker's resends are over: the last run's open i lines close with
- * the next a line (spool_carry_end). */
+ * the next a line (spool_seeds_done). */
 static void on_resends_over(struct mq *mq, void *arg)
 {
 	if (S.spool_path)
-		spool_carry_end(&S.sp);
+		spool_seeds_done(&S.sp);
 }
 
 static const struct mq_cb callbacks = {
@@ -1177,22 +1179,11 @@ static const struct mq_cb callbacks = {
  * spool, and the resends dropped (mq_seen_add). */
 static void seed_resends(void)
 {
-	unsigned long n = 0;
-
-	for (struct spool_ent *e = S.sp.loaded.head; e; e = e->next) {
-		struct rec r;
-		long tl, pl;
-
-		if (!spool_mid_open(&S.sp, e) || spool_read(&S.sp, e, &r) < 0)
-			continue;
-		if ((tl = rec_unescape(&r, SPF_MTOPIC)) < 0 || (pl = rec_unescape(&r, SPF_PAYLOAD)) < 0)
-			continue;
-		mq_seen_add(&S.mq, e->mid, r.f[SPF_MTOPIC], (size_t)tl, r.f[SPF_PAYLOAD], (size_t)pl);
-		n++;
-	}
-	if (n)
-		infol("spool %s: %lu message%s without a PUBACK when the last run ended: a resend "
-		      "from the broker is dropped", S.sp.path, n, n == 1 ? "" : "s");
+	for (size_t i = 0; i < S.sp.nseeds; i++)
+		mq_seen_add(&S.mq, S.sp.seeds[i].mid, S.sp.seeds[i].h);
+	if (S.sp.nseeds)
+		infol("spool %s: %zu message%s without a PUBACK when the last run ended: a resend "
+		      "from the broker is dropped", S.sp.path, S.sp.nseeds, S.sp.nseeds == 1 ? "" : "s");
 }
 
 int main(int argc, char **argv)

@@ -151,7 +151,7 @@ int mq_release_acks(struct mq *mq)
 	flush(mq);
 	update_io(mq);
 	return mq->connected && fd >= 0 && fd == mosquitto_socket(mq->m) && !sb_unsent(fd) &&
-	       !mq->resend_check;
+	       !mosquitto_want_write(mq->m) && !mq->resend_check;
 }
 
 /* libmosquitto 2.0 reads one packet a call, whatever max_packets says: read
@@ -399,7 +399,7 @@ static uint64_t seen_hash_of(const char *topic, size_t tlen, const void *payload
 	return fnv64(h, p, n);
 }
 
-static uint64_t seen_hash(const struct mosquitto_message *msg)
+uint64_t mq_seen_hash(const struct mosquitto_message *msg)
 {
 	return seen_hash_of(msg->topic, strlen(msg->topic), msg->payload,
 			    msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
@@ -413,24 +413,26 @@ static void seen_add(struct mq *mq, int mid, uint64_t h)
 	mq->seen_n++;
 }
 
-void mq_seen_add(struct mq *mq, int mid, const char *topic, size_t tlen, const void *payload,
-		 size_t n)
-{
-	seen_add(mq, mid, seen_hash_of(topic, tlen, payload, n));
-}
+void mq_seen_add(struct mq *mq, int mid, uint64_t h) { seen_add(mq, mid, h); }
 
 /* Connected: to the session we had (present), the broker sends first what
  * it sent us before and has no PUBACK for; what we took of that is in
  * this connection's ring, now the one before. To a new session, none. */
 static void resend_reset(struct mq *mq, int present)
 {
-	struct mq_seen *t = mq->prev;
+	/* A check that never ended (the connection dropped during the
+	 * resends, or before them) goes on against the same ring. */
+	if (!mq->resend_check) {
+		struct mq_seen *t = mq->prev;
 
-	mq->resend_check = present && mq->seen_n > 0;
-	mq->prev = mq->seen;
-	mq->prev_n = mq->resend_check ? mq->seen_n : 0;
-	mq->seen = t;
+		mq->prev = mq->seen;
+		mq->prev_n = mq->seen_n;
+		mq->seen = t;
+	}
 	mq->seen_n = 0;
+	mq->resend_check = present && mq->prev_n > 0;
+	if (!mq->resend_check)
+		mq->prev_n = 0;
 	mq->resends = 0;
 	if (!mq->resend_check && mq->cb->resends_over)
 		mq->cb->resends_over(mq, mq->arg);
@@ -451,7 +453,7 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 	/* A clean session is never present again: nothing to keep. */
 	if (msg->qos != 1 || mq->o->clean || !mq->o->id)
 		return 0;
-	h = seen_hash(msg);
+	h = mq_seen_hash(msg);
 	if (mq->resend_check) {
 		n = mq->prev_n < MQ_SEEN ? mq->prev_n : MQ_SEEN;
 		for (unsigned long i = 1; i <= n; i++) {

@@ -134,12 +134,14 @@ int mq_unsubscribe(struct mq *mq, const char *filter);
  * (SO_LINGER 0). mq_release_acks() sends it: call it once what was read is
  * safe, before the loop blocks (a prepare watcher). Dies in a program where
  * libmosquitto's writes do not come through sockbuf.c (libmqlb). */
-/* A QoS 1 message an earlier run took (packet identifier mid) whose
+/* What tells a resend of msg apart, with its packet identifier: a hash of
+ * its topic and payload. */
+uint64_t mq_seen_hash(const struct mosquitto_message *msg);
+/* A QoS 1 message an earlier run took (packet identifier mid, hash h) whose
  * PUBACK may not have reached the broker: before mq_start(), so that the
  * first connection to the session knows the broker's resend of it, as one
  * of the connection before (see on_message). */
-void mq_seen_add(struct mq *mq, int mid, const char *topic, size_t tlen, const void *payload,
-		 size_t n);
+void mq_seen_add(struct mq *mq, int mid, uint64_t h);
 void mq_hold_acks(struct mq *mq);
 /* The held writes go: 1 if the PUBACK of every message taken so far is now
  * in the kernel, on the connection (up, nothing left unwritten, and the

@@ -6,7 +6,7 @@
  *   m <uuid> <since> <tries> <subid> <qos> <retain> <filter> <mtopic> <payload> [<props>]
  *   r <uuid>             written out once more (a replay)
  *   f <uuid> <why>       finished: ok, nogroup, given-up
- *   i <uuid> <mid>       came as QoS 1 with packet identifier mid
+ *   i <uuid> <mid> <h>   came as QoS 1 with packet identifier mid, hash h
  *   a                    the PUBACKs of every message above went out
  * An "m" line is appended before its msg record leaves; a crash can lose
  * only what no record was written for. Compaction rewrites the live "m"
@@ -160,8 +160,6 @@ static void ent_free(struct spool *sp, struct spool_ent *e)
 		list_del(e);
 	if (e->g != e->ginl)
 		free(e->g);
-	if (e->carry)
-		sp->ncarry--;
 	sp->live -= e->len;
 	sp->n--;
 	e->hnext = sp->free;
@@ -232,32 +230,35 @@ struct spool_ent *spool_end(struct spool *sp)
 	return e;
 }
 
-/* An "i" line for e, open until the next "a" line. */
-static void line_mid(struct spool *sp, struct spool_ent *e)
+/* An "i" line: uuid came with packet identifier mid, hash h. */
+static void out_mid(struct out *o, const char *uuid, unsigned mid, uint64_t h)
+{
+	char hex[17];
+
+	snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+	out_raw(o, "i", 1);
+	out_raw(o, uuid, 36);
+	out_ulong(o, mid);
+	out_raw(o, hex, 16);
+	out_end(o);
+}
+
+void spool_mid(struct spool *sp, struct spool_ent *e, int mid, uint64_t h)
 {
 	size_t before = sp->ob.len - sp->ob.off;
 
-	e->mgen = sp->mgen;
-	out_raw(&sp->ob, "i", 1);
-	out_raw(&sp->ob, e->uuid, 36);
-	out_ulong(&sp->ob, e->mid);
-	out_end(&sp->ob);
-	sp->size += (off_t)(sp->ob.len - sp->ob.off - before);
-}
-
-void spool_mid(struct spool *sp, struct spool_ent *e, int mid)
-{
 	if (mid <= 0 || mid > 65535)
 		return;
 	e->mid = (uint16_t)mid;
-	line_mid(sp, e);
+	e->h = h;
+	e->mgen = sp->mgen;
+	out_mid(&sp->ob, e->uuid, e->mid, h);
+	sp->size += (off_t)(sp->ob.len - sp->ob.off - before);
 	sp->mids_open++;
 }
 
 void spool_acked(struct spool *sp)
 {
-	struct spool_list *lists[] = {&sp->loaded, &sp->out};
-
 	if (!sp->mids_open)
 		return;
 	out_raw(&sp->ob, "a", 1);
@@ -265,23 +266,18 @@ void spool_acked(struct spool *sp)
 	sp->size += 2;
 	sp->mgen++;
 	sp->mids_open = 0;
-	for (size_t l = 0; sp->ncarry && l < sizeof lists / sizeof lists[0]; l++)
-		for (struct spool_ent *e = lists[l]->head; e; e = e->next)
-			if (e->carry)
-				line_mid(sp, e);
+	if (sp->seeds_closing) {
+		sp->nseeds = 0;
+		sp->seeds_closing = 0;
+	}
 }
 
-void spool_carry_end(struct spool *sp)
+void spool_seeds_done(struct spool *sp)
 {
-	struct spool_list *lists[] = {&sp->loaded, &sp->out};
-
-	for (size_t l = 0; sp->ncarry && l < sizeof lists / sizeof lists[0]; l++)
-		for (struct spool_ent *e = lists[l]->head; e; e = e->next)
-			if (e->carry) {
-				e->carry = 0;
-				sp->ncarry--;
-				sp->mids_open++;
-			}
+	if (!sp->nseeds || sp->seeds_closing)
+		return;
+	sp->seeds_closing = 1;
+	sp->mids_open++; /* an "a" line after the next release closes them */
 }
 
 int spool_write(struct spool *sp)
@@ -592,6 +588,33 @@ static const char *check_m(struct rec *r)
 	return NULL;
 }
 
+/* An "i" line as loaded: a seed (the entry it names may be finished). */
+static const char *load_mid(struct spool *sp, struct rec *r)
+{
+	struct spool_seed *sd;
+	unsigned long mid;
+	char *end;
+	unsigned long long h;
+
+	if (r->nf != 4 || rec_ulong(r, 2, 65535, &mid) < 0 || !mid)
+		return "bad packet identifier";
+	if (r->len[3] != 16)
+		return "bad hash";
+	h = strtoull(r->f[3], &end, 16);
+	if (end != r->f[3] + 16)
+		return "bad hash";
+	if (sp->nseeds == sp->seedcap) {
+		sp->seedcap = sp->seedcap ? 2 * sp->seedcap : 16;
+		sp->seeds = xalloc(sp->seeds, sp->seedcap * sizeof *sp->seeds);
+	}
+	sd = &sp->seeds[sp->nseeds++];
+	memcpy(sd->uuid, r->f[1], 36);
+	sd->uuid[36] = '\0';
+	sd->mid = (uint16_t)mid;
+	sd->h = h;
+	return NULL;
+}
+
 static void load(struct spool *sp)
 {
 	unsigned long lineno = 0, v;
@@ -630,10 +653,18 @@ static void load(struct spool *sp)
 		}
 		if (r.f[0][0] == 'a') {
 			sp->mgen++;
+			sp->nseeds = 0; /* their PUBACKs went out */
 			continue;
 		}
 		if (r.nf < 2 || !is_uuid(r.f[1], r.len[1])) {
 			bad_line(sp, lineno, "bad uuid");
+			continue;
+		}
+		if (r.f[0][0] == 'i') {
+			if ((why = load_mid(sp, &r))) {
+				bad_line(sp, lineno, why);
+				continue;
+			}
 			continue;
 		}
 		e = find(sp, r.f[1]);
@@ -661,13 +692,6 @@ static void load(struct spool *sp)
 		} else if (r.f[0][0] == 'r') {
 			if (e->tries < MAX_TRIES)
 				e->tries++;
-		} else if (r.f[0][0] == 'i') {
-			if (r.nf != 3 || rec_ulong(&r, 2, 65535, &v) < 0 || !v) {
-				bad_line(sp, lineno, "bad packet identifier");
-				continue;
-			}
-			e->mid = (uint16_t)v;
-			e->mgen = sp->mgen;
 		} else {
 			ent_free(sp, e);
 		}
@@ -677,14 +701,8 @@ static void load(struct spool *sp)
 	free(line);
 	fclose(f);
 	sp->size = off;
-	/* Only what came after the last "a" line may lack its PUBACK. */
-	for (struct spool_ent *e = sp->loaded.head; e; e = e->next)
-		if (spool_mid_open(sp, e)) {
-			e->carry = 1;
-			sp->ncarry++;
-		} else {
-			e->mid = 0;
-		}
+	/* What came after the last "a" line may lack its PUBACK: the seeds,
+	 * open until spool_seeds_done(). */
 }
 
 /* Rewrite the live entries into path.tmp and put it in place; the offsets
@@ -741,10 +759,7 @@ static void compact(struct spool *sp)
 			/* a kill before the next "a" line may still meet its resend */
 			if (spool_mid_open(sp, e)) {
 				before = w.len;
-				out_raw(&w, "i", 1);
-				out_raw(&w, e->uuid, 36);
-				out_ulong(&w, e->mid);
-				out_end(&w);
+				out_mid(&w, e->uuid, e->mid, e->h);
 				size += (off_t)(w.len - before);
 			}
 			if (w.len >= 1 << 20 && write(fd, w.buf, w.len) != (ssize_t)w.len)
@@ -752,6 +767,13 @@ static void compact(struct spool *sp)
 			if (w.len >= 1 << 20)
 				w.len = 0;
 		}
+	/* the seeds' "i" lines stay until their resends are over */
+	for (size_t i = 0; i < sp->nseeds; i++) {
+		size_t before = w.len;
+
+		out_mid(&w, sp->seeds[i].uuid, sp->seeds[i].mid, sp->seeds[i].h);
+		size += (off_t)(w.len - before);
+	}
 	if ((w.len && write(fd, w.buf, w.len) != (ssize_t)w.len) || (sp->sync && fsync(fd) < 0) ||
 	    rename(tmp, sp->path) < 0)
 		goto fail;

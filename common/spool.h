@@ -32,6 +32,15 @@ enum spool_state {
 	SP_OUT,    /* written out; waits for a done from each of its groups */
 };
 
+/* An open "i" line of an earlier run: a message whose PUBACK may not have
+ * reached the broker, which then sends it again (same packet identifier,
+ * same hash). Kept whatever became of its entry (finished, given up). */
+struct spool_seed {
+	char uuid[37];
+	uint16_t mid;
+	uint64_t h;
+};
+
 struct spool_list {
 	struct spool_ent *head, *tail;
 };
@@ -41,13 +50,14 @@ struct spool_ent {
 	unsigned char state;
 	unsigned short tries; /* times written out, over every run */
 	unsigned char again;  /* written out again in this run, from an earlier run's file */
-	unsigned char carry;  /* open "i" line of the last run: kept open, see spool_carry_end() */
 	uint16_t ng, gcap;
 	uint32_t subid; /* its filter's subscription identifier; 0: none */
-	/* The QoS 1 packet identifier it came with (its "i" line), kept while
-	 * the broker may not have its PUBACK (no "a" line since); else 0. */
+	/* The QoS 1 packet identifier it came with and mq_seen_hash() of it
+	 * (its "i" line): open while the broker may not have its PUBACK (no
+	 * "a" line since, see spool_mid_open); mid 0: none. */
 	uint16_t mid;
 	uint32_t mgen; /* the count of "a" lines when its "i" line was written */
+	uint64_t h;
 	uint32_t len;   /* of its "m" line */
 	off_t off;      /* of its "m" line in the file */
 	ev_tstamp t;    /* written out (SP_OUT), for --spool-ttl */
@@ -78,7 +88,11 @@ struct spool {
 	char luuid[37];
 	uint32_t mgen;      /* "a" lines so far */
 	unsigned mids_open; /* "i" lines since the last "a" */
-	unsigned ncarry;    /* entries with carry set */
+	/* The open "i" lines of the file as loaded; from spool_seeds_done()
+	 * on, closed by the next "a" line. */
+	struct spool_seed *seeds;
+	size_t nseeds, seedcap;
+	int seeds_closing;
 	unsigned long n_spooled, n_finished, n_replayed, n_given_up, n_bad_lines, n_errors,
 	    n_compactions;
 };
@@ -109,16 +123,15 @@ struct spool_ent *spool_end(struct spool *sp);
  * line, so that a run after a kill knows the broker's resend of it (the
  * PUBACK leaves after the spool write: a kill between the two leaves the
  * message both here and at the broker). */
-void spool_mid(struct spool *sp, struct spool_ent *e, int mid);
+void spool_mid(struct spool *sp, struct spool_ent *e, int mid, uint64_t h);
 /* The PUBACKs of every message spooled so far go to the broker now: an "a"
  * line (written with the next lines, if any) closes the "i" lines before. */
 void spool_acked(struct spool *sp);
 /* The broker's resends on the first connection are over (or it had none
- * to send): the last run's open "i" lines are closed by the next "a" line,
- * which follows the release of the PUBACKs of the resends dropped. Until
- * then each "a" line is followed by them again: a kill meanwhile finds
- * them open still. */
-void spool_carry_end(struct spool *sp);
+ * to send): the seeds (sp->seeds) are closed by the next "a" line, which
+ * follows the release of the PUBACKs of the resends dropped. Until then
+ * compaction keeps their "i" lines. */
+void spool_seeds_done(struct spool *sp);
 /* Whether e may still lack its PUBACK at the broker: its "i" line came after
  * the last "a" line (e.mid is its packet identifier). */
 static inline int spool_mid_open(const struct spool *sp, const struct spool_ent *e)

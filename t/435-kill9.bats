@@ -438,7 +438,7 @@ kill9() {
 	cat "$T/spool"
 	[ "$(grep -c '^m .* jobs/a once$' "$T/spool")" = 1 ]
 	u=$(awk '$1 == "m" { print $2 }' "$T/spool")
-	grep -qx "i $u [1-9][0-9]*" "$T/spool"
+	grep -qx "i $u [1-9][0-9]* [0-9a-f]\{16\}" "$T/spool"
 	sub s2 -v
 	grep -q ": 1 message without a PUBACK when the last run ended: a resend from the broker is dropped" "$T/s2.err"
 	announced s2 g
@@ -491,6 +491,27 @@ kill9() {
 	wait_for 10 grep -q '^msg [0-9a-f-]* 1 0 jobs/# jobs/a after$' "$T/s3.out"
 	cat "$T/s2.out" "$T/s3.out"
 	[ "$(cat "$T/s2.out" "$T/s3.out" | grep -c '^msg .* jobs/a once$')" = 1 ]
+}
+
+@test "spool: killed in that gap, the job given up by the next run (--spool-replays 0): the broker's resend is dropped too" {
+	command -v strace >/dev/null || { echo "strace is needed: contrib/deps installs it"; false; }
+	broker_start
+	bg s1 strace -f -qq -o /dev/null -P "$T/spool" -e trace=fdatasync \
+		-e inject=fdatasync:signal=KILL:when=1 \
+		mqlb-sub -h 127.0.0.1 -p "$BROKER_PORT" -c -i sub-spool --spool "$T/spool" \
+		--spool-sync --listen "$T/sub.sock" -v
+	announced s1 g
+	pub jobs/a once -q 1
+	wait_for 10 exited "$(cat "$T/s1.pid")"
+	sub s2 -v --spool-replays 0
+	grep -q 'gave up on .* (topic jobs/a)' "$T/s2.err"
+	grep -q ': 1 message without a PUBACK when the last run ended' "$T/s2.err"
+	announced s2 g
+	pub jobs/a after -q 1
+	wait_for 10 grep -q '^msg [0-9a-f-]* 1 0 jobs/# jobs/a after$' "$T/s2.out"
+	cat "$T/s2.out" "$T/s2.err"
+	grep -q '1 message the broker sent again after the reconnect had been taken before: dropped' "$T/s2.err"
+	! grep -q '^msg .* jobs/a once$' "$T/s2.out" || false
 }
 
 @test "spool: messages read while stdout is full are spooled as they arrive and survive kill -9" {
