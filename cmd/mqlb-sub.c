@@ -431,7 +431,7 @@ static void spool_note_mid(struct spool_ent *e, const struct mosquitto_message *
 	/* From the backlog of a pause, its PUBACK left long ago (and its
 	 * first entry, spooled as it came, has the line). */
 	if (m->qos == 1 && !S.cf.mq.clean && S.cf.mq.id && !mq_held_tag(&S.mq))
-		spool_mid(&S.sp, e, m->mid, mq_seen_hash(m));
+		spool_mid(&S.sp, e, m->mid, mq_msg_hash(&S.mq));
 }
 
 /* The msg record of m just written (at offset at of the output) goes to

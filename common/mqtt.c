@@ -385,10 +385,11 @@ static void on_disconnect(struct mosquitto *m, void *arg, int rc, const mosquitt
 /* A hash of a message's topic, length and payload (its first and last 256
  * bytes: a resend is the same message, its packet identifier tells the
  * rest apart). FNV-1a. */
-static uint64_t seen_hash_of(const char *topic, size_t tlen, const void *payload, size_t n)
+static uint64_t seen_hash(const struct mosquitto_message *msg)
 {
-	const unsigned char *p = payload, nul = 0;
-	uint64_t h = fnv64(fnv64(FNV64_BASIS, topic, tlen), &nul, 1);
+	const unsigned char *p = msg->payload;
+	size_t n = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+	uint64_t h = fnv64(FNV64_BASIS, msg->topic, strlen(msg->topic) + 1);
 	unsigned char len[sizeof n];
 
 	for (size_t i = 0; i < sizeof n; i++)
@@ -397,12 +398,6 @@ static uint64_t seen_hash_of(const char *topic, size_t tlen, const void *payload
 	if (n > 512)
 		return fnv64(fnv64(h, p, 256), p + n - 256, 256);
 	return fnv64(h, p, n);
-}
-
-uint64_t mq_seen_hash(const struct mosquitto_message *msg)
-{
-	return seen_hash_of(msg->topic, strlen(msg->topic), msg->payload,
-			    msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0);
 }
 
 static void seen_add(struct mq *mq, int mid, uint64_t h)
@@ -414,6 +409,8 @@ static void seen_add(struct mq *mq, int mid, uint64_t h)
 }
 
 void mq_seen_add(struct mq *mq, int mid, uint64_t h) { seen_add(mq, mid, h); }
+
+uint64_t mq_msg_hash(const struct mq *mq) { return mq->msg_h; }
 
 /* Connected: to the session we had (present), the broker sends first what
  * it sent us before and has no PUBACK for; what we took of that is in
@@ -450,10 +447,11 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 	uint64_t h;
 	unsigned long n;
 
+	mq->msg_h = 0;
 	/* A clean session is never present again: nothing to keep. */
 	if (msg->qos != 1 || mq->o->clean || !mq->o->id)
 		return 0;
-	h = mq_seen_hash(msg);
+	h = mq->msg_h = seen_hash(msg);
 	if (mq->resend_check) {
 		n = mq->prev_n < MQ_SEEN ? mq->prev_n : MQ_SEEN;
 		for (unsigned long i = 1; i <= n; i++) {
@@ -532,6 +530,7 @@ static void deliver(struct mq *mq, int all)
 		if (!mq->backlog)
 			mq->backlog_tail = &mq->backlog;
 		mq->delivering = h;
+		mq->msg_h = 0; /* its hash was of when it was read */
 		mq->cb->message(mq, &h->msg, h->props, mq->arg);
 		mq->delivering = NULL;
 		held_free(mq, h);

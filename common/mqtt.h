@@ -98,6 +98,7 @@ struct mq {
 	 * broker may still be sending again what we took: see on_message. */
 	struct mq_seen *seen, *prev;
 	unsigned long seen_n, prev_n, resends;
+	uint64_t msg_h; /* mq_msg_hash() */
 	int resend_check;
 	int deaf; /* reading paused, or the connection down: see mq_heard() */
 	ev_tstamp deaf_at, deaf_total;
@@ -127,6 +128,16 @@ int mq_publish(struct mq *mq, int *mid, const char *topic, size_t n, const void 
 /* Subscribe one filter; subid > 0 sets an MQTT 5 subscription identifier. */
 int mq_subscribe(struct mq *mq, int *mid, const char *filter, int qos, int subid);
 int mq_unsubscribe(struct mq *mq, const char *filter);
+/* In the message or held callback of a QoS 1 message of a persistent
+ * session, just read: the hash that, with its packet identifier, tells a
+ * resend of it apart (of its topic and payload). 0 otherwise, and for one
+ * delivered from a pause's backlog. */
+uint64_t mq_msg_hash(const struct mq *mq);
+/* A QoS 1 message an earlier run took (packet identifier mid, hash h as
+ * mq_msg_hash() gave it) whose PUBACK may not have reached the broker:
+ * before mq_start(), so that the first connection to the session knows the
+ * broker's resend of it, as one of the connection before (see on_message). */
+void mq_seen_add(struct mq *mq, int mid, uint64_t h);
 /* Acks after the consumer has kept the message. libmosquitto sends a QoS 1
  * PUBACK (QoS 2 PUBREC) while it reads, before the message callback: from
  * now on what it writes while the socket is read waits in our buffer
@@ -134,14 +145,6 @@ int mq_unsubscribe(struct mq *mq, const char *filter);
  * (SO_LINGER 0). mq_release_acks() sends it: call it once what was read is
  * safe, before the loop blocks (a prepare watcher). Dies in a program where
  * libmosquitto's writes do not come through sockbuf.c (libmqlb). */
-/* What tells a resend of msg apart, with its packet identifier: a hash of
- * its topic and payload. */
-uint64_t mq_seen_hash(const struct mosquitto_message *msg);
-/* A QoS 1 message an earlier run took (packet identifier mid, hash h) whose
- * PUBACK may not have reached the broker: before mq_start(), so that the
- * first connection to the session knows the broker's resend of it, as one
- * of the connection before (see on_message). */
-void mq_seen_add(struct mq *mq, int mid, uint64_t h);
 void mq_hold_acks(struct mq *mq);
 /* The held writes go: 1 if the PUBACK of every message taken so far is now
  * in the kernel, on the connection (up, nothing left unwritten, and the

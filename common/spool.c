@@ -651,9 +651,11 @@ static void load(struct spool *sp)
 			bad_line(sp, lineno, "unknown line");
 			continue;
 		}
+		/* The "i" lines after the last "a" line are the seeds: what
+		 * may lack its PUBACK at the broker (spool_seeds_done). */
 		if (r.f[0][0] == 'a') {
 			sp->mgen++;
-			sp->nseeds = 0; /* their PUBACKs went out */
+			sp->nseeds = 0;
 			continue;
 		}
 		if (r.nf < 2 || !is_uuid(r.f[1], r.len[1])) {
@@ -661,10 +663,8 @@ static void load(struct spool *sp)
 			continue;
 		}
 		if (r.f[0][0] == 'i') {
-			if ((why = load_mid(sp, &r))) {
+			if ((why = load_mid(sp, &r)))
 				bad_line(sp, lineno, why);
-				continue;
-			}
 			continue;
 		}
 		e = find(sp, r.f[1]);
@@ -701,8 +701,6 @@ static void load(struct spool *sp)
 	free(line);
 	fclose(f);
 	sp->size = off;
-	/* What came after the last "a" line may lack its PUBACK: the seeds,
-	 * open until spool_seeds_done(). */
 }
 
 /* Rewrite the live entries into path.tmp and put it in place; the offsets

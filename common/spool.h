@@ -52,7 +52,7 @@ struct spool_ent {
 	unsigned char again;  /* written out again in this run, from an earlier run's file */
 	uint16_t ng, gcap;
 	uint32_t subid; /* its filter's subscription identifier; 0: none */
-	/* The QoS 1 packet identifier it came with and mq_seen_hash() of it
+	/* The QoS 1 packet identifier it came with and mq_msg_hash() of it
 	 * (its "i" line): open while the broker may not have its PUBACK (no
 	 * "a" line since, see spool_mid_open); mid 0: none. */
 	uint16_t mid;
