@@ -92,7 +92,11 @@ struct mqlb_conn {
  *        left a VIP, a VIP was removed, a real's MAC changed since) is
  *        checked against the VIP table and the members again; age is the
  *        seconds of the loader's clock (struct mqlb_cpu's now, 16 bits)
- *        when the entry was last written or used. The age wraps every
+ *        when the entry was last written or used. Tag and age together
+ *        are the entry's stamp, and the program reads the current one,
+ *        MQLB_CT_STAMP(epoch, now), as one word (struct mqlb_cpu's stamp):
+ *        an established flow's val is left as it is when its stamp is
+ *        that one, one comparison. The age wraps every
  *        65536 s (18.2 h): an entry idle longer looks young to the choice
  *        of the one to replace, which it only delays.
  * The real's destination (its MAC, l2, or IPv4 address, ipip) is read from
@@ -112,9 +116,12 @@ struct mqlb_conn {
 #define MQLB_CT_AGE_MASK 0xffffu
 #define MQLB_CT_TAG(epoch) ((__u64)(0x8000 | ((epoch) & 0x7fff)) << 32)
 #define MQLB_CT_TAG_MASK (0xffffull << 32)
-#define MQLB_CT_VAL(check, tag, age, vip, real)                                  \
-	((__u64)(check) << 48 | (tag) | (__u64)((age) & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT | \
-	 (__u64)(vip) << 10 | (__u64)(real))
+#define MQLB_CT_EPOCH(stamp) ((__u32)((stamp) >> 32) & 0x7fff)
+#define MQLB_CT_STAMP(epoch, now) \
+	(MQLB_CT_TAG(epoch) | (__u64)((now) & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT)
+#define MQLB_CT_STAMP_MASK (MQLB_CT_TAG_MASK | (__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)
+#define MQLB_CT_VAL(check, stamp, vip, real) \
+	((__u64)(check) << 48 | ((stamp) & MQLB_CT_STAMP_MASK) | (__u64)(vip) << 10 | (__u64)(real))
 #define MQLB_CT_REAL(val) ((__u32)(val) & (MQLB_MAX_REALS - 1))
 #define MQLB_CT_VIP(val) ((__u32)((val) >> 10) & (MQLB_MAX_VIPS - 1))
 #define MQLB_CT_AGE(val) ((__u32)((val) >> MQLB_CT_AGE_SHIFT) & MQLB_CT_AGE_MASK)
@@ -241,12 +248,12 @@ struct mqlb_cpu_real {
 	struct mqlb_rstat st;
 };
 
-/* In the order of use: what every packet reads (the first line: epoch,
- * clock, port filter, the pass counter), then new flows' things; the
+/* In the order of use: what every packet reads (the first line: stamp,
+ * port filter, the pass counter), then new flows' things; the
  * reals' lines last, the first ones still in the first page. */
 struct mqlb_cpu {
-	__u64 epoch;                      /* see struct mqlb_ct4 */
-	__u32 now;                        /* seconds, for the entries' age */
+	__u64 stamp;                      /* MQLB_CT_STAMP(epoch, now): see struct mqlb_ct4 */
+	__u32 now;                        /* the loader's clock, seconds (its copy) */
 	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
 	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
 	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */

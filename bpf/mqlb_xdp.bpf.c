@@ -14,6 +14,11 @@
 
 #include "mqlb_kern_user.h"
 
+/* The way of an established IPv4 flow's packet is laid out straight, its
+ * branches not taken. */
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
 /* TCP flags, in byte 13 of the header */
 #define TCPF_SYN 0x02
 #define TCPF_ACK 0x10
@@ -226,7 +231,7 @@ static __always_inline __u32 ct4_way(const struct mqlb_ct4_bucket *b, __u64 h, _
 /* Counted once a packet leaves, per VIP and per real only: the loader
  * makes forwarded of the VIPs' packets, lru_hits of packets - new_flows,
  * and the global new_flows and lru_misses of the VIPs'. */
-static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u32 len, int new)
+static __always_inline int sent(struct mqlb_cpu *c, __u32 vn, __u32 real, __u64 len, int new)
 {
 	struct mqlb_vstat *vs = &c->vip[vn % MQLB_MAX_VIPS].st;
 	struct mqlb_rstat *rs = &c->real[real % MQLB_MAX_REALS].st;
@@ -349,14 +354,15 @@ static __always_inline int encap6(struct mqlb_cpu *c, struct xdp_md *ctx, const 
 	return XDP_TX;
 }
 
-/* An IPv4 packet for an entry's real (dest as in struct mqlb_cpu_real);
- * the caller checked the Ethernet header against end. */
+/* An IPv4 packet for an entry's real (dest as in struct mqlb_cpu_real)
+ * with encapsulation enc; the caller checked the Ethernet header against
+ * end. */
 static __always_inline int forward4(struct mqlb_cpu *c, struct xdp_md *ctx, void *data, void *end,
-				    __u64 val, __u64 dest, int new)
+				    __u64 val, __u64 dest, int new, __u32 enc)
 {
-	__u32 len = (__u32)(end - data);
+	__u64 len = (__u64)(end - data);
 
-	if (encap == MQLB_ENCAP_IPIP) {
+	if (enc == MQLB_ENCAP_IPIP) {
 		int v = encap4(c, ctx, (__u32)dest);
 
 		if (v != XDP_TX)
@@ -417,13 +423,13 @@ static __always_inline struct mqlb_ct4_bucket *ct4_bucket(__u64 h)
  * likely cache misses, the ring slot's after the state's: both lines are
  * asked for before anything waits on either, the bucket's first, and the
  * way is chosen once the ring has been read. */
-static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn, __u64 epoch)
+static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn, __u64 stamp)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u32 vn, slot, real, way, now = c->now, rs = ring_size;
+	__u32 vn, slot, real, way, rs = ring_size;
 	__u64 k0, k1, h, chk, val, vip, dest;
 
 	if ((void *)(ip + 1) + sizeof(__u32) > end)
@@ -449,29 +455,54 @@ static __noinline int schedule4(struct xdp_md *ctx, struct mqlb_cpu *c, int syn,
 	else
 		slot = vn * rs + mqlb_ring_slot(h, rs);
 	real = ring_real(slot);
-	way = ct4_way(b, h, chk, now);
+	way = ct4_way(b, h, chk, MQLB_CT_AGE(stamp));
 	if (real == 0 || real >= MQLB_MAX_REALS)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
 	dest = c->real[real].dest;
 	if (!dest)
 		return count(c, MQLB_ST_DROP_NO_REAL, XDP_DROP);
-	val = MQLB_CT_VAL(chk, MQLB_CT_TAG(epoch), now, vn, real);
+	val = MQLB_CT_VAL(chk, stamp, vn, real);
 	e = &b->e[way];
 	*(volatile __u64 *)&e->val = val;
 	*(volatile __u64 *)&e->key = h;
-	return forward4(c, ctx, data, end, val, dest, 1);
+	return forward4(c, ctx, data, end, val, dest, 1, encap);
 }
 
 /* An entry whose tag predates the epoch: is its VIP still the one of the
  * packet's address, port and protocol, and does the real still serve it?
- * Then the caller tags it with the epoch it loaded before this check. */
-static __noinline int still4(const struct mqlb_cpu *c, __u64 val, __u64 k0, __u64 k1)
+ * Then the caller stamps it with the stamp it loaded before this check. */
+static __always_inline int still4(const struct mqlb_cpu *c, __u64 val, __u64 k0, __u64 k1)
 {
 	__u32 vn = MQLB_CT_VIP(val), real = MQLB_CT_REAL(val);
 	__u64 vip =
 	    vip4_find(c, MQLB_VIP4_KEY((__u32)(k0 >> 32), (__u16)(k1 >> 16), (__u8)(k1 >> 32)));
 
 	return vip && MQLB_VIP4_NUM(vip) == vn && member(vn, real);
+}
+
+/* An established IPv4 flow whose entry e (its value val) has another
+ * stamp than the current one: an older epoch (its real and VIP checked
+ * again, else scheduled anew) or an older age. The entry gets the stamp,
+ * with a compare-and-swap over the val checked (see struct mqlb_ct4). Out
+ * of the main function, so that none of this holds registers there. */
+static __noinline int restamp4(struct xdp_md *ctx, struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val,
+			       __u64 stamp)
+{
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	__u64 k0, k1, dest;
+
+	if ((void *)(ip + 1) + sizeof(__u32) > end)
+		return count(c, MQLB_ST_DROP_BAD, XDP_DROP);
+	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
+	k1 = (__u64)ip->protocol << 32 | *(__u32 *)(ip + 1);
+	if (((val ^ stamp) & MQLB_CT_TAG_MASK) && !still4(c, val, k0, k1))
+		return schedule4(ctx, c, 0, stamp);
+	dest = c->real[MQLB_CT_REAL(val)].dest;
+	if (!dest)
+		return schedule4(ctx, c, 0, stamp);
+	__sync_val_compare_and_swap(&e->val, val, (val & ~MQLB_CT_STAMP_MASK) | stamp);
+	return forward4(c, ctx, data, end, val, dest, 0, encap);
 }
 
 /* The real of an established IPv6 flow, or 0: the entry's VIP slot still
@@ -606,18 +637,18 @@ static __noinline int other(struct xdp_md *ctx, struct mqlb_cpu *c)
 }
 
 /* The IPv4 path, in one function so that little spills to the stack: the
- * headers, the port filter, the flow's bucket; an entry tagged with the
- * current epoch is forwarded at once. Header fields are read as whole
- * words (x86 and arm64 take them unaligned).
- * The epoch is loaded once, before anything is checked, and that value is
- * the one an entry is tagged with: a bump after the load (the loader's last
- * step of a change) leaves the entry older than the epoch, checked again by
- * its next packet. A second load, after the checks, could tag with the new
- * epoch an entry checked against the maps before the change. (That the
- * checks' loads follow the epoch's is x86's order of loads; a CPU that
- * reorders loads would need a load-acquire here.) */
-SEC("xdp")
-int mqlb_xdp(struct xdp_md *ctx)
+ * headers, the port filter, the flow's bucket; an entry with the current
+ * stamp (epoch and clock) is forwarded at once. Header fields are read as
+ * whole words (x86 and arm64 take them unaligned).
+ * The stamp is loaded once, before anything is checked, and that value is
+ * the one an entry is stamped with: a bump after the load (the loader's
+ * last step of a change) leaves the entry older than the epoch, checked
+ * again by its next packet. A second load, after the checks, could tag
+ * with the new epoch an entry checked against the maps before the change.
+ * (That the checks' loads follow the stamp's is x86's order of loads; a
+ * CPU that reorders loads would need a load-acquire here.) The
+ * encapsulation, enc, is a constant: see the programs below. */
+static __always_inline int lb(struct xdp_md *ctx, const __u32 enc)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);
@@ -625,24 +656,24 @@ int mqlb_xdp(struct xdp_md *ctx)
 	struct mqlb_cpu *c = bpf_map_lookup_elem(&cpus, &cpu);
 	struct mqlb_ct4_bucket *b;
 	struct mqlb_ct4 *e;
-	__u64 k0, k1, h, val = 0, nval, dest, epoch;
+	__u64 k0, k1, h, val = 0, dest, stamp;
 	void *l4 = ip + 1;
 
-	if (!c)
+	if (unlikely(!c))
 		return XDP_ABORTED; /* the loader sizes cpus for every possible CPU */
 	/* IPv4, version 4 and 5 words of header, not a fragment */
-	if (l4 > end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) || *(__u8 *)ip != 0x45 ||
-	    (ip->frag_off & bpf_htons(0x3fff)))
+	if (unlikely(l4 > end || *(__u16 *)(data + 12) != bpf_htons(ETH_P_IP) ||
+		     *(__u8 *)ip != 0x45 || (ip->frag_off & bpf_htons(0x3fff))))
 		return other(ctx, c);
-	if (ip->protocol == IPPROTO_TCP) {
-		if (l4 + sizeof(struct tcphdr) > end)
+	if (likely(ip->protocol == IPPROTO_TCP)) {
+		if (unlikely(l4 + sizeof(struct tcphdr) > end))
 			return count(c, MQLB_ST_PASS, XDP_PASS);
 		/* A SYN is a new connection, whatever an old entry says: that
 		 * is how a drained real stops getting new flows with reused
 		 * ports. */
-		if ((((__u8 *)l4)[13] & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+		if (unlikely((((__u8 *)l4)[13] & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN))
 			return port_maybe_vip(c, ((__u16 *)l4)[1])
-				   ? schedule4(ctx, c, 1, *(volatile __u64 *)&c->epoch)
+				   ? schedule4(ctx, c, 1, *(volatile __u64 *)&c->stamp)
 				   : count(c, MQLB_ST_PASS, XDP_PASS);
 	} else if (ip->protocol == IPPROTO_UDP) {
 		if (l4 + sizeof(struct udphdr) > end)
@@ -651,31 +682,40 @@ int mqlb_xdp(struct xdp_md *ctx)
 		return count(c, MQLB_ST_PASS, XDP_PASS);
 	}
 	ports = *(__u32 *)l4;
-	if (!port_maybe_vip(c, (__u16)(ports >> 16)))
+	if (unlikely(!port_maybe_vip(c, (__u16)(ports >> 16))))
 		return count(c, MQLB_ST_PASS, XDP_PASS);
 
 	/* The key as it lies in the packet: addresses, then ports. */
 	k0 = *(__u64 *)(data + sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, saddr));
 	k1 = (__u64)ip->protocol << 32 | ports;
 	h = mqlb_hash64(k0, k1);
-	epoch = *(volatile __u64 *)&c->epoch;
+	stamp = *(volatile __u64 *)&c->stamp;
 	b = ct4_bucket(h);
-	if (!b || !(e = ct4_find(b, h, mqlb_ct_check(k0, k1), &val)))
-		return schedule4(ctx, c, 0, epoch);
-	nval = val;
-	if ((val & MQLB_CT_TAG_MASK) != MQLB_CT_TAG(epoch)) {
-		if (!still4(c, val, k0, k1))
-			return schedule4(ctx, c, 0, epoch);
-		nval = (val & ~MQLB_CT_TAG_MASK) | MQLB_CT_TAG(epoch);
+	if (unlikely(!b || !(e = ct4_find(b, h, mqlb_ct_check(k0, k1), &val))))
+		return schedule4(ctx, c, 0, stamp);
+	/* The entry has the current stamp (epoch and clock) and its real a
+	 * destination: on at once. */
+	if (likely((val & MQLB_CT_STAMP_MASK) == stamp)) {
+		dest = c->real[MQLB_CT_REAL(val)].dest;
+		if (likely(dest))
+			return forward4(c, ctx, data, end, val, dest, 0, enc);
 	}
-	dest = c->real[MQLB_CT_REAL(val)].dest;
-	if (!dest)
-		return schedule4(ctx, c, 0, epoch);
-	nval = (nval & ~((__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT)) |
-	       (__u64)(c->now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
-	if (nval != val) /* only over the val checked (see struct mqlb_ct4) */
-		__sync_val_compare_and_swap(&e->val, val, nval);
-	return forward4(c, ctx, data, end, val, dest, 0);
+	return restamp4(ctx, c, e, val, stamp);
+}
+
+/* The programs: one for each encapsulation, so that an established flow's
+ * path reads no setting. The loader loads the one of its encapsulation and
+ * sets encap in .rodata to the same, for the paths out of line. */
+SEC("xdp")
+int mqlb_xdp(struct xdp_md *ctx)
+{
+	return lb(ctx, MQLB_ENCAP_L2);
+}
+
+SEC("xdp")
+int mqlb_xdp_ipip(struct xdp_md *ctx)
+{
+	return lb(ctx, MQLB_ENCAP_IPIP);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

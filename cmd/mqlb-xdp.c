@@ -33,6 +33,7 @@
 #include "mqlb_kern_user.h"
 #include "mqlb_decap.skel.h"
 #include "mqlb_xdp.skel.h"
+#include "xdp/lbprog.h"
 #include "xdp/lbstate.h"
 #include "xdp/maglev.h"
 #include "xdp/percpu.h"
@@ -70,6 +71,7 @@ static struct {
 	int nsrchash;
 	unsigned long ring_size, max_conns;
 	struct mqlb_xdp_bpf *skel;
+	struct bpf_program *prog; /* of skel: the one of the encapsulation */
 	struct mqlb_decap_bpf *dskel;
 	int link_fd;
 	int fd_ring, fd_config;
@@ -901,6 +903,7 @@ static void load_lb(void)
 	sk->rodata->ct_bits = mqlb_ct_bits((__u32)S.max_conns);
 	sk->rodata->encap = (__u32)S.encap;
 	sk->rodata->ring_size = (__u32)S.ring_size;
+	S.prog = lb_prog(sk, (__u32)S.encap);
 	if (S.pin) {
 		pin_dir();
 		set_pin(sk->maps.vips);
@@ -943,7 +946,7 @@ static void load_lb(void)
 	if (S.pin)
 		recover();
 	write_config();
-	attach(bpf_program__fd(sk->progs.mqlb_xdp));
+	attach(bpf_program__fd(S.prog));
 }
 
 /* ---- shutdown ------------------------------------------------------------- */

@@ -29,6 +29,7 @@
 #include "mqlb_decap.skel.h"
 #include "mqlb_xdp.skel.h"
 #include "xdp_floor.skel.h"
+#include "xdp/lbprog.h"
 #include "xdp/lbstate.h"
 #include "xdp/maglev.h"
 #include "xdp/percpu.h"
@@ -41,6 +42,7 @@
 
 static int failed;
 static struct mqlb_xdp_bpf *sk;
+static struct bpf_program *lbp; /* of sk: the one of its encapsulation */
 static struct pcpu pc; /* the program's per-CPU state, mapped */
 static __u16 *ring16;  /* the ring array, mapped */
 static __u32 clock_now = 1; /* the entries' clock, as the loader's seconds */
@@ -215,6 +217,7 @@ static void lb_open(int encap)
 	sk->rodata->ct_bits = mqlb_ct_bits(65536);
 	sk->rodata->encap = (__u32)encap;
 	sk->rodata->ring_size = RING;
+	lbp = lb_prog(sk, (__u32)encap);
 	if (mqlb_xdp_bpf__load(sk) < 0) {
 		fprintf(stderr, "cannot load mqlb_xdp (root needed)\n");
 		exit(111);
@@ -243,7 +246,7 @@ static void lb_open(int encap)
 			tv[i].weight[r] = -1;
 }
 
-static int prog(void) { return bpf_program__fd(sk->progs.mqlb_xdp); }
+static int prog(void) { return bpf_program__fd(lbp); }
 
 /* As the loader: a new generation for the slot, the port filter. The
  * caller bumps the epoch last, as the loader's lb_settle. */

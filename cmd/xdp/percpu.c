@@ -24,15 +24,24 @@ int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap)
 	return 0;
 }
 
-/* The program reads its own CPU's copy; each is one aligned store. The
- * map changes before were system calls, so every CPU sees them before it
- * sees the new epoch. */
-void pcpu_bump(struct pcpu *p)
+/* The stamp of epoch and clock on every CPU: the program reads its own
+ * CPU's copy, each one aligned store. */
+static void stamp(struct pcpu *p, __u32 epoch, __u32 now)
 {
-	__u64 e = __atomic_load_n(&p->c[0].epoch, __ATOMIC_RELAXED) + 1;
+	__u64 s = MQLB_CT_STAMP(epoch, now);
 
 	for (int i = 0; i < p->n; i++)
-		__atomic_store_n(&p->c[i].epoch, e, __ATOMIC_RELEASE);
+		__atomic_store_n(&p->c[i].stamp, s, __ATOMIC_RELEASE);
+}
+
+/* The map changes before were system calls, so every CPU sees them before
+ * it sees the new epoch. The epoch is kept in the stamp alone (the 15 bits
+ * of its tag): a successor on the pinned maps goes on from it. */
+void pcpu_bump(struct pcpu *p)
+{
+	__u64 s = __atomic_load_n(&p->c[0].stamp, __ATOMIC_RELAXED);
+
+	stamp(p, MQLB_CT_EPOCH(s) + 1, p->c[0].now);
 }
 
 void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n)
@@ -93,6 +102,7 @@ void pcpu_tick(struct pcpu *p, __u32 now)
 {
 	for (int i = 0; i < p->n; i++)
 		__atomic_store_n(&p->c[i].now, now & MQLB_CT_AGE_MASK, __ATOMIC_RELAXED);
+	stamp(p, MQLB_CT_EPOCH(p->c[0].stamp), now);
 }
 
 __u64 pcpu_stat(const struct pcpu *p, int stat)
