@@ -467,13 +467,39 @@ static void t_l2(int family)
 	      (unsigned long long)ctr(MQLB_ST_FWD));
 }
 
-/* ipip: a new outer IPv4 header, checksum right, inner packet byte for byte. */
+/* The IPv4 packet in, out with an outer IPv4 header to real want: the
+ * checksum right, the inner packet byte for byte. */
+static void check_ipip4(const char *what, const struct pkt *in, const struct pkt *out, __u32 want)
+{
+	const struct iphdr *o = (const void *)(out->b + 14);
+	__u32 a, ra[4];
+
+	CHECK(out->len == in->len + 20, "%s: length %zu, want %zu", what, out->len, in->len + 20);
+	CHECK(!memcmp(out->b, GW_MAC, 6), "%s: dest MAC is not the gateway's", what);
+	CHECK(!memcmp(out->b + 6, LB_MAC, 6), "%s: source MAC is not the balancer's", what);
+	CHECK(out->b[12] == 0x08 && out->b[13] == 0x00, "%s: ethertype is not IPv4", what);
+	CHECK(o->version == 4 && o->ihl == 5 && o->protocol == IPPROTO_IPIP && o->ttl == 64,
+	      "%s: outer header: version %d ihl %d protocol %d ttl %d", what, o->version, o->ihl,
+	      o->protocol, o->ttl);
+	CHECK(ntohs(o->tot_len) == in->len - 14 + 20, "%s: outer tot_len %u", what,
+	      ntohs(o->tot_len));
+	CHECK(ntohs(o->frag_off) == 0x4000, "%s: outer DF not set", what);
+	inet_pton(AF_INET, "192.0.2.1", &a);
+	CHECK(o->saddr == a, "%s: outer source is not the configured one", what);
+	real_addr((int)want, 4, ra);
+	CHECK(o->daddr == ra[0], "%s: outer destination is not real %u", what, want);
+	CHECK(fold(sum16(o, 20, 0)) == 0, "%s: outer header checksum 0x%04x is wrong", what,
+	      ntohs(o->check));
+	CHECK(!memcmp(out->b + 34, in->b + 14, in->len - 14), "%s: inner packet changed", what);
+}
+
+/* ipip: a new outer IPv4 header, for a new flow (scheduled out of line)
+ * and for its next packets (the ipip program's own path). */
 static void t_ipip(void)
 {
 	struct flowspec fs = flow4(40001, 1);
 	struct pkt in, out;
-	struct iphdr *o;
-	__u32 want, a, ra[4];
+	__u32 want;
 	int v;
 
 	setup3(MQLB_ENCAP_IPIP, 4);
@@ -481,22 +507,17 @@ static void t_ipip(void)
 	want = predict(0, &fs, 0);
 	v = run(prog(), &in, &out, NULL);
 	CHECK(v == XDP_TX_, "verdict %d, want XDP_TX", v);
-	CHECK(out.len == in.len + 20, "length %zu, want %zu", out.len, in.len + 20);
-	CHECK(!memcmp(out.b, GW_MAC, 6), "dest MAC is not the gateway's");
-	CHECK(!memcmp(out.b + 6, LB_MAC, 6), "source MAC is not the balancer's");
-	CHECK(out.b[12] == 0x08 && out.b[13] == 0x00, "ethertype is not IPv4");
-	o = (void *)(out.b + 14);
-	CHECK(o->version == 4 && o->ihl == 5 && o->protocol == IPPROTO_IPIP && o->ttl == 64,
-	      "outer header: version %d ihl %d protocol %d ttl %d", o->version, o->ihl, o->protocol,
-	      o->ttl);
-	CHECK(ntohs(o->tot_len) == in.len - 14 + 20, "outer tot_len %u", ntohs(o->tot_len));
-	CHECK(ntohs(o->frag_off) == 0x4000, "outer DF not set");
-	inet_pton(AF_INET, "192.0.2.1", &a);
-	CHECK(o->saddr == a, "outer source is not the configured one");
-	real_addr((int)want, 4, ra);
-	CHECK(o->daddr == ra[0], "outer destination is not real %u", want);
-	CHECK(fold(sum16(o, 20, 0)) == 0, "outer header checksum 0x%04x is wrong", ntohs(o->check));
-	CHECK(!memcmp(out.b + 34, in.b + 14, in.len - 14), "inner packet changed");
+	check_ipip4("SYN", &in, &out, want);
+	fs.syn = 0;
+	fs.ack = 1;
+	for (int i = 0; i < 2; i++) { /* the entry's stamp, then one packet more */
+		build(&in, &fs);
+		v = run(prog(), &in, &out, NULL);
+		CHECK(v == XDP_TX_, "established: verdict %d, want XDP_TX", v);
+		check_ipip4("established", &in, &out, want);
+	}
+	CHECK(ctr(MQLB_ST_LRU_MISS) == 1, "%llu misses, want 1 (the SYN's)",
+	      (unsigned long long)ctr(MQLB_ST_LRU_MISS));
 
 	/* Too big once encapsulated: dropped and counted. */
 	fs.payload = 1500 - 40;
