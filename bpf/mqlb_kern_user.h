@@ -91,8 +91,8 @@ struct mqlb_conn {
  *        checked the entry loaded before its checks: an older one (a real
  *        left a VIP, a VIP was removed, a real's MAC changed since) is
  *        checked against the VIP table and the members again; age is the
- *        seconds of the loader's clock (struct mqlb_cpu's now, 16 bits)
- *        when the entry was last written or used. Tag and age together
+ *        seconds of the loader's clock (16 bits) when the entry was
+ *        last written or used. Tag and age together
  *        are the entry's stamp, and the program reads the current one,
  *        MQLB_CT_STAMP(epoch, now), as one word (struct mqlb_cpu's stamp):
  *        an established flow's val is left as it is when its stamp is
@@ -198,8 +198,8 @@ enum mqlb_stat {
 
 /* Per-CPU state of the balancer: the cpus array holds one per CPU and the
  * program takes its own by CPU number, one inlined lookup (a per-CPU map
- * costs a second, cold, indirection). The loader writes the epoch, the
- * clock and the port filter in every element through mmap, before it
+ * costs a second, cold, indirection). The loader writes the stamp (epoch
+ * and clock) and the port filter in every element through mmap, before it
  * attaches the program, and sums the counters over the elements. The
  * settings fixed at load time are not here but in the program's .rodata
  * (bpf/mqlb_xdp.bpf.c): the verifier knows them, so no address a packet
@@ -208,7 +208,7 @@ enum mqlb_stat {
 
 /* The port filter: bit mqlb_port_bit(port) set when some VIP may have the
  * port (in network order). 256 bits, so that it shares the first cache
- * line with the epoch, the clock and the pass counter: a packet for a VIP
+ * line with the stamp and the pass counter: a packet for a VIP
  * reads one line of state besides its counters', one for no VIP one line
  * in all. A port that shares its bit with a VIP's is passed after the VIP
  * lookup; the multiplication spreads neighbouring ports. */

@@ -485,8 +485,8 @@ static __always_inline int still4(const struct mqlb_cpu *c, __u64 val, __u64 k0,
  * again, else scheduled anew) or an older age. The entry gets the stamp,
  * with a compare-and-swap over the val checked (see struct mqlb_ct4). Out
  * of the main function, so that none of this holds registers there. */
-static __noinline int restamp4(struct xdp_md *ctx, struct mqlb_cpu *c, struct mqlb_ct4 *e, __u64 val,
-			       __u64 stamp)
+static __noinline int restamp4(struct xdp_md *ctx, struct mqlb_cpu *c, struct mqlb_ct4 *e,
+			       __u64 val, __u64 stamp)
 {
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
 	struct iphdr *ip = data + sizeof(struct ethhdr);

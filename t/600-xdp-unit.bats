@@ -156,6 +156,13 @@ usage_error() {
 	[ "$status" -eq 0 ]
 }
 
+@test "stamp: a bump goes on from an older loader's epoch; a tick changes the age only" {
+	require_root
+	run xdptest stamp
+	echo "$output"
+	[ "$status" -eq 0 ]
+}
+
 @test "a torn entry (a flow's key, another's val): a miss, the flow not sent to the other's real" {
 	require_root
 	run xdptest torn

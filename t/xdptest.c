@@ -510,7 +510,9 @@ static void t_ipip(void)
 	check_ipip4("SYN", &in, &out, want);
 	fs.syn = 0;
 	fs.ack = 1;
-	for (int i = 0; i < 2; i++) { /* the entry's stamp, then one packet more */
+	for (int i = 0; i < 2; i++) { /* the entry as made; then a tick later, its age renewed */
+		if (i)
+			pcpu_tick(&pc, ++clock_now);
 		build(&in, &fs);
 		v = run(prog(), &in, &out, NULL);
 		CHECK(v == XDP_TX_, "established: verdict %d, want XDP_TX", v);
@@ -838,6 +840,39 @@ static int same_bucket(struct flowspec *fs, int n)
 			fs[got++] = f;
 	}
 	return got;
+}
+
+/* The stamp: a bump goes on from the epoch an older loader left in the
+ * pinned state (the word was the epoch itself, tag bit clear), so that its
+ * entries' tags (epochs up to that one) all look old; a tick changes the
+ * age only. */
+static void t_stamp(void)
+{
+	__u64 s;
+
+	setup3(MQLB_ENCAP_L2, 4);
+	for (int i = 0; i < pc.n; i++)
+		pc.c[i].stamp = 7; /* as the loader before the stamp left it */
+	pcpu_bump(&pc);
+	for (int i = 0; i < pc.n; i++) {
+		s = pc.c[i].stamp;
+		CHECK(s == MQLB_CT_STAMP(8, clock_now),
+		      "CPU %d: stamp %016llx after epoch 7, want %016llx", i, (unsigned long long)s,
+		      (unsigned long long)MQLB_CT_STAMP(8, clock_now));
+	}
+	pcpu_bump(&pc);
+	pcpu_tick(&pc, 70000);
+	for (int i = 0; i < pc.n; i++) {
+		s = pc.c[i].stamp;
+		CHECK(s == MQLB_CT_STAMP(9, 70000), "CPU %d: stamp %016llx, want epoch 9, age %u",
+		      i, (unsigned long long)s, 70000 & MQLB_CT_AGE_MASK);
+	}
+	for (int i = 0; i < pc.n; i++)
+		pc.c[i].stamp = MQLB_CT_STAMP(0x7fff, 5);
+	pcpu_bump(&pc);
+	s = pc.c[0].stamp;
+	CHECK(MQLB_CT_EPOCH(s) == 0 && (s & MQLB_CT_TAG(0)), "after epoch 0x7fff: stamp %016llx",
+	      (unsigned long long)s);
 }
 
 /* A bucket holds MQLB_CT_WAYS flows; a SYN of a flow it has takes its own
@@ -1597,6 +1632,8 @@ int main(int argc, char **argv)
 		t_mac();
 	else if (!strcmp(t, "bucket"))
 		t_bucket();
+	else if (!strcmp(t, "stamp"))
+		t_stamp();
 	else if (!strcmp(t, "torn"))
 		t_torn();
 	else if (!strcmp(t, "collide"))
@@ -1613,8 +1650,8 @@ int main(int argc, char **argv)
 		bench(argc > 2 ? atoi(argv[2]) : 100000);
 	else {
 		fprintf(stderr, "usage: xdptest l2|l2v6|ipip|ipip6|pass|frag|syn|srchash|drain|"
-				"reuse|readd|window|mac|bucket|torn|collide|cpus|weights|moves|"
-				"decap|"
+				"reuse|readd|window|mac|bucket|stamp|torn|collide|cpus|weights|"
+				"moves|decap|"
 				"bench [n]|query socket|conns pinned-conns4\n");
 		return 2;
 	}

@@ -24,24 +24,26 @@ int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap)
 	return 0;
 }
 
-/* The stamp of epoch and clock on every CPU: the program reads its own
- * CPU's copy, each one aligned store. */
-static void stamp(struct pcpu *p, __u32 epoch, __u32 now)
+/* The epoch a stamp holds. The word was the epoch itself before it was a
+ * stamp (a counter, the tag bit clear): a successor of such a loader on
+ * the pinned maps goes on from it, so that no entry the predecessor
+ * tagged looks current. */
+static __u32 epoch_of(__u64 s)
 {
-	__u64 s = MQLB_CT_STAMP(epoch, now);
-
-	for (int i = 0; i < p->n; i++)
-		__atomic_store_n(&p->c[i].stamp, s, __ATOMIC_RELEASE);
+	return s & MQLB_CT_TAG(0) ? MQLB_CT_EPOCH(s) : (__u32)s;
 }
 
 /* The map changes before were system calls, so every CPU sees them before
- * it sees the new epoch. The epoch is kept in the stamp alone (the 15 bits
- * of its tag): a successor on the pinned maps goes on from it. */
+ * it sees the new epoch; the program reads its own CPU's stamp, each one
+ * aligned store. The epoch is kept in the stamp alone (the 15 bits of its
+ * tag): a successor on the pinned maps goes on from it. */
 void pcpu_bump(struct pcpu *p)
 {
-	__u64 s = __atomic_load_n(&p->c[0].stamp, __ATOMIC_RELAXED);
+	__u64 s = MQLB_CT_STAMP(epoch_of(__atomic_load_n(&p->c[0].stamp, __ATOMIC_RELAXED)) + 1,
+				p->c[0].now);
 
-	stamp(p, MQLB_CT_EPOCH(s) + 1, p->c[0].now);
+	for (int i = 0; i < p->n; i++)
+		__atomic_store_n(&p->c[i].stamp, s, __ATOMIC_RELEASE);
 }
 
 void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mqlb_vip *vals, int n)
@@ -98,11 +100,22 @@ void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r)
 		__atomic_store_n(&p->c[i].real[ri].dest, d, __ATOMIC_RELAXED);
 }
 
+/* Only the stamp's age changes, by a compare-and-swap on each CPU's: a
+ * tick never writes an epoch back, even over the bump of another loader
+ * on the same pinned maps (a successor starting while this one ends). */
 void pcpu_tick(struct pcpu *p, __u32 now)
 {
-	for (int i = 0; i < p->n; i++)
+	const __u64 mask = (__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT;
+	__u64 age = (__u64)(now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
+
+	for (int i = 0; i < p->n; i++) {
+		__u64 s = __atomic_load_n(&p->c[i].stamp, __ATOMIC_RELAXED);
+
 		__atomic_store_n(&p->c[i].now, now & MQLB_CT_AGE_MASK, __ATOMIC_RELAXED);
-	stamp(p, MQLB_CT_EPOCH(p->c[0].stamp), now);
+		while (!__atomic_compare_exchange_n(&p->c[i].stamp, &s, (s & ~mask) | age, 0,
+						    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+			;
+	}
 }
 
 __u64 pcpu_stat(const struct pcpu *p, int stat)

@@ -37,7 +37,8 @@ void pcpu_vips(struct pcpu *p, const struct mqlb_vip_key *keys, const struct mql
 void pcpu_vipgen(struct pcpu *p, int vn, __u32 gen);
 void pcpu_dest(struct pcpu *p, int ri, const struct mqlb_real *r);
 
-/* The clock of the connection entries' age, in seconds. */
+/* The clock of the connection entries' age, in seconds: the stamp's age on
+ * every CPU. */
 void pcpu_tick(struct pcpu *p, __u32 now);
 
 __u64 pcpu_stat(const struct pcpu *p, int stat);
