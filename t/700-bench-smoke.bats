@@ -198,3 +198,27 @@ require_rabbitmq() {
 	read -r published done < <(echo "$output" | awk '$1 == "share" { print $5, $6 }')
 	[ "$done" -gt 0 ]
 }
+
+@test "the RabbitMQ side: a node that loses a port before it listens starts again, 3 times at most" {
+	grep -q '^#define HAVE_LIBRABBITMQ 1' "$MQLB_BUILDDIR/config.h" || skip "built without librabbitmq"
+	# A server that says eaddrinuse and exits, as a node does whose port
+	# another program took between the bench's pick and its bind.
+	mkdir -p "$T/fake"
+	printf '#!/bin/sh\necho start >>"%s"\necho "{error,{listen_error,eaddrinuse}}"\nexit 1\n' \
+		"$T/fake/starts" >"$T/fake/rabbitmq-server"
+	chmod +x "$T/fake/rabbitmq-server"
+	run bench --smoke --sides share,rabbit -v --rabbitmq-server "$T/fake/rabbitmq-server"
+	echo "$output"
+	[ "$status" -eq 69 ]
+	[ "$(wc -l <"$T/fake/starts")" -eq 3 ]
+	[ "$(grep -c 'a port was taken before it listened (eaddrinuse); again on other ports' \
+		<<<"$output")" -eq 2 ]
+	[[ "$output" == *'rabbit failed: '*'exited with status 1 before it accepted connections'* ]]
+	# Only the last node's directory is kept, for its logs.
+	mapfile -t dirs < <(sed -n 's/.*rabbit: starting node [^ ]* .*logs in \(.*\)$/\1/p' <<<"$output")
+	[ "${#dirs[@]}" -eq 3 ]
+	[ ! -e "${dirs[0]}" ]
+	[ ! -e "${dirs[1]}" ]
+	[ -d "${dirs[2]}" ]
+	rm -rf "${dirs[2]}"
+}

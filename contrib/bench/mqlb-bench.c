@@ -312,6 +312,22 @@ static pid_t spawn(char *const argv[], int in, int out, int err, int ready)
 	return pid;
 }
 
+/* The port of a TCP socket bound to a (its port 0: the kernel's pick), or
+ * -1 when the bind fails. The socket is closed again. */
+static int bind_port(struct sockaddr_in *a)
+{
+	socklen_t len = sizeof *a;
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = -1;
+
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)a, sizeof *a) == 0 &&
+	    getsockname(fd, (struct sockaddr *)a, &len) == 0)
+		port = ntohs(a->sin_port);
+	close(fd);
+	return port;
+}
+
 /* A free 127.0.0.1 port below the kernel's ephemeral range, where the
  * connections of every other program take theirs: a port found free
  * there can be one's by the time a slow server (RabbitMQ, 10 s) binds
@@ -321,8 +337,7 @@ static int free_port(void)
 	static uint64_t x;
 	static pid_t seeded;
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof a;
-	int fd, port = -1, lo = 32768, hi;
+	int port = -1, lo = 32768, hi;
 	FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "re");
 
 	if (f) {
@@ -337,21 +352,12 @@ static int free_port(void)
 	for (int i = 0; lo > 11024 && i < 200 && port < 0; i++) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		a.sin_port = htons((uint16_t)(10000 + x % (uint64_t)(lo - 10000)));
-		if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-			return -1;
-		if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0)
-			port = ntohs(a.sin_port);
-		close(fd);
+		port = bind_port(&a);
 	}
-	if (port >= 0)
-		return port;
-	a.sin_port = 0;
-	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		return -1;
-	if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	close(fd);
+	if (port < 0) {
+		a.sin_port = 0;
+		port = bind_port(&a);
+	}
 	return port;
 }
 
@@ -727,7 +733,7 @@ static const struct mq_cb share_cb = {
  * --parallel) and stopped with rabbitmqctl on every way out. */
 static struct {
 	pid_t pid, owner;
-	int amqp, mqtt, dist, exited, status, keep, atexit_set, port_taken;
+	int amqp, mqtt, dist, exited, status, keep, atexit_set;
 	char dir[64], node[64], server[512], ctl[512];
 	ev_child cw;
 } rmq;
@@ -1144,7 +1150,11 @@ static int rabbit_log_has(const char *s)
 
 /* A private node: its own dir, free ports for AMQP, MQTT and the Erlang
  * distribution, a unique name, the MQTT plugin on. Returns 0 once it accepts
- * AMQP and MQTT and the queue is bound; -1 and why if it does not come up. */
+ * AMQP and MQTT and the queue is bound; -1 and why if it does not come up,
+ * RABBIT_PORT_TAKEN if it exited because one of its ports was taken (its
+ * dir is then removed, unless last). */
+#define RABBIT_PORT_TAKEN (-2)
+
 static int rabbit_start_once(char *why, size_t whylen, int last)
 {
 	char conf[512], amqp_why[200] = "";
@@ -1152,6 +1162,7 @@ static int rabbit_start_once(char *why, size_t whylen, int last)
 	uid_t uid = (uid_t)-1;
 	gid_t gid = (gid_t)-1;
 	int64_t end;
+	int taken;
 
 	snprintf(rmq.dir, sizeof rmq.dir, "/tmp/mqlb-bench-rabbit.XXXXXX");
 	if (!mkdtemp(rmq.dir))
@@ -1205,8 +1216,8 @@ static int rabbit_start_once(char *why, size_t whylen, int last)
 		}
 	}
 	/* Its dir is kept for its logs, but not when it starts again. */
-	rmq.port_taken = rabbit_gone() && rabbit_log_has("eaddrinuse");
-	rmq.keep = last || !rmq.port_taken;
+	taken = rabbit_gone() && rabbit_log_has("eaddrinuse");
+	rmq.keep = last || !taken;
 	if (rabbit_gone())
 		snprintf(why, whylen, "%.100s %s %d before it accepted connections: \"%.100s\" (logs in %s)",
 			 rmq.server, WIFSIGNALED(rmq.status) ? "was killed by signal" : "exited with status",
@@ -1216,7 +1227,7 @@ static int rabbit_start_once(char *why, size_t whylen, int last)
 		snprintf(why, whylen, "node %s not up after %d s%s%s (logs in %s)", rmq.node,
 			 RABBIT_UP_SECS, amqp_why[0] ? ": " : "", amqp_why, rmq.dir);
 	rabbit_stop();
-	return -1;
+	return taken ? RABBIT_PORT_TAKEN : -1;
 }
 
 /* A port found free can be taken before the node binds it (it starts in
@@ -1225,9 +1236,11 @@ static int rabbit_start_once(char *why, size_t whylen, int last)
 static int rabbit_start(char *why, size_t whylen)
 {
 	for (int tries = 1;; tries++) {
-		if (rabbit_start_once(why, whylen, tries == 3) == 0)
+		int r = rabbit_start_once(why, whylen, tries == 3);
+
+		if (r == 0)
 			return 0;
-		if (tries == 3 || !rmq.port_taken)
+		if (tries == 3 || r != RABBIT_PORT_TAKEN)
 			return -1;
 		warnl("rabbit: node %s: a port was taken before it listened (eaddrinuse); "
 		      "again on other ports", rmq.node);
