@@ -400,15 +400,13 @@ static uint64_t seen_hash(const struct mosquitto_message *msg)
 	return fnv64(h, p, n);
 }
 
-static void seen_add(struct mq *mq, int mid, uint64_t h)
+void mq_seen_add(struct mq *mq, int mid, uint64_t h)
 {
 	if (!mq->seen && !(mq->seen = calloc(MQ_SEEN, sizeof *mq->seen)))
 		die(EXIT_SYSERR, "out of memory");
 	mq->seen[mq->seen_n % MQ_SEEN] = (struct mq_seen){ .h = h, .mid = mid };
 	mq->seen_n++;
 }
-
-void mq_seen_add(struct mq *mq, int mid, uint64_t h) { seen_add(mq, mid, h); }
 
 uint64_t mq_msg_hash(const struct mq *mq) { return mq->msg_h; }
 
@@ -458,7 +456,7 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 			const struct mq_seen *e = &mq->prev[(mq->prev_n - i) % MQ_SEEN];
 
 			if (e->mid == msg->mid && e->h == h) {
-				seen_add(mq, msg->mid, h);
+				mq_seen_add(mq, msg->mid, h);
 				mq->resends++;
 				return 1;
 			}
@@ -471,7 +469,7 @@ static int resent(struct mq *mq, const struct mosquitto_message *msg)
 		if (mq->cb->resends_over)
 			mq->cb->resends_over(mq, mq->arg);
 	}
-	seen_add(mq, msg->mid, h);
+	mq_seen_add(mq, msg->mid, h);
 	return 0;
 }
 
