@@ -253,7 +253,7 @@ struct mqlb_cpu_real {
  * reals' lines last, the first ones still in the first page. */
 struct mqlb_cpu {
 	__u64 stamp;                      /* MQLB_CT_STAMP(epoch, now): see struct mqlb_ct4 */
-	__u32 now;                        /* the loader's clock, seconds (its copy) */
+	__u32 was_now;                    /* unused: the clock before it was in the stamp */
 	__u32 vip4_cur;                   /* 0 or 1: the vip4 table in use */
 	__u64 ports[MQLB_PORT_BITS / 64]; /* set: some VIP may have the port */
 	__u64 stats[MQLB_ST_SLOTS];       /* enum mqlb_stat */

@@ -20,6 +20,7 @@ int pcpu_map(struct pcpu *p, int map_fd, int n, __u32 encap)
 	p->c = m;
 	p->n = n;
 	p->encap = encap;
+	p->now = MQLB_CT_AGE(p->c[0].stamp); /* a predecessor's clock, until the first tick */
 	pcpu_bump(p);
 	return 0;
 }
@@ -40,7 +41,7 @@ static __u32 epoch_of(__u64 s)
 void pcpu_bump(struct pcpu *p)
 {
 	__u64 s = MQLB_CT_STAMP(epoch_of(__atomic_load_n(&p->c[0].stamp, __ATOMIC_RELAXED)) + 1,
-				p->c[0].now);
+				p->now);
 
 	for (int i = 0; i < p->n; i++)
 		__atomic_store_n(&p->c[i].stamp, s, __ATOMIC_RELEASE);
@@ -108,10 +109,10 @@ void pcpu_tick(struct pcpu *p, __u32 now)
 	const __u64 mask = (__u64)MQLB_CT_AGE_MASK << MQLB_CT_AGE_SHIFT;
 	__u64 age = (__u64)(now & MQLB_CT_AGE_MASK) << MQLB_CT_AGE_SHIFT;
 
+	p->now = now;
 	for (int i = 0; i < p->n; i++) {
 		__u64 s = __atomic_load_n(&p->c[i].stamp, __ATOMIC_RELAXED);
 
-		__atomic_store_n(&p->c[i].now, now & MQLB_CT_AGE_MASK, __ATOMIC_RELAXED);
 		while (!__atomic_compare_exchange_n(&p->c[i].stamp, &s, (s & ~mask) | age, 0,
 						    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
 			;

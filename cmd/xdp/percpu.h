@@ -14,6 +14,7 @@ struct pcpu {
 	struct mqlb_cpu *c;
 	int n;
 	__u32 encap; /* the program's MQLB_ENCAP_*: what a real's copy holds */
+	__u32 now;   /* the clock of the last pcpu_tick, for the stamp of a bump */
 };
 
 /* Map the cpus map (n elements, BPF_F_MMAPABLE), give every CPU a new
