@@ -2,7 +2,8 @@
 /* mqlb-connbench: MQTT connections per second (CONNECT, CONNACK, DISCONNECT
  * by many parallel clients) and messages per second (publishers through an
  * address, subscribers counting) on raw sockets in one libev loop; the load
- * generator of contrib/bench/netns-lb.sh. */
+ * generator of contrib/bench/netns-lb.sh. conn's clients save the segments a
+ * careful client saves (the handshake's ACK, the FIN's own); --plain does not. */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -29,7 +30,7 @@
 
 static const char usage[] =
 	"usage: mqlb-connbench conn [-v] [--quiet] [-h host[,host...]] [-p port]\n"
-	"                       [--parallel n] [--duration seconds]\n"
+	"                       [--parallel n] [--duration seconds] [--plain]\n"
 	"       mqlb-connbench msg [-v] [--quiet] [-h host[,host...]] [-p port] [-q 0|1]\n"
 	"                      [--publishers n] [--window n] [--size bytes]\n"
 	"                      [--duration seconds] --sub host[,host...] [--sub-source addr]\n";
@@ -37,7 +38,7 @@ static const char usage[] =
 #define MAXSUB 16
 
 static struct {
-	int parallel, publishers, window, nsub;
+	int parallel, publishers, window, nsub, plain;
 	long size;
 	double duration;
 	const char *sub[MAXSUB], *subsrc;
@@ -98,14 +99,19 @@ static void resolve_all(const char *hosts)
 }
 
 /* A non-blocking TCP socket with Nagle off, bound to src if given,
- * connect started. */
-static int dial(const struct sockaddr_storage *ss, socklen_t len, const char *src)
+ * connect started. With lean, the ACK that ends the handshake waits (up
+ * to the kernel's 200 ms) for the first data written, which it rides on,
+ * as HAProxy's tcp-smart-connect does: an MQTT client speaks first. */
+static int dial(const struct sockaddr_storage *ss, socklen_t len, const char *src, int lean)
 {
-	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1;
+	int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), one = 1,
+	    zero = 0;
 
 	if (fd < 0)
 		die(EXIT_SYSERR, "socket: %s", strerror(errno));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	if (lean && setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof zero) < 0)
+		die(EXIT_SYSERR, "TCP_QUICKACK: %s", strerror(errno));
 	if (src) {
 		struct sockaddr_storage sa;
 		socklen_t sl;
@@ -204,7 +210,7 @@ static void exchange(int fd, const unsigned char *pkt, size_t n, unsigned want, 
 static int dial_wait(const struct sockaddr_storage *ss, socklen_t len, const char *src,
 		     const char *what)
 {
-	int fd = dial(ss, len, src), err = 0;
+	int fd = dial(ss, len, src, 0), err = 0;
 	socklen_t el = sizeof err;
 	struct pollfd p = { .events = POLLOUT };
 
@@ -297,8 +303,9 @@ static void cslot_cb(struct ev_loop *l, ev_io *w, int revents)
 		cs.lat[cs.nlat++] = (now - s->t0) * 1e3;
 	}
 	/* DISCONNECT, then close: the client ends the session, as a polite
-	 * short-lived client does. */
-	if (write(w->fd, disconnect, sizeof disconnect) < 0)
+	 * short-lived client does. Lean, the DISCONNECT is held back
+	 * (MSG_MORE) so that the close puts the FIN in its segment. */
+	if (send(w->fd, disconnect, sizeof disconnect, cf.plain ? 0 : MSG_MORE) < 0)
 		cs.errors++;
 	cslot_end(s, 0);
 }
@@ -321,7 +328,7 @@ static void cslot_start(struct cslot *s)
 	memset(s, 0, sizeof *s);
 	s->t0 = mono();
 
-	if ((fd = dial(&dst[d], dstlen[d], NULL)) < 0) {
+	if ((fd = dial(&dst[d], dstlen[d], NULL, !cf.plain)) < 0) {
 		/* EADDRNOTAVAIL and the like: count it, try again in 10 ms. */
 		cs.errors++;
 		ev_timer_init(&s->retry, cslot_retry, 0.01, 0);
@@ -380,9 +387,9 @@ static void run_conn(void)
 		}
 	}
 	qsort(cs.lat, cs.nlat, sizeof *cs.lat, dcmp);
-	printf("conn done=%lu secs=%.2f conn_s=%.1f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f "
+	printf("conn client=%s done=%lu secs=%.2f conn_s=%.1f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f "
 	       "errors=%lu unfinished=%lu\n",
-	       cs.done, cf.duration, cs.done / cf.duration, pct(0.5), pct(0.99), pct(1), cs.errors,
+	       cf.plain ? "plain" : "lean", cs.done, cf.duration, cs.done / cf.duration, pct(0.5), pct(0.99), pct(1), cs.errors,
 	       cs.unfinished);
 	free(slots);
 	free(cs.lat);
@@ -619,7 +626,7 @@ static void run_msg(void)
 	free(pubpkt);
 }
 
-enum { O_PARALLEL = 256, O_PUBLISHERS, O_WINDOW, O_SIZE, O_DURATION, O_SUB, O_SUBSRC };
+enum { O_PARALLEL = 256, O_PUBLISHERS, O_WINDOW, O_SIZE, O_DURATION, O_SUB, O_SUBSRC, O_PLAIN };
 static const struct option longopts[] = {
 	{ "parallel", required_argument, NULL, O_PARALLEL },
 	{ "publishers", required_argument, NULL, O_PUBLISHERS },
@@ -628,6 +635,7 @@ static const struct option longopts[] = {
 	{ "duration", required_argument, NULL, O_DURATION },
 	{ "sub", required_argument, NULL, O_SUB },
 	{ "sub-source", required_argument, NULL, O_SUBSRC },
+	{ "plain", no_argument, NULL, O_PLAIN },
 	{ 0 },
 };
 
@@ -642,6 +650,7 @@ static void opt(int c, const char *arg)
 	case O_SIZE: cf.size = opt_long("--size", arg, 0, 60000); break;
 	case O_DURATION: cf.duration = opt_secs("--duration", arg, 0.1, 3600); break;
 	case O_SUBSRC: cf.subsrc = arg; break;
+	case O_PLAIN: cf.plain = 1; break;
 	case O_SUB:
 		if (strlen(arg) >= sizeof cf.subbuf)
 			opt_usage_error("--sub: list too long");
@@ -677,6 +686,8 @@ int main(int argc, char **argv)
 	} else {
 		if (!cf.nsub)
 			opt_usage_error("msg needs --sub");
+		if (cf.plain)
+			opt_usage_error("--plain: only for conn");
 		run_msg();
 	}
 	return EXIT_OK;
