@@ -26,6 +26,12 @@ netns_lb() { bash "$MQLB_SRCDIR/contrib/bench/netns-lb.sh" "$@"; }
 	run netns_lb --modes xdp,dsr
 	[ "$status" -eq 2 ]
 	[[ "$output" == *'--modes: bad value "xdp,dsr"'* ]]
+	run netns_lb --client rude
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--client: bad value "rude"'* ]]
+	run "$MQLB_BUILDDIR/mqlb-connbench" msg --plain --sub 127.0.0.1
+	[ "$status" -eq 2 ]
+	[[ "$output" == *'--plain: only for conn'* ]]
 }
 
 @test "smoke mode measures the three balancers and direct, and leaves no namespace behind" {
@@ -45,4 +51,23 @@ netns_lb() { bash "$MQLB_SRCDIR/contrib/bench/netns-lb.sh" "$@"; }
 	run=$(sed -n 's/.*namespaces \(nlb-[0-9a-f]*\)-\*.*/\1/p' "$T/out")
 	[ -n "$run" ]
 	! ip netns list | grep -q "^$run-" || false
+}
+
+# segs_conn_b OUT: the brokers' segments per connection, column 13 of the
+# mode direct's line.
+segs_conn_b() { awk -F'|' '$2 ~ /^ *direct *$/ { print $13 + 0 }' "$1"; }
+
+@test "the lean client saves the brokers a segment or more a connection, --client plain does not" {
+	require_root
+	for c in lean plain; do
+		netns_lb --smoke --modes direct --client "$c" "$MQLB_BUILDDIR" >"$T/$c" 2>"$T/$c.err" ||
+			{ cat "$T/$c" "$T/$c.err"; return 1; }
+		cat "$T/$c"
+		grep -q "parallel $c clients" "$T/$c"
+	done
+	lean=$(segs_conn_b "$T/lean") plain=$(segs_conn_b "$T/plain")
+	echo "segments a connection at the brokers: lean $lean, plain $plain"
+	# Lean: SYN, CONNECT with the handshake's ACK, DISCONNECT with the
+	# FIN, the last ACK. Plain: the ACK, the DISCONNECT and the FIN apart.
+	awk -v l="$lean" -v p="$plain" 'BEGIN { exit !(l >= 3.5 && l <= 4.5 && p >= l + 1.5) }'
 }

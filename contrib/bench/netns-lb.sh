@@ -9,14 +9,14 @@
 #
 # usage: contrib/bench/netns-lb.sh [--smoke] [--rounds n] [--duration s] [--parallel n]
 #        [--publishers n] [--window n] [--size bytes] [--modes xdp,nft,haproxy,direct]
-#        [--nat-return route|snat] [--keep] [builddir]
+#        [--nat-return route|snat] [--client lean|plain] [--keep] [builddir]
 set -eu
 
 usage() {
 	sed -n 's/^# usage: /usage: /p; s/^# \(       \[.*\)/\1/p' "$0" >&2
 	exit 2
 }
-smoke=0 rounds=3 dur=10 par=64 npub=24 win=16 size=64 modes=xdp,nft,haproxy natret=route keep=0
+smoke=0 rounds=3 dur=10 par=64 npub=24 win=16 size=64 modes=xdp,nft,haproxy natret=route client=lean keep=0
 # val OPTION VALUE PATTERN: VALUE, if it matches the extended regex.
 val() {
 	printf '%s\n' "$2" | grep -Eqx "$3" || { echo "netns-lb.sh: $1: bad value \"$2\"" >&2; usage; }
@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
 	--smoke) smoke=1; shift; continue ;;
 	--keep) keep=1; shift; continue ;;
 	--help) sed -n 's/^# usage: /usage: /p; s/^# \(       \[.*\)/\1/p' "$0"; exit 0 ;;
-	--duration | --rounds | --parallel | --publishers | --window | --size | --modes | --nat-return)
+	--duration | --rounds | --parallel | --publishers | --window | --size | --modes | --nat-return | \
+		--client)
 		[ $# -ge 2 ] || { echo "netns-lb.sh: $1 needs a value" >&2; usage; } ;;
 	esac
 	case $1 in
@@ -40,6 +41,7 @@ while [ $# -gt 0 ]; do
 	--size) size=$(val "$1" "$2" '[0-9]+') ;;
 	--modes) modes=$(val "$1" "$2" '(xdp|nft|haproxy|direct)(,(xdp|nft|haproxy|direct))*') ;;
 	--nat-return) natret=$(val "$1" "$2" 'route|snat') ;;
+	--client) client=$(val "$1" "$2" 'lean|plain') ;;
 	-*) echo "netns-lb.sh: unknown option $1" >&2; usage ;;
 	*) break ;;
 	esac
@@ -234,16 +236,21 @@ haproxy_start() {
 		echo "  timeout server 60s"
 		echo "frontend mqtt"
 		echo "  bind $VIP:$PORT"
+		# HAProxy's own ways to save the handshake's empty ACK, as
+		# for a protocol whose client speaks first (the lean client
+		# saves its own).
+		echo "  option tcp-smart-accept"
 		echo "  default_backend brokers"
 		echo "backend brokers"
 		echo "  balance roundrobin"
+		echo "  option tcp-smart-connect"
 		for r in $REALS; do echo "  server b$i $r:$PORT"; i=$((i + 1)); done
 	} >"$T/haproxy.cfg"
 	ip netns exec "$(ns lb)" haproxy -db -f "$T/haproxy.cfg" >"$T/haproxy.out" 2>"$T/haproxy.err" &
 	HAP_PID=$!
 	vip_up || die "no MQTT through the VIP with haproxy ($(cat "$T/haproxy.err"))"
 }
-haproxy_info() { echo "mode tcp, balance roundrobin, $(nsx lb haproxy -vv 2>/dev/null | sed -n 's/^Built with multi-threading support.*/threads/p;s/^HAProxy version \([^ ]*\).*/\1/p' | head -1)"; }
+haproxy_info() { echo "mode tcp, balance roundrobin, tcp-smart-accept and -connect, $(nsx lb haproxy -vv 2>/dev/null | sed -n 's/^Built with multi-threading support.*/threads/p;s/^HAProxy version \([^ ]*\).*/\1/p' | head -1)"; }
 haproxy_stop() {
 	kill -TERM "$HAP_PID"
 	wait "$HAP_PID" || true
@@ -272,6 +279,12 @@ per_msg() {
 	awk -v g="$1" -v a="$(field acked_s "$2")" -v d="$dur" 'BEGIN { printf "%.2f", (a > 0 ? g / (a * d) : 0) }'
 }
 
+# per_conn SEGS LINE: SEGS per connection of a conn measure: what a client
+# and the balancer make of the handshake, the CONNECT and the close.
+per_conn() {
+	awk -v g="$1" -v d="$(field done "$2")" 'BEGIN { printf "%.2f", (d > 0 ? g / d : 0) }'
+}
+
 # field NAME LINE: the value of NAME=... in a mqlb-connbench line.
 field() { printf '%s\n' "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 
@@ -281,7 +294,7 @@ for m in ${modes//,/ }; do
 	case $m in xdp | nft | haproxy | direct) ;; *) rc=2 die "unknown mode $m" ;; esac
 done
 echo "# netns-lb.sh $(date -u +%FT%TZ): $(uname -r), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg);" \
-	"$rounds rounds of the modes in turn, $dur s a measure; conn: $par parallel clients" \
+	"$rounds rounds of the modes in turn, $dur s a measure; conn: $par parallel $client clients" \
 	"CONNECT/CONNACK/DISCONNECT; msg: $npub publishers QoS 1, window $win, $size-byte payload," \
 	"3 subscribers QoS 0 straight to the brokers; namespaces nlb-$RUN-*"
 : >"$T/notes"
@@ -289,9 +302,11 @@ echo "# netns-lb.sh $(date -u +%FT%TZ): $(uname -r), $(nproc) CPUs, load average
 for round in $(seq 1 "$rounds"); do
 	for m in ${modes//,/ }; do
 		"${m}_start"
+		cg=$(segs_in b1 b2 b3) ck=$(segs_in cl)
 		c=$(nsx cl "$B/mqlb-connbench" conn -h "$(target "$m")" -p "$PORT" \
-			--parallel "$par" --duration "$dur") ||
+			--parallel "$par" --duration "$dur" $([ "$client" = plain ] && echo --plain)) ||
 			die "$m: mqlb-connbench conn failed"
+		cg=$(($(segs_in b1 b2 b3) - cg)) ck=$(($(segs_in cl) - ck))
 		sleep 0.5
 		g=$(segs_in b1 b2 b3) k=$(segs_in cl)
 		s=$(nsx cl "$B/mqlb-connbench" msg -h "$(target "$m")" -p "$PORT" -q 1 \
@@ -303,7 +318,7 @@ for round in $(seq 1 "$rounds"); do
 		"${m}_stop"
 		echo "$m $(field conn_s "$c") $(field p50_ms "$c") $(field p99_ms "$c") $(field errors "$c")" \
 			"$(field acked_s "$s") $(field delivered_s "$s") $(field per_sub "$s" | tr , /)" \
-			"$(per_msg "$g" "$s") $(per_msg "$k" "$s")" |
+			"$(per_msg "$g" "$s") $(per_msg "$k" "$s") $(per_conn "$cg" "$c") $(per_conn "$ck" "$c")" |
 			tee -a "$T/results" | sed "s/^/# round $round: /"
 		# Let this mode's TIME_WAITs not crowd the next one's ports.
 		sleep 1
@@ -312,16 +327,20 @@ done
 sed 's/^/# /' "$T/notes"
 # Medians over the rounds (the machine may be shared: rounds in turn, so
 # a busy moment hits every mode alike), the range of conn/s and msg/s.
-printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s | %8s |\n' mode conn/s "conn/s range" "p50 ms" "p99 ms" errors msg/s "msg/s range" "deliv/s" "segs/msg b" "segs/msg cl"
-printf '| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s | %8s |\n' --- ---: --- ---: ---: ---: ---: --- ---: ---: ---:
+H='| %-7s | %7s | %-15s | %7s | %7s | %6s | %7s | %-15s | %8s | %8s | %8s | %8s | %8s |\n'
+# shellcheck disable=SC2059 # the format is $H
+printf "$H" mode conn/s "conn/s range" "p50 ms" "p99 ms" errors msg/s "msg/s range" "deliv/s" \
+	"segs/msg b" "segs/msg cl" "segs/conn b" "segs/conn cl"
+# shellcheck disable=SC2059
+printf "$H" --- ---: --- ---: ---: ---: ---: --- ---: ---: ---: ---: ---:
 fail=0
 for m in ${modes//,/ }; do
 	med() { awk -v m="$m" -v k="$1" '$1 == m { print $k }' "$T/results" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 	rng() { awk -v m="$m" -v k="$1" '$1 == m { print $k }' "$T/results" | sort -g | awk 'NR == 1 { a = $1 } { b = $1 } END { printf "%.0f-%.0f", a, b }'; }
 	errs=$(awk -v m="$m" '$1 == m { e += $5 } END { print e + 0 }' "$T/results")
-	printf '| %-7s | %7.0f | %-15s | %7.2f | %7.2f | %6s | %7.0f | %-15s | %8.0f | %8.2f | %8.2f |\n' "$m" \
+	printf '| %-7s | %7.0f | %-15s | %7.2f | %7.2f | %6s | %7.0f | %-15s | %8.0f | %8.2f | %8.2f | %8.2f | %8.2f |\n' "$m" \
 		"$(med 2)" "$(rng 2)" "$(med 3)" "$(med 4)" "$errs" "$(med 6)" "$(rng 6)" "$(med 7)" "$(med 9)" \
-		"$(med 10)"
+		"$(med 10)" "$(med 11)" "$(med 12)"
 	awk -v m="$m" '$1 == m && !($2 > 0 && $6 > 0) { bad = 1 } END { exit bad }' "$T/results" || fail=1
 done
 [ "$fail" = 0 ] || { echo "netns-lb.sh: a mode measured no connection or no message" >&2; exit 69; }
