@@ -389,8 +389,8 @@ static void run_conn(void)
 	qsort(cs.lat, cs.nlat, sizeof *cs.lat, dcmp);
 	printf("conn client=%s done=%lu secs=%.2f conn_s=%.1f p50_ms=%.3f p99_ms=%.3f max_ms=%.3f "
 	       "errors=%lu unfinished=%lu\n",
-	       cf.plain ? "plain" : "lean", cs.done, cf.duration, cs.done / cf.duration, pct(0.5), pct(0.99), pct(1), cs.errors,
-	       cs.unfinished);
+	       cf.plain ? "plain" : "lean", cs.done, cf.duration, cs.done / cf.duration, pct(0.5),
+	       pct(0.99), pct(1), cs.errors, cs.unfinished);
 	free(slots);
 	free(cs.lat);
 }
