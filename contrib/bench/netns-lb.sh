@@ -236,9 +236,10 @@ haproxy_start() {
 		echo "  timeout server 60s"
 		echo "frontend mqtt"
 		echo "  bind $VIP:$PORT"
-		# HAProxy's own ways to save the handshake's empty ACK, as
-		# for a protocol whose client speaks first (the lean client
-		# saves its own).
+		# HAProxy's own ways to save an empty ACK: the one of the
+		# client's first data (tcp-smart-accept, on by itself in HTTP
+		# mode) and the one that ends the handshake with a broker
+		# (tcp-smart-connect), as the lean client saves its own.
 		echo "  option tcp-smart-accept"
 		echo "  default_backend brokers"
 		echo "backend brokers"
